@@ -1,0 +1,164 @@
+"""Type stubs for the compiled Rust core, ``nvmefast._core``.
+
+Users never import this module; ``nvmefast`` re-exports what is public.
+Checked against the compiled module by ``mypy.stubtest`` (tests/test_stubs.py).
+"""
+
+from collections.abc import Callable, Sequence
+from typing import final
+
+__version__: str
+
+class NvmeFastError(Exception):
+    """Root of every error nvmefast raises."""
+
+class ConfigError(NvmeFastError, ValueError):
+    """A configuration value is out of range or inconsistent."""
+
+class DmaMapError(NvmeFastError):
+    """A DMA map/unmap request is invalid (overlap, bad fd, size, alignment)."""
+
+class RegisterAccessError(NvmeFastError):
+    """A BAR0 access the embedder should never make (bad size, offset past BAR0)."""
+
+class VectorError(NvmeFastError):
+    """An interrupt vector number or notifier fd is invalid."""
+
+class QueueError(NvmeFastError):
+    """A queue operation on the core is invalid (qid in use, unknown CQ, ...)."""
+
+class StateError(NvmeFastError):
+    """The object is in the wrong state for the call (closed, not running, ...)."""
+
+# An admin command handler receives the 64-byte SQE and returns
+# (status, dw0) to complete it now, or None to complete it later with
+# Engine.complete_admin (AER). ``status`` is the 15-bit CQE status field:
+# DNR << 14 | M << 13 | CRD << 11 | SCT << 8 | SC.
+_AdminHandler = Callable[[bytes], tuple[int, int] | None]
+
+@final
+class Engine:
+    """The device's hot path: guest memory, queues, doorbells, vectors, the worker.
+
+    ``namespaces`` is a sequence of ``(size_bytes, lba_size, backend)``;
+    namespace IDs are 1-based in that order. ``backend`` is ``"ram"`` or ``"null"``.
+    ``max_qid`` is the highest queue ID (admin queue 0 included) the engine
+    will accept; ``mdts_bytes`` the largest data transfer (0 = unlimited).
+    ``poll_us`` is how long the worker polls after its last work before it
+    sleeps until a doorbell write.
+    """
+
+    def __init__(
+        self,
+        *,
+        namespaces: Sequence[tuple[int, int, str]],
+        msix_vectors: int,
+        max_qid: int,
+        max_queue_entries: int,
+        mdts_bytes: int,
+        poll_us: int,
+    ) -> None: ...
+    # lifecycle
+    def start(self) -> None:
+        """Start the worker thread (idempotent)."""
+    def stop(self) -> None:
+        """Stop and join the worker thread; releases the GIL while waiting."""
+    def close(self) -> None:
+        """Stop the worker, delete every queue and drop every DMA mapping."""
+    @property
+    def running(self) -> bool: ...
+    def set_admin_handler(self, handler: _AdminHandler | None) -> None:
+        """Install the callable that executes admin SQEs (run on the worker)."""
+    # guest memory
+    def map_dma(self, iova: int, size: int, fd: int, offset: int = 0, writable: bool = True) -> None:
+        """Map ``size`` bytes of ``fd`` at ``offset`` as guest memory at ``iova``."""
+    def unmap_dma(self, iova: int, size: int) -> None:
+        """Remove the mapping that exactly covers ``[iova, iova + size)``."""
+    def dma_regions(self) -> list[tuple[int, int, bool]]:
+        """The current mappings as ``(iova, size, writable)``, sorted by iova."""
+    # controller state driven by the register file
+    def set_page_size(self, page_size: int) -> None:
+        """The memory page size from CC.MPS, used for PRP walking."""
+    def reset(self) -> None:
+        """Controller reset: delete every queue, clear doorbells and CFS."""
+    @property
+    def fatal(self) -> bool:
+        """True once the controller hit a fatal error (CSTS.CFS)."""
+    # queues (called by the admin layer after it validated the command)
+    def create_cq(self, qid: int, iova: int, size: int, vector: int, ien: bool) -> None: ...
+    def create_sq(self, qid: int, iova: int, size: int, cqid: int) -> None: ...
+    def delete_sq(self, qid: int) -> None: ...
+    def delete_cq(self, qid: int) -> None: ...
+    def sq_exists(self, qid: int) -> bool: ...
+    def cq_exists(self, qid: int) -> bool: ...
+    def cq_in_use(self, qid: int) -> bool:
+        """True while some SQ posts to CQ ``qid``."""
+    # doorbells
+    def doorbell_write(self, index: int, value: int) -> int | None:
+        """Doorbell ``index`` (SQ y tail = 2y, CQ y head = 2y + 1) gets ``value``.
+
+        Returns None, or the Asynchronous Event Information code (00h write to
+        an invalid doorbell register, 01h invalid doorbell write value) of an
+        Error event the caller must report through AER.
+        """
+    # admin data movement and completion
+    def write_prp(self, prp1: int, prp2: int, data: bytes) -> int:
+        """Copy ``data`` to the host buffer the PRPs describe; returns an NVMe status."""
+    def read_prp(self, prp1: int, prp2: int, length: int) -> tuple[int, bytes]:
+        """Copy ``length`` bytes from the host buffer; returns (status, data)."""
+    def complete_admin(self, cid: int, status: int, dw0: int = 0) -> None:
+        """Post the completion of a deferred admin command."""
+    def drop_deferred(self) -> int:
+        """Forget every deferred admin command (controller reset); returns how many."""
+    # interrupts
+    def set_vector_eventfd(self, vector: int, fd: int | None) -> None:
+        """Signal ``vector`` by writing this eventfd (duplicated); None detaches."""
+    def mask_vector(self, vector: int, masked: bool) -> None:
+        """Mask or unmask ``vector``; unmask with pending set signals exactly once."""
+    def pending_vectors(self) -> list[int]:
+        """Vectors whose pending bit (PBA) is set, ascending."""
+    # observation
+    def counters(self) -> dict[str, int]:
+        """Event counters: commands, doorbell writes, interrupts, invalid input, ..."""
+    def smart(self) -> dict[str, int]:
+        """SMART/Health counters: data_units_read/written, host_read/write_commands, ..."""
+    def take_errors(self) -> list[tuple[int, int, int, int, int, int]]:
+        """Failed I/O commands since the last call: (sqid, cid, status, param_loc, lba, nsid)."""
+
+def bench_io(
+    engine: Engine,
+    *,
+    mem_fd: int,
+    mem_iova: int,
+    mem_size: int,
+    sqid: int,
+    sq_iova: int,
+    cq_iova: int,
+    qsize: int,
+    buf_iova: int,
+    nsid: int,
+    ns_lbas: int,
+    lba_size: int,
+    block_size: int,
+    qd: int,
+    seconds: float,
+    mode: str,
+    eventfd: int | None,
+) -> dict[str, float]:
+    """Drive one I/O queue pair with 4 KiB random reads from a Rust host thread.
+
+    The queues must already exist (created through the admin queue); guest
+    memory ``mem_fd`` is mapped by the driver itself. ``mode`` is ``"irq"``
+    (wait on ``eventfd``) or ``"poll"`` (spin on the CQ phase). Returns
+    ios, seconds, iops, mean_ns, p50_ns, p99_ns, interrupts, doorbells.
+    Releases the GIL for the whole run.
+    """
+
+def floor_eventfd_pingpong(iterations: int) -> float:
+    """Mean round trip in ns of two threads bouncing one eventfd each way."""
+
+def floor_shm_pingpong(iterations: int) -> float:
+    """Mean round trip in ns of two threads bouncing a shared-memory flag."""
+
+def floor_memcpy_4k(buffer_bytes: int, seconds: float) -> float:
+    """Random 4 KiB memcpys per second out of a buffer of ``buffer_bytes``."""

@@ -1,0 +1,75 @@
+//! The RAM backend: an anonymous private mapping, zero until written.
+
+use super::BackendError;
+
+/// A namespace held in process memory.
+pub struct RamBackend {
+    base: *mut u8,
+    size: usize,
+}
+
+// SAFETY: the mapping is owned by this value and only accessed through
+// bounds-checked (by the caller, see Backend::read/write) raw copies; the
+// NVMe model lets concurrent commands on overlapping LBAs race, exactly as a
+// real device does.
+unsafe impl Send for RamBackend {}
+// SAFETY: as for Send.
+unsafe impl Sync for RamBackend {}
+
+impl RamBackend {
+    /// Reserves `size` bytes; pages are allocated on first write
+    /// (MAP_NORESERVE), and read as zero before that.
+    pub fn new(size: u64) -> Result<Self, BackendError> {
+        let err = |reason: String| BackendError::Alloc { size, reason };
+        let len = usize::try_from(size).map_err(|_| err("too large for this host".into()))?;
+        if len == 0 {
+            return Err(err("size is zero".into()));
+        }
+        // SAFETY: a fresh anonymous mapping chosen by the kernel.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(err(std::io::Error::last_os_error().to_string()));
+        }
+        Ok(RamBackend {
+            base: p as *mut u8,
+            size: len,
+        })
+    }
+
+    /// # Safety
+    /// `dst` valid for `len` writes; `offset + len <= size`.
+    #[inline]
+    pub unsafe fn read(&self, offset: u64, dst: *mut u8, len: usize) {
+        debug_assert!(offset as usize + len <= self.size);
+        // SAFETY: the caller guarantees both ranges; they cannot overlap
+        // (guest memory is a different mapping).
+        unsafe { std::ptr::copy_nonoverlapping(self.base.add(offset as usize), dst, len) }
+    }
+
+    /// # Safety
+    /// `src` valid for `len` reads; `offset + len <= size`.
+    #[inline]
+    pub unsafe fn write(&self, offset: u64, src: *const u8, len: usize) {
+        debug_assert!(offset as usize + len <= self.size);
+        // SAFETY: as in read.
+        unsafe { std::ptr::copy_nonoverlapping(src, self.base.add(offset as usize), len) }
+    }
+}
+
+impl Drop for RamBackend {
+    fn drop(&mut self) {
+        // SAFETY: base/size are what mmap returned; no references remain.
+        unsafe {
+            libc::munmap(self.base.cast(), self.size);
+        }
+    }
+}

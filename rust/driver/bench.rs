@@ -1,0 +1,264 @@
+//! The benchmark's host loop: random reads at a fixed queue depth on one
+//! queue pair, completions taken by interrupt (eventfd) or by polling the
+//! CQ phase tag, latency per command into a histogram.
+
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use super::{HostMemory, HostQueue};
+use crate::engine::Engine;
+use crate::spec::opcode::io;
+use crate::spec::Sqe;
+
+/// How the host learns of completions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Block on the CQ's vector eventfd, then drain the CQ.
+    Irq,
+    /// Spin on the CQ phase tag.
+    Poll,
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub nsid: u32,
+    pub ns_lbas: u64,
+    pub lba_size: u32,
+    /// Bytes per read: 4096 or 8192 (PRP1 and PRP2, no list).
+    pub block_size: u32,
+    pub qd: u32,
+    pub seconds: f64,
+    pub mode: Mode,
+    pub eventfd: Option<RawFd>,
+    /// `qd * block_size` bytes of buffers, page aligned.
+    pub buf_iova: u64,
+}
+
+/// What came out.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub ios: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub mean_ns: f64,
+    pub p50_ns: f64,
+    pub p99_ns: f64,
+    /// Eventfd reads that returned a count (interrupts seen by the host).
+    pub interrupts: u64,
+    /// Doorbell writes the host made.
+    pub doorbells: u64,
+}
+
+/// Log-linear latency histogram: 32 sub-buckets per power of two (~3% error).
+pub struct Histogram {
+    counts: Vec<u64>,
+    sum: u128,
+    n: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; 64 * 32],
+            sum: 0,
+            n: 0,
+        }
+    }
+}
+
+impl Histogram {
+    fn index(v: u64) -> usize {
+        if v < 32 {
+            return v as usize;
+        }
+        let exp = 63 - v.leading_zeros() as usize; // >= 5
+        let sub = ((v >> (exp - 5)) & 31) as usize;
+        (exp - 4) * 32 + sub
+    }
+
+    fn lower(i: usize) -> u64 {
+        if i < 32 {
+            return i as u64;
+        }
+        let exp = i / 32 + 4;
+        let sub = (i % 32) as u64;
+        (32 + sub) << (exp - 5)
+    }
+
+    /// Records one value.
+    pub fn record(&mut self, v: u64) {
+        let i = Self::index(v).min(self.counts.len() - 1);
+        self.counts[i] += 1;
+        self.sum += u128::from(v);
+        self.n += 1;
+    }
+
+    /// Mean of recorded values.
+    pub fn mean(&self) -> f64 {
+        if self.n == 0 {
+            0.0
+        } else {
+            self.sum as f64 / self.n as f64
+        }
+    }
+
+    /// Value at quantile `q` (lower bound of its bucket).
+    pub fn quantile(&self, q: f64) -> f64 {
+        let target = ((self.n as f64) * q).ceil().max(1.0) as u64;
+        let mut acc = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            acc += c;
+            if acc >= target {
+                return Self::lower(i) as f64;
+            }
+        }
+        0.0
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*: cheap and good enough to scatter LBAs.
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+fn wait_eventfd(fd: RawFd, timeout: Duration) -> Result<u64, String> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as i32) };
+    if r == 0 {
+        return Err(format!("no interrupt within {timeout:?}"));
+    }
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    let mut v: u64 = 0;
+    // SAFETY: 8-byte read into a valid u64.
+    let n = unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
+    if n == 8 {
+        Ok(v)
+    } else {
+        Ok(0)
+    }
+}
+
+/// Runs random reads on `q` for `p.seconds`.
+pub fn run(engine: &Engine, _mem: &HostMemory, q: &mut HostQueue, p: &Params) -> Result<Outcome, String> {
+    if p.qd == 0 || p.qd >= q.size {
+        return Err(format!("qd {} must be in 1..{} (queue size {})", p.qd, q.size, q.size));
+    }
+    if !matches!(p.block_size, 4096 | 8192) || p.block_size % p.lba_size != 0 {
+        return Err(format!("block_size {} must be 4096 or 8192", p.block_size));
+    }
+    if p.mode == Mode::Irq && p.eventfd.is_none() {
+        return Err("irq mode needs the CQ vector's eventfd".into());
+    }
+    let lbas_per_block = u64::from(p.block_size / p.lba_size);
+    let blocks = p.ns_lbas / lbas_per_block;
+    if blocks == 0 {
+        return Err("namespace smaller than one block".into());
+    }
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut hist = Histogram::default();
+    let mut out = Outcome::default();
+    let mut submitted = vec![Instant::now(); p.qd as usize];
+    let make = |cid: u16, rng: &mut Rng| {
+        let mut s = Sqe::new(io::READ, cid, p.nsid);
+        let buf = p.buf_iova + u64::from(cid) * u64::from(p.block_size);
+        let prp2 = if p.block_size > 4096 { buf + 4096 } else { 0 };
+        s.set_prps(buf, prp2);
+        let lba = (rng.next() % blocks) * lbas_per_block;
+        s.dw[10] = lba as u32;
+        s.dw[11] = (lba >> 32) as u32;
+        s.dw[12] = (lbas_per_block - 1) as u32;
+        s
+    };
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(p.seconds);
+    for cid in 0..p.qd as u16 {
+        q.push(&make(cid, &mut rng));
+        submitted[usize::from(cid)] = Instant::now();
+    }
+    q.ring_sq(engine);
+    out.doorbells += 1;
+    let mut outstanding = p.qd;
+    let mut draining = false;
+    let mut idle_since = Instant::now();
+    while outstanding > 0 {
+        if p.mode == Mode::Irq {
+            if wait_eventfd(p.eventfd.unwrap_or(-1), Duration::from_secs(5))? > 0 {
+                out.interrupts += 1;
+            }
+        }
+        let mut reaped = 0;
+        let mut resubmitted = 0;
+        while let Some(c) = q.pop() {
+            let now = Instant::now();
+            reaped += 1;
+            let cid = c.cid;
+            if !c.status().is_success() {
+                out.errors += 1;
+            }
+            let t0 = submitted.get(usize::from(cid)).ok_or("device returned an unknown CID")?;
+            hist.record(now.duration_since(*t0).as_nanos() as u64);
+            out.ios += 1;
+            if !draining && now >= deadline {
+                draining = true;
+            }
+            if draining {
+                outstanding -= 1;
+            } else {
+                q.push(&make(cid, &mut rng));
+                submitted[usize::from(cid)] = now;
+                resubmitted += 1;
+            }
+        }
+        if reaped > 0 {
+            q.ring_cq(engine);
+            out.doorbells += 1;
+            idle_since = Instant::now();
+        } else if p.mode == Mode::Poll && idle_since.elapsed() > Duration::from_secs(5) {
+            return Err("no completion within 5 s".into());
+        }
+        if resubmitted > 0 {
+            q.ring_sq(engine);
+            out.doorbells += 1;
+        }
+    }
+    out.seconds = start.elapsed().as_secs_f64();
+    out.mean_ns = hist.mean();
+    out.p50_ns = hist.quantile(0.50);
+    out.p99_ns = hist.quantile(0.99);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles() {
+        let mut h = Histogram::default();
+        for v in 1..=1000u64 {
+            h.record(v * 1000);
+        }
+        let p50 = h.quantile(0.5);
+        let p99 = h.quantile(0.99);
+        assert!((480_000.0..=500_000.0).contains(&p50), "{p50}");
+        assert!((960_000.0..=990_000.0).contains(&p99), "{p99}");
+        assert!((h.mean() - 500_500.0).abs() < 1.0);
+        for i in 0..64 * 32 {
+            assert_eq!(Histogram::index(Histogram::lower(i)), i);
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The driver side, in Rust: what a host NVMe driver does with the rings.
+//!
+//! Like virtio-queue's `mock.rs`, one reusable model of the *other* end,
+//! used by the cargo tests, the benchmark (`bench_io`) and fuzz targets, so
+//! each of them exercises the device exactly as a driver would: SQEs written
+//! into guest memory, doorbells rung, CQEs consumed by phase tag.
+
+pub mod bench;
+pub mod floor;
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::engine::{Engine, EngineError};
+use crate::spec::{Cqe, Sqe};
+
+/// Guest memory as the host side sees it: a shared memfd mapping.
+pub struct HostMemory {
+    fd: OwnedFd,
+    ptr: *mut u8,
+    len: usize,
+    /// IOVA of byte 0.
+    pub iova: u64,
+}
+
+// SAFETY: an owned shared mapping; all access goes through raw copies and
+// atomics, as the device side does.
+unsafe impl Send for HostMemory {}
+
+impl HostMemory {
+    /// A new zeroed memfd of `len` bytes, to be placed at `iova`.
+    pub fn new(len: usize, iova: u64) -> std::io::Result<Self> {
+        // SAFETY: memfd_create with a valid C string; we own the result.
+        let fd = unsafe { libc::memfd_create(c"nvmefast-host".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is ours and fresh.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: ftruncate on our own fd.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Self::map(fd, len, iova)
+    }
+
+    /// Maps an existing memory fd (duplicated) of `len` bytes placed at `iova`.
+    pub fn from_fd(fd: RawFd, len: usize, iova: u64) -> std::io::Result<Self> {
+        // SAFETY: the caller keeps fd open during this call; we duplicate it.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+        Self::map(fd, len, iova)
+    }
+
+    fn map(fd: OwnedFd, len: usize, iova: u64) -> std::io::Result<Self> {
+        // SAFETY: a fresh shared mapping chosen by the kernel.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(HostMemory {
+            fd,
+            ptr: p.cast(),
+            len,
+            iova,
+        })
+    }
+
+    /// The memfd, for `Engine::map_dma`.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for an empty mapping.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Host pointer of `[iova, iova+len)`; panics outside the mapping (a bug
+    /// in the test or benchmark, never guest input).
+    pub fn ptr(&self, iova: u64, len: usize) -> *mut u8 {
+        let off = iova.checked_sub(self.iova).expect("iova below host memory") as usize;
+        assert!(off.checked_add(len).is_some_and(|e| e <= self.len), "iova past host memory");
+        // SAFETY: bounds asserted above.
+        unsafe { self.ptr.add(off) }
+    }
+
+    /// Copies `data` to `iova`.
+    pub fn write(&self, iova: u64, data: &[u8]) {
+        let p = self.ptr(iova, data.len());
+        // SAFETY: `p` is valid for data.len() bytes (checked by ptr()).
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) }
+    }
+
+    /// Copies from `iova` into `out`.
+    pub fn read(&self, iova: u64, out: &mut [u8]) {
+        let p = self.ptr(iova, out.len());
+        // SAFETY: `p` is valid for out.len() bytes (checked by ptr()).
+        unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), out.len()) }
+    }
+}
+
+impl Drop for HostMemory {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are what mmap returned.
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.len);
+        }
+    }
+}
+
+/// The host's half of one SQ/CQ pair.
+pub struct HostQueue {
+    pub qid: u16,
+    pub size: u32,
+    pub sq_iova: u64,
+    pub cq_iova: u64,
+    sq_tail: u32,
+    cq_head: u32,
+    phase: bool,
+    sq: *mut u8,
+    cq: *mut u8,
+}
+
+// SAFETY: raw pointers into a HostMemory mapping that the owner keeps alive.
+unsafe impl Send for HostQueue {}
+
+impl HostQueue {
+    /// The host side of queues at `sq_iova`/`cq_iova` inside `mem`.
+    pub fn new(mem: &HostMemory, qid: u16, size: u32, sq_iova: u64, cq_iova: u64) -> Self {
+        HostQueue {
+            qid,
+            size,
+            sq_iova,
+            cq_iova,
+            sq_tail: 0,
+            cq_head: 0,
+            phase: true,
+            sq: mem.ptr(sq_iova, size as usize * Sqe::SIZE),
+            cq: mem.ptr(cq_iova, size as usize * Cqe::SIZE),
+        }
+    }
+
+    /// Writes `sqe` at the tail and advances it (no doorbell yet).
+    #[inline]
+    pub fn push(&mut self, sqe: &Sqe) {
+        let b = sqe.to_bytes();
+        // SAFETY: sq_tail < size, inside the ring mapped in new().
+        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), self.sq.add(self.sq_tail as usize * Sqe::SIZE), 64) };
+        self.sq_tail = (self.sq_tail + 1) % self.size;
+    }
+
+    /// Rings the SQ tail doorbell.
+    #[inline]
+    pub fn ring_sq(&self, e: &Engine) {
+        e.doorbell_write(u32::from(self.qid) * 2, self.sq_tail)
+            .expect("host rang a valid SQ doorbell");
+    }
+
+    /// Rings the CQ head doorbell.
+    #[inline]
+    pub fn ring_cq(&self, e: &Engine) {
+        e.doorbell_write(u32::from(self.qid) * 2 + 1, self.cq_head)
+            .expect("host rang a valid CQ doorbell");
+    }
+
+    /// Takes the next completion if its phase tag says it is new.
+    #[inline]
+    pub fn pop(&mut self) -> Option<Cqe> {
+        // SAFETY: cq_head < size; the slot is 16-byte aligned (CQ base is page
+        // aligned), so the two u64 halves are aligned for atomics.
+        let (lo, hi) = unsafe {
+            let p = self.cq.add(self.cq_head as usize * Cqe::SIZE) as *mut u64;
+            (AtomicU64::from_ptr(p), AtomicU64::from_ptr(p.add(1)))
+        };
+        // Acquire pairs with the device's Release store of DW2-3: once the
+        // phase is seen, DW0-1 are too.
+        let h = hi.load(Ordering::Acquire);
+        if ((h >> 48) & 1 == 1) != self.phase {
+            return None;
+        }
+        let c = Cqe::from_words(lo.load(Ordering::Relaxed), h);
+        self.cq_head += 1;
+        if self.cq_head == self.size {
+            self.cq_head = 0;
+            self.phase = !self.phase;
+        }
+        Some(c)
+    }
+}
+
+/// A host with its own guest memory, creating queues straight through the
+/// engine API (standing in for the admin layer, which is Python's).
+pub struct MockHost {
+    pub mem: HostMemory,
+    next: u64,
+}
+
+impl MockHost {
+    /// Default IOVA of the mock's memory: above 4 GiB, as a guest's often is.
+    pub const IOVA: u64 = 0x1_0000_0000;
+
+    /// `bytes` of guest memory mapped into `engine` at [`MockHost::IOVA`].
+    pub fn new(engine: &Engine, bytes: usize) -> Result<Self, EngineError> {
+        let mem = HostMemory::new(bytes, Self::IOVA).map_err(|e| EngineError::Config(e.to_string()))?;
+        engine.map_dma(Self::IOVA, bytes as u64, mem.fd(), 0, true)?;
+        Ok(MockHost { mem, next: Self::IOVA })
+    }
+
+    /// Bump-allocates `bytes`, 4 KiB aligned.
+    pub fn alloc(&mut self, bytes: usize) -> u64 {
+        let at = self.next;
+        self.next += (bytes as u64).div_ceil(4096) * 4096;
+        assert!(self.next <= self.mem.iova + self.mem.len() as u64, "mock host memory exhausted");
+        at
+    }
+
+    /// Creates CQ and SQ `qid` of `entries` each on `vector`.
+    pub fn create_queue_pair(
+        &mut self,
+        engine: &Engine,
+        qid: u16,
+        entries: u32,
+        vector: u16,
+        ien: bool,
+    ) -> Result<HostQueue, EngineError> {
+        let sq = self.alloc(entries as usize * Sqe::SIZE);
+        let cq = self.alloc(entries as usize * Cqe::SIZE);
+        engine.create_cq(qid, cq, entries, vector, ien)?;
+        engine.create_sq(qid, sq, entries, qid)?;
+        Ok(HostQueue::new(&self.mem, qid, entries, sq, cq))
+    }
+}

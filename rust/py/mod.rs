@@ -1,0 +1,431 @@
+//! The pyo3 bindings: thin, typed, one error mapping. Everything that waits
+//! for the worker releases the GIL (`py.detach`), or it would deadlock with
+//! a worker that needs the GIL to run an admin handler.
+
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
+
+use crate::driver::{bench, floor, HostMemory, HostQueue};
+use crate::engine::{AdminHandler, AdminOutcome, Engine, EngineConfig, EngineError, NamespaceSpec};
+use crate::spec::{Sqe, Status};
+
+/// The exception classes, created at import so that `ConfigError` can also
+/// be a `ValueError` (pyo3's create_exception! takes one base).
+struct Exceptions {
+    base: Py<PyType>,
+    config: Py<PyType>,
+    dma: Py<PyType>,
+    register: Py<PyType>,
+    vector: Py<PyType>,
+    queue: Py<PyType>,
+    state: Py<PyType>,
+}
+
+static EXC: PyOnceLock<Exceptions> = PyOnceLock::new();
+
+fn make_type(py: Python<'_>, name: &str, doc: &str, bases: Vec<Bound<'_, PyType>>) -> PyResult<Py<PyType>> {
+    let ns = PyDict::new(py);
+    ns.set_item("__module__", "nvmefast")?;
+    ns.set_item("__doc__", doc)?;
+    let ty = py
+        .import("builtins")?
+        .getattr("type")?
+        .call1((name, PyTuple::new(py, bases)?, ns))?;
+    Ok(ty.cast_into::<PyType>()?.unbind())
+}
+
+fn exceptions(py: Python<'_>) -> PyResult<&Exceptions> {
+    EXC.get_or_try_init(py, || {
+        let base = make_type(py, "NvmeFastError", "Root of every error nvmefast raises.", vec![py.get_type::<PyException>()])?;
+        let b = || base.bind(py).clone();
+        Ok(Exceptions {
+            config: make_type(
+                py,
+                "ConfigError",
+                "A configuration value is out of range or inconsistent.",
+                vec![b(), py.get_type::<PyValueError>()],
+            )?,
+            dma: make_type(py, "DmaMapError", "A DMA map/unmap request is invalid (overlap, bad fd, size, alignment).", vec![b()])?,
+            register: make_type(
+                py,
+                "RegisterAccessError",
+                "A BAR0 access the embedder should never make (bad size, offset past BAR0).",
+                vec![b()],
+            )?,
+            vector: make_type(py, "VectorError", "An interrupt vector number or notifier fd is invalid.", vec![b()])?,
+            queue: make_type(py, "QueueError", "A queue operation on the core is invalid (qid in use, unknown CQ, ...).", vec![b()])?,
+            state: make_type(py, "StateError", "The object is in the wrong state for the call (closed, not running, ...).", vec![b()])?,
+            base,
+        })
+    })
+}
+
+fn raise(py: Python<'_>, pick: impl Fn(&Exceptions) -> &Py<PyType>, msg: String) -> PyErr {
+    match exceptions(py) {
+        Ok(e) => PyErr::from_type(pick(e).bind(py).clone(), msg),
+        Err(e) => e,
+    }
+}
+
+/// The one mapping from core errors to Python exceptions.
+fn to_py(py: Python<'_>, e: EngineError) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        EngineError::Config(_) | EngineError::Backend(_) => raise(py, |x| &x.config, msg),
+        EngineError::Mem(_) => raise(py, |x| &x.dma, msg),
+        EngineError::Queue(_) | EngineError::NotDeferred { .. } => raise(py, |x| &x.queue, msg),
+        EngineError::Irq(_) => raise(py, |x| &x.vector, msg),
+        EngineError::Spawn(_) => raise(py, |x| &x.state, msg),
+    }
+}
+
+fn config_err(py: Python<'_>, msg: String) -> PyErr {
+    raise(py, |x| &x.config, msg)
+}
+
+fn u16_arg(py: Python<'_>, what: &str, v: u64) -> PyResult<u16> {
+    u16::try_from(v).map_err(|_| config_err(py, format!("{what} {v} does not fit 16 bits")))
+}
+
+/// Calls the Python admin handler on the worker thread.
+struct PyAdminHandler(Py<PyAny>);
+
+impl AdminHandler for PyAdminHandler {
+    fn handle(&self, sqe: &Sqe) -> AdminOutcome {
+        let internal = AdminOutcome::Complete {
+            status: Status::INTERNAL_ERROR.dnr(),
+            dw0: 0,
+        };
+        Python::attach(|py| {
+            let bytes = PyBytes::new(py, &sqe.to_bytes());
+            match self.0.bind(py).call1((bytes,)) {
+                Ok(r) if r.is_none() => AdminOutcome::Deferred,
+                Ok(r) => match r.extract::<(u16, u32)>() {
+                    Ok((status, dw0)) => AdminOutcome::Complete {
+                        status: Status::from_field(status),
+                        dw0,
+                    },
+                    Err(e) => {
+                        e.print(py);
+                        internal
+                    }
+                },
+                Err(e) => {
+                    e.print(py);
+                    internal
+                }
+            }
+        })
+    }
+}
+
+/// The device's hot path (see `_core.pyi`).
+#[pyclass(frozen, module = "nvmefast._core", name = "Engine")]
+struct PyEngine {
+    inner: Engine,
+}
+
+#[pymethods]
+impl PyEngine {
+    #[new]
+    #[pyo3(signature = (*, namespaces, msix_vectors, max_qid, max_queue_entries, mdts_bytes, poll_us))]
+    fn new(
+        py: Python<'_>,
+        namespaces: Vec<(u64, u32, String)>,
+        msix_vectors: u64,
+        max_qid: u64,
+        max_queue_entries: u32,
+        mdts_bytes: u64,
+        poll_us: u64,
+    ) -> PyResult<Self> {
+        let cfg = EngineConfig {
+            namespaces: namespaces
+                .into_iter()
+                .map(|(size_bytes, lba_size, backend)| NamespaceSpec {
+                    size_bytes,
+                    lba_size,
+                    backend,
+                })
+                .collect(),
+            msix_vectors: u16_arg(py, "msix_vectors", msix_vectors)?,
+            max_qid: u16_arg(py, "max_qid", max_qid)?,
+            max_queue_entries,
+            mdts_bytes,
+            poll_us,
+        };
+        Ok(PyEngine {
+            inner: Engine::new(cfg).map_err(|e| to_py(py, e))?,
+        })
+    }
+
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        self.inner.start().map_err(|e| to_py(py, e))
+    }
+
+    fn stop(&self, py: Python<'_>) {
+        py.detach(|| self.inner.stop());
+    }
+
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| {
+            self.inner.stop();
+            self.inner.reset();
+            self.inner.clear_dma();
+        });
+        self.inner.set_admin_handler(None);
+    }
+
+    #[getter]
+    fn running(&self) -> bool {
+        self.inner.running()
+    }
+
+    fn set_admin_handler(&self, handler: Option<Py<PyAny>>) {
+        self.inner
+            .set_admin_handler(handler.map(|h| Arc::new(PyAdminHandler(h)) as Arc<dyn AdminHandler>));
+    }
+
+    #[pyo3(signature = (iova, size, fd, offset=0, writable=true))]
+    fn map_dma(&self, py: Python<'_>, iova: u64, size: u64, fd: i32, offset: u64, writable: bool) -> PyResult<()> {
+        self.inner.map_dma(iova, size, fd, offset, writable).map_err(|e| to_py(py, e))
+    }
+
+    fn unmap_dma(&self, py: Python<'_>, iova: u64, size: u64) -> PyResult<()> {
+        self.inner.unmap_dma(iova, size).map_err(|e| to_py(py, e))
+    }
+
+    fn dma_regions(&self) -> Vec<(u64, u64, bool)> {
+        self.inner.dma_regions()
+    }
+
+    fn set_page_size(&self, py: Python<'_>, page_size: u64) -> PyResult<()> {
+        self.inner.set_page_size(page_size).map_err(|e| to_py(py, e))
+    }
+
+    fn reset(&self, py: Python<'_>) {
+        py.detach(|| self.inner.reset());
+    }
+
+    #[getter]
+    fn fatal(&self) -> bool {
+        self.inner.fatal()
+    }
+
+    fn create_cq(&self, py: Python<'_>, qid: u64, iova: u64, size: u32, vector: u64, ien: bool) -> PyResult<()> {
+        let (qid, vector) = (u16_arg(py, "qid", qid)?, u16_arg(py, "vector", vector)?);
+        self.inner.create_cq(qid, iova, size, vector, ien).map_err(|e| to_py(py, e))
+    }
+
+    fn create_sq(&self, py: Python<'_>, qid: u64, iova: u64, size: u32, cqid: u64) -> PyResult<()> {
+        let (qid, cqid) = (u16_arg(py, "qid", qid)?, u16_arg(py, "cqid", cqid)?);
+        self.inner.create_sq(qid, iova, size, cqid).map_err(|e| to_py(py, e))
+    }
+
+    fn delete_sq(&self, py: Python<'_>, qid: u64) -> PyResult<()> {
+        let qid = u16_arg(py, "qid", qid)?;
+        self.inner.delete_sq(qid).map_err(|e| to_py(py, e))
+    }
+
+    fn delete_cq(&self, py: Python<'_>, qid: u64) -> PyResult<()> {
+        let qid = u16_arg(py, "qid", qid)?;
+        self.inner.delete_cq(qid).map_err(|e| to_py(py, e))
+    }
+
+    fn sq_exists(&self, qid: u64) -> bool {
+        u16::try_from(qid).is_ok_and(|q| self.inner.sq_exists(q))
+    }
+
+    fn cq_exists(&self, qid: u64) -> bool {
+        u16::try_from(qid).is_ok_and(|q| self.inner.cq_exists(q))
+    }
+
+    fn cq_in_use(&self, qid: u64) -> bool {
+        u16::try_from(qid).is_ok_and(|q| self.inner.cq_in_use(q))
+    }
+
+    fn doorbell_write(&self, index: u64, value: u64) -> Option<u8> {
+        // Out-of-range indexes and values are guest input: the core reports
+        // them as an AER code, never an exception.
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        let value = u32::try_from(value).unwrap_or(u32::MAX);
+        self.inner.doorbell_write(index, value).err().map(|e| e.aer_info())
+    }
+
+    fn write_prp(&self, py: Python<'_>, prp1: u64, prp2: u64, data: Vec<u8>) -> u16 {
+        py.detach(|| self.inner.write_prp(prp1, prp2, &data)).field()
+    }
+
+    fn read_prp<'py>(&self, py: Python<'py>, prp1: u64, prp2: u64, length: usize) -> (u16, Bound<'py, PyBytes>) {
+        let (s, data) = py.detach(|| self.inner.read_prp(prp1, prp2, length));
+        (s.field(), PyBytes::new(py, &data))
+    }
+
+    #[pyo3(signature = (cid, status, dw0=0))]
+    fn complete_admin(&self, py: Python<'_>, cid: u64, status: u16, dw0: u32) -> PyResult<()> {
+        let cid = u16_arg(py, "cid", cid)?;
+        self.inner
+            .complete_admin(cid, Status::from_field(status), dw0)
+            .map_err(|e| to_py(py, e))
+    }
+
+    fn drop_deferred(&self) -> usize {
+        self.inner.drop_deferred()
+    }
+
+    fn set_vector_eventfd(&self, py: Python<'_>, vector: u32, fd: Option<i32>) -> PyResult<()> {
+        self.inner.set_vector_eventfd(vector, fd).map_err(|e| to_py(py, e))
+    }
+
+    fn mask_vector(&self, py: Python<'_>, vector: u32, masked: bool) -> PyResult<()> {
+        self.inner.mask_vector(vector, masked).map_err(|e| to_py(py, e))
+    }
+
+    fn pending_vectors(&self) -> Vec<u32> {
+        self.inner.pending_vectors()
+    }
+
+    fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in self.inner.counters() {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+
+    fn smart<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.smart();
+        let d = PyDict::new(py);
+        d.set_item("bytes_read", s.bytes_read)?;
+        d.set_item("bytes_written", s.bytes_written)?;
+        // Data units are thousands of 512-byte units, rounded up (Figure 207).
+        d.set_item("data_units_read", (s.bytes_read / 512).div_ceil(1000))?;
+        d.set_item("data_units_written", (s.bytes_written / 512).div_ceil(1000))?;
+        d.set_item("host_read_commands", s.host_read_commands)?;
+        d.set_item("host_write_commands", s.host_write_commands)?;
+        d.set_item("media_errors", s.media_errors)?;
+        Ok(d)
+    }
+
+    fn take_errors(&self) -> Vec<(u16, u16, u16, u16, u64, u32)> {
+        self.inner
+            .take_errors()
+            .into_iter()
+            .map(|e| {
+                (
+                    e.sqid,
+                    e.cid,
+                    e.failure.status.field(),
+                    e.failure.param_loc,
+                    e.failure.lba,
+                    e.failure.nsid,
+                )
+            })
+            .collect()
+    }
+}
+
+/// Drives one queue pair with random reads from a Rust host thread.
+#[pyfunction]
+#[pyo3(signature = (engine, *, mem_fd, mem_iova, mem_size, sqid, sq_iova, cq_iova, qsize, buf_iova, nsid, ns_lbas, lba_size, block_size, qd, seconds, mode, eventfd))]
+#[allow(clippy::too_many_arguments)]
+fn bench_io<'py>(
+    py: Python<'py>,
+    engine: &Bound<'py, PyEngine>,
+    mem_fd: i32,
+    mem_iova: u64,
+    mem_size: usize,
+    sqid: u64,
+    sq_iova: u64,
+    cq_iova: u64,
+    qsize: u32,
+    buf_iova: u64,
+    nsid: u32,
+    ns_lbas: u64,
+    lba_size: u32,
+    block_size: u32,
+    qd: u32,
+    seconds: f64,
+    mode: &str,
+    eventfd: Option<i32>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let mode = match mode {
+        "irq" => bench::Mode::Irq,
+        "poll" => bench::Mode::Poll,
+        m => return Err(config_err(py, format!("mode {m:?} must be \"irq\" or \"poll\""))),
+    };
+    if !(seconds > 0.0 && seconds < 3600.0) {
+        return Err(config_err(py, format!("seconds {seconds} must be in (0, 3600)")));
+    }
+    let sqid = u16_arg(py, "sqid", sqid)?;
+    let eng = &engine.get().inner;
+    let params = bench::Params {
+        nsid,
+        ns_lbas,
+        lba_size,
+        block_size,
+        qd,
+        seconds,
+        mode,
+        eventfd,
+        buf_iova,
+    };
+    let r = py.detach(|| -> Result<bench::Outcome, String> {
+        let mem = HostMemory::from_fd(mem_fd, mem_size, mem_iova).map_err(|e| e.to_string())?;
+        let mut q = HostQueue::new(&mem, sqid, qsize, sq_iova, cq_iova);
+        bench::run(eng, &mem, &mut q, &params)
+    });
+    let o = r.map_err(|m| raise(py, |x| &x.state, format!("benchmark failed: {m}")))?;
+    let d = PyDict::new(py);
+    d.set_item("ios", o.ios)?;
+    d.set_item("errors", o.errors)?;
+    d.set_item("seconds", o.seconds)?;
+    d.set_item("iops", o.ios as f64 / o.seconds.max(1e-9))?;
+    d.set_item("mean_ns", o.mean_ns)?;
+    d.set_item("p50_ns", o.p50_ns)?;
+    d.set_item("p99_ns", o.p99_ns)?;
+    d.set_item("interrupts", o.interrupts)?;
+    d.set_item("doorbells", o.doorbells)?;
+    Ok(d)
+}
+
+/// Mean round trip in ns of two threads bouncing one eventfd each way.
+#[pyfunction]
+fn floor_eventfd_pingpong(py: Python<'_>, iterations: u32) -> f64 {
+    py.detach(|| floor::eventfd_pingpong(iterations))
+}
+
+/// Mean round trip in ns of two threads bouncing a shared-memory flag.
+#[pyfunction]
+fn floor_shm_pingpong(py: Python<'_>, iterations: u32) -> f64 {
+    py.detach(|| floor::shm_pingpong(iterations))
+}
+
+/// Random 4 KiB memcpys per second out of a buffer of `buffer_bytes`.
+#[pyfunction]
+fn floor_memcpy_4k(py: Python<'_>, buffer_bytes: usize, seconds: f64) -> f64 {
+    py.detach(|| floor::memcpy_4k(buffer_bytes, seconds))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    let e = exceptions(py)?;
+    m.add("NvmeFastError", e.base.bind(py))?;
+    m.add("ConfigError", e.config.bind(py))?;
+    m.add("DmaMapError", e.dma.bind(py))?;
+    m.add("RegisterAccessError", e.register.bind(py))?;
+    m.add("VectorError", e.vector.bind(py))?;
+    m.add("QueueError", e.queue.bind(py))?;
+    m.add("StateError", e.state.bind(py))?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<PyEngine>()?;
+    m.add_function(wrap_pyfunction!(bench_io, m)?)?;
+    m.add_function(wrap_pyfunction!(floor_eventfd_pingpong, m)?)?;
+    m.add_function(wrap_pyfunction!(floor_shm_pingpong, m)?)?;
+    m.add_function(wrap_pyfunction!(floor_memcpy_4k, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! Opcodes the core executes itself (NVM Command Set 2.0, Figure 18).
+
+/// I/O command opcodes.
+pub mod io {
+    pub const FLUSH: u8 = 0x00;
+    pub const WRITE: u8 = 0x01;
+    pub const READ: u8 = 0x02;
+}
+
+/// Admin opcodes the core must recognise (the rest is the Python layer's).
+pub mod admin {
+    pub const ASYNC_EVENT_REQUEST: u8 = 0x0c;
+}

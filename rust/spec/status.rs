@@ -1,0 +1,55 @@
+//! Completion status field (NVMe Base 2.0, Figure 92): typed, never a bare u16.
+
+/// The 15-bit status field of a CQE: `DNR<<14 | M<<13 | CRD<<11 | SCT<<8 | SC`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Status(u16);
+
+/// Status Code Type: generic command status.
+const SCT_GENERIC: u16 = 0;
+/// Status Code Type: command specific status.
+const SCT_COMMAND_SPECIFIC: u16 = 1;
+
+impl Status {
+    pub const SUCCESS: Status = Status::new(SCT_GENERIC, 0x00);
+    pub const INVALID_OPCODE: Status = Status::new(SCT_GENERIC, 0x01);
+    pub const INVALID_FIELD: Status = Status::new(SCT_GENERIC, 0x02);
+    pub const DATA_TRANSFER_ERROR: Status = Status::new(SCT_GENERIC, 0x04);
+    pub const INTERNAL_ERROR: Status = Status::new(SCT_GENERIC, 0x06);
+    pub const ABORT_REQUESTED: Status = Status::new(SCT_GENERIC, 0x07);
+    pub const ABORT_SQ_DELETED: Status = Status::new(SCT_GENERIC, 0x08);
+    pub const INVALID_NAMESPACE: Status = Status::new(SCT_GENERIC, 0x0b);
+    pub const INVALID_SGL_DESCRIPTOR: Status = Status::new(SCT_GENERIC, 0x0d);
+    pub const INVALID_PRP_OFFSET: Status = Status::new(SCT_GENERIC, 0x13);
+    pub const LBA_OUT_OF_RANGE: Status = Status::new(SCT_GENERIC, 0x80);
+    pub const CAPACITY_EXCEEDED: Status = Status::new(SCT_GENERIC, 0x81);
+    pub const INVALID_QID: Status = Status::new(SCT_COMMAND_SPECIFIC, 0x01);
+
+    /// A status from its type and code.
+    pub const fn new(sct: u16, sc: u16) -> Status {
+        Status(((sct & 7) << 8) | (sc & 0xff))
+    }
+    /// The status with Do Not Retry set: the same command will fail again.
+    pub const fn dnr(self) -> Status {
+        Status(self.0 | (1 << 14))
+    }
+    /// The raw 15-bit field.
+    pub const fn field(self) -> u16 {
+        self.0
+    }
+    /// A status from a raw field (bits above 14 dropped).
+    pub const fn from_field(f: u16) -> Status {
+        Status(f & 0x7fff)
+    }
+    /// True for successful completion.
+    pub const fn is_success(self) -> bool {
+        self.0 & 0x7ff == 0
+    }
+    /// Status Code Type.
+    pub const fn sct(self) -> u8 {
+        ((self.0 >> 8) & 7) as u8
+    }
+    /// Status Code.
+    pub const fn sc(self) -> u8 {
+        self.0 as u8
+    }
+}
