@@ -158,13 +158,23 @@ mod tests {
     fn validation_follows_the_spec() {
         let d = Doorbells::new(2);
         assert_eq!(d.len(), 6);
-        assert_eq!(d.write(2, 0), Err(DoorbellError::InvalidRegister { index: 2 }));
+        assert_eq!(
+            d.write(2, 0),
+            Err(DoorbellError::InvalidRegister { index: 2 })
+        );
         assert_eq!(d.write(99, 0).unwrap_err().aer_info(), 0x00);
         d.set_queue(2, 16);
         d.write(2, 15).unwrap();
         assert_eq!(d.value(2), 15);
         let e = d.write(2, 16).unwrap_err();
-        assert_eq!(e, DoorbellError::InvalidValue { index: 2, value: 16, size: 16 });
+        assert_eq!(
+            e,
+            DoorbellError::InvalidValue {
+                index: 2,
+                value: 16,
+                size: 16
+            }
+        );
         assert_eq!(e.aer_info(), 0x01);
         assert_eq!(d.value(2), 15, "an invalid write changes nothing");
         d.clear();

@@ -155,13 +155,19 @@ impl Engine {
     /// Builds an engine; the worker is not running until [`Engine::start`].
     pub fn new(cfg: EngineConfig) -> Result<Engine, EngineError> {
         if cfg.namespaces.is_empty() {
-            return Err(EngineError::Config("at least one namespace is required".into()));
+            return Err(EngineError::Config(
+                "at least one namespace is required".into(),
+            ));
         }
         if cfg.msix_vectors == 0 {
-            return Err(EngineError::Config("msix_vectors must be at least 1".into()));
+            return Err(EngineError::Config(
+                "msix_vectors must be at least 1".into(),
+            ));
         }
         if cfg.max_qid == 0 {
-            return Err(EngineError::Config("max_qid must be at least 1 (one I/O queue pair)".into()));
+            return Err(EngineError::Config(
+                "max_qid must be at least 1 (one I/O queue pair)".into(),
+            ));
         }
         if !(2..=65536).contains(&cfg.max_queue_entries) {
             return Err(EngineError::Config(format!(
@@ -272,7 +278,14 @@ impl Engine {
     // ---- guest memory ----------------------------------------------------
 
     /// Maps `size` bytes of `fd` at `offset` as guest memory at `iova`.
-    pub fn map_dma(&self, iova: u64, size: u64, fd: RawFd, offset: u64, writable: bool) -> Result<(), EngineError> {
+    pub fn map_dma(
+        &self,
+        iova: u64,
+        size: u64,
+        fd: RawFd,
+        offset: u64,
+        writable: bool,
+    ) -> Result<(), EngineError> {
         Ok(self.shared.mem.map(iova, size, fd, offset, writable)?)
     }
 
@@ -342,7 +355,11 @@ impl Engine {
 
     fn check_size(&self, qid: u16, size: u32) -> Result<(), QueueError> {
         // Admin queues are sized by AQA (12 bits); I/O queues by CAP.MQES.
-        let max = if qid == 0 { 4096 } else { self.shared.cfg.max_queue_entries };
+        let max = if qid == 0 {
+            4096
+        } else {
+            self.shared.cfg.max_queue_entries
+        };
         if !(2..=max).contains(&size) {
             return Err(QueueError::BadSize { size, max });
         }
@@ -350,7 +367,14 @@ impl Engine {
     }
 
     /// Creates CQ `qid` of `size` entries at `iova`, signalling `vector` when `ien`.
-    pub fn create_cq(&self, qid: u16, iova: u64, size: u32, vector: u16, ien: bool) -> Result<(), EngineError> {
+    pub fn create_cq(
+        &self,
+        qid: u16,
+        iova: u64,
+        size: u32,
+        vector: u16,
+        ien: bool,
+    ) -> Result<(), EngineError> {
         self.check_qid(qid)?;
         self.check_size(qid, size)?;
         let count = self.shared.vectors.count();
@@ -365,7 +389,9 @@ impl Engine {
         }
         *slot = Some(cq);
         q.active_cqs.push(qid);
-        self.shared.doorbells.set_queue(usize::from(qid) * 2 + 1, size);
+        self.shared
+            .doorbells
+            .set_queue(usize::from(qid) * 2 + 1, size);
         Ok(())
     }
 
@@ -394,7 +420,9 @@ impl Engine {
     pub fn delete_sq(&self, qid: u16) -> Result<(), EngineError> {
         self.check_qid(qid)?;
         let mut q = lock(&self.shared.queues);
-        let sq = q.sqs[usize::from(qid)].take().ok_or(QueueError::Missing { qid })?;
+        let sq = q.sqs[usize::from(qid)]
+            .take()
+            .ok_or(QueueError::Missing { qid })?;
         q.active_sqs.retain(|&x| x != qid);
         if let Some(cq) = q.cqs[usize::from(sq.cqid)].as_mut() {
             cq.sqs = cq.sqs.saturating_sub(1);
@@ -420,12 +448,18 @@ impl Engine {
 
     /// True when SQ `qid` exists.
     pub fn sq_exists(&self, qid: u16) -> bool {
-        lock(&self.shared.queues).sqs.get(usize::from(qid)).is_some_and(|s| s.is_some())
+        lock(&self.shared.queues)
+            .sqs
+            .get(usize::from(qid))
+            .is_some_and(|s| s.is_some())
     }
 
     /// True when CQ `qid` exists.
     pub fn cq_exists(&self, qid: u16) -> bool {
-        lock(&self.shared.queues).cqs.get(usize::from(qid)).is_some_and(|s| s.is_some())
+        lock(&self.shared.queues)
+            .cqs
+            .get(usize::from(qid))
+            .is_some_and(|s| s.is_some())
     }
 
     /// True while some SQ posts to CQ `qid`.
@@ -667,7 +701,10 @@ impl Shared {
                     }
                 };
                 q.stats.io_commands += 1;
-                if cq.post(&mem, Cqe::new(qid, sqe.cid(), status, dw0), sq.head as u16).is_err() {
+                if cq
+                    .post(&mem, Cqe::new(qid, sqe.cid(), status, dw0), sq.head as u16)
+                    .is_err()
+                {
                     q.stats.cqe_post_errors += 1;
                     failed = true;
                     break;
@@ -720,7 +757,9 @@ impl Shared {
             let mut q = lock(&self.queues);
             q.stats.admin_commands += 1;
             match outcome {
-                AdminOutcome::Complete { status, dw0 } => self.post_admin(&mut q, gen, sqe.cid(), status, dw0),
+                AdminOutcome::Complete { status, dw0 } => {
+                    self.post_admin(&mut q, gen, sqe.cid(), status, dw0)
+                }
                 AdminOutcome::Deferred => {
                     if gen == q.generation {
                         q.deferred.push(sqe.cid());

@@ -17,7 +17,9 @@ use std::sync::Mutex;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IrqError {
     /// The vector number is not one the controller has.
-    #[error("interrupt vector {vector} is out of range (controller has {count} vectors: 0..{count})")]
+    #[error(
+        "interrupt vector {vector} is out of range (controller has {count} vectors: 0..{count})"
+    )]
     BadVector { vector: u32, count: u32 },
     /// The fd cannot be used as a notifier.
     #[error("fd {fd} cannot be used as an interrupt notifier: {reason}")]
@@ -40,10 +42,12 @@ impl Notifier {
         // SAFETY: the caller vouches fd is open for the duration of this call;
         // we only borrow it to duplicate it.
         let b = unsafe { BorrowedFd::borrow_raw(fd) };
-        b.try_clone_to_owned().map(Notifier).map_err(|e| IrqError::BadFd {
-            fd,
-            reason: e.to_string(),
-        })
+        b.try_clone_to_owned()
+            .map(Notifier)
+            .map_err(|e| IrqError::BadFd {
+                fd,
+                reason: e.to_string(),
+            })
     }
 
     /// One 8-byte write of 1, as every eventfd consumer expects.
@@ -92,7 +96,9 @@ impl Vectors {
     /// `count` vectors, unmasked, with no notifier.
     pub fn new(count: u16) -> Self {
         Vectors {
-            v: (0..count).map(|_| Mutex::new(VectorState::default())).collect(),
+            v: (0..count)
+                .map(|_| Mutex::new(VectorState::default()))
+                .collect(),
             signals: AtomicU64::new(0),
             masked_notifications: AtomicU64::new(0),
             unrouted: AtomicU64::new(0),
@@ -163,7 +169,11 @@ impl Vectors {
 
     /// True when the vector is masked.
     pub fn is_masked(&self, vector: u32) -> Result<bool, IrqError> {
-        Ok(self.get(vector)?.lock().unwrap_or_else(|e| e.into_inner()).masked)
+        Ok(self
+            .get(vector)?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .masked)
     }
 
     /// Vectors with their pending bit set, ascending.

@@ -43,7 +43,9 @@ pub enum MemError {
         other_size: u64,
     },
     /// No mapping covers exactly the range to unmap.
-    #[error("no DMA mapping is exactly {iova:#x}+{size:#x}; unmap whole mappings as they were mapped")]
+    #[error(
+        "no DMA mapping is exactly {iova:#x}+{size:#x}; unmap whole mappings as they were mapped"
+    )]
     NotMapped { iova: u64, size: u64 },
     /// The file descriptor cannot back guest memory.
     #[error("fd {fd} cannot be mapped: {reason}")]
@@ -104,11 +106,18 @@ impl Region {
     ///
     /// mmap wants a page-aligned file offset, so the offset is aligned down and
     /// the host pointer adjusted, as libvfio-user does.
-    fn map(iova: u64, size: u64, fd: RawFd, offset: u64, writable: bool) -> Result<Region, MemError> {
+    fn map(
+        iova: u64,
+        size: u64,
+        fd: RawFd,
+        offset: u64,
+        writable: bool,
+    ) -> Result<Region, MemError> {
         if size == 0 {
             return Err(MemError::ZeroSize);
         }
-        iova.checked_add(size - 1).ok_or(MemError::Overflow { iova, len: size })?;
+        iova.checked_add(size - 1)
+            .ok_or(MemError::Overflow { iova, len: size })?;
         let bad = |reason: String| MemError::BadFd { fd, reason };
         // SAFETY: fstat writes only into the stat buffer we pass.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -120,7 +129,10 @@ impl Region {
             // Touching a shared mapping past the end of a file raises SIGBUS:
             // refuse such a mapping up front.
             let file_size = st.st_size as u64;
-            let end = offset.checked_add(size).ok_or(MemError::Overflow { iova: offset, len: size })?;
+            let end = offset.checked_add(size).ok_or(MemError::Overflow {
+                iova: offset,
+                len: size,
+            })?;
             if end > file_size {
                 return Err(MemError::PastEnd {
                     fd,
@@ -133,9 +145,13 @@ impl Region {
         let page = page_size();
         let delta = offset % page;
         let map_off = offset - delta;
-        let map_len = usize::try_from(size.checked_add(delta).ok_or(MemError::Overflow { iova, len: size })?)
-            .map_err(|_| bad("size does not fit the host address space".into()))?;
-        let off = libc::off_t::try_from(map_off).map_err(|_| bad(format!("offset {offset:#x} too large")))?;
+        let map_len = usize::try_from(
+            size.checked_add(delta)
+                .ok_or(MemError::Overflow { iova, len: size })?,
+        )
+        .map_err(|_| bad("size does not fit the host address space".into()))?;
+        let off = libc::off_t::try_from(map_off)
+            .map_err(|_| bad(format!("offset {offset:#x} too large")))?;
         let prot = if writable {
             libc::PROT_READ | libc::PROT_WRITE
         } else {
@@ -143,7 +159,16 @@ impl Region {
         };
         // SAFETY: a fresh shared mapping chosen by the kernel (no MAP_FIXED),
         // so it cannot clobber existing memory.
-        let base = unsafe { libc::mmap(std::ptr::null_mut(), map_len, prot, libc::MAP_SHARED, fd, off) };
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                prot,
+                libc::MAP_SHARED,
+                fd,
+                off,
+            )
+        };
         if base == libc::MAP_FAILED {
             return Err(bad(std::io::Error::last_os_error().to_string()));
         }
@@ -218,7 +243,9 @@ impl MemoryMap {
         let p = self.translate(iova, 8, false)?;
         // SAFETY: translate checked that 8 bytes at p are mapped; the read is
         // unaligned-safe because a region may start at any fd offset.
-        Ok(u64::from_le(unsafe { std::ptr::read_unaligned(p as *const u64) }))
+        Ok(u64::from_le(unsafe {
+            std::ptr::read_unaligned(p as *const u64)
+        }))
     }
 
     /// An atomic view of a u64 in guest memory for ordered stores (CQEs).
@@ -251,7 +278,10 @@ impl MemoryMap {
 
     /// The regions as (iova, size, writable), ascending.
     pub fn regions(&self) -> Vec<(u64, u64, bool)> {
-        self.regions.iter().map(|r| (r.iova, r.len, r.writable)).collect()
+        self.regions
+            .iter()
+            .map(|r| (r.iova, r.len, r.writable))
+            .collect()
     }
 }
 
@@ -285,10 +315,19 @@ impl GuestMemory {
     }
 
     /// Maps `size` bytes of `fd` at `offset` as guest range `iova`.
-    pub fn map(&self, iova: u64, size: u64, fd: RawFd, offset: u64, writable: bool) -> Result<(), MemError> {
+    pub fn map(
+        &self,
+        iova: u64,
+        size: u64,
+        fd: RawFd,
+        offset: u64,
+        writable: bool,
+    ) -> Result<(), MemError> {
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.map.load_full();
-        let end = iova.checked_add(size.saturating_sub(1)).ok_or(MemError::Overflow { iova, len: size })?;
+        let end = iova
+            .checked_add(size.saturating_sub(1))
+            .ok_or(MemError::Overflow { iova, len: size })?;
         for r in &cur.regions {
             if iova <= r.end() && r.iova <= end {
                 return Err(MemError::Overlap {
@@ -330,7 +369,7 @@ impl GuestMemory {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -349,13 +388,17 @@ mod tests {
     fn map_translate_bounds() {
         let m = GuestMemory::new();
         let fd = memfd(0x10000);
-        m.map(0x1_0000_0000, 0x4000, fd.as_raw_fd(), 0x1000, true).unwrap();
+        m.map(0x1_0000_0000, 0x4000, fd.as_raw_fd(), 0x1000, true)
+            .unwrap();
         let s = m.snapshot();
         assert!(s.translate(0x1_0000_0000, 0x4000, true).is_ok());
         assert!(s.translate(0x1_0000_3fff, 1, true).is_ok());
         assert_eq!(
             s.translate(0x1_0000_3fff, 2, false),
-            Err(MemError::Unmapped { iova: 0x1_0000_3fff, len: 2 })
+            Err(MemError::Unmapped {
+                iova: 0x1_0000_3fff,
+                len: 2
+            })
         );
         assert!(s.translate(0xffff_ffff, 1, false).is_err());
         assert!(s.translate(u64::MAX, 2, false).is_err());
@@ -383,14 +426,38 @@ mod tests {
         let m = GuestMemory::new();
         let fd = memfd(0x4000);
         m.map(0x2000, 0x2000, fd.as_raw_fd(), 0, true).unwrap();
-        assert!(matches!(m.map(0x3000, 0x2000, fd.as_raw_fd(), 0, true), Err(MemError::Overlap { .. })));
-        assert!(matches!(m.map(0x1000, 0x1001, fd.as_raw_fd(), 0, true), Err(MemError::Overlap { .. })));
+        assert!(matches!(
+            m.map(0x3000, 0x2000, fd.as_raw_fd(), 0, true),
+            Err(MemError::Overlap { .. })
+        ));
+        assert!(matches!(
+            m.map(0x1000, 0x1001, fd.as_raw_fd(), 0, true),
+            Err(MemError::Overlap { .. })
+        ));
         m.map(0x1000, 0x1000, fd.as_raw_fd(), 0, true).unwrap();
-        assert_eq!(m.map(0x9000, 0, fd.as_raw_fd(), 0, true), Err(MemError::ZeroSize));
-        assert!(matches!(m.map(0x9000, 0x1000, fd.as_raw_fd(), 0x3800, true), Err(MemError::PastEnd { .. })));
-        assert!(matches!(m.map(0x9000, 0x1000, -1, 0, true), Err(MemError::BadFd { .. })));
-        assert!(matches!(m.map(u64::MAX, 2, fd.as_raw_fd(), 0, true), Err(MemError::Overflow { .. })));
-        assert_eq!(m.unmap(0x2000, 0x1000), Err(MemError::NotMapped { iova: 0x2000, size: 0x1000 }));
+        assert_eq!(
+            m.map(0x9000, 0, fd.as_raw_fd(), 0, true),
+            Err(MemError::ZeroSize)
+        );
+        assert!(matches!(
+            m.map(0x9000, 0x1000, fd.as_raw_fd(), 0x3800, true),
+            Err(MemError::PastEnd { .. })
+        ));
+        assert!(matches!(
+            m.map(0x9000, 0x1000, -1, 0, true),
+            Err(MemError::BadFd { .. })
+        ));
+        assert!(matches!(
+            m.map(u64::MAX, 2, fd.as_raw_fd(), 0, true),
+            Err(MemError::Overflow { .. })
+        ));
+        assert_eq!(
+            m.unmap(0x2000, 0x1000),
+            Err(MemError::NotMapped {
+                iova: 0x2000,
+                size: 0x1000
+            })
+        );
         let held = m.snapshot();
         m.unmap(0x2000, 0x2000).unwrap();
         // A snapshot taken before unmap still reads safely; a new one does not see it.

@@ -111,7 +111,15 @@ fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, read: bool) -> Result<u32, Failure> {
     if ctx.mdts_bytes != 0 && len > ctx.mdts_bytes {
         return Err(fail(Status::INVALID_FIELD.dnr(), loc::NLB, slba, nsid));
     }
-    if let Err(e) = prp::walk(ctx.mem, sqe.prp1(), sqe.prp2(), len, ctx.page_size, read, ctx.segs) {
+    if let Err(e) = prp::walk(
+        ctx.mem,
+        sqe.prp1(),
+        sqe.prp2(),
+        len,
+        ctx.page_size,
+        read,
+        ctx.segs,
+    ) {
         return Err(fail(e.status(), loc::PRP1, slba, nsid));
     }
     let mut off = slba << ns.lba_shift;

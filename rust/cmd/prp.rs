@@ -43,7 +43,13 @@ impl PrpError {
 }
 
 #[inline]
-fn push(mem: &MemoryMap, out: &mut Vec<Segment>, iova: u64, len: u64, write: bool) -> Result<(), PrpError> {
+fn push(
+    mem: &MemoryMap,
+    out: &mut Vec<Segment>,
+    iova: u64,
+    len: u64,
+    write: bool,
+) -> Result<(), PrpError> {
     let ptr = mem.translate(iova, len, write)?;
     let len = len as usize; // <= page size
     if let Some(last) = out.last_mut() {
@@ -100,7 +106,10 @@ pub fn walk(
         let slots = (page - (list & mask)) / 8;
         let mut i = 0;
         loop {
-            let at = list.checked_add(i * 8).ok_or(MemError::Overflow { iova: list, len: i * 8 })?;
+            let at = list.checked_add(i * 8).ok_or(MemError::Overflow {
+                iova: list,
+                len: i * 8,
+            })?;
             let entry = mem.read_u64(at)?;
             if entry & mask != 0 {
                 return Err(PrpError::InvalidOffset { entry });
@@ -155,8 +164,14 @@ mod tests {
         walk(&s, 0x10_0e00, 0x10_5000, 1024, P, true, &mut out).unwrap();
         assert_eq!(total(&out), 1024);
         assert_eq!(out.len(), 2);
-        assert_eq!(walk(&s, 0x10_0e00, 0x10_5008, 1024, P, true, &mut out), Err(PrpError::InvalidOffset { entry: 0x10_5008 }));
-        assert_eq!(walk(&s, 0x10_0e02, 0, 16, P, true, &mut out), Err(PrpError::InvalidOffset { entry: 0x10_0e02 }));
+        assert_eq!(
+            walk(&s, 0x10_0e00, 0x10_5008, 1024, P, true, &mut out),
+            Err(PrpError::InvalidOffset { entry: 0x10_5008 })
+        );
+        assert_eq!(
+            walk(&s, 0x10_0e02, 0, 16, P, true, &mut out),
+            Err(PrpError::InvalidOffset { entry: 0x10_0e02 })
+        );
     }
 
     #[test]
@@ -164,15 +179,16 @@ mod tests {
         let (m, _f) = setup();
         let s = m.snapshot();
         // A list at page 1 whose last slot chains to a list at page 2.
-        let list1 = 0x10_1000;
-        let list2 = 0x10_2000;
-        let data = |k: u64| 0x10_0000 + (8 + (k % 40) * 1) * P;
+        let list1: u64 = 0x10_1000;
+        let list2: u64 = 0x10_2000;
+        let data = |k: u64| 0x10_0000 + (8 + k % 40) * P;
         for i in 0..511u64 {
             s.write(list1 + i * 8, &data(i).to_le_bytes()).unwrap();
         }
         s.write(list1 + 511 * 8, &list2.to_le_bytes()).unwrap();
         for i in 0..10u64 {
-            s.write(list2 + i * 8, &data(511 + i).to_le_bytes()).unwrap();
+            s.write(list2 + i * 8, &data(511 + i).to_le_bytes())
+                .unwrap();
         }
         let mut out = Vec::new();
         // 1 page from PRP1 + 511 from list1 + 10 from list2.
@@ -180,10 +196,15 @@ mod tests {
         walk(&s, 0x10_3000, list1, len, P, false, &mut out).unwrap();
         assert_eq!(total(&out) as u64, len);
         // A bad entry anywhere fails the whole walk.
-        s.write(list2 + 9 * 8, &(data(3) + 8).to_le_bytes()).unwrap();
-        assert!(matches!(walk(&s, 0x10_3000, list1, len, P, false, &mut out), Err(PrpError::InvalidOffset { .. })));
+        s.write(list2 + 9 * 8, &(data(3) + 8).to_le_bytes())
+            .unwrap();
+        assert!(matches!(
+            walk(&s, 0x10_3000, list1, len, P, false, &mut out),
+            Err(PrpError::InvalidOffset { .. })
+        ));
         // An unmapped data page is a transfer error.
-        s.write(list2 + 9 * 8, &0x9999_0000u64.to_le_bytes()).unwrap();
+        s.write(list2 + 9 * 8, &0x9999_0000u64.to_le_bytes())
+            .unwrap();
         let e = walk(&s, 0x10_3000, list1, len, P, false, &mut out).unwrap_err();
         assert_eq!(e.status(), Status::DATA_TRANSFER_ERROR.dnr());
         // An unmapped list is a transfer error too.
@@ -195,7 +216,7 @@ mod tests {
     fn self_referencing_list_terminates() {
         let (m, _f) = setup();
         let s = m.snapshot();
-        let list = 0x10_1000;
+        let list: u64 = 0x10_1000;
         for i in 0..512u64 {
             s.write(list + i * 8, &list.to_le_bytes()).unwrap();
         }
@@ -209,9 +230,10 @@ mod tests {
     fn contiguous_pages_merge() {
         let (m, _f) = setup();
         let s = m.snapshot();
-        let list = 0x10_1000;
+        let list: u64 = 0x10_1000;
         for i in 0..3u64 {
-            s.write(list + i * 8, &(0x10_5000 + i * P).to_le_bytes()).unwrap();
+            s.write(list + i * 8, &(0x10_5000 + i * P).to_le_bytes())
+                .unwrap();
         }
         let mut out = Vec::new();
         walk(&s, 0x10_4000, list, 4 * P, P, true, &mut out).unwrap();

@@ -93,7 +93,10 @@ impl HostMemory {
     /// in the test or benchmark, never guest input).
     pub fn ptr(&self, iova: u64, len: usize) -> *mut u8 {
         let off = iova.checked_sub(self.iova).expect("iova below host memory") as usize;
-        assert!(off.checked_add(len).is_some_and(|e| e <= self.len), "iova past host memory");
+        assert!(
+            off.checked_add(len).is_some_and(|e| e <= self.len),
+            "iova past host memory"
+        );
         // SAFETY: bounds asserted above.
         unsafe { self.ptr.add(off) }
     }
@@ -159,7 +162,13 @@ impl HostQueue {
     pub fn push(&mut self, sqe: &Sqe) {
         let b = sqe.to_bytes();
         // SAFETY: sq_tail < size, inside the ring mapped in new().
-        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), self.sq.add(self.sq_tail as usize * Sqe::SIZE), 64) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                b.as_ptr(),
+                self.sq.add(self.sq_tail as usize * Sqe::SIZE),
+                64,
+            )
+        };
         self.sq_tail = (self.sq_tail + 1) % self.size;
     }
 
@@ -215,16 +224,23 @@ impl MockHost {
 
     /// `bytes` of guest memory mapped into `engine` at [`MockHost::IOVA`].
     pub fn new(engine: &Engine, bytes: usize) -> Result<Self, EngineError> {
-        let mem = HostMemory::new(bytes, Self::IOVA).map_err(|e| EngineError::Config(e.to_string()))?;
+        let mem =
+            HostMemory::new(bytes, Self::IOVA).map_err(|e| EngineError::Config(e.to_string()))?;
         engine.map_dma(Self::IOVA, bytes as u64, mem.fd(), 0, true)?;
-        Ok(MockHost { mem, next: Self::IOVA })
+        Ok(MockHost {
+            mem,
+            next: Self::IOVA,
+        })
     }
 
     /// Bump-allocates `bytes`, 4 KiB aligned.
     pub fn alloc(&mut self, bytes: usize) -> u64 {
         let at = self.next;
         self.next += (bytes as u64).div_ceil(4096) * 4096;
-        assert!(self.next <= self.mem.iova + self.mem.len() as u64, "mock host memory exhausted");
+        assert!(
+            self.next <= self.mem.iova + self.mem.len() as u64,
+            "mock host memory exhausted"
+        );
         at
     }
 

@@ -27,7 +27,12 @@ struct Exceptions {
 
 static EXC: PyOnceLock<Exceptions> = PyOnceLock::new();
 
-fn make_type(py: Python<'_>, name: &str, doc: &str, bases: Vec<Bound<'_, PyType>>) -> PyResult<Py<PyType>> {
+fn make_type(
+    py: Python<'_>,
+    name: &str,
+    doc: &str,
+    bases: Vec<Bound<'_, PyType>>,
+) -> PyResult<Py<PyType>> {
     let ns = PyDict::new(py);
     ns.set_item("__module__", "nvmefast")?;
     ns.set_item("__doc__", doc)?;
@@ -40,7 +45,12 @@ fn make_type(py: Python<'_>, name: &str, doc: &str, bases: Vec<Bound<'_, PyType>
 
 fn exceptions(py: Python<'_>) -> PyResult<&Exceptions> {
     EXC.get_or_try_init(py, || {
-        let base = make_type(py, "NvmeFastError", "Root of every error nvmefast raises.", vec![py.get_type::<PyException>()])?;
+        let base = make_type(
+            py,
+            "NvmeFastError",
+            "Root of every error nvmefast raises.",
+            vec![py.get_type::<PyException>()],
+        )?;
         let b = || base.bind(py).clone();
         Ok(Exceptions {
             config: make_type(
@@ -49,16 +59,36 @@ fn exceptions(py: Python<'_>) -> PyResult<&Exceptions> {
                 "A configuration value is out of range or inconsistent.",
                 vec![b(), py.get_type::<PyValueError>()],
             )?,
-            dma: make_type(py, "DmaMapError", "A DMA map/unmap request is invalid (overlap, bad fd, size, alignment).", vec![b()])?,
+            dma: make_type(
+                py,
+                "DmaMapError",
+                "A DMA map/unmap request is invalid (overlap, bad fd, size, alignment).",
+                vec![b()],
+            )?,
             register: make_type(
                 py,
                 "RegisterAccessError",
                 "A BAR0 access the embedder should never make (bad size, offset past BAR0).",
                 vec![b()],
             )?,
-            vector: make_type(py, "VectorError", "An interrupt vector number or notifier fd is invalid.", vec![b()])?,
-            queue: make_type(py, "QueueError", "A queue operation on the core is invalid (qid in use, unknown CQ, ...).", vec![b()])?,
-            state: make_type(py, "StateError", "The object is in the wrong state for the call (closed, not running, ...).", vec![b()])?,
+            vector: make_type(
+                py,
+                "VectorError",
+                "An interrupt vector number or notifier fd is invalid.",
+                vec![b()],
+            )?,
+            queue: make_type(
+                py,
+                "QueueError",
+                "A queue operation on the core is invalid (qid in use, unknown CQ, ...).",
+                vec![b()],
+            )?,
+            state: make_type(
+                py,
+                "StateError",
+                "The object is in the wrong state for the call (closed, not running, ...).",
+                vec![b()],
+            )?,
             base,
         })
     })
@@ -185,13 +215,24 @@ impl PyEngine {
     }
 
     fn set_admin_handler(&self, handler: Option<Py<PyAny>>) {
-        self.inner
-            .set_admin_handler(handler.map(|h| Arc::new(PyAdminHandler(h)) as Arc<dyn AdminHandler>));
+        self.inner.set_admin_handler(
+            handler.map(|h| Arc::new(PyAdminHandler(h)) as Arc<dyn AdminHandler>),
+        );
     }
 
     #[pyo3(signature = (iova, size, fd, offset=0, writable=true))]
-    fn map_dma(&self, py: Python<'_>, iova: u64, size: u64, fd: i32, offset: u64, writable: bool) -> PyResult<()> {
-        self.inner.map_dma(iova, size, fd, offset, writable).map_err(|e| to_py(py, e))
+    fn map_dma(
+        &self,
+        py: Python<'_>,
+        iova: u64,
+        size: u64,
+        fd: i32,
+        offset: u64,
+        writable: bool,
+    ) -> PyResult<()> {
+        self.inner
+            .map_dma(iova, size, fd, offset, writable)
+            .map_err(|e| to_py(py, e))
     }
 
     fn unmap_dma(&self, py: Python<'_>, iova: u64, size: u64) -> PyResult<()> {
@@ -203,7 +244,9 @@ impl PyEngine {
     }
 
     fn set_page_size(&self, py: Python<'_>, page_size: u64) -> PyResult<()> {
-        self.inner.set_page_size(page_size).map_err(|e| to_py(py, e))
+        self.inner
+            .set_page_size(page_size)
+            .map_err(|e| to_py(py, e))
     }
 
     fn reset(&self, py: Python<'_>) {
@@ -215,14 +258,26 @@ impl PyEngine {
         self.inner.fatal()
     }
 
-    fn create_cq(&self, py: Python<'_>, qid: u64, iova: u64, size: u32, vector: u64, ien: bool) -> PyResult<()> {
+    fn create_cq(
+        &self,
+        py: Python<'_>,
+        qid: u64,
+        iova: u64,
+        size: u32,
+        vector: u64,
+        ien: bool,
+    ) -> PyResult<()> {
         let (qid, vector) = (u16_arg(py, "qid", qid)?, u16_arg(py, "vector", vector)?);
-        self.inner.create_cq(qid, iova, size, vector, ien).map_err(|e| to_py(py, e))
+        self.inner
+            .create_cq(qid, iova, size, vector, ien)
+            .map_err(|e| to_py(py, e))
     }
 
     fn create_sq(&self, py: Python<'_>, qid: u64, iova: u64, size: u32, cqid: u64) -> PyResult<()> {
         let (qid, cqid) = (u16_arg(py, "qid", qid)?, u16_arg(py, "cqid", cqid)?);
-        self.inner.create_sq(qid, iova, size, cqid).map_err(|e| to_py(py, e))
+        self.inner
+            .create_sq(qid, iova, size, cqid)
+            .map_err(|e| to_py(py, e))
     }
 
     fn delete_sq(&self, py: Python<'_>, qid: u64) -> PyResult<()> {
@@ -252,14 +307,24 @@ impl PyEngine {
         // them as an AER code, never an exception.
         let index = u32::try_from(index).unwrap_or(u32::MAX);
         let value = u32::try_from(value).unwrap_or(u32::MAX);
-        self.inner.doorbell_write(index, value).err().map(|e| e.aer_info())
+        self.inner
+            .doorbell_write(index, value)
+            .err()
+            .map(|e| e.aer_info())
     }
 
     fn write_prp(&self, py: Python<'_>, prp1: u64, prp2: u64, data: Vec<u8>) -> u16 {
-        py.detach(|| self.inner.write_prp(prp1, prp2, &data)).field()
+        py.detach(|| self.inner.write_prp(prp1, prp2, &data))
+            .field()
     }
 
-    fn read_prp<'py>(&self, py: Python<'py>, prp1: u64, prp2: u64, length: usize) -> (u16, Bound<'py, PyBytes>) {
+    fn read_prp<'py>(
+        &self,
+        py: Python<'py>,
+        prp1: u64,
+        prp2: u64,
+        length: usize,
+    ) -> (u16, Bound<'py, PyBytes>) {
         let (s, data) = py.detach(|| self.inner.read_prp(prp1, prp2, length));
         (s.field(), PyBytes::new(py, &data))
     }
@@ -277,11 +342,15 @@ impl PyEngine {
     }
 
     fn set_vector_eventfd(&self, py: Python<'_>, vector: u32, fd: Option<i32>) -> PyResult<()> {
-        self.inner.set_vector_eventfd(vector, fd).map_err(|e| to_py(py, e))
+        self.inner
+            .set_vector_eventfd(vector, fd)
+            .map_err(|e| to_py(py, e))
     }
 
     fn mask_vector(&self, py: Python<'_>, vector: u32, masked: bool) -> PyResult<()> {
-        self.inner.mask_vector(vector, masked).map_err(|e| to_py(py, e))
+        self.inner
+            .mask_vector(vector, masked)
+            .map_err(|e| to_py(py, e))
     }
 
     fn pending_vectors(&self) -> Vec<u32> {
@@ -355,10 +424,18 @@ fn bench_io<'py>(
     let mode = match mode {
         "irq" => bench::Mode::Irq,
         "poll" => bench::Mode::Poll,
-        m => return Err(config_err(py, format!("mode {m:?} must be \"irq\" or \"poll\""))),
+        m => {
+            return Err(config_err(
+                py,
+                format!("mode {m:?} must be \"irq\" or \"poll\""),
+            ))
+        }
     };
     if !(seconds > 0.0 && seconds < 3600.0) {
-        return Err(config_err(py, format!("seconds {seconds} must be in (0, 3600)")));
+        return Err(config_err(
+            py,
+            format!("seconds {seconds} must be in (0, 3600)"),
+        ));
     }
     let sqid = u16_arg(py, "sqid", sqid)?;
     let eng = &engine.get().inner;

@@ -59,7 +59,9 @@ impl CompletionQueue {
     #[inline]
     pub fn free_slots(&self, head: u32) -> u32 {
         let used = (self.tail + self.size - head % self.size) % self.size;
-        (self.size - 1).saturating_sub(used).saturating_sub(self.reserved)
+        (self.size - 1)
+            .saturating_sub(used)
+            .saturating_sub(self.reserved)
     }
 
     /// Promises one slot to a command about to run; false when the ring has
@@ -145,7 +147,8 @@ mod tests {
             assert!(cq.reserve(cq.tail));
             let expect_phase = cq.phase;
             let slot = 0x100 + u64::from(cq.tail) * 16;
-            cq.post(&s, Cqe::new(1, round, Status::SUCCESS, 0xaa), round).unwrap();
+            cq.post(&s, Cqe::new(1, round, Status::SUCCESS, 0xaa), round)
+                .unwrap();
             let mut b = [0u8; 16];
             s.read(slot, &mut b).unwrap();
             let c = Cqe::from_words(

@@ -49,7 +49,11 @@ impl SubmissionQueue {
     /// Consumes the head entry.
     #[inline]
     pub fn advance(&mut self) {
-        self.head = if self.head + 1 == self.size { 0 } else { self.head + 1 };
+        self.head = if self.head + 1 == self.size {
+            0
+        } else {
+            self.head + 1
+        };
     }
 }
 
