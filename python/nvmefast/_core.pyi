@@ -144,8 +144,12 @@ def bench_io(
     seconds: float,
     mode: str,
     eventfd: int | None,
+    workload: str = "randread",
 ) -> dict[str, float]:
-    """Drive one I/O queue pair with 4 KiB random reads from a Rust host thread.
+    """Drive one I/O queue pair from a Rust host thread.
+
+    ``workload`` is ``"randread"`` (random block reads until ``seconds``
+    pass) or ``"fill"`` (write every block once, in order).
 
     The queues must already exist (created through the admin queue); guest
     memory ``mem_fd`` is mapped by the driver itself. ``mode`` is ``"irq"``

@@ -19,9 +19,20 @@ pub enum Mode {
     Poll,
 }
 
+/// What the host submits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Reads of random block-aligned LBAs until the time is up.
+    RandRead,
+    /// Writes of every block once, in order (fills a RAM namespace so later
+    /// reads touch real pages, not the shared zero page).
+    Fill,
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Params {
+    pub workload: Workload,
     pub nsid: u32,
     pub ns_lbas: u64,
     pub lba_size: u32,
@@ -180,12 +191,24 @@ pub fn run(
     let mut hist = Histogram::default();
     let mut out = Outcome::default();
     let mut submitted = vec![Instant::now(); p.qd as usize];
-    let make = |cid: u16, rng: &mut Rng| {
-        let mut s = Sqe::new(io::READ, cid, p.nsid);
+    let mut next_block = 0u64;
+    let opcode = match p.workload {
+        Workload::RandRead => io::READ,
+        Workload::Fill => io::WRITE,
+    };
+    let mut make = |cid: u16, rng: &mut Rng| {
+        let mut s = Sqe::new(opcode, cid, p.nsid);
         let buf = p.buf_iova + u64::from(cid) * u64::from(p.block_size);
         let prp2 = if p.block_size > 4096 { buf + 4096 } else { 0 };
         s.set_prps(buf, prp2);
-        let lba = (rng.next() % blocks) * lbas_per_block;
+        let block = match p.workload {
+            Workload::RandRead => rng.next() % blocks,
+            Workload::Fill => {
+                next_block += 1;
+                next_block - 1
+            }
+        };
+        let lba = block * lbas_per_block;
         s.dw[10] = lba as u32;
         s.dw[11] = (lba >> 32) as u32;
         s.dw[12] = (lbas_per_block - 1) as u32;
@@ -193,13 +216,20 @@ pub fn run(
     };
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(p.seconds);
-    for cid in 0..p.qd as u16 {
+    // Fill issues each block once: at most `blocks` commands in all.
+    let budget = match p.workload {
+        Workload::RandRead => u64::MAX,
+        Workload::Fill => blocks,
+    };
+    let first = u64::from(p.qd).min(budget) as u32;
+    for cid in 0..first as u16 {
         q.push(&make(cid, &mut rng));
         submitted[usize::from(cid)] = Instant::now();
     }
+    let mut issued = u64::from(first);
     q.ring_sq(engine);
     out.doorbells += 1;
-    let mut outstanding = p.qd;
+    let mut outstanding = first;
     let mut draining = false;
     let mut idle_since = Instant::now();
     while outstanding > 0 {
@@ -221,7 +251,7 @@ pub fn run(
                 .ok_or("device returned an unknown CID")?;
             hist.record(now.duration_since(*t0).as_nanos() as u64);
             out.ios += 1;
-            if !draining && now >= deadline {
+            if !draining && (issued >= budget || (p.workload == Workload::RandRead && now >= deadline)) {
                 draining = true;
             }
             if draining {
@@ -229,6 +259,7 @@ pub fn run(
             } else {
                 q.push(&make(cid, &mut rng));
                 submitted[usize::from(cid)] = now;
+                issued += 1;
                 resubmitted += 1;
             }
         }

@@ -399,7 +399,7 @@ impl PyEngine {
 
 /// Drives one queue pair with random reads from a Rust host thread.
 #[pyfunction]
-#[pyo3(signature = (engine, *, mem_fd, mem_iova, mem_size, sqid, sq_iova, cq_iova, qsize, buf_iova, nsid, ns_lbas, lba_size, block_size, qd, seconds, mode, eventfd))]
+#[pyo3(signature = (engine, *, mem_fd, mem_iova, mem_size, sqid, sq_iova, cq_iova, qsize, buf_iova, nsid, ns_lbas, lba_size, block_size, qd, seconds, mode, eventfd, workload="randread"))]
 #[allow(clippy::too_many_arguments)]
 fn bench_io<'py>(
     py: Python<'py>,
@@ -420,7 +420,13 @@ fn bench_io<'py>(
     seconds: f64,
     mode: &str,
     eventfd: Option<i32>,
+    workload: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let workload = match workload {
+        "randread" => bench::Workload::RandRead,
+        "fill" => bench::Workload::Fill,
+        w => return Err(config_err(py, format!("workload {w:?} must be \"randread\" or \"fill\""))),
+    };
     let mode = match mode {
         "irq" => bench::Mode::Irq,
         "poll" => bench::Mode::Poll,
@@ -440,6 +446,7 @@ fn bench_io<'py>(
     let sqid = u16_arg(py, "sqid", sqid)?;
     let eng = &engine.get().inner;
     let params = bench::Params {
+        workload,
         nsid,
         ns_lbas,
         lba_size,

@@ -1,0 +1,225 @@
+"""``nvmefast bench``: the QEMU thread's table, measured on this controller.
+
+4 KiB random reads at each queue depth, completions taken by interrupt
+(an eventfd per vector) or by polling the CQ phase tag. The controller is
+brought up the way Linux does it (through the admin queue, by
+:class:`nvmefast.testing.Host`); the I/O itself is driven by the core's
+Rust host loop (``_core.bench_io``) so the figures measure the device, not
+the interpreter. The floors are measured in the same run and every result
+is printed as a ratio of its floor, because these machines are noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from nvmefast import _core
+from nvmefast.config import ControllerConfig, NamespaceConfig
+from nvmefast.controller import Controller
+from nvmefast.testing import Host
+
+__all__ = ["BenchConfig", "Floors", "Point", "measure_floors", "run_bench", "format_table"]
+
+BLOCK = 4096
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What ``nvmefast bench`` runs."""
+
+    qds: tuple[int, ...] = (1, 4, 16, 64)
+    modes: tuple[str, ...] = ("irq", "poll")
+    seconds: float = 2.0
+    backend: str = "ram"
+    size_bytes: int = 1 << 30
+    lba_size: int = 512
+    poll_us: int = 50
+
+
+@dataclass
+class Floors:
+    """The raw primitives, measured in the same run."""
+
+    eventfd_rtt_ns: float
+    shm_rtt_ns: float
+    memcpy_4k_per_s: float
+
+
+@dataclass
+class Point:
+    """One (mode, queue depth) result."""
+
+    mode: str
+    qd: int
+    kiops: float
+    mean_us: float
+    p50_us: float
+    p99_us: float
+    ios: int
+    errors: int
+    seconds: float
+    interrupts_per_io: float
+    doorbells_per_io: float
+    ratios: dict[str, float] = field(default_factory=dict)
+
+
+def measure_floors(memcpy_bytes: int, seconds: float = 1.0) -> Floors:
+    """Measure eventfd ping-pong, shared-memory ping-pong and random 4 KiB memcpy."""
+    _core.floor_eventfd_pingpong(200)  # wake both threads' paths once, untimed
+    eventfd_rtt = _core.floor_eventfd_pingpong(max(200, int(seconds * 40_000)))
+    shm_rtt = _core.floor_shm_pingpong(max(1000, int(seconds * 1_000_000)))
+    memcpy = _core.floor_memcpy_4k(memcpy_bytes, seconds)
+    return Floors(eventfd_rtt, shm_rtt, memcpy)
+
+
+def _ratios(p: Point, floors: Floors, backend: str) -> dict[str, float]:
+    mean_ns = p.mean_us * 1000
+    r = {
+        # Round-trip latency as a multiple of the primitive the host waits on.
+        "latency_vs_eventfd_rtt": mean_ns / floors.eventfd_rtt_ns,
+        "latency_vs_shm_rtt": mean_ns / floors.shm_rtt_ns,
+    }
+    if backend == "ram":
+        # Every RAM read is one 4 KiB copy out of the namespace.
+        r["iops_vs_memcpy"] = p.kiops * 1000 / floors.memcpy_4k_per_s
+    return r
+
+
+def _queue_entries(qd: int, mqes: int) -> int:
+    return min(mqes + 1, max(16, 2 * qd))
+
+
+def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> tuple[Floors, list[Point]]:
+    """Run every (mode, QD) point of ``cfg``; returns the floors and the points."""
+    say = progress or (lambda _m: None)
+    ns = NamespaceConfig(size_bytes=cfg.size_bytes, lba_size=cfg.lba_size, backend=cfg.backend)
+    ccfg = ControllerConfig(namespaces=[ns], max_io_queue_pairs=1, poll_us=cfg.poll_us)
+    total = len(cfg.qds) * len(cfg.modes)
+    points: list[Point] = []
+    memory = 16 << 20
+    say("measuring floors (eventfd ping-pong, shared-memory ping-pong, 4 KiB memcpy)")
+    floors = measure_floors(min(cfg.size_bytes, 1 << 30))
+    with Controller(ccfg) as ctrl, Host(ctrl, memory_bytes=memory) as host:
+        host.enable()
+        host.set_num_queues(1, 1)
+        region = host.mem.regions[0]
+        mqes = host.mqes
+
+        def drive(mode: str, qd: int, seconds: float, workload: str) -> dict[str, float]:
+            entries = _queue_entries(qd, mqes)
+            irq = mode == "irq"
+            qp = host.create_io_queue_pair(1, entries=entries, vector=1, irq=irq)
+            buf = host.alloc(qd * BLOCK)
+            try:
+                return _core.bench_io(
+                    ctrl.engine,
+                    mem_fd=region.fd,
+                    mem_iova=region.iova,
+                    mem_size=region.size,
+                    sqid=1,
+                    sq_iova=qp.sq_iova,
+                    cq_iova=qp.cq_iova,
+                    qsize=entries,
+                    buf_iova=buf,
+                    nsid=1,
+                    ns_lbas=ns.lbas,
+                    lba_size=ns.lba_size,
+                    block_size=BLOCK,
+                    qd=qd,
+                    seconds=seconds,
+                    mode=mode,
+                    eventfd=host.vector_fd(1) if irq else None,
+                    workload=workload,
+                )
+            finally:
+                host.free(buf)
+                host.delete_io_queue_pair(1)
+
+        if cfg.backend == "ram":
+            say(f"filling the {cfg.size_bytes >> 20} MiB namespace through the device (sequential writes, QD 64)")
+            t = time.monotonic()
+            r = drive("poll", 64, 1.0, "fill")
+            say(f"  wrote {r['ios']} blocks in {time.monotonic() - t:.1f} s")
+        n = 0
+        for mode in cfg.modes:
+            for qd in cfg.qds:
+                n += 1
+                say(f"[{n}/{total}] {mode} QD{qd} for {cfg.seconds:g} s")
+                r = drive(mode, qd, cfg.seconds, "randread")
+                ios = max(1, int(r["ios"]))
+                p = Point(
+                    mode=mode,
+                    qd=qd,
+                    kiops=r["iops"] / 1000,
+                    mean_us=r["mean_ns"] / 1000,
+                    p50_us=r["p50_ns"] / 1000,
+                    p99_us=r["p99_ns"] / 1000,
+                    ios=int(r["ios"]),
+                    errors=int(r["errors"]),
+                    seconds=r["seconds"],
+                    interrupts_per_io=r["interrupts"] / ios,
+                    doorbells_per_io=r["doorbells"] / ios,
+                )
+                p.ratios = _ratios(p, floors, cfg.backend)
+                points.append(p)
+    return floors, points
+
+
+def format_table(cfg: BenchConfig, floors: Floors, points: Sequence[Point]) -> str:
+    """The human table: one row per point, each with its ratio to the floor."""
+    lines = [
+        f"nvmefast bench: 4 KiB random reads, {cfg.backend} namespace of {cfg.size_bytes >> 20} MiB "
+        f"(LBA {cfg.lba_size} B), {cfg.seconds:g} s per point, worker polls {cfg.poll_us} us",
+        f"floors: eventfd ping-pong {floors.eventfd_rtt_ns / 1000:.2f} us round trip | "
+        f"shared-memory ping-pong {floors.shm_rtt_ns / 1000:.3f} us | "
+        f"random 4 KiB memcpy {floors.memcpy_4k_per_s / 1e6:.2f} M/s",
+        "",
+        f"{'mode':<5}{'QD':>4}{'KIOPS':>10}{'mean us':>10}{'p50 us':>9}{'p99 us':>9}"
+        f"{'irq/IO':>8}{'db/IO':>7}  vs floor",
+    ]
+    for p in points:
+        if p.mode == "irq":
+            vs = f"latency {p.ratios['latency_vs_eventfd_rtt']:.2f}x eventfd RTT"
+        else:
+            vs = f"latency {p.ratios['latency_vs_shm_rtt']:.1f}x shm RTT"
+        if "iops_vs_memcpy" in p.ratios:
+            vs += f", IOPS {p.ratios['iops_vs_memcpy']:.2f}x memcpy"
+        err = f"  ({p.errors} errors!)" if p.errors else ""
+        lines.append(
+            f"{p.mode:<5}{p.qd:>4}{p.kiops:>10.1f}{p.mean_us:>10.2f}{p.p50_us:>9.2f}{p.p99_us:>9.2f}"
+            f"{p.interrupts_per_io:>8.2f}{p.doorbells_per_io:>7.2f}  {vs}{err}"
+        )
+    lines.append("")
+    lines.append("QEMU hw/nvme (qemu-devel 2022, fio in a guest): 38/123/210/329 KIOPS at QD 1/4/16/64")
+    return "\n".join(lines)
+
+
+def to_json(cfg: BenchConfig, floors: Floors, points: Sequence[Point]) -> dict[str, Any]:
+    """The same figures as a JSON-able dict."""
+    return {
+        "tool": "nvmefast bench",
+        "version": _core.__version__,
+        "config": asdict(cfg),
+        "floors": asdict(floors),
+        "points": [asdict(p) for p in points],
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+        },
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` as indented JSON."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")

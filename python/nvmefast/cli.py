@@ -1,0 +1,101 @@
+"""The ``nvmefast`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+
+from nvmefast.errors import NvmeFastError
+
+__all__ = ["main", "parse_size"]
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Parse ``64M``, ``1G``, ``4096`` or ``512K`` (binary units) into bytes."""
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; use e.g. 4096, 64M or 1G")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"{text!r}: queue depths must be positive integers")
+    return vals
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nvmefast", description="An emulated NVMe controller with a Rust hot path.")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser(
+        "bench",
+        help="measure KIOPS and latency at several queue depths",
+        description="4 KiB random reads against an in-memory namespace, driven by a Rust host thread; "
+        "prints KIOPS, mean/p50/p99 latency and the floors measured in the same run.",
+    )
+    b.add_argument("--qd", type=_int_list, default=(1, 4, 16, 64), help="queue depths, comma separated (default 1,4,16,64)")
+    b.add_argument("--seconds", type=float, default=2.0, help="seconds per point (default 2)")
+    b.add_argument(
+        "--mode",
+        choices=("irq", "poll", "both"),
+        default="both",
+        help="completions by interrupt (eventfd), by polling the CQ, or both (default)",
+    )
+    b.add_argument("--backend", choices=("ram", "null"), default="ram", help="namespace backend (default ram)")
+    b.add_argument("--size", type=parse_size, default=1 << 30, help="namespace size, e.g. 256M or 1G (default 1G)")
+    b.add_argument("--lba-size", type=int, choices=(512, 4096), default=512, help="LBA size (default 512)")
+    b.add_argument("--poll-us", type=int, default=50, help="worker polling window after work, in us (default 50)")
+    b.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    return p
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from nvmefast.bench import BenchConfig, format_table, run_bench, to_json, write_json
+
+    if not 0 < args.seconds <= 600:
+        print("nvmefast bench: --seconds must be in (0, 600]", file=sys.stderr)
+        return 2
+    modes = ("irq", "poll") if args.mode == "both" else (args.mode,)
+    cfg = BenchConfig(
+        qds=args.qd,
+        modes=modes,
+        seconds=args.seconds,
+        backend=args.backend,
+        size_bytes=args.size,
+        lba_size=args.lba_size,
+        poll_us=args.poll_us,
+    )
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    floors, points = run_bench(cfg, progress)
+    print(format_table(cfg, floors, points))
+    if args.json:
+        write_json(args.json, to_json(cfg, floors, points))
+        progress(f"wrote {args.json}")
+    return 1 if any(p.errors for p in points) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nvmefast`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "bench":
+            return _bench(args)
+    except NvmeFastError as e:
+        print(f"nvmefast {args.command}: {e}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
