@@ -25,7 +25,7 @@ from nvmefast.config import ControllerConfig, NamespaceConfig
 from nvmefast.controller import Controller
 from nvmefast.testing import Host
 
-__all__ = ["BenchConfig", "Floors", "Point", "measure_floors", "run_bench", "format_table"]
+__all__ = ["BenchConfig", "BenchSession", "Floors", "Point", "format_table", "measure_floors", "point_from", "run_bench"]
 
 BLOCK = 4096
 
@@ -96,79 +96,116 @@ def _queue_entries(qd: int, mqes: int) -> int:
     return min(mqes + 1, max(16, 2 * qd))
 
 
+class BenchSession:
+    """A controller brought up through its admin queue, ready to drive points.
+
+    Use as a context manager; :meth:`drive` creates a fresh I/O queue pair
+    for each point (so the Rust host loop starts from an empty ring) and
+    deletes it afterwards.
+    """
+
+    def __init__(self, cfg: BenchConfig) -> None:
+        self.cfg = cfg
+        self.ns = NamespaceConfig(size_bytes=cfg.size_bytes, lba_size=cfg.lba_size, backend=cfg.backend)
+        ccfg = ControllerConfig(namespaces=[self.ns], max_io_queue_pairs=1, poll_us=cfg.poll_us)
+        self.controller = Controller(ccfg)
+        try:
+            self.host = Host(self.controller, memory_bytes=16 << 20)
+            self.host.enable()
+            self.host.set_num_queues(1, 1)
+        except BaseException:
+            self.controller.close()
+            raise
+
+    def __enter__(self) -> BenchSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Tear down the host and the controller."""
+        self.host.close()
+        self.controller.close()
+
+    def fill(self) -> int:
+        """Write every block of the namespace once, through the device; returns blocks written."""
+        return int(self.drive("poll", 64, 1.0, "fill")["ios"])
+
+    def drive(self, mode: str, qd: int, seconds: float, workload: str = "randread") -> dict[str, float]:
+        """Run one point on a fresh queue pair; returns ``_core.bench_io``'s figures."""
+        host = self.host
+        region = host.mem.regions[0]
+        entries = _queue_entries(qd, host.mqes)
+        irq = mode == "irq"
+        qp = host.create_io_queue_pair(1, entries=entries, vector=1, irq=irq)
+        buf = host.alloc(qd * BLOCK)
+        try:
+            return _core.bench_io(
+                self.controller.engine,
+                mem_fd=region.fd,
+                mem_iova=region.iova,
+                mem_size=region.size,
+                sqid=1,
+                sq_iova=qp.sq_iova,
+                cq_iova=qp.cq_iova,
+                qsize=entries,
+                buf_iova=buf,
+                nsid=1,
+                ns_lbas=self.ns.lbas,
+                lba_size=self.ns.lba_size,
+                block_size=BLOCK,
+                qd=qd,
+                seconds=seconds,
+                mode=mode,
+                eventfd=host.vector_fd(1) if irq else None,
+                workload=workload,
+            )
+        finally:
+            host.free(buf)
+            host.delete_io_queue_pair(1)
+
+
+def point_from(mode: str, qd: int, r: dict[str, float], floors: Floors, backend: str) -> Point:
+    """A :class:`Point` from ``bench_io``'s figures, with its floor ratios."""
+    ios = max(1, int(r["ios"]))
+    p = Point(
+        mode=mode,
+        qd=qd,
+        kiops=r["iops"] / 1000,
+        mean_us=r["mean_ns"] / 1000,
+        p50_us=r["p50_ns"] / 1000,
+        p99_us=r["p99_ns"] / 1000,
+        ios=int(r["ios"]),
+        errors=int(r["errors"]),
+        seconds=r["seconds"],
+        interrupts_per_io=r["interrupts"] / ios,
+        doorbells_per_io=r["doorbells"] / ios,
+    )
+    p.ratios = _ratios(p, floors, backend)
+    return p
+
+
 def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> tuple[Floors, list[Point]]:
     """Run every (mode, QD) point of ``cfg``; returns the floors and the points."""
     say = progress or (lambda _m: None)
-    ns = NamespaceConfig(size_bytes=cfg.size_bytes, lba_size=cfg.lba_size, backend=cfg.backend)
-    ccfg = ControllerConfig(namespaces=[ns], max_io_queue_pairs=1, poll_us=cfg.poll_us)
     total = len(cfg.qds) * len(cfg.modes)
     points: list[Point] = []
-    memory = 16 << 20
     say("measuring floors (eventfd ping-pong, shared-memory ping-pong, 4 KiB memcpy)")
     floors = measure_floors(min(cfg.size_bytes, 1 << 30))
-    with Controller(ccfg) as ctrl, Host(ctrl, memory_bytes=memory) as host:
-        host.enable()
-        host.set_num_queues(1, 1)
-        region = host.mem.regions[0]
-        mqes = host.mqes
-
-        def drive(mode: str, qd: int, seconds: float, workload: str) -> dict[str, float]:
-            entries = _queue_entries(qd, mqes)
-            irq = mode == "irq"
-            qp = host.create_io_queue_pair(1, entries=entries, vector=1, irq=irq)
-            buf = host.alloc(qd * BLOCK)
-            try:
-                return _core.bench_io(
-                    ctrl.engine,
-                    mem_fd=region.fd,
-                    mem_iova=region.iova,
-                    mem_size=region.size,
-                    sqid=1,
-                    sq_iova=qp.sq_iova,
-                    cq_iova=qp.cq_iova,
-                    qsize=entries,
-                    buf_iova=buf,
-                    nsid=1,
-                    ns_lbas=ns.lbas,
-                    lba_size=ns.lba_size,
-                    block_size=BLOCK,
-                    qd=qd,
-                    seconds=seconds,
-                    mode=mode,
-                    eventfd=host.vector_fd(1) if irq else None,
-                    workload=workload,
-                )
-            finally:
-                host.free(buf)
-                host.delete_io_queue_pair(1)
-
+    with BenchSession(cfg) as session:
         if cfg.backend == "ram":
             say(f"filling the {cfg.size_bytes >> 20} MiB namespace through the device (sequential writes, QD 64)")
             t = time.monotonic()
-            r = drive("poll", 64, 1.0, "fill")
-            say(f"  wrote {r['ios']} blocks in {time.monotonic() - t:.1f} s")
+            blocks = session.fill()
+            say(f"  wrote {blocks} blocks in {time.monotonic() - t:.1f} s")
         n = 0
         for mode in cfg.modes:
             for qd in cfg.qds:
                 n += 1
                 say(f"[{n}/{total}] {mode} QD{qd} for {cfg.seconds:g} s")
-                r = drive(mode, qd, cfg.seconds, "randread")
-                ios = max(1, int(r["ios"]))
-                p = Point(
-                    mode=mode,
-                    qd=qd,
-                    kiops=r["iops"] / 1000,
-                    mean_us=r["mean_ns"] / 1000,
-                    p50_us=r["p50_ns"] / 1000,
-                    p99_us=r["p99_ns"] / 1000,
-                    ios=int(r["ios"]),
-                    errors=int(r["errors"]),
-                    seconds=r["seconds"],
-                    interrupts_per_io=r["interrupts"] / ios,
-                    doorbells_per_io=r["doorbells"] / ios,
-                )
-                p.ratios = _ratios(p, floors, cfg.backend)
-                points.append(p)
+                r = session.drive(mode, qd, cfg.seconds)
+                points.append(point_from(mode, qd, r, floors, cfg.backend))
     return floors, points
 
 

@@ -1,0 +1,41 @@
+"""nvmefast: an emulated NVMe controller with a Rust hot path.
+
+Embed a :class:`Controller` (configured by :class:`ControllerConfig` and
+:class:`NamespaceConfig`) and drive it through BAR0 accesses, DMA mappings
+and interrupt eventfds; ``nvmefast.testing`` drives it like a host driver.
+"""
+
+from __future__ import annotations
+
+from nvmefast._core import __version__
+from nvmefast.config import ControllerConfig, NamespaceConfig
+from nvmefast.controller import Controller
+from nvmefast.errors import (
+    CommandError,
+    ConfigError,
+    DmaMapError,
+    HostTimeoutError,
+    NvmeFastError,
+    QueueError,
+    RegisterAccessError,
+    StateError,
+    VectorError,
+)
+from nvmefast.status import Status
+
+__all__ = [
+    "CommandError",
+    "ConfigError",
+    "Controller",
+    "ControllerConfig",
+    "DmaMapError",
+    "HostTimeoutError",
+    "NamespaceConfig",
+    "NvmeFastError",
+    "QueueError",
+    "RegisterAccessError",
+    "StateError",
+    "Status",
+    "VectorError",
+    "__version__",
+]

@@ -1,0 +1,229 @@
+"""Admin command set: decoding, dispatch and the state commands share.
+
+The core's worker hands every admin SQE to :meth:`Admin.handle`, which runs
+the handler for its opcode (one module per command family) and returns
+``(status, dw0)`` or None for a deferred completion. Register writes on the
+embedder's thread touch the same state (controller reset, asynchronous
+events from doorbell writes), so it is guarded by :attr:`Admin.lock`. The
+lock is never held across an engine call that waits for the worker
+(``reset``, ``stop``, ``close``), and AER completions are posted only after
+it is released: the worker may be the one waiting for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from nvmefast._core import Engine
+from nvmefast.admin.abort import abort
+from nvmefast.admin.aer import AsyncEvent, AsyncEvents, AsyncEventType, async_event_request
+from nvmefast.admin.command import CDW0, AdminCommand, Reject, Result, param_location
+from nvmefast.admin.features import Features, get_features, set_features
+from nvmefast.admin.identify import identify
+from nvmefast.admin.log_page import ErrorLog, get_log_page
+from nvmefast.admin.queues import create_io_cq, create_io_sq, delete_io_cq, delete_io_sq
+from nvmefast.config import ControllerConfig
+from nvmefast.errors import QueueError
+from nvmefast.status import Status, with_dnr
+
+__all__ = ["Admin", "AdminCommand", "Opcode"]
+
+log = logging.getLogger(__name__)
+
+_DEFERRED_RACE_WINDOW = 0.1  # seconds; see Admin._complete_deferred
+
+
+class Opcode:
+    """Admin command opcodes (NVMe 1.4 Figure 139)."""
+
+    DELETE_IO_SQ = 0x00
+    """Delete I/O Submission Queue."""
+    CREATE_IO_SQ = 0x01
+    """Create I/O Submission Queue."""
+    GET_LOG_PAGE = 0x02
+    """Get Log Page."""
+    DELETE_IO_CQ = 0x04
+    """Delete I/O Completion Queue."""
+    CREATE_IO_CQ = 0x05
+    """Create I/O Completion Queue."""
+    IDENTIFY = 0x06
+    """Identify."""
+    ABORT = 0x08
+    """Abort."""
+    SET_FEATURES = 0x09
+    """Set Features."""
+    GET_FEATURES = 0x0A
+    """Get Features."""
+    ASYNC_EVENT_REQUEST = 0x0C
+    """Asynchronous Event Request."""
+
+
+Handler = Callable[["Admin", AdminCommand], Result]
+
+_HANDLERS: dict[int, Handler] = {
+    Opcode.DELETE_IO_SQ: delete_io_sq,
+    Opcode.CREATE_IO_SQ: create_io_sq,
+    Opcode.GET_LOG_PAGE: get_log_page,
+    Opcode.DELETE_IO_CQ: delete_io_cq,
+    Opcode.CREATE_IO_CQ: create_io_cq,
+    Opcode.IDENTIFY: identify,
+    Opcode.ABORT: abort,
+    Opcode.SET_FEATURES: set_features,
+    Opcode.GET_FEATURES: get_features,
+    Opcode.ASYNC_EVENT_REQUEST: async_event_request,
+}
+
+
+class Admin:
+    """The admin command set of one controller and the state it keeps.
+
+    Internal: :class:`nvmefast.Controller` creates one and installs
+    :meth:`handle` as the engine's admin handler.
+    """
+
+    def __init__(self, config: ControllerConfig, engine: Engine) -> None:
+        self.config = config
+        """The controller's configuration."""
+        self.engine = engine
+        """The core engine commands act on."""
+        self.lock = threading.Lock()
+        """Guards the state below against the embedder's thread."""
+        self.page_size = 4096
+        """Memory page size from CC.MPS, set when the controller is enabled."""
+        self.created = time.monotonic()
+        """When the controller was powered on, for SMART Power On Hours."""
+        self.features = Features(config)
+        """Current feature values."""
+        self.events = AsyncEvents(config.aerl)
+        """Outstanding AERs and queued asynchronous events."""
+        self.errors = ErrorLog()
+        """The Error Information log."""
+        self.io_sqs: set[int] = set()
+        """I/O submission queues created since the last reset."""
+        self.io_cqs: set[int] = set()
+        """I/O completion queues created since the last reset."""
+        self.commands = 0
+        """Admin commands handled."""
+        self.failures = 0
+        """Admin commands completed with an error status."""
+        self.internal_errors = 0
+        """Admin commands that hit a bug in this layer (completed Internal Error)."""
+        self.deferred_retries = 0
+        """Times an AER completion waited for the engine to record it as deferred."""
+        self._worker: int | None = None  # thread ident of the engine's worker
+
+    def handle(self, sqe: bytes) -> Result:
+        """Execute one admin SQE; never raises (runs on the core's worker)."""
+        cmd: AdminCommand | None = None
+        self._worker = threading.get_ident()
+        try:
+            cmd = AdminCommand.parse(sqe)
+            self.commands += 1
+            handler = _HANDLERS.get(cmd.opcode)
+            if handler is None:
+                raise Reject(Status.INVALID_OPCODE, param_location(CDW0))
+            if cmd.fuse:
+                # Fused operations exist only for the NVM command set.
+                raise Reject(Status.INVALID_FIELD, param_location(CDW0 + 1))
+            if cmd.psdt:
+                # Admin commands on PCIe use PRPs (PSDT 00b) only.
+                raise Reject(Status.INVALID_FIELD, param_location(CDW0 + 1, 6))
+            result = handler(self, cmd)
+            if result is not None and result[0] != Status.SUCCESS:
+                self._record(cmd, result[0], 0xFFFF)
+            return result
+        except Reject as reject:
+            self._record(cmd, reject.status, reject.location)
+            return (reject.status, 0)
+        except Exception:
+            log.exception("admin command failed: %r", cmd if cmd is not None else sqe.hex())
+            self.internal_errors += 1
+            status = with_dnr(Status.INTERNAL)
+            self._record(cmd, status, 0xFFFF)
+            return (status, 0)
+
+    def _record(self, cmd: AdminCommand | None, status: int, location: int) -> None:
+        # Must not raise: it runs inside handle's exception handlers.
+        try:
+            self.failures += 1
+            self.collect_engine_errors()
+            cid = cmd.cid if cmd is not None else 0xFFFF
+            nsid = cmd.nsid if cmd is not None else 0
+            with self.lock:
+                self.errors.record(0, cid, status, location, 0, nsid)
+        except Exception:
+            log.exception("recording an admin error failed")
+
+    def collect_engine_errors(self) -> None:
+        """Move the core's failed I/O commands into the Error Information log."""
+        taken = self.engine.take_errors()
+        if not taken:
+            return
+        with self.lock:
+            for sqid, cid, status, location, lba, nsid in taken:
+                self.errors.record(sqid, cid, status, location, lba, nsid)
+
+    def post_event(self, event_type: int, info: int, log_page: int) -> None:
+        """Report an asynchronous event (from any thread)."""
+        with self.lock:
+            completions = self.events.post(AsyncEvent(event_type, info, log_page))
+        self._complete(completions)
+
+    def report_error_event(self, info: int) -> None:
+        """Report an Error status event whose details are in log page 01h."""
+        self.post_event(AsyncEventType.ERROR, info, 0x01)
+
+    def clear_event(self, event_type: int) -> None:
+        """Unmask ``event_type`` after its log page was read with RAE=0."""
+        with self.lock:
+            completions = self.events.clear(event_type)
+        self._complete(completions)
+
+    def _complete(self, completions: list[tuple[int, int]]) -> None:
+        for cid, dw0 in completions:
+            self._complete_deferred(cid, dw0)
+
+    def _complete_deferred(self, cid: int, dw0: int) -> None:
+        # The engine records a command as deferred only after the handler
+        # returned None, while this layer counts the AER as outstanding as
+        # soon as the handler has run. An event raised on the embedder's
+        # thread in between finds the engine not yet waiting for that CID:
+        # retry briefly. On the worker itself there is no such window.
+        deadline = time.monotonic() + _DEFERRED_RACE_WINDOW
+        while True:
+            try:
+                self.engine.complete_admin(cid, Status.SUCCESS, dw0)
+                return
+            except QueueError:
+                if threading.get_ident() == self._worker or time.monotonic() > deadline:
+                    # A reset dropped the deferred command: the event went
+                    # with it, as every queued event does on reset.
+                    log.warning("AER cid %d is no longer outstanding; event dropped", cid)
+                    return
+                self.deferred_retries += 1
+                time.sleep(0.0002)
+            except Exception:
+                log.exception("completing AER cid %d failed", cid)
+                return
+
+    def reset(self) -> None:
+        """Controller reset (CC.EN 1 -> 0), after the engine's own reset."""
+        with self.lock:
+            self.events.reset()
+            self.features.reset()
+            self.io_sqs.clear()
+            self.io_cqs.clear()
+            self.page_size = 4096
+
+    def counters(self) -> dict[str, int]:
+        """Admin event counters, merged into ``Controller.counters()``."""
+        return {
+            "admin_commands": self.commands,
+            "admin_failures": self.failures,
+            "admin_internal_errors": self.internal_errors,
+            "aer_events_dropped": self.events.dropped,
+            "aer_complete_retries": self.deferred_retries,
+        }

@@ -1,0 +1,136 @@
+"""Get Log Page (02h) and the Error Information log behind it.
+
+Log pages: 01h Error Information, 02h SMART / Health Information, 03h
+Firmware Slot Information (NVMe 1.4 5.14.1). The extended form is supported
+(LPA bit 2): NUMD is NUMDU:NUMDL and the offset LPOU:LPOL, in bytes and
+dword aligned. Bytes past a log's end read as zero. Reading a page with
+Retain Asynchronous Event cleared unmasks the event type that points at it.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from nvmefast.admin.aer import LOG_PAGE_EVENT_TYPE
+from nvmefast.admin.command import CDW10, CDW12, NSID, AdminCommand, Reject, Result, param_location
+from nvmefast.status import Status
+from nvmefast.structs import (
+    COMPOSITE_TEMPERATURE,
+    ELPE,
+    ErrorLogEntry,
+    SmartLog,
+    build_error_log,
+    build_firmware_slot_log,
+    build_smart_log,
+)
+
+if TYPE_CHECKING:
+    from nvmefast.admin import Admin
+
+__all__ = ["ErrorLog", "LogPageId", "get_log_page"]
+
+
+class LogPageId:
+    """Log Page Identifiers this controller supports."""
+
+    ERROR_INFORMATION = 0x01
+    """Error Information (64-byte entries, ELPE+1 of them)."""
+    SMART_HEALTH = 0x02
+    """SMART / Health Information."""
+    FIRMWARE_SLOT = 0x03
+    """Firmware Slot Information."""
+
+
+NO_MDTS_LOG_LIMIT = 1 << 20
+"""Largest Get Log Page transfer when MDTS is 0 (unlimited): a guest cannot
+make the controller build a multi-gigabyte buffer of zeroes."""
+
+
+class ErrorLog:
+    """The Error Information log: the newest ELPE+1 errors, each numbered.
+
+    Entries come from two places: failed I/O commands the core reports
+    (``engine.take_errors``) and admin commands this layer failed. The error
+    count increases by one per error over the controller's life, so a host
+    can tell new entries from ones it has seen.
+    """
+
+    def __init__(self) -> None:
+        self._entries: collections.deque[ErrorLogEntry] = collections.deque(maxlen=ELPE + 1)
+        self.count = 0
+        """Errors recorded over the controller's life (the newest entry's error count)."""
+
+    def record(self, sqid: int, cid: int, status: int, location: int, lba: int = 0, nsid: int = 0) -> None:
+        """Add an entry for a command that completed with ``status``."""
+        self.count += 1
+        self._entries.appendleft(ErrorLogEntry(self.count, sqid, cid, status, location, lba, nsid))
+
+    def entries(self) -> list[ErrorLogEntry]:
+        """Entries, newest first."""
+        return list(self._entries)
+
+
+def _smart(admin: Admin, smart: Mapping[str, int]) -> bytes:
+    log = SmartLog(
+        critical_warning=0,
+        composite_temperature=COMPOSITE_TEMPERATURE,
+        available_spare=100,
+        available_spare_threshold=10,
+        percentage_used=0,
+        # The core reports Data Units already in the spec's unit: thousands
+        # of 512-byte units, rounded up.
+        data_units_read=smart.get("data_units_read", 0),
+        data_units_written=smart.get("data_units_written", 0),
+        host_read_commands=smart.get("host_read_commands", 0),
+        host_write_commands=smart.get("host_write_commands", 0),
+        controller_busy_time=smart.get("controller_busy_time", 0),
+        power_cycles=smart.get("power_cycles", 1),
+        power_on_hours=int((time.monotonic() - admin.created) // 3600),
+        unsafe_shutdowns=0,
+        media_errors=smart.get("media_errors", 0),
+        num_err_log_entries=admin.errors.count,
+    )
+    return build_smart_log(log)
+
+
+def get_log_page(admin: Admin, cmd: AdminCommand) -> Result:
+    """02h Get Log Page."""
+    lid = cmd.cdw10 & 0xFF
+    rae = bool(cmd.cdw10 & (1 << 15))
+    numd = (cmd.cdw11 & 0xFFFF) << 16 | cmd.cdw10 >> 16
+    length = (numd + 1) * 4
+    offset = cmd.cdw13 << 32 | cmd.cdw12
+    if lid not in LOG_PAGE_EVENT_TYPE:
+        raise Reject(Status.INVALID_LOG_PAGE, param_location(CDW10))
+    if lid == LogPageId.SMART_HEALTH and cmd.nsid not in (0, 0xFFFFFFFF):
+        # LPA bit 0 is clear: SMART is kept for the controller as a whole only
+        # (5.14.1.2), so a namespace-specific request is an invalid field.
+        raise Reject(Status.INVALID_FIELD, param_location(NSID))
+    limit = admin.config.mdts_bytes or NO_MDTS_LOG_LIMIT
+    if length > limit:
+        raise Reject(Status.INVALID_FIELD, param_location(CDW10 + 2))
+    # Errors the core saw come first: they happened before this command.
+    admin.collect_engine_errors()
+    with admin.lock:
+        match lid:
+            case LogPageId.ERROR_INFORMATION:
+                log = build_error_log(admin.errors.entries())
+            case LogPageId.SMART_HEALTH:
+                log = b""  # built below, outside the lock: it calls the engine
+            case _:
+                log = build_firmware_slot_log(admin.config.firmware)
+    if lid == LogPageId.SMART_HEALTH:
+        log = _smart(admin, admin.engine.smart())
+    if offset & 0x3 or offset > len(log):
+        raise Reject(Status.INVALID_FIELD, param_location(CDW12))
+    data = log[offset : offset + length]
+    data += bytes(length - len(data))
+    status = admin.engine.write_prp(cmd.prp1, cmd.prp2, data)
+    if status != Status.SUCCESS:
+        return (status, 0)
+    if not rae:
+        admin.clear_event(LOG_PAGE_EVENT_TYPE[lid])
+    return (Status.SUCCESS, 0)

@@ -1,0 +1,175 @@
+"""Controller and namespace configuration.
+
+Both classes are frozen dataclasses validated on construction: a bad value
+raises :class:`~nvmefast.errors.ConfigError` whose message names the field,
+the value and what to change it to. ``ControllerConfig()`` alone describes a
+working controller with one 64 MiB RAM namespace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from nvmefast.errors import ConfigError
+
+__all__ = ["ControllerConfig", "NamespaceConfig", "MIB"]
+
+MIB = 1 << 20
+"""One mebibyte, for writing sizes."""
+
+LBA_SIZES = (512, 4096)
+"""LBA data sizes a namespace may use."""
+BACKENDS = ("ram", "null")
+"""Namespace backends the core implements."""
+MAX_NAMESPACES = 256
+"""The most namespaces one controller exposes (NN)."""
+MAX_MSIX_VECTORS = 2048
+"""MSI-X allows at most 2048 table entries (PCI Local Bus spec, Table Size)."""
+
+
+def _check_int(name: str, value: object, low: int, high: int | None) -> None:
+    # bool is an int subclass; ``max_io_queue_pairs=True`` is a mistake,
+    # not a request for one queue pair.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < low or (high is not None and value > high):
+        upper = "" if high is None else f"..{high}"
+        where = f"in {low}{upper}" if high is not None else f">= {low}"
+        raise ConfigError(f"{name} must be {where}, got {value}")
+
+
+def _check_ascii(name: str, value: object, max_len: int) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a str, got {type(value).__name__} {value!r}")
+    # Identify Controller pads SN/MN/FR with spaces and the spec allows only
+    # printable ASCII there (20h..7Eh).
+    if not all(0x20 <= ord(c) <= 0x7E for c in value):
+        raise ConfigError(f"{name} must be printable ASCII, got {value!r}")
+    if len(value) > max_len:
+        raise ConfigError(f"{name} must be at most {max_len} characters, got {len(value)}: {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class NamespaceConfig:
+    """One namespace: its size, LBA data size and backend.
+
+    ``size_bytes`` must be a positive multiple of ``lba_size``; ``lba_size``
+    is 512 or 4096; ``backend`` is ``"ram"`` (data kept in memory) or
+    ``"null"`` (like SPDK's null bdev: writes are discarded and reads transfer
+    no data, leaving the host's buffer as it was; for measuring the
+    controller's own cost per command).
+    """
+
+    size_bytes: int = 64 * MIB
+    lba_size: int = 512
+    backend: str = "ram"
+
+    def __post_init__(self) -> None:
+        _check_int("NamespaceConfig.lba_size", self.lba_size, 1, None)
+        if self.lba_size not in LBA_SIZES:
+            raise ConfigError(
+                f"NamespaceConfig.lba_size must be one of {LBA_SIZES}, got {self.lba_size}"
+            )
+        _check_int("NamespaceConfig.size_bytes", self.size_bytes, 1, None)
+        if self.size_bytes % self.lba_size:
+            raise ConfigError(
+                f"NamespaceConfig.size_bytes must be a multiple of lba_size {self.lba_size}, "
+                f"got {self.size_bytes} (try {self.size_bytes - self.size_bytes % self.lba_size or self.lba_size})"
+            )
+        if self.backend not in BACKENDS:
+            raise ConfigError(
+                f"NamespaceConfig.backend must be one of {BACKENDS}, got {self.backend!r}"
+            )
+
+    @property
+    def lbas(self) -> int:
+        """The namespace size in logical blocks (NSZE)."""
+        return self.size_bytes // self.lba_size
+
+
+@dataclasses.dataclass(frozen=True)
+class ControllerConfig:
+    """A controller: its namespaces, identity strings, queue and interrupt limits.
+
+    - ``namespaces``: 1..256 :class:`NamespaceConfig`, NSIDs 1.. in order
+      (a list is accepted and stored as a tuple).
+    - ``serial`` (<= 20), ``model`` (<= 40), ``firmware`` (<= 8): printable
+      ASCII for Identify Controller SN, MN and FR.
+    - ``max_io_queue_pairs``: I/O SQ/CQ pairs the host may create (1..65535).
+    - ``msix_vectors``: MSI-X table size (1..2048); ``None`` means one per
+      I/O queue pair plus the admin vector, capped at 2048.
+    - ``max_queue_entries``: the largest queue (CAP.MQES + 1), 2..65536.
+    - ``mdts``: Maximum Data Transfer Size as a power of two of 4 KiB pages
+      (0..15); 0 means unlimited.
+    - ``doorbell_stride``: CAP.DSTRD (0..15); doorbells are ``4 << stride``
+      bytes apart.
+    - ``poll_us``: how long the worker polls for more work before sleeping.
+    - ``aerl``: Asynchronous Event Request Limit, 0-based (0..255).
+    - ``volatile_write_cache``: report a volatile write cache (VWC).
+    """
+
+    namespaces: Sequence[NamespaceConfig] = (NamespaceConfig(),)
+    serial: str = "NVMEFAST0001"
+    model: str = "nvmefast emulated NVMe"
+    firmware: str = "0.1.0"
+    max_io_queue_pairs: int = 8
+    msix_vectors: int | None = None
+    max_queue_entries: int = 1024
+    mdts: int = 5
+    doorbell_stride: int = 0
+    poll_us: int = 50
+    aerl: int = 3
+    volatile_write_cache: bool = True
+
+    def __post_init__(self) -> None:
+        namespaces = self.namespaces
+        if isinstance(namespaces, NamespaceConfig) or not isinstance(namespaces, Sequence):
+            raise ConfigError(
+                "ControllerConfig.namespaces must be a list or tuple of NamespaceConfig, "
+                f"got {type(namespaces).__name__}"
+            )
+        # frozen: object.__setattr__ is the documented way to normalise in
+        # __post_init__; a tuple keeps the config hashable and immutable.
+        object.__setattr__(self, "namespaces", tuple(namespaces))
+        if not 1 <= len(self.namespaces) <= MAX_NAMESPACES:
+            raise ConfigError(
+                f"ControllerConfig.namespaces must hold 1..{MAX_NAMESPACES} namespaces, "
+                f"got {len(self.namespaces)}"
+            )
+        for i, ns in enumerate(self.namespaces):
+            if not isinstance(ns, NamespaceConfig):
+                raise ConfigError(
+                    f"ControllerConfig.namespaces[{i}] must be a NamespaceConfig, "
+                    f"got {type(ns).__name__}"
+                )
+        _check_ascii("ControllerConfig.serial", self.serial, 20)
+        _check_ascii("ControllerConfig.model", self.model, 40)
+        _check_ascii("ControllerConfig.firmware", self.firmware, 8)
+        _check_int("ControllerConfig.max_io_queue_pairs", self.max_io_queue_pairs, 1, 65535)
+        # None stays None (resolved by ``vectors``) so that
+        # dataclasses.replace(config, max_io_queue_pairs=...) still follows it.
+        if self.msix_vectors is not None:
+            _check_int("ControllerConfig.msix_vectors", self.msix_vectors, 1, MAX_MSIX_VECTORS)
+        _check_int("ControllerConfig.max_queue_entries", self.max_queue_entries, 2, 65536)
+        _check_int("ControllerConfig.mdts", self.mdts, 0, 15)
+        _check_int("ControllerConfig.doorbell_stride", self.doorbell_stride, 0, 15)
+        _check_int("ControllerConfig.poll_us", self.poll_us, 0, None)
+        _check_int("ControllerConfig.aerl", self.aerl, 0, 255)
+        if not isinstance(self.volatile_write_cache, bool):
+            raise ConfigError(
+                "ControllerConfig.volatile_write_cache must be a bool, "
+                f"got {type(self.volatile_write_cache).__name__}"
+            )
+
+    @property
+    def vectors(self) -> int:
+        """The MSI-X table size, with the ``None`` default resolved."""
+        if self.msix_vectors is None:
+            return min(self.max_io_queue_pairs + 1, MAX_MSIX_VECTORS)
+        return self.msix_vectors
+
+    @property
+    def mdts_bytes(self) -> int:
+        """The largest data transfer in bytes, 0 when unlimited."""
+        return (4096 << self.mdts) if self.mdts else 0

@@ -1,0 +1,160 @@
+"""NVMe completion status values.
+
+A status here is the 15-bit Status Field of a completion queue entry
+(CQE dword 3 bits 31:17), laid out as ``DNR << 14 | M << 13 | CRD << 11 |
+SCT << 8 | SC``: the same integer the core's ``complete_admin`` and the admin
+handler's return value carry. Names follow NVMe Base Specification 1.4,
+section 4.6.1.2 (Generic Command Status) and 4.6.1.2.2 (Command Specific
+Status).
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "DNR",
+    "MORE",
+    "SCT_COMMAND_SPECIFIC",
+    "SCT_GENERIC",
+    "SCT_MEDIA",
+    "Status",
+    "describe",
+    "dnr_of",
+    "sc_of",
+    "sct_of",
+    "with_dnr",
+]
+
+SCT_GENERIC = 0x0
+"""Status Code Type 0h: Generic Command Status."""
+SCT_COMMAND_SPECIFIC = 0x1
+"""Status Code Type 1h: Command Specific Status."""
+SCT_MEDIA = 0x2
+"""Status Code Type 2h: Media and Data Integrity Errors."""
+
+DNR = 1 << 14
+"""Do Not Retry: the same command would fail again."""
+MORE = 1 << 13
+"""More: more status information is in the Error Information log page."""
+
+
+def _code(sct: int, sc: int) -> int:
+    return sct << 8 | sc
+
+
+class Status(enum.IntEnum):
+    """Status Code Type and Status Code, without the DNR/M/CRD bits."""
+
+    # Generic Command Status (SCT 0h)
+    SUCCESS = _code(SCT_GENERIC, 0x00)
+    """Successful Completion."""
+    INVALID_OPCODE = _code(SCT_GENERIC, 0x01)
+    """Invalid Command Opcode."""
+    INVALID_FIELD = _code(SCT_GENERIC, 0x02)
+    """Invalid Field in Command."""
+    CID_CONFLICT = _code(SCT_GENERIC, 0x03)
+    """Command ID Conflict."""
+    DATA_TRANSFER_ERROR = _code(SCT_GENERIC, 0x04)
+    """Data Transfer Error."""
+    INTERNAL = _code(SCT_GENERIC, 0x06)
+    """Internal Error."""
+    ABORT_REQUESTED = _code(SCT_GENERIC, 0x07)
+    """Command Abort Requested."""
+    ABORT_SQ_DELETED = _code(SCT_GENERIC, 0x08)
+    """Command Aborted due to SQ Deletion."""
+    INVALID_NSID = _code(SCT_GENERIC, 0x0B)
+    """Invalid Namespace or Format."""
+    COMMAND_SEQUENCE_ERROR = _code(SCT_GENERIC, 0x0C)
+    """Command Sequence Error."""
+    INVALID_PRP_OFFSET = _code(SCT_GENERIC, 0x13)
+    """PRP Offset Invalid."""
+    LBA_RANGE = _code(SCT_GENERIC, 0x80)
+    """LBA Out of Range."""
+    CAPACITY_EXCEEDED = _code(SCT_GENERIC, 0x81)
+    """Capacity Exceeded."""
+
+    # Command Specific Status (SCT 1h)
+    INVALID_CQ = _code(SCT_COMMAND_SPECIFIC, 0x00)
+    """Completion Queue Invalid."""
+    INVALID_QID = _code(SCT_COMMAND_SPECIFIC, 0x01)
+    """Invalid Queue Identifier."""
+    INVALID_QSIZE = _code(SCT_COMMAND_SPECIFIC, 0x02)
+    """Invalid Queue Size."""
+    ACL_EXCEEDED = _code(SCT_COMMAND_SPECIFIC, 0x03)
+    """Abort Command Limit Exceeded."""
+    AERL_EXCEEDED = _code(SCT_COMMAND_SPECIFIC, 0x05)
+    """Asynchronous Event Request Limit Exceeded."""
+    INVALID_VECTOR = _code(SCT_COMMAND_SPECIFIC, 0x08)
+    """Invalid Interrupt Vector."""
+    INVALID_LOG_PAGE = _code(SCT_COMMAND_SPECIFIC, 0x09)
+    """Invalid Log Page."""
+    INVALID_QUEUE_DELETION = _code(SCT_COMMAND_SPECIFIC, 0x0C)
+    """Invalid Queue Deletion."""
+    FID_NOT_SAVEABLE = _code(SCT_COMMAND_SPECIFIC, 0x0D)
+    """Feature Identifier Not Saveable."""
+    FEATURE_NOT_CHANGEABLE = _code(SCT_COMMAND_SPECIFIC, 0x0E)
+    """Feature Not Changeable."""
+
+
+_NAMES: dict[int, str] = {
+    Status.SUCCESS: "Successful Completion",
+    Status.INVALID_OPCODE: "Invalid Command Opcode",
+    Status.INVALID_FIELD: "Invalid Field in Command",
+    Status.CID_CONFLICT: "Command ID Conflict",
+    Status.DATA_TRANSFER_ERROR: "Data Transfer Error",
+    Status.INTERNAL: "Internal Error",
+    Status.ABORT_REQUESTED: "Command Abort Requested",
+    Status.ABORT_SQ_DELETED: "Command Aborted due to SQ Deletion",
+    Status.INVALID_NSID: "Invalid Namespace or Format",
+    Status.COMMAND_SEQUENCE_ERROR: "Command Sequence Error",
+    Status.INVALID_PRP_OFFSET: "PRP Offset Invalid",
+    Status.LBA_RANGE: "LBA Out of Range",
+    Status.CAPACITY_EXCEEDED: "Capacity Exceeded",
+    Status.INVALID_CQ: "Completion Queue Invalid",
+    Status.INVALID_QID: "Invalid Queue Identifier",
+    Status.INVALID_QSIZE: "Invalid Queue Size",
+    Status.ACL_EXCEEDED: "Abort Command Limit Exceeded",
+    Status.AERL_EXCEEDED: "Asynchronous Event Request Limit Exceeded",
+    Status.INVALID_VECTOR: "Invalid Interrupt Vector",
+    Status.INVALID_LOG_PAGE: "Invalid Log Page",
+    Status.INVALID_QUEUE_DELETION: "Invalid Queue Deletion",
+    Status.FID_NOT_SAVEABLE: "Feature Identifier Not Saveable",
+    Status.FEATURE_NOT_CHANGEABLE: "Feature Not Changeable",
+}
+
+
+def with_dnr(status: int) -> int:
+    """``status`` with the Do Not Retry bit set."""
+    return status | DNR
+
+
+def sct_of(status: int) -> int:
+    """The Status Code Type (bits 10:8) of a 15-bit status field."""
+    return (status >> 8) & 0x7
+
+
+def sc_of(status: int) -> int:
+    """The Status Code (bits 7:0) of a 15-bit status field."""
+    return status & 0xFF
+
+
+def dnr_of(status: int) -> bool:
+    """Whether the Do Not Retry bit of a 15-bit status field is set."""
+    return bool(status & DNR)
+
+
+def describe(status: int) -> str:
+    """A readable name for a 15-bit status field, e.g. ``"Invalid Queue
+    Identifier (SCT 1h, SC 01h, DNR)"``."""
+    code = status & 0x7FF
+    name = _NAMES.get(code, "Unknown Status")
+    flags = [f"SCT {sct_of(status):X}h", f"SC {sc_of(status):02X}h"]
+    if status & DNR:
+        flags.append("DNR")
+    if status & MORE:
+        flags.append("M")
+    crd = (status >> 11) & 0x3
+    if crd:
+        flags.append(f"CRD {crd}")
+    return f"{name} ({', '.join(flags)})"

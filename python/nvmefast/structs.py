@@ -1,0 +1,502 @@
+"""Identify data structures and log pages: builders and parsers.
+
+Builders produce the exact bytes the controller transfers to the host; the
+offsets are those of NVMe Base Specification 1.4 (Figure 247 Identify
+Controller, Figure 245 Identify Namespace, Figure 198 Error Information,
+Figure 207 SMART / Health Information, Figure 208 Firmware Slot
+Information). Parsers turn those bytes back into dataclasses for the host
+driver in ``nvmefast.testing`` and for tests; they read the spec's offsets,
+not the builders' internals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import struct
+import uuid
+from collections.abc import Sequence
+
+from nvmefast.config import ControllerConfig, NamespaceConfig
+
+__all__ = [
+    "ERROR_LOG_ENTRY_SIZE",
+    "IDENTIFY_SIZE",
+    "NVME_VERSION",
+    "ErrorLogEntry",
+    "FirmwareSlotLog",
+    "IdentifyController",
+    "IdentifyNamespace",
+    "NamespaceIds",
+    "SmartLog",
+    "build_active_ns_list",
+    "build_error_log",
+    "build_firmware_slot_log",
+    "build_identify_controller",
+    "build_identify_namespace",
+    "build_ns_id_descriptors",
+    "build_smart_log",
+    "namespace_ids",
+    "parse_active_ns_list",
+    "parse_ns_id_descriptors",
+]
+
+IDENTIFY_SIZE = 4096
+"""Every Identify data structure is 4 KiB."""
+ERROR_LOG_ENTRY_SIZE = 64
+"""One Error Information log entry."""
+SMART_LOG_SIZE = 512
+"""The SMART / Health Information log page."""
+FIRMWARE_SLOT_LOG_SIZE = 512
+"""The Firmware Slot Information log page."""
+
+NVME_VERSION = 0x00010400
+"""NVMe 1.4.0, as reported in VS and Identify Controller VER."""
+
+PCI_VENDOR_ID = 0x1B36
+"""Identify VID. The PCI face (vfio-user config space) must report the same."""
+PCI_SUBSYSTEM_VENDOR_ID = 0x1AF4
+"""Identify SSVID. The PCI face must report the same."""
+IEEE_OUI = 0x525400
+"""The OUI in Identify IEEE and the top of every EUI-64 (locally administered)."""
+SUBNQN_PREFIX = "nqn.2025-01.dev.nvmefast:"
+"""Identify SUBNQN is this followed by the serial number."""
+
+ELPE = 63
+"""Error Log Page Entries, 0-based: the Error Information log holds 64 entries."""
+ACL = 3
+"""Abort Command Limit, 0-based."""
+WCTEMP = 343
+"""Warning Composite Temperature Threshold, Kelvin (70 C)."""
+CCTEMP = 373
+"""Critical Composite Temperature Threshold, Kelvin (100 C)."""
+COMPOSITE_TEMPERATURE = 310
+"""The composite temperature the SMART log reports, Kelvin (37 C)."""
+
+# Identify Controller field values the spec fixes for what we implement.
+_CNTRLTYPE_IO = 1
+_FRMW = 0x03  # bit 0: slot 1 read-only; bits 3:1: one slot
+_LPA_EXTENDED = 1 << 2  # NUMDU, LPOL/LPOU in Get Log Page
+_SQES = 0x66  # required and maximum SQ entry size: 2**6 = 64 bytes
+_CQES = 0x44  # 2**4 = 16 bytes
+_ONCS_SAVE_SELECT = 1 << 4  # Get Features SEL is honoured
+_VWC_PRESENT = 0x01
+_VWC_NO_BROADCAST_FLUSH = 0x02 << 1  # bits 2:1 = 10b: NSID FFFFFFFFh flush unsupported
+
+
+@dataclasses.dataclass(frozen=True)
+class NamespaceIds:
+    """The globally unique identifiers of one namespace."""
+
+    eui64: bytes
+    nguid: bytes
+    uuid: bytes
+
+
+def namespace_ids(serial: str, nsid: int) -> NamespaceIds:
+    """Stable EUI-64, NGUID and UUID for namespace ``nsid`` of controller ``serial``.
+
+    Derived by hashing, so the same config always yields the same IDs (a
+    host keys its device names on them) and two serials never collide.
+    """
+    digest = hashlib.sha256(f"nvmefast/{serial}/{nsid}".encode()).digest()
+    # EUI-64: the OUI in the three most significant bytes, then an
+    # extension identifier; stored big-endian as the spec shows it.
+    eui64 = IEEE_OUI.to_bytes(3, "big") + digest[:5]
+    nguid = digest[8:24]
+    ns_uuid = uuid.uuid5(uuid.NAMESPACE_OID, f"nvmefast/{serial}/{nsid}").bytes
+    return NamespaceIds(eui64=eui64, nguid=nguid, uuid=ns_uuid)
+
+
+def _ascii(value: str, width: int) -> bytes:
+    return value.encode("ascii").ljust(width, b" ")
+
+
+def build_identify_controller(config: ControllerConfig) -> bytes:
+    """The Identify Controller data structure (CNS 01h)."""
+    buf = bytearray(IDENTIFY_SIZE)
+    struct.pack_into("<HH", buf, 0, PCI_VENDOR_ID, PCI_SUBSYSTEM_VENDOR_ID)
+    buf[4:24] = _ascii(config.serial, 20)
+    buf[24:64] = _ascii(config.model, 40)
+    buf[64:72] = _ascii(config.firmware, 8)
+    buf[72] = 6  # RAB: 2**6 commands per arbitration burst, as QEMU
+    buf[73:76] = IEEE_OUI.to_bytes(3, "little")
+    buf[76] = 0  # CMIC: one port, one controller
+    buf[77] = config.mdts
+    struct.pack_into("<H", buf, 78, 0)  # CNTLID
+    struct.pack_into("<I", buf, 80, NVME_VERSION)
+    struct.pack_into("<I", buf, 92, 0)  # OAES: no optional notices
+    buf[111] = _CNTRLTYPE_IO
+    struct.pack_into("<H", buf, 256, 0)  # OACS: no optional admin commands
+    buf[258] = ACL
+    buf[259] = config.aerl
+    buf[260] = _FRMW
+    buf[261] = _LPA_EXTENDED
+    buf[262] = ELPE
+    buf[263] = 0  # NPSS: one power state
+    struct.pack_into("<HH", buf, 266, WCTEMP, CCTEMP)
+    buf[512] = _SQES
+    buf[513] = _CQES
+    struct.pack_into("<I", buf, 516, len(config.namespaces))  # NN
+    struct.pack_into("<H", buf, 520, _ONCS_SAVE_SELECT)
+    buf[525] = (_VWC_PRESENT | _VWC_NO_BROADCAST_FLUSH) if config.volatile_write_cache else 0
+    struct.pack_into("<I", buf, 536, 0)  # SGLS: PRPs only
+    subnqn = (SUBNQN_PREFIX + config.serial).encode("ascii")
+    buf[768 : 768 + len(subnqn)] = subnqn
+    # PSD0: 25 W max power, entry/exit latency as QEMU reports.
+    struct.pack_into("<HxxII", buf, 2048, 2500, 0x10, 0x4)
+    return bytes(buf)
+
+
+def _lbaf(lba_size: int) -> int:
+    # LBA Format: MS 15:0 = 0 (no metadata), LBADS 23:16, RP 25:24 = 0 (best).
+    return int(math.log2(lba_size)) << 16
+
+
+def build_identify_namespace(
+    ns: NamespaceConfig | None, ids: NamespaceIds | None, lba_size: int
+) -> bytes:
+    """The Identify Namespace data structure (CNS 00h).
+
+    ``ns`` None gives the fields common to all namespaces (NSID FFFFFFFFh):
+    sizes and identifiers zero, the LBA format of ``lba_size``.
+    """
+    buf = bytearray(IDENTIFY_SIZE)
+    lbas = ns.lbas if ns is not None else 0
+    struct.pack_into("<QQQ", buf, 0, lbas, lbas, lbas)  # NSZE, NCAP, NUSE
+    buf[25] = 0  # NLBAF: one format, 0-based
+    buf[26] = 0  # FLBAS: format 0, no metadata
+    if ids is not None:
+        buf[104:120] = ids.nguid
+        buf[120:128] = ids.eui64
+    struct.pack_into("<I", buf, 128, _lbaf(lba_size))
+    return bytes(buf)
+
+
+def build_active_ns_list(nsids: Sequence[int], after: int) -> bytes:
+    """Active Namespace ID list (CNS 02h): active NSIDs greater than ``after``."""
+    buf = bytearray(IDENTIFY_SIZE)
+    chosen = [n for n in sorted(nsids) if n > after][: IDENTIFY_SIZE // 4]
+    struct.pack_into(f"<{len(chosen)}I", buf, 0, *chosen)
+    return bytes(buf)
+
+
+NIDT_EUI64 = 0x01
+"""Namespace Identifier Type: IEEE Extended Unique Identifier."""
+NIDT_NGUID = 0x02
+"""Namespace Identifier Type: Namespace Globally Unique Identifier."""
+NIDT_UUID = 0x03
+"""Namespace Identifier Type: Universally Unique Identifier."""
+
+
+def build_ns_id_descriptors(ids: NamespaceIds) -> bytes:
+    """Namespace Identification Descriptor list (CNS 03h)."""
+    buf = bytearray(IDENTIFY_SIZE)
+    offset = 0
+    for nidt, nid in ((NIDT_EUI64, ids.eui64), (NIDT_NGUID, ids.nguid), (NIDT_UUID, ids.uuid)):
+        struct.pack_into("<BBxx", buf, offset, nidt, len(nid))
+        buf[offset + 4 : offset + 4 + len(nid)] = nid
+        offset += 4 + len(nid)
+    return bytes(buf)
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorLogEntry:
+    """One Error Information log entry (Figure 198)."""
+
+    error_count: int
+    sqid: int
+    cid: int
+    status: int
+    """The 15-bit status field (the entry stores it shifted past the phase bit)."""
+    param_error_location: int
+    lba: int
+    nsid: int
+
+    def to_bytes(self) -> bytes:
+        """The 64-byte entry."""
+        buf = bytearray(ERROR_LOG_ENTRY_SIZE)
+        struct.pack_into(
+            "<QHHHHQI",
+            buf,
+            0,
+            self.error_count,
+            self.sqid,
+            self.cid,
+            (self.status & 0x7FFF) << 1,
+            self.param_error_location,
+            self.lba,
+            self.nsid,
+        )
+        return bytes(buf)
+
+    @classmethod
+    def parse(cls, data: bytes) -> ErrorLogEntry:
+        """Read one 64-byte entry."""
+        count, sqid, cid, sf, loc, lba, nsid = struct.unpack_from("<QHHHHQI", data, 0)
+        return cls(count, sqid, cid, sf >> 1, loc, lba, nsid)
+
+    @classmethod
+    def parse_log(cls, data: bytes) -> list[ErrorLogEntry]:
+        """Read a whole Error Information log page, dropping empty entries (count 0)."""
+        entries = (
+            cls.parse(data[i : i + ERROR_LOG_ENTRY_SIZE])
+            for i in range(0, len(data) - ERROR_LOG_ENTRY_SIZE + 1, ERROR_LOG_ENTRY_SIZE)
+        )
+        return [e for e in entries if e.error_count]
+
+
+def build_error_log(entries: Sequence[ErrorLogEntry]) -> bytes:
+    """The Error Information log page: ``entries`` newest first, ELPE+1 slots."""
+    buf = bytearray(ERROR_LOG_ENTRY_SIZE * (ELPE + 1))
+    for i, entry in enumerate(entries[: ELPE + 1]):
+        buf[i * ERROR_LOG_ENTRY_SIZE : (i + 1) * ERROR_LOG_ENTRY_SIZE] = entry.to_bytes()
+    return bytes(buf)
+
+
+@dataclasses.dataclass(frozen=True)
+class SmartLog:
+    """The SMART / Health Information log page (Figure 207)."""
+
+    critical_warning: int
+    composite_temperature: int
+    available_spare: int
+    available_spare_threshold: int
+    percentage_used: int
+    data_units_read: int
+    data_units_written: int
+    host_read_commands: int
+    host_write_commands: int
+    controller_busy_time: int
+    power_cycles: int
+    power_on_hours: int
+    unsafe_shutdowns: int
+    media_errors: int
+    num_err_log_entries: int
+
+    _LAYOUT = (
+        # name, offset, width in bytes
+        ("data_units_read", 32, 16),
+        ("data_units_written", 48, 16),
+        ("host_read_commands", 64, 16),
+        ("host_write_commands", 80, 16),
+        ("controller_busy_time", 96, 16),
+        ("power_cycles", 112, 16),
+        ("power_on_hours", 128, 16),
+        ("unsafe_shutdowns", 144, 16),
+        ("media_errors", 160, 16),
+        ("num_err_log_entries", 176, 16),
+    )
+
+    def to_bytes(self) -> bytes:
+        """The 512-byte page."""
+        buf = bytearray(SMART_LOG_SIZE)
+        buf[0] = self.critical_warning
+        struct.pack_into("<H", buf, 1, self.composite_temperature)
+        buf[3] = self.available_spare
+        buf[4] = self.available_spare_threshold
+        buf[5] = self.percentage_used
+        for name, offset, width in self._LAYOUT:
+            value: int = getattr(self, name)
+            # 128-bit counters saturate rather than wrap.
+            value = min(value, (1 << (8 * width)) - 1)
+            buf[offset : offset + width] = value.to_bytes(width, "little")
+        return bytes(buf)
+
+    @classmethod
+    def parse(cls, data: bytes) -> SmartLog:
+        """Read the 512-byte page."""
+        counters = {
+            name: int.from_bytes(data[offset : offset + width], "little")
+            for name, offset, width in cls._LAYOUT
+        }
+        return cls(
+            critical_warning=data[0],
+            composite_temperature=struct.unpack_from("<H", data, 1)[0],
+            available_spare=data[3],
+            available_spare_threshold=data[4],
+            percentage_used=data[5],
+            **counters,
+        )
+
+
+def build_smart_log(log: SmartLog) -> bytes:
+    """The SMART / Health Information log page."""
+    return log.to_bytes()
+
+
+@dataclasses.dataclass(frozen=True)
+class FirmwareSlotLog:
+    """The Firmware Slot Information log page (Figure 208)."""
+
+    active_slot: int
+    """AFI bits 2:0: the slot the running firmware came from."""
+    next_slot: int
+    """AFI bits 6:4: the slot activated at the next reset, 0 if none."""
+    revisions: tuple[str, ...]
+    """FRS1..FRS7, empty strings for empty slots."""
+
+    @classmethod
+    def parse(cls, data: bytes) -> FirmwareSlotLog:
+        """Read the 512-byte page."""
+        afi = data[0]
+        revisions = tuple(
+            data[8 + 8 * i : 16 + 8 * i].rstrip(b"\0 ").decode("ascii", "replace")
+            for i in range(7)
+        )
+        return cls(afi & 0x7, (afi >> 4) & 0x7, revisions)
+
+
+def build_firmware_slot_log(firmware: str) -> bytes:
+    """Firmware Slot log: slot 1 active, holding ``firmware``."""
+    buf = bytearray(FIRMWARE_SLOT_LOG_SIZE)
+    buf[0] = 1  # AFI: running from slot 1, no pending activation
+    buf[8:16] = _ascii(firmware, 8)
+    return bytes(buf)
+
+
+@dataclasses.dataclass(frozen=True)
+class IdentifyController:
+    """The Identify Controller fields the host driver and tests use."""
+
+    vid: int
+    ssvid: int
+    sn: str
+    mn: str
+    fr: str
+    rab: int
+    ieee: int
+    cmic: int
+    mdts: int
+    cntlid: int
+    ver: int
+    oaes: int
+    cntrltype: int
+    oacs: int
+    acl: int
+    aerl: int
+    frmw: int
+    lpa: int
+    elpe: int
+    npss: int
+    wctemp: int
+    cctemp: int
+    sqes: int
+    cqes: int
+    nn: int
+    oncs: int
+    vwc: int
+    sgls: int
+    subnqn: str
+    psd0_mp: int
+
+    @classmethod
+    def parse(cls, data: bytes) -> IdentifyController:
+        """Read the 4096-byte structure."""
+
+        def text(lo: int, hi: int) -> str:
+            return data[lo:hi].decode("ascii", "replace").rstrip(" \0")
+
+        u8 = data.__getitem__
+
+        def u16(o: int) -> int:
+            return int(struct.unpack_from("<H", data, o)[0])
+
+        def u32(o: int) -> int:
+            return int(struct.unpack_from("<I", data, o)[0])
+
+        return cls(
+            vid=u16(0),
+            ssvid=u16(2),
+            sn=text(4, 24),
+            mn=text(24, 64),
+            fr=text(64, 72),
+            rab=u8(72),
+            ieee=int.from_bytes(data[73:76], "little"),
+            cmic=u8(76),
+            mdts=u8(77),
+            cntlid=u16(78),
+            ver=u32(80),
+            oaes=u32(92),
+            cntrltype=u8(111),
+            oacs=u16(256),
+            acl=u8(258),
+            aerl=u8(259),
+            frmw=u8(260),
+            lpa=u8(261),
+            elpe=u8(262),
+            npss=u8(263),
+            wctemp=u16(266),
+            cctemp=u16(268),
+            sqes=u8(512),
+            cqes=u8(513),
+            nn=u32(516),
+            oncs=u16(520),
+            vwc=u8(525),
+            sgls=u32(536),
+            subnqn=text(768, 1024),
+            psd0_mp=u16(2048),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class IdentifyNamespace:
+    """The Identify Namespace fields the host driver and tests use."""
+
+    nsze: int
+    ncap: int
+    nuse: int
+    nsfeat: int
+    nlbaf: int
+    flbas: int
+    nguid: bytes
+    eui64: bytes
+    lbaf: tuple[int, ...]
+    """LBA formats 0..NLBAF as raw dwords."""
+
+    @property
+    def lba_size(self) -> int:
+        """Bytes per LBA of the format FLBAS selects."""
+        return 1 << ((self.lbaf[self.flbas & 0xF] >> 16) & 0xFF)
+
+    @classmethod
+    def parse(cls, data: bytes) -> IdentifyNamespace:
+        """Read the 4096-byte structure."""
+        nsze, ncap, nuse = struct.unpack_from("<QQQ", data, 0)
+        nlbaf = data[25]
+        lbaf = struct.unpack_from(f"<{nlbaf + 1}I", data, 128)
+        return cls(
+            nsze=nsze,
+            ncap=ncap,
+            nuse=nuse,
+            nsfeat=data[24],
+            nlbaf=nlbaf,
+            flbas=data[26],
+            nguid=bytes(data[104:120]),
+            eui64=bytes(data[120:128]),
+            lbaf=tuple(lbaf),
+        )
+
+
+def parse_active_ns_list(data: bytes) -> list[int]:
+    """NSIDs of an Active Namespace ID list, up to the first zero entry."""
+    out: list[int] = []
+    for (nsid,) in struct.iter_unpack("<I", data[: len(data) - len(data) % 4]):
+        if nsid == 0:
+            break
+        out.append(nsid)
+    return out
+
+
+def parse_ns_id_descriptors(data: bytes) -> list[tuple[int, bytes]]:
+    """``(NIDT, NID)`` pairs of a Namespace Identification Descriptor list."""
+    out: list[tuple[int, bytes]] = []
+    offset = 0
+    while offset + 4 <= len(data):
+        nidt, nidl = data[offset], data[offset + 1]
+        if nidt == 0:  # the list ends with a zero-filled descriptor
+            break
+        out.append((nidt, bytes(data[offset + 4 : offset + 4 + nidl])))
+        offset += 4 + nidl
+    return out

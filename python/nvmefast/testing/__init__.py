@@ -1,0 +1,41 @@
+"""A host driver for nvmefast controllers, for our tests and for users' tests.
+
+:class:`Host` does what the Linux nvme driver does (register bring-up, admin
+and I/O queues in guest memory, PRPs, doorbells, phase tags, MSI-X eventfds)
+through the same embedding contract a VMM uses::
+
+    from nvmefast import Controller, ControllerConfig, NamespaceConfig
+    from nvmefast.testing import Host
+
+    with Controller(ControllerConfig(namespaces=[NamespaceConfig(size_bytes=1 << 20)])) as ctrl:
+        with Host(ctrl) as host:
+            host.enable()
+            host.set_num_queues(1, 1)
+            host.create_io_queue_pair(1)
+            host.write(1, 0, b"x" * 512)
+            assert host.read(1, 0, 1) == b"x" * 512
+"""
+
+from nvmefast.testing.host import Host, command_error
+from nvmefast.testing.identify import IdentifyController, IdentifyNamespace, LbaFormat
+from nvmefast.testing.memory import PAGE_SIZE, GuestMemory, GuestMemoryError
+from nvmefast.testing.prp import PrpSet, build_prps, data_pointers
+from nvmefast.testing.queues import QueuePair
+from nvmefast.testing.sqe import Completion, build_sqe
+
+__all__ = [
+    "PAGE_SIZE",
+    "Completion",
+    "GuestMemory",
+    "GuestMemoryError",
+    "Host",
+    "IdentifyController",
+    "IdentifyNamespace",
+    "LbaFormat",
+    "PrpSet",
+    "QueuePair",
+    "build_prps",
+    "build_sqe",
+    "command_error",
+    "data_pointers",
+]

@@ -1,0 +1,617 @@
+"""``Host``: an NVMe host driver in Python, doing what the Linux nvme driver does.
+
+It drives a :class:`nvmefast.Controller` only through the embedding contract a
+VMM uses (DMA maps of memfds, BAR0 reads and writes, per-vector eventfds),
+so tests exercise the same paths a real guest does: register bring-up,
+queues in guest memory, PRPs, doorbells, phase tags and interrupts.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from nvmefast.errors import CommandError, HostTimeoutError, NvmeFastError
+from nvmefast.testing import sqe as op
+from nvmefast.testing.identify import IdentifyController, IdentifyNamespace
+from nvmefast.testing.memory import PAGE_SIZE, GuestMemory
+from nvmefast.testing.prp import PrpSet, build_prps, data_pointers
+from nvmefast.testing.queues import CompletionQueue, QueuePair, SubmissionQueue, Vector
+from nvmefast.testing.sqe import CQE_SIZE, SQE_SIZE, Completion, build_sqe, sqe_with_cid
+
+# BAR0 register offsets (NVMe Base 2.0, Figure 33).
+REG_CAP, REG_VS, REG_CC, REG_CSTS, REG_AQA, REG_ASQ, REG_ACQ = 0x00, 0x08, 0x14, 0x1C, 0x24, 0x28, 0x30
+DOORBELL_BASE = 0x1000
+
+CC_EN = 1 << 0
+CC_SHN_NORMAL = 0b01 << 14
+CC_SHN_MASK = 0b11 << 14
+# CSS 000b (NVM), MPS 0 (4 KiB), AMS 000b (round robin), IOSQES 6 (64 B), IOCQES 4 (16 B):
+# the value Linux nvme_enable_ctrl programs on x86.
+CC_LINUX = (0 << 4) | (0 << 7) | (0 << 11) | (6 << 16) | (4 << 20)
+CSTS_RDY, CSTS_CFS = 1 << 0, 1 << 1
+CSTS_SHST_COMPLETE = 0b10
+
+MiB = 1 << 20
+
+
+def command_error(completion: Completion, opcode: int, what: str) -> CommandError:
+    """The CommandError for a failed completion, naming the command."""
+    return CommandError(completion.status, opcode, f"{what}: {completion}")
+
+
+class Host:
+    """A host driver for an in-process :class:`nvmefast.Controller`.
+
+    ``memory_bytes`` of guest RAM (a memfd) is mapped at ``iova``. With
+    ``irq`` the host waits for completions on per-vector eventfds, as Linux
+    does with MSI-X; without it every CQ is polled by phase tag. Use
+    :meth:`enable` to bring the controller up like ``nvme_pci_enable`` does.
+    """
+
+    def __init__(
+        self,
+        controller: Any,
+        *,
+        memory_bytes: int = 64 * MiB,
+        iova: int = 0x1_0000_0000,
+        admin_entries: int = 32,
+        irq: bool = True,
+    ) -> None:
+        self.controller = controller
+        self.irq = irq
+        self.admin_entries = admin_entries
+        self.mem = GuestMemory()
+        self.interrupts: Counter[int] = Counter()
+        """Eventfd signals received per vector (the eventfd counter values read)."""
+        self._lock = threading.RLock()
+        self._sqs: dict[int, SubmissionQueue] = {}
+        self._cqs: dict[int, CompletionQueue] = {}
+        self._vectors: dict[int, Vector] = {}
+        self._poll_locks: dict[int, threading.Lock] = {}
+        self._lba_sizes: dict[int, int] = {}
+        self._closed = False
+        cap = controller.bar0_read(REG_CAP, 8)
+        self.cap = cap
+        self.dstrd = (cap >> 32) & 0xF
+        self.mqes = cap & 0xFFFF
+        self.add_region(iova, memory_bytes)
+
+    # lifecycle
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Disable the controller if it is still up, unmap guest memory, close every fd."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            # Stop the device from touching queues before their memory goes away.
+            if self.controller.bar0_read(REG_CC, 4) & CC_EN:
+                self.disable(timeout=2)
+        except NvmeFastError:
+            pass  # the controller was closed first: it dropped its maps itself
+        for region in self.mem.regions:
+            try:
+                self.controller.unmap_dma(region.iova, region.size)
+            except NvmeFastError:
+                pass
+        for vector in self._vectors.values():
+            if vector.eventfd is not None:
+                try:
+                    self.controller.set_vector_eventfd(vector.number, None)
+                except NvmeFastError:
+                    pass
+                os.close(vector.eventfd)
+        self._vectors.clear()
+        self.mem.close()
+
+    # guest memory
+
+    def add_region(self, iova: int, size: int) -> int:
+        """Add a memfd of ``size`` bytes and map it for DMA at ``iova``; returns ``iova``."""
+        region = self.mem.add_region(iova, size)
+        try:
+            self.controller.map_dma(iova, size, region.fd, 0, True)
+        except BaseException:
+            self.mem.remove_region(iova)
+            raise
+        return iova
+
+    def remove_region(self, iova: int) -> None:
+        """Unmap the region starting at ``iova`` from the controller, then free it."""
+        region = next(r for r in self.mem.regions if r.iova == iova)
+        self.controller.unmap_dma(region.iova, region.size)
+        self.mem.remove_region(iova)
+
+    def alloc(self, nbytes: int, align: int = PAGE_SIZE, region: int | None = None) -> int:
+        """Allocate zeroed guest memory; returns its IOVA (``region``: a region's IOVA)."""
+        return self.mem.alloc(nbytes, align, region)
+
+    def free(self, iova: int) -> None:
+        """Free memory returned by :meth:`alloc`."""
+        self.mem.free(iova)
+
+    def read_mem(self, iova: int, n: int) -> bytes:
+        """Read ``n`` bytes of guest memory."""
+        return self.mem.read(iova, n)
+
+    def write_mem(self, iova: int, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` into guest memory."""
+        self.mem.write(iova, data)
+
+    # registers
+
+    def sq_doorbell(self, qid: int) -> int:
+        """BAR0 offset of SQ ``qid``'s tail doorbell."""
+        return DOORBELL_BASE + (2 * qid) * (4 << self.dstrd)
+
+    def cq_doorbell(self, qid: int) -> int:
+        """BAR0 offset of CQ ``qid``'s head doorbell."""
+        return DOORBELL_BASE + (2 * qid + 1) * (4 << self.dstrd)
+
+    def csts(self) -> int:
+        """The current CSTS register."""
+        return int(self.controller.bar0_read(REG_CSTS, 4))
+
+    def _wait_csts(self, mask: int, value: int, timeout: float, what: str) -> None:
+        # nvme_wait_ready: poll CSTS until the masked bits match, or time out.
+        deadline = time.monotonic() + timeout
+        while True:
+            csts = self.csts()
+            if csts & mask == value:
+                return
+            if time.monotonic() > deadline:
+                raise HostTimeoutError(
+                    f"{what}: CSTS={csts:#x} did not reach {value:#x} under mask {mask:#x} within {timeout}s"
+                )
+            time.sleep(0.0005)
+
+    def _writeq_lo_hi(self, offset: int, value: int) -> None:
+        # Linux lo_hi_writeq: two 32-bit writes, low half first.
+        self.controller.bar0_write(offset, value & 0xFFFF_FFFF, 4)
+        self.controller.bar0_write(offset + 4, value >> 32, 4)
+
+    def disable(self, timeout: float = 5) -> None:
+        """Clear CC.EN and wait for CSTS.RDY = 0 (a controller reset); forget all queues."""
+        cc = int(self.controller.bar0_read(REG_CC, 4))
+        self.controller.bar0_write(REG_CC, cc & ~CC_EN, 4)
+        self._wait_csts(CSTS_RDY, 0, timeout, "disable (CC.EN=0)")
+        with self._lock:
+            # The reset deleted every queue in the controller; their memory is ours again.
+            for sq in self._sqs.values():
+                self.mem.free(sq.iova)
+            for cq in self._cqs.values():
+                self.mem.free(cq.iova)
+            self._sqs.clear()
+            self._cqs.clear()
+            for vector in self._vectors.values():
+                vector.cqs.clear()
+
+    def enable(self, timeout: float = 5) -> None:
+        """Bring the controller up as ``nvme_pci_configure_admin_queue`` + ``nvme_enable_ctrl`` do."""
+        self.cap = int(self.controller.bar0_read(REG_CAP, 8))
+        self.dstrd = (self.cap >> 32) & 0xF
+        self.mqes = self.cap & 0xFFFF
+        self.disable(timeout)
+        entries = self.admin_entries
+        sq_iova = self.alloc(entries * SQE_SIZE)
+        cq_iova = self.alloc(entries * CQE_SIZE)
+        # AQA: ACQS 27:16 and ASQS 11:0, both 0's based.
+        self.controller.bar0_write(REG_AQA, (entries - 1) << 16 | (entries - 1), 4)
+        self._writeq_lo_hi(REG_ASQ, sq_iova)
+        self._writeq_lo_hi(REG_ACQ, cq_iova)
+        # Program CC without EN, read it back (flushes the posted write on PCI), then set EN.
+        self.controller.bar0_write(REG_CC, CC_LINUX, 4)
+        self.controller.bar0_read(REG_CC, 4)
+        self.controller.bar0_write(REG_CC, CC_LINUX | CC_EN, 4)
+        self._wait_csts(CSTS_RDY, CSTS_RDY, timeout, "enable (CC.EN=1)")
+        self._register_queues(0, sq_iova, cq_iova, entries, 0, self.irq)
+
+    def shutdown(self, timeout: float = 5) -> None:
+        """Normal shutdown: CC.SHN = 01b, then wait for CSTS.SHST = 10b."""
+        cc = int(self.controller.bar0_read(REG_CC, 4))
+        self.controller.bar0_write(REG_CC, (cc & ~CC_SHN_MASK) | CC_SHN_NORMAL, 4)
+        self._wait_csts(0b11 << 2, CSTS_SHST_COMPLETE << 2, timeout, "shutdown (CC.SHN=01b)")
+
+    # vectors
+
+    def vector_fd(self, vector: int) -> int:
+        """The eventfd the host attached to ``vector`` (creating it if needed)."""
+        return self._vector(vector, True).eventfd or -1
+
+    def _vector(self, number: int, irq: bool) -> Vector:
+        with self._lock:
+            vector = self._vectors.get(number)
+            if vector is None:
+                vector = Vector(number, None)
+                self._vectors[number] = vector
+            if irq and vector.eventfd is None:
+                fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                try:
+                    self.controller.set_vector_eventfd(number, fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                vector.eventfd = fd
+            return vector
+
+    def _register_queues(
+        self, qid: int, sq_iova: int, cq_iova: int, entries: int, vector: int, irq: bool
+    ) -> None:
+        with self._lock:
+            self._sqs[qid] = SubmissionQueue(qid, sq_iova, entries, qid)
+            self._register_cq(qid, cq_iova, entries, vector, irq)
+
+    def _register_cq(self, qid: int, iova: int, entries: int, vector: int, irq: bool) -> None:
+        cq = CompletionQueue(qid, iova, entries, vector, irq)
+        self._cqs[qid] = cq
+        if irq:
+            self._vector(vector, True).cqs.append(cq)
+        self._poll_locks.setdefault(qid, threading.Lock())
+
+    # submission and completion
+
+    def submit(self, sqe: bytes, qid: int = 0, *, keep_cid: bool = False, timeout: float = 5) -> int:
+        """Write a raw 64-byte SQE at SQ ``qid``'s tail and ring its doorbell; returns the CID.
+
+        The CID field is replaced by a free CID unless ``keep_cid``. If the SQ
+        is full, reaps completions until a slot frees up.
+        """
+        sq = self._sqs.get(qid)
+        if sq is None:
+            raise NvmeFastError(f"submit: SQ {qid} does not exist on this host")
+        deadline = time.monotonic() + timeout
+        while True:
+            with sq.lock:
+                if not sq.full():
+                    cid = op.sqe_cid(sqe) if keep_cid else sq.take_cid()
+                    if cid is not None:
+                        self.mem.write(sq.slot_iova(), sqe if keep_cid else sqe_with_cid(sqe, cid))
+                        sq.outstanding.add(cid)
+                        # Ring under the SQ lock so tail doorbell values are monotonic.
+                        self.controller.bar0_write(self.sq_doorbell(qid), sq.advance_tail(), 4)
+                        return cid
+            self._progress(self._cqs[sq.cqid], deadline, f"SQ {qid} is full")
+
+    def wait(self, qid: int, cid: int, timeout: float = 5) -> Completion:
+        """Wait for the completion of command ``cid`` submitted on SQ ``qid``."""
+        sq = self._sqs.get(qid)
+        if sq is None:
+            raise NvmeFastError(f"wait: SQ {qid} does not exist on this host")
+        cq = self._cqs[sq.cqid]
+        deadline = time.monotonic() + timeout
+        key = (qid, cid)
+        while True:
+            completion = cq.done.pop(key, None)
+            if completion is not None:
+                return completion
+            self._progress(cq, deadline, f"SQ {qid} CID {cid} (CQ {cq.qid}, vector {cq.vector})")
+
+    def reap(self, cqid: int) -> int:
+        """Consume new CQEs of CQ ``cqid`` by phase tag now, without touching any eventfd.
+
+        Returns how many were consumed; :meth:`wait` and :meth:`poll` return them.
+        """
+        cq = self._cqs[cqid]
+        with self._poll_locks[cqid]:
+            return cq.drain(self.mem, self._retire, self._ring_cq_head)
+
+    def poll(self, qid: int, cid: int, timeout: float = 5) -> Completion:
+        """Like :meth:`wait` but spin on the phase tag and never read the eventfd.
+
+        For tests that must leave the vector's eventfd alone (masking).
+        """
+        cq = self._cqs[self._sqs[qid].cqid]
+        deadline = time.monotonic() + timeout
+        while True:
+            self.reap(cq.qid)
+            completion = cq.done.pop((qid, cid), None)
+            if completion is not None:
+                return completion
+            if time.monotonic() > deadline:
+                raise HostTimeoutError(f"SQ {qid} CID {cid}: no completion within {timeout}s (polled)")
+            time.sleep(0.0001)
+
+    def admin(self, sqe: bytes, timeout: float = 5) -> Completion:
+        """Submit an admin SQE and wait for its completion (never raises on a failed status)."""
+        return self.wait(0, self.submit(sqe, 0, timeout=timeout), timeout)
+
+    def io(self, sqe: bytes, qid: int = 1, timeout: float = 5) -> Completion:
+        """Submit an I/O SQE on ``qid`` and wait for its completion (never raises on a failed status)."""
+        return self.wait(qid, self.submit(sqe, qid, timeout=timeout), timeout)
+
+    def _retire(self, completion: Completion) -> bool:
+        sq = self._sqs.get(completion.sqid)
+        if sq is None:
+            return False
+        with sq.lock:
+            known = completion.cid in sq.outstanding
+            sq.retire(completion.cid, completion.sqhd)
+        return known
+
+    def _ring_cq_head(self, qid: int, head: int) -> None:
+        self.controller.bar0_write(self.cq_doorbell(qid), head, 4)
+
+    def _progress(self, cq: CompletionQueue, deadline: float, what: str) -> None:
+        """Reap new completions of ``cq`` once, waiting until ``deadline`` for some to arrive.
+
+        In irq mode completions are reaped only after the vector's eventfd
+        fired, as a driver's interrupt handler does, so a missing interrupt
+        shows up as a timeout instead of being papered over by polling.
+        """
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise HostTimeoutError(
+                f"{what}: no completion within the timeout (CSTS={self.csts():#x}, "
+                f"pending vectors {sorted(self.controller.pending_vectors())})"
+            )
+        vector = self._vectors.get(cq.vector) if cq.irq else None
+        if vector is None or vector.eventfd is None:
+            with self._poll_locks[cq.qid]:
+                found = cq.drain(self.mem, self._retire, self._ring_cq_head)
+            if not found:
+                time.sleep(min(remaining, 0.0001))
+            return
+        with vector.cond:
+            if vector.leader:
+                # Another thread waits on the eventfd; it drains every CQ of the
+                # vector and notifies, so sleep until it does.
+                vector.cond.wait(min(remaining, 0.05))
+                return
+            vector.leader = True
+        signals = 0
+        try:
+            readable, _, _ = select.select([vector.eventfd], [], [], min(remaining, 0.25))
+            if readable:
+                try:
+                    signals = os.eventfd_read(vector.eventfd)
+                except BlockingIOError:
+                    signals = 0
+        finally:
+            with vector.cond:
+                if signals:
+                    self.interrupts[vector.number] += signals
+                    for each in vector.cqs:
+                        with self._poll_locks[each.qid]:
+                            each.drain(self.mem, self._retire, self._ring_cq_head)
+                vector.leader = False
+                vector.cond.notify_all()
+
+    # PRPs and data buffers
+
+    def build_prps(self, entries: Sequence[int]) -> PrpSet:
+        """PRP1/PRP2 (and PRP list pages, allocated here) for data at these page pointers."""
+        return build_prps(entries, lambda: self.alloc(PAGE_SIZE), self.mem.write)
+
+    def free_prps(self, prps: PrpSet) -> None:
+        """Free the PRP list pages of ``prps``."""
+        for page in prps.list_pages:
+            self.free(page)
+
+    # admin commands
+
+    def _admin_ok(self, sqe: bytes, what: str, timeout: float = 5) -> Completion:
+        completion = self.admin(sqe, timeout)
+        if not completion.ok:
+            raise command_error(completion, sqe[0], what)
+        return completion
+
+    def _admin_read(self, sqe_args: dict[str, int], opcode: int, length: int, what: str) -> bytes:
+        buf = self.alloc(length)
+        prps = self.build_prps(data_pointers(buf, length))
+        try:
+            self._admin_ok(build_sqe(opcode, prp1=prps.prp1, prp2=prps.prp2, **sqe_args), what)
+            return self.mem.read(buf, length)
+        finally:
+            self.free_prps(prps)
+            self.free(buf)
+
+    def identify(self, cns: int, nsid: int = 0, cntid: int = 0) -> bytes:
+        """Raw Identify data (4096 bytes) for ``cns``."""
+        return self._admin_read(
+            {"nsid": nsid, "cdw10": cns | cntid << 16}, op.ADMIN_IDENTIFY, 4096, f"Identify CNS {cns:#04x}"
+        )
+
+    def identify_controller(self) -> IdentifyController:
+        """Identify Controller (CNS 01h), parsed; ``.raw`` has the 4096 bytes."""
+        return IdentifyController.parse(self.identify(0x01))
+
+    def identify_namespace(self, nsid: int) -> IdentifyNamespace:
+        """Identify Namespace (CNS 00h), parsed; also remembers its LBA size for read/write."""
+        ns = IdentifyNamespace.parse(self.identify(0x00, nsid))
+        if ns.nsze:
+            self._lba_sizes[nsid] = ns.lba_size
+        return ns
+
+    def get_log_page(self, lid: int, nbytes: int, *, nsid: int = 0xFFFF_FFFF, rae: bool = False,
+                     offset: int = 0) -> bytes:
+        """Get Log Page ``lid``: ``nbytes`` (a multiple of 4) from byte ``offset``."""
+        numd = nbytes // 4 - 1
+        args = {
+            "nsid": nsid,
+            "cdw10": lid | int(rae) << 15 | (numd & 0xFFFF) << 16,
+            "cdw11": numd >> 16,
+            "cdw12": offset & 0xFFFF_FFFF,
+            "cdw13": offset >> 32,
+        }
+        return self._admin_read(args, op.ADMIN_GET_LOG_PAGE, nbytes, f"Get Log Page {lid:#04x}")
+
+    def get_features(self, fid: int, cdw11: int = 0, nsid: int = 0) -> int:
+        """Get Features ``fid`` (current value); returns CQE DW0."""
+        return self._admin_ok(build_sqe(op.ADMIN_GET_FEATURES, nsid=nsid, cdw10=fid, cdw11=cdw11),
+                              f"Get Features {fid:#04x}").dw0
+
+    def set_features(self, fid: int, cdw11: int = 0, nsid: int = 0) -> int:
+        """Set Features ``fid``; returns CQE DW0."""
+        return self._admin_ok(build_sqe(op.ADMIN_SET_FEATURES, nsid=nsid, cdw10=fid, cdw11=cdw11),
+                              f"Set Features {fid:#04x}").dw0
+
+    def set_num_queues(self, nsq: int, ncq: int) -> tuple[int, int]:
+        """Set Features Number of Queues (07h) with 1-based counts; returns (NSQA, NCQA) 1-based."""
+        dw0 = self.set_features(op.FEATURE_NUMBER_OF_QUEUES, (ncq - 1) << 16 | (nsq - 1))
+        return (dw0 & 0xFFFF) + 1, (dw0 >> 16) + 1
+
+    def submit_aer(self) -> int:
+        """Submit one Asynchronous Event Request; returns its CID (wait on qid 0)."""
+        return self.submit(build_sqe(op.ADMIN_ASYNC_EVENT_REQUEST), 0)
+
+    def create_io_cq(self, qid: int, entries: int, vector: int, irq: bool = True) -> int:
+        """Create I/O CQ ``qid`` (physically contiguous); returns its IOVA."""
+        iova = self.alloc(entries * CQE_SIZE)
+        sqe = build_sqe(op.ADMIN_CREATE_CQ, prp1=iova, cdw10=(entries - 1) << 16 | qid,
+                        cdw11=vector << 16 | int(irq) << 1 | 1)
+        try:
+            self._admin_ok(sqe, f"Create I/O CQ {qid}")
+        except BaseException:
+            self.free(iova)
+            raise
+        with self._lock:
+            # Attach the eventfd before any SQ can post here: no interrupt is lost.
+            self._register_cq(qid, iova, entries, vector, irq and self.irq)
+        return iova
+
+    def create_io_sq(self, qid: int, entries: int, cqid: int) -> int:
+        """Create I/O SQ ``qid`` posting to CQ ``cqid``; returns its IOVA."""
+        iova = self.alloc(entries * SQE_SIZE)
+        sqe = build_sqe(op.ADMIN_CREATE_SQ, prp1=iova, cdw10=(entries - 1) << 16 | qid,
+                        cdw11=cqid << 16 | 1)
+        try:
+            self._admin_ok(sqe, f"Create I/O SQ {qid}")
+        except BaseException:
+            self.free(iova)
+            raise
+        with self._lock:
+            self._sqs[qid] = SubmissionQueue(qid, iova, entries, cqid)
+        return iova
+
+    def create_io_queue_pair(self, qid: int, entries: int | None = None, vector: int | None = None,
+                             irq: bool = True) -> QueuePair:
+        """Create CQ then SQ ``qid`` as ``nvme_create_queue`` does (PC=1, IEN=irq)."""
+        entries = entries if entries is not None else min(256, self.mqes + 1)
+        vector = qid if vector is None else vector
+        irq = irq and self.irq
+        if irq:
+            self._vector(vector, True)
+        cq_iova = self.create_io_cq(qid, entries, vector, irq)
+        try:
+            sq_iova = self.create_io_sq(qid, entries, qid)
+        except BaseException:
+            self._delete_cq(qid)
+            raise
+        return QueuePair(qid, entries, vector, irq, sq_iova, cq_iova)
+
+    def delete_io_sq(self, qid: int) -> None:
+        """Delete I/O SQ ``qid`` (outstanding commands are aborted by the controller)."""
+        self._admin_ok(build_sqe(op.ADMIN_DELETE_SQ, cdw10=qid), f"Delete I/O SQ {qid}")
+        with self._lock:
+            sq = self._sqs.pop(qid)
+        self.free(sq.iova)
+
+    def _delete_cq(self, qid: int) -> None:
+        self._admin_ok(build_sqe(op.ADMIN_DELETE_CQ, cdw10=qid), f"Delete I/O CQ {qid}")
+        with self._lock:
+            cq = self._cqs.pop(qid)
+            vector = self._vectors.get(cq.vector)
+            if vector is not None and cq in vector.cqs:
+                vector.cqs.remove(cq)
+        self.free(cq.iova)
+
+    def delete_io_cq(self, qid: int) -> None:
+        """Delete I/O CQ ``qid`` (its SQs must be deleted first)."""
+        self._delete_cq(qid)
+
+    def delete_io_queue_pair(self, qid: int) -> None:
+        """Delete SQ then CQ ``qid`` as ``nvme_disable_io_queues`` does."""
+        self.delete_io_sq(qid)
+        self.delete_io_cq(qid)
+
+    # NVM I/O commands
+
+    def lba_size(self, nsid: int) -> int:
+        """The namespace's LBA data size, from Identify Namespace (cached)."""
+        if nsid not in self._lba_sizes:
+            self.identify_namespace(nsid)
+        return self._lba_sizes[nsid]
+
+    def _rw(self, opcode: int, nsid: int, slba: int, nlb: int, qid: int, entries: Sequence[int],
+            timeout: float) -> Completion:
+        prps = self.build_prps(entries)
+        try:
+            sqe = build_sqe(opcode, nsid=nsid, prp1=prps.prp1, prp2=prps.prp2,
+                            cdw10=slba & 0xFFFF_FFFF, cdw11=slba >> 32, cdw12=(nlb - 1) & 0xFFFF)
+            return self.io(sqe, qid, timeout)
+        finally:
+            self.free_prps(prps)
+
+    def read(self, nsid: int, slba: int, nlb: int, qid: int = 1, *, buf_iova: int | None = None,
+             entries: Sequence[int] | None = None, timeout: float = 5) -> bytes:
+        """Read ``nlb`` blocks from ``slba``; raises CommandError on a failed status.
+
+        The data lands in a fresh buffer, or at ``buf_iova``, or in the pages
+        ``entries`` lists (PRP entries: the first may have an offset).
+        """
+        length = nlb * self.lba_size(nsid)
+        owned = buf_iova is None and entries is None
+        if entries is None:
+            buf_iova = self.alloc(length) if buf_iova is None else buf_iova
+            entries = data_pointers(buf_iova, length)
+        try:
+            completion = self._rw(op.IO_READ, nsid, slba, nlb, qid, entries, timeout)
+            if not completion.ok:
+                raise command_error(completion, op.IO_READ, f"Read nsid {nsid} slba {slba} nlb {nlb}")
+            return self.mem.gather(entries, length)
+        finally:
+            if owned:
+                self.free(entries[0])
+
+    def write(self, nsid: int, slba: int, data: bytes, qid: int = 1, *, buf_iova: int | None = None,
+              entries: Sequence[int] | None = None, timeout: float = 5) -> None:
+        """Write ``data`` (a whole number of blocks) at ``slba``; raises CommandError on failure."""
+        lba = self.lba_size(nsid)
+        if not data or len(data) % lba:
+            raise ValueError(f"write of {len(data)} bytes is not a whole number of {lba}-byte blocks")
+        owned = buf_iova is None and entries is None
+        if entries is None:
+            buf_iova = self.alloc(len(data)) if buf_iova is None else buf_iova
+            entries = data_pointers(buf_iova, len(data))
+        try:
+            self.mem.scatter(entries, data)
+            completion = self._rw(op.IO_WRITE, nsid, slba, len(data) // lba, qid, entries, timeout)
+            if not completion.ok:
+                raise command_error(completion, op.IO_WRITE, f"Write nsid {nsid} slba {slba} nlb {len(data) // lba}")
+        finally:
+            if owned:
+                self.free(entries[0])
+
+    def flush(self, nsid: int, qid: int = 1, timeout: float = 5) -> None:
+        """Flush ``nsid``; raises CommandError on failure."""
+        completion = self.io(build_sqe(op.IO_FLUSH, nsid=nsid), qid, timeout)
+        if not completion.ok:
+            raise command_error(completion, op.IO_FLUSH, f"Flush nsid {nsid}")
+
+    # misc
+
+    def sq(self, qid: int) -> SubmissionQueue:
+        """The host-side state of SQ ``qid`` (tail, head, outstanding CIDs)."""
+        return self._sqs[qid]
+
+    def cq(self, qid: int) -> CompletionQueue:
+        """The host-side state of CQ ``qid`` (head, phase, unclaimed completions)."""
+        return self._cqs[qid]
+
+
+__all__ = ["Host", "QueuePair", "command_error"]

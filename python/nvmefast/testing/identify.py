@@ -1,0 +1,166 @@
+"""Host-side parsers for the Identify data structures a driver reads at bring-up.
+
+Kept independent of the device's own builders (``nvmefast.structs``) on
+purpose: tests parse what the controller DMA'd with the spec's byte offsets
+(NVMe Base 2.0 Figure 275, NVM Command Set 1.0 Figure 97), so a wrong offset
+in a builder is caught instead of mirrored.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+IDENTIFY_SIZE = 4096
+
+
+def _ascii(raw: bytes) -> str:
+    # Identify strings are ASCII, space padded on the right (NVMe Base 2.0 §1.5).
+    return raw.decode("ascii", errors="replace").rstrip(" ")
+
+
+@dataclass(frozen=True)
+class IdentifyController:
+    """The Identify Controller fields (CNS 01h) a driver and our tests use."""
+
+    raw: bytes
+    vid: int
+    ssvid: int
+    sn: str
+    mn: str
+    fr: str
+    mdts: int
+    cntlid: int
+    ver: int
+    oacs: int
+    acl: int
+    aerl: int
+    lpa: int
+    elpe: int
+    sqes: int
+    cqes: int
+    maxcmd: int
+    nn: int
+    oncs: int
+    vwc: int
+    sgls: int
+
+    @classmethod
+    def parse(cls, raw: bytes) -> IdentifyController:
+        """Parse a 4096-byte Identify Controller data structure."""
+        if len(raw) != IDENTIFY_SIZE:
+            raise ValueError(f"Identify Controller is {IDENTIFY_SIZE} bytes, got {len(raw)}")
+        vid, ssvid = struct.unpack_from("<HH", raw, 0)
+        return cls(
+            raw=bytes(raw),
+            vid=vid,
+            ssvid=ssvid,
+            sn=_ascii(raw[4:24]),
+            mn=_ascii(raw[24:64]),
+            fr=_ascii(raw[64:72]),
+            mdts=raw[77],
+            cntlid=struct.unpack_from("<H", raw, 78)[0],
+            ver=struct.unpack_from("<I", raw, 80)[0],
+            oacs=struct.unpack_from("<H", raw, 256)[0],
+            acl=raw[258],
+            aerl=raw[259],
+            lpa=raw[261],
+            elpe=raw[262],
+            sqes=raw[512],
+            cqes=raw[513],
+            maxcmd=struct.unpack_from("<H", raw, 514)[0],
+            nn=struct.unpack_from("<I", raw, 516)[0],
+            oncs=struct.unpack_from("<H", raw, 520)[0],
+            vwc=raw[525],
+            sgls=struct.unpack_from("<I", raw, 536)[0],
+        )
+
+
+@dataclass(frozen=True)
+class LbaFormat:
+    """One LBA Format entry: metadata size, LBA data size (2**lbads) and relative performance."""
+
+    ms: int
+    lbads: int
+    rp: int
+
+    @property
+    def lba_size(self) -> int:
+        """LBA data size in bytes."""
+        return 1 << self.lbads
+
+
+@dataclass(frozen=True)
+class IdentifyNamespace:
+    """The Identify Namespace fields (CNS 00h) a driver and our tests use."""
+
+    raw: bytes
+    nsze: int
+    ncap: int
+    nuse: int
+    nsfeat: int
+    nlbaf: int
+    flbas: int
+    lbaf: tuple[LbaFormat, ...]
+
+    @classmethod
+    def parse(cls, raw: bytes) -> IdentifyNamespace:
+        """Parse a 4096-byte Identify Namespace data structure."""
+        if len(raw) != IDENTIFY_SIZE:
+            raise ValueError(f"Identify Namespace is {IDENTIFY_SIZE} bytes, got {len(raw)}")
+        nsze, ncap, nuse = struct.unpack_from("<QQQ", raw, 0)
+        nlbaf = raw[25]
+        formats = []
+        # NLBAF is 0's based; the table starts at byte 128, 4 bytes per entry.
+        for i in range(min(nlbaf + 1, 64)):
+            (entry,) = struct.unpack_from("<I", raw, 128 + 4 * i)
+            formats.append(LbaFormat(ms=entry & 0xFFFF, lbads=(entry >> 16) & 0xFF, rp=(entry >> 24) & 0x3))
+        return cls(
+            raw=bytes(raw),
+            nsze=nsze,
+            ncap=ncap,
+            nuse=nuse,
+            nsfeat=raw[24],
+            nlbaf=nlbaf,
+            flbas=raw[26],
+            lbaf=tuple(formats),
+        )
+
+    @property
+    def format_index(self) -> int:
+        """The LBA format in use: FLBAS bits 3:0, plus bits 6:5 as the upper two bits."""
+        return (self.flbas & 0xF) | ((self.flbas >> 5) & 0x3) << 4
+
+    @property
+    def lba_size(self) -> int:
+        """Bytes per logical block of the format in use."""
+        return self.lbaf[self.format_index].lba_size
+
+    @property
+    def size_bytes(self) -> int:
+        """Namespace size in bytes (NSZE blocks)."""
+        return self.nsze * self.lba_size
+
+
+def parse_nsid_list(raw: bytes) -> list[int]:
+    """Parse an Active Namespace ID list (CNS 02h): NSIDs until the first zero."""
+    ids = struct.unpack_from("<1024I", raw, 0)
+    out = []
+    for nsid in ids:
+        if nsid == 0:
+            break
+        out.append(nsid)
+    return out
+
+
+def parse_ns_descriptors(raw: bytes) -> list[tuple[int, bytes]]:
+    """Parse a Namespace Identification Descriptor list (CNS 03h) into (NIDT, NID)."""
+    out = []
+    offset = 0
+    while offset + 4 <= len(raw):
+        nidt, nidl = raw[offset], raw[offset + 1]
+        if nidt == 0:
+            break
+        out.append((nidt, bytes(raw[offset + 4 : offset + 4 + nidl])))
+        offset += 4 + nidl
+    return out
