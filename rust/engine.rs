@@ -37,8 +37,8 @@ pub enum EngineError {
     Irq(#[from] IrqError),
     #[error(transparent)]
     Backend(#[from] BackendError),
-    /// complete_admin for a command that is not deferred.
-    #[error("admin command {cid} is not waiting for a deferred completion")]
+    /// complete_admin for a command that is not outstanding.
+    #[error("admin command {cid} is not outstanding (never fetched, or already completed)")]
     NotDeferred { cid: u16 },
     /// The worker thread could not be started.
     #[error("cannot start the worker thread: {0}")]
@@ -118,8 +118,11 @@ struct Queues {
     page_size: u64,
     /// Bumped by reset, so completions of commands fetched before a reset are dropped.
     generation: u64,
-    /// CIDs of admin commands awaiting complete_admin.
-    deferred: Vec<u16>,
+    /// CIDs of admin commands fetched and not yet completed: running in the
+    /// handler or deferred. complete_admin accepts any of them, so an event
+    /// raised on another thread while the AER handler is still returning
+    /// completes it instead of being lost.
+    admin_pending: Vec<u16>,
     stats: Stats,
     smart: Smart,
     errors: VecDeque<ErrorEntry>,
@@ -211,7 +214,7 @@ impl Engine {
                 active_cqs: Vec::new(),
                 page_size: 4096,
                 generation: 0,
-                deferred: Vec::new(),
+                admin_pending: Vec::new(),
                 stats: Stats::default(),
                 smart: Smart::default(),
                 errors: VecDeque::with_capacity(ERROR_RING),
@@ -330,7 +333,7 @@ impl Engine {
         }
         q.active_sqs.clear();
         q.active_cqs.clear();
-        q.deferred.clear();
+        q.admin_pending.clear();
         q.generation += 1;
         self.shared.doorbells.clear();
         self.shared.fatal.store(false, Ordering::SeqCst);
@@ -525,11 +528,11 @@ impl Engine {
     pub fn complete_admin(&self, cid: u16, status: Status, dw0: u32) -> Result<(), EngineError> {
         let mut q = lock(&self.shared.queues);
         let pos = q
-            .deferred
+            .admin_pending
             .iter()
             .position(|&c| c == cid)
             .ok_or(EngineError::NotDeferred { cid })?;
-        q.deferred.swap_remove(pos);
+        q.admin_pending.swap_remove(pos);
         let gen = q.generation;
         self.shared.post_admin(&mut q, gen, cid, status, dw0);
         Ok(())
@@ -538,11 +541,11 @@ impl Engine {
     /// Forgets every deferred admin command; returns how many there were.
     pub fn drop_deferred(&self) -> usize {
         let mut q = lock(&self.shared.queues);
-        let n = q.deferred.len();
+        let n = q.admin_pending.len();
         if let Some(cq) = q.cqs[0].as_mut() {
             cq.reserved = cq.reserved.saturating_sub(n as u32);
         }
-        q.deferred.clear();
+        q.admin_pending.clear();
         n
     }
 
@@ -674,6 +677,7 @@ impl Shared {
                 done += 1;
                 if qid == 0 {
                     // The slot stays reserved until the handler completes it.
+                    q.admin_pending.push(sqe.cid());
                     admin.push(sqe);
                     continue;
                 }
@@ -756,14 +760,12 @@ impl Shared {
             };
             let mut q = lock(&self.queues);
             q.stats.admin_commands += 1;
-            match outcome {
-                AdminOutcome::Complete { status, dw0 } => {
-                    self.post_admin(&mut q, gen, sqe.cid(), status, dw0)
-                }
-                AdminOutcome::Deferred => {
-                    if gen == q.generation {
-                        q.deferred.push(sqe.cid());
-                    }
+            if let AdminOutcome::Complete { status, dw0 } = outcome {
+                // Absent when complete_admin already posted it, or a reset
+                // dropped it: post nothing then.
+                if let Some(pos) = q.admin_pending.iter().position(|&c| c == sqe.cid()) {
+                    q.admin_pending.swap_remove(pos);
+                    self.post_admin(&mut q, gen, sqe.cid(), status, dw0);
                 }
             }
         }

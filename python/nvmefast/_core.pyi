@@ -8,6 +8,21 @@ from collections.abc import Callable, Sequence
 from typing import final
 
 __version__: str
+__all__ = [
+    "__version__",
+    "ConfigError",
+    "DmaMapError",
+    "Engine",
+    "NvmeFastError",
+    "QueueError",
+    "RegisterAccessError",
+    "StateError",
+    "VectorError",
+    "bench_io",
+    "floor_eventfd_pingpong",
+    "floor_memcpy_4k",
+    "floor_shm_pingpong",
+]
 
 class NvmeFastError(Exception):
     """Root of every error nvmefast raises."""
@@ -48,8 +63,8 @@ class Engine:
     sleeps until a doorbell write.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         namespaces: Sequence[tuple[int, int, str]],
         msix_vectors: int,
@@ -57,7 +72,7 @@ class Engine:
         max_queue_entries: int,
         mdts_bytes: int,
         poll_us: int,
-    ) -> None: ...
+    ) -> Engine: ...
     # lifecycle
     def start(self) -> None:
         """Start the worker thread (idempotent)."""
@@ -107,7 +122,12 @@ class Engine:
     def read_prp(self, prp1: int, prp2: int, length: int) -> tuple[int, bytes]:
         """Copy ``length`` bytes from the host buffer; returns (status, data)."""
     def complete_admin(self, cid: int, status: int, dw0: int = 0) -> None:
-        """Post the completion of a deferred admin command."""
+        """Post the completion of an outstanding admin command.
+
+        Any admin command fetched and not yet completed is accepted, including
+        one whose handler is still running (it then returns None and nothing
+        more is posted); QueueError for any other ``cid``.
+        """
     def drop_deferred(self) -> int:
         """Forget every deferred admin command (controller reset); returns how many."""
     # interrupts
@@ -119,9 +139,22 @@ class Engine:
         """Vectors whose pending bit (PBA) is set, ascending."""
     # observation
     def counters(self) -> dict[str, int]:
-        """Event counters: commands, doorbell writes, interrupts, invalid input, ..."""
+        """Event counters.
+
+        io_commands, admin_commands, io_errors, batches (worker passes that
+        did work), cq_full_stalls, sqe_fetch_errors, cqe_post_errors,
+        worker_sleeps, doorbell_writes, invalid_doorbell_writes,
+        worker_wakeups, interrupts (eventfd writes), masked_notifications,
+        unrouted_notifications (unmasked vector with no eventfd),
+        notify_errors.
+        """
     def smart(self) -> dict[str, int]:
-        """SMART/Health counters: data_units_read/written, host_read/write_commands, ..."""
+        """SMART/Health counters.
+
+        bytes_read, bytes_written; data_units_read, data_units_written (already
+        in the spec's unit: thousands of 512-byte units, rounded up);
+        host_read_commands, host_write_commands, media_errors.
+        """
     def take_errors(self) -> list[tuple[int, int, int, int, int, int]]:
         """Failed I/O commands since the last call: (sqid, cid, status, param_loc, lba, nsid)."""
 

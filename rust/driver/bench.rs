@@ -251,7 +251,9 @@ pub fn run(
                 .ok_or("device returned an unknown CID")?;
             hist.record(now.duration_since(*t0).as_nanos() as u64);
             out.ios += 1;
-            if !draining && (issued >= budget || (p.workload == Workload::RandRead && now >= deadline)) {
+            if !draining
+                && (issued >= budget || (p.workload == Workload::RandRead && now >= deadline))
+            {
                 draining = true;
             }
             if draining {

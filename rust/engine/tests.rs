@@ -407,3 +407,35 @@ fn admin_queue_goes_through_the_handler_and_deferred_completes() {
     let c = wait(&e, &mut q);
     assert_eq!((c.cid, c.dw0, c.sqid, c.sqhd), (7, 0x0001_0100, 0, 2));
 }
+
+/// An event raised on another thread while the AER handler is still running
+/// completes the AER instead of failing (the handler then returns Deferred).
+struct RacingAer(std::sync::Mutex<Option<Arc<Engine>>>);
+impl AdminHandler for RacingAer {
+    fn handle(&self, sqe: &Sqe) -> AdminOutcome {
+        let e = self.0.lock().unwrap().clone().unwrap();
+        let cid = sqe.cid();
+        std::thread::spawn(move || e.complete_admin(cid, Status::SUCCESS, 0x42).unwrap())
+            .join()
+            .unwrap();
+        AdminOutcome::Deferred
+    }
+}
+
+#[test]
+fn complete_admin_while_the_handler_runs() {
+    let e = Arc::new(engine(50, 0));
+    let h = Arc::new(RacingAer(std::sync::Mutex::new(Some(e.clone()))));
+    e.set_admin_handler(Some(h.clone()));
+    e.start().unwrap();
+    let mut host = MockHost::new(&e, 1 << 20).unwrap();
+    let mut q = host.create_queue_pair(&e, 0, 8, 0, true).unwrap();
+    q.push(&Sqe::new(0x0c, 5, 0));
+    q.ring_sq(&e);
+    let c = wait(&e, &mut q);
+    assert_eq!((c.cid, c.dw0), (5, 0x42));
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(q.pop().is_none(), "posted exactly once");
+    *h.0.lock().unwrap() = None;
+    e.set_admin_handler(None);
+}

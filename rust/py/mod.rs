@@ -425,7 +425,12 @@ fn bench_io<'py>(
     let workload = match workload {
         "randread" => bench::Workload::RandRead,
         "fill" => bench::Workload::Fill,
-        w => return Err(config_err(py, format!("workload {w:?} must be \"randread\" or \"fill\""))),
+        w => {
+            return Err(config_err(
+                py,
+                format!("workload {w:?} must be \"randread\" or \"fill\""),
+            ))
+        }
     };
     let mode = match mode {
         "irq" => bench::Mode::Irq,

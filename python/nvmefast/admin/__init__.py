@@ -33,7 +33,6 @@ __all__ = ["Admin", "AdminCommand", "Opcode"]
 
 log = logging.getLogger(__name__)
 
-_DEFERRED_RACE_WINDOW = 0.1  # seconds; see Admin._complete_deferred
 
 
 class Opcode:
@@ -111,14 +110,10 @@ class Admin:
         """Admin commands completed with an error status."""
         self.internal_errors = 0
         """Admin commands that hit a bug in this layer (completed Internal Error)."""
-        self.deferred_retries = 0
-        """Times an AER completion waited for the engine to record it as deferred."""
-        self._worker: int | None = None  # thread ident of the engine's worker
 
     def handle(self, sqe: bytes) -> Result:
         """Execute one admin SQE; never raises (runs on the core's worker)."""
         cmd: AdminCommand | None = None
-        self._worker = threading.get_ident()
         try:
             cmd = AdminCommand.parse(sqe)
             self.commands += 1
@@ -187,27 +182,17 @@ class Admin:
             self._complete_deferred(cid, dw0)
 
     def _complete_deferred(self, cid: int, dw0: int) -> None:
-        # The engine records a command as deferred only after the handler
-        # returned None, while this layer counts the AER as outstanding as
-        # soon as the handler has run. An event raised on the embedder's
-        # thread in between finds the engine not yet waiting for that CID:
-        # retry briefly. On the worker itself there is no such window.
-        deadline = time.monotonic() + _DEFERRED_RACE_WINDOW
-        while True:
-            try:
-                self.engine.complete_admin(cid, Status.SUCCESS, dw0)
-                return
-            except QueueError:
-                if threading.get_ident() == self._worker or time.monotonic() > deadline:
-                    # A reset dropped the deferred command: the event went
-                    # with it, as every queued event does on reset.
-                    log.warning("AER cid %d is no longer outstanding; event dropped", cid)
-                    return
-                self.deferred_retries += 1
-                time.sleep(0.0002)
-            except Exception:
-                log.exception("completing AER cid %d failed", cid)
-                return
+        # The engine accepts a completion for any admin command it fetched and
+        # has not completed, including one whose handler is still returning:
+        # an event raised on another thread in that window is not lost.
+        try:
+            self.engine.complete_admin(cid, Status.SUCCESS, dw0)
+        except QueueError:
+            # A reset dropped the command: the event went with it, as every
+            # queued event does on reset.
+            log.warning("AER cid %d is no longer outstanding; event dropped", cid)
+        except Exception:
+            log.exception("completing AER cid %d failed", cid)
 
     def reset(self) -> None:
         """Controller reset (CC.EN 1 -> 0), after the engine's own reset."""
@@ -225,5 +210,4 @@ class Admin:
             "admin_failures": self.failures,
             "admin_internal_errors": self.internal_errors,
             "aer_events_dropped": self.events.dropped,
-            "aer_complete_retries": self.deferred_retries,
         }
