@@ -84,6 +84,15 @@ class Controller:
         except NvmeFastError:
             log.debug("engine refused to drop the admin handler after close", exc_info=True)
 
+    def __del__(self) -> None:
+        # A forgotten close() must not leave the worker running: the engine is
+        # kept alive by its own admin handler (a cycle through Rust that the
+        # garbage collector cannot see), so the Controller is its last owner.
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - nothing may escape __del__
+            pass
+
     @property
     def closed(self) -> bool:
         """True once :meth:`close` has run."""
