@@ -797,6 +797,12 @@ fn worker_loop(s: &Shared) {
             last_work = Instant::now();
         }
         if last_work.elapsed() < poll {
+            if idle_spins % 256 == 0 {
+                // A poller sharing its core with the thread that produces its
+                // work (the host, on an oversubscribed machine) must not burn
+                // that thread's time slice: offer the core now and then.
+                std::thread::yield_now();
+            }
             continue;
         }
         // Adaptive polling ran out: sleep until a doorbell write.

@@ -232,6 +232,7 @@ pub fn run(
     let mut outstanding = first;
     let mut draining = false;
     let mut idle_since = Instant::now();
+    let mut empty_polls = 0u64;
     while outstanding > 0 {
         if p.mode == Mode::Irq && wait_eventfd(p.eventfd.unwrap_or(-1), Duration::from_secs(5))? > 0
         {
@@ -269,8 +270,16 @@ pub fn run(
             q.ring_cq(engine);
             out.doorbells += 1;
             idle_since = Instant::now();
-        } else if p.mode == Mode::Poll && idle_since.elapsed() > Duration::from_secs(5) {
-            return Err("no completion within 5 s".into());
+        } else if p.mode == Mode::Poll {
+            empty_polls += 1;
+            if empty_polls % 256 == 0 {
+                // Same reason as the worker's yield: on a shared core, spinning
+                // here would starve the device thread we are waiting for.
+                std::thread::yield_now();
+                if idle_since.elapsed() > Duration::from_secs(5) {
+                    return Err("no completion within 5 s".into());
+                }
+            }
         }
         if resubmitted > 0 {
             q.ring_sq(engine);
