@@ -202,23 +202,29 @@ def test_unmap_while_io_runs(host: Host, controller: Controller) -> None:
 
     def worker() -> None:
         try:
-            for i in range(2000):
+            deadline = time.monotonic() + 20
+            i = 0
+            while len(after_unmap) < 20 and time.monotonic() < deadline:
                 late = unmapped.is_set()
                 completion = host.io(rw(WRITE if i % 2 else READ, 0, 128, prps.prp1, prps.prp2), 1)
                 (after_unmap if late else before_unmap).append(completion)
-                if len(after_unmap) >= 20:
-                    return
+                i += 1
         except BaseException as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=worker)
     thread.start()
-    time.sleep(0.05)
+    # unmap while commands are in flight, after some have gone through
+    deadline = time.monotonic() + 10
+    while len(before_unmap) < 50 and time.monotonic() < deadline:
+        time.sleep(0.001)
     controller.unmap_dma(second, size)
     unmapped.set()
     thread.join(30)
     assert not thread.is_alive(), "I/O hung after unmap_dma"
     assert not errors, errors
+    assert len(before_unmap) >= 50
+    assert all(c.ok for c in before_unmap[:50]), "I/O failed before unmap_dma"
     for completion in before_unmap:
         assert (completion.sct, completion.sc) in {(GENERIC, SUCCESS), (GENERIC, DATA_TRANSFER_ERROR)}
     # commands submitted after unmap_dma returned must not reach the old memory

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from nvmefast import Controller, ControllerConfig, NamespaceConfig
-from nvmefast.errors import CommandError
+from nvmefast.errors import CommandError, HostTimeoutError
 from nvmefast.testing import Host
 from nvmefast.testing.identify import parse_ns_descriptors, parse_nsid_list
 
@@ -184,3 +184,24 @@ def test_shared_vector_and_shared_cq(bare_host: Host) -> None:
     assert bare_host.read(1, 10, 2, qid=1) == data
     assert bare_host.interrupts[1] >= 3
     assert bare_host.interrupts[2] == 0
+
+
+def test_polled_host(controller: Controller) -> None:
+    # irq=False: no eventfd anywhere, every CQ found by its phase tag alone.
+    with Host(controller, irq=False, memory_bytes=8 * MiB) as host:
+        host.enable()
+        assert host.set_num_queues(1, 1) == (1, 1)
+        pair = host.create_io_queue_pair(1, entries=8)
+        assert not pair.irq
+        data = os.urandom(8192)
+        host.write(1, 0, data)
+        assert host.read(1, 0, 16) == data
+        assert sum(host.interrupts.values()) == 0
+
+
+@pytest.mark.nvme_config(max_queue_entries=16)
+def test_enable_timeout_names_csts(controller: Controller) -> None:
+    # An admin queue larger than CAP.MQES + 1 must not become ready; the host says so.
+    with Host(controller, admin_entries=32, memory_bytes=4 * MiB) as host:
+        with pytest.raises(HostTimeoutError, match="CSTS"):
+            host.enable(timeout=0.3)

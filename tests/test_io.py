@@ -16,6 +16,7 @@ from nvmefast.testing import PAGE_SIZE, Host, build_sqe, data_pointers
 
 MiB = 1 << 20
 READ, WRITE, FLUSH = 0x02, 0x01, 0x00
+NSZE_DEFAULT = 16 * MiB // 512  # the conftest namespace
 
 
 def _ns(lba_size: int, size: int = 16 * MiB, backend: str = "ram") -> list[NamespaceConfig]:
@@ -65,7 +66,7 @@ def test_prp_list_across_pages(host: Host, lba_size: int) -> None:
 def test_chained_prp_list(host: Host, pages: int) -> None:
     # 513 pages: PRP1 + exactly 512 list entries, one full list page, no chain.
     # 514+: 511 entries then a pointer to the next list page (1100 chains twice).
-    expected_list_pages = 1 if pages - 1 <= 512 else -(-(pages - 1 - 511) // 511) + 1
+    expected_list_pages = -(-(pages - 2) // 511)  # ceil((list entries - 1) / 511)
     data = os.urandom(pages * PAGE_SIZE)
     buf = host.alloc(len(data))
     entries = data_pointers(buf, len(data))
@@ -215,9 +216,29 @@ def test_null_backend_accepts_io(host: Host) -> None:
     for nsid, lba in ((1, 512), (2, 4096)):
         assert host.identify_namespace(nsid).nsze == 4 * MiB // lba
         host.write(nsid, 0, os.urandom(8 * lba))
-        buf = host.alloc(8 * lba)
-        host.write_mem(buf, b"\xff" * 8 * lba)
-        # the null backend discards writes and reads zeroes (NamespaceConfig docs)
-        assert host.read(nsid, 0, 8, buf_iova=buf) == bytes(8 * lba)
+        host.read(nsid, 0, 8)
+        host.write(nsid, 4 * MiB // lba - 8, os.urandom(8 * lba))
         host.flush(nsid)
+        # a null namespace still has a size: past it is LBA Out of Range (80h)
+        buf = host.alloc(lba)
+        sqe = build_sqe(READ, nsid=nsid, prp1=buf, cdw10=4 * MiB // lba, cdw12=0)
+        completion = host.io(sqe, 1)
+        assert (completion.sct, completion.sc) == (0, 0x80), str(completion)
         host.free(buf)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_sizes_and_offsets(host: Host, seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(4):
+        nlb = rng.randint(1, 256)  # up to MDTS (128 KiB)
+        slba = rng.randrange(0, NSZE_DEFAULT - nlb)
+        offset = rng.randrange(0, PAGE_SIZE, 4)
+        data = rng.randbytes(nlb * 512)
+        wbuf = host.alloc(nlb * 512 + PAGE_SIZE)
+        host.write(1, slba, data, buf_iova=wbuf + offset)
+        rbuf = host.alloc(nlb * 512 + PAGE_SIZE)
+        roffset = rng.randrange(0, PAGE_SIZE, 4)
+        assert host.read(1, slba, nlb, buf_iova=rbuf + roffset) == data, (slba, nlb, offset, roffset)
+        host.free(wbuf)
+        host.free(rbuf)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import select
 
-from nvmefast import Controller
+import pytest
+
+from nvmefast import Controller, HostTimeoutError
 from nvmefast.testing import Host, build_sqe
 
 WRITE = 0x01
@@ -136,3 +138,17 @@ def test_masked_without_notifier_keeps_pending(host: Host, controller: Controlle
         assert read_counter(efd) == 1
     finally:
         os.close(efd)
+
+
+def test_host_waits_for_the_interrupt(host: Host, controller: Controller) -> None:
+    # The host reaps only after an interrupt: while the vector is masked, wait()
+    # times out naming the command; after unmask the pending interrupt delivers it.
+    controller.mask_vector(1, True)
+    buf = host.alloc(4096)
+    cid = host.submit(build_sqe(WRITE, nsid=1, prp1=buf, cdw10=0, cdw12=0), 1)
+    with pytest.raises(HostTimeoutError, match=f"SQ 1 CID {cid}"):
+        host.wait(1, cid, timeout=0.3)
+    before = host.interrupts[1]
+    controller.mask_vector(1, False)
+    assert host.wait(1, cid, timeout=2).ok
+    assert host.interrupts[1] == before + 1

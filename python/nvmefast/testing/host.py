@@ -8,35 +8,27 @@ queues in guest memory, PRPs, doorbells, phase tags and interrupts.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import select
 import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
 
+from nvmefast.controller import Controller
 from nvmefast.errors import CommandError, HostTimeoutError, NvmeFastError
 from nvmefast.testing import sqe as op
+from nvmefast.testing.bar0 import (
+    CC_EN, CC_LINUX, CC_SHN_MASK, CC_SHN_NORMAL, CSTS_RDY, CSTS_SHST_COMPLETE, CSTS_SHST_MASK,
+    CSTS_SHST_SHIFT, REG_ACQ, REG_AQA, REG_ASQ, REG_CAP, REG_CC, REG_CSTS, cq_head_doorbell,
+    sq_tail_doorbell,
+)
 from nvmefast.testing.identify import IdentifyController, IdentifyNamespace
 from nvmefast.testing.memory import PAGE_SIZE, GuestMemory
 from nvmefast.testing.prp import PrpSet, build_prps, data_pointers
 from nvmefast.testing.queues import CompletionQueue, QueuePair, SubmissionQueue, Vector
 from nvmefast.testing.sqe import CQE_SIZE, SQE_SIZE, Completion, build_sqe, sqe_with_cid
-
-# BAR0 register offsets (NVMe Base 2.0, Figure 33).
-REG_CAP, REG_VS, REG_CC, REG_CSTS, REG_AQA, REG_ASQ, REG_ACQ = 0x00, 0x08, 0x14, 0x1C, 0x24, 0x28, 0x30
-DOORBELL_BASE = 0x1000
-
-CC_EN = 1 << 0
-CC_SHN_NORMAL = 0b01 << 14
-CC_SHN_MASK = 0b11 << 14
-# CSS 000b (NVM), MPS 0 (4 KiB), AMS 000b (round robin), IOSQES 6 (64 B), IOCQES 4 (16 B):
-# the value Linux nvme_enable_ctrl programs on x86.
-CC_LINUX = (0 << 4) | (0 << 7) | (0 << 11) | (6 << 16) | (4 << 20)
-CSTS_RDY, CSTS_CFS = 1 << 0, 1 << 1
-CSTS_SHST_COMPLETE = 0b10
 
 MiB = 1 << 20
 
@@ -57,7 +49,7 @@ class Host:
 
     def __init__(
         self,
-        controller: Any,
+        controller: Controller,
         *,
         memory_bytes: int = 64 * MiB,
         iova: int = 0x1_0000_0000,
@@ -77,10 +69,9 @@ class Host:
         self._poll_locks: dict[int, threading.Lock] = {}
         self._lba_sizes: dict[int, int] = {}
         self._closed = False
-        cap = controller.bar0_read(REG_CAP, 8)
-        self.cap = cap
-        self.dstrd = (cap >> 32) & 0xF
-        self.mqes = cap & 0xFFFF
+        self.cap: int = controller.bar0_read(REG_CAP, 8)
+        self.dstrd: int = (self.cap >> 32) & 0xF
+        self.mqes: int = self.cap & 0xFFFF
         self.add_region(iova, memory_bytes)
 
     # lifecycle
@@ -88,9 +79,8 @@ class Host:
     def __enter__(self) -> Host:
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()
 
     def close(self) -> None:
@@ -98,23 +88,19 @@ class Host:
         if self._closed:
             return
         self._closed = True
-        try:
+        # NvmeFastError here means the controller was closed first and already
+        # dropped its maps and notifiers; teardown order must not matter.
+        with contextlib.suppress(NvmeFastError):
             # Stop the device from touching queues before their memory goes away.
             if self.controller.bar0_read(REG_CC, 4) & CC_EN:
                 self.disable(timeout=2)
-        except NvmeFastError:
-            pass  # the controller was closed first: it dropped its maps itself
         for region in self.mem.regions:
-            try:
+            with contextlib.suppress(NvmeFastError):
                 self.controller.unmap_dma(region.iova, region.size)
-            except NvmeFastError:
-                pass
         for vector in self._vectors.values():
             if vector.eventfd is not None:
-                try:
+                with contextlib.suppress(NvmeFastError):
                     self.controller.set_vector_eventfd(vector.number, None)
-                except NvmeFastError:
-                    pass
                 os.close(vector.eventfd)
         self._vectors.clear()
         self.mem.close()
@@ -157,11 +143,11 @@ class Host:
 
     def sq_doorbell(self, qid: int) -> int:
         """BAR0 offset of SQ ``qid``'s tail doorbell."""
-        return DOORBELL_BASE + (2 * qid) * (4 << self.dstrd)
+        return sq_tail_doorbell(qid, self.dstrd)
 
     def cq_doorbell(self, qid: int) -> int:
         """BAR0 offset of CQ ``qid``'s head doorbell."""
-        return DOORBELL_BASE + (2 * qid + 1) * (4 << self.dstrd)
+        return cq_head_doorbell(qid, self.dstrd)
 
     def csts(self) -> int:
         """The current CSTS register."""
@@ -176,7 +162,8 @@ class Host:
                 return
             if time.monotonic() > deadline:
                 raise HostTimeoutError(
-                    f"{what}: CSTS={csts:#x} did not reach {value:#x} under mask {mask:#x} within {timeout}s"
+                    f"{what}: CSTS={csts:#x} did not reach {value:#x} under mask {mask:#x} "
+                    f"within {timeout}s"
                 )
             time.sleep(0.0005)
 
@@ -219,48 +206,44 @@ class Host:
         self.controller.bar0_read(REG_CC, 4)
         self.controller.bar0_write(REG_CC, CC_LINUX | CC_EN, 4)
         self._wait_csts(CSTS_RDY, CSTS_RDY, timeout, "enable (CC.EN=1)")
-        self._register_queues(0, sq_iova, cq_iova, entries, 0, self.irq)
+        with self._lock:
+            self._sqs[0] = SubmissionQueue(0, sq_iova, entries, 0)
+            self._register_cq(0, cq_iova, entries, 0, self.irq)
 
     def shutdown(self, timeout: float = 5) -> None:
         """Normal shutdown: CC.SHN = 01b, then wait for CSTS.SHST = 10b."""
         cc = int(self.controller.bar0_read(REG_CC, 4))
         self.controller.bar0_write(REG_CC, (cc & ~CC_SHN_MASK) | CC_SHN_NORMAL, 4)
-        self._wait_csts(0b11 << 2, CSTS_SHST_COMPLETE << 2, timeout, "shutdown (CC.SHN=01b)")
+        shst_complete = CSTS_SHST_COMPLETE << CSTS_SHST_SHIFT
+        self._wait_csts(CSTS_SHST_MASK, shst_complete, timeout, "shutdown (CC.SHN=01b)")
 
     # vectors
 
     def vector_fd(self, vector: int) -> int:
         """The eventfd the host attached to ``vector`` (creating it if needed)."""
-        return self._vector(vector, True).eventfd or -1
+        fd = self._vector(vector).eventfd
+        assert fd is not None
+        return fd
 
-    def _vector(self, number: int, irq: bool) -> Vector:
+    def _vector(self, number: int) -> Vector:
+        # Non-blocking, so a racing reader never blocks: select() says when to read.
         with self._lock:
             vector = self._vectors.get(number)
             if vector is None:
-                vector = Vector(number, None)
-                self._vectors[number] = vector
-            if irq and vector.eventfd is None:
                 fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
                 try:
                     self.controller.set_vector_eventfd(number, fd)
                 except BaseException:
                     os.close(fd)
                     raise
-                vector.eventfd = fd
+                vector = self._vectors[number] = Vector(number, fd)
             return vector
-
-    def _register_queues(
-        self, qid: int, sq_iova: int, cq_iova: int, entries: int, vector: int, irq: bool
-    ) -> None:
-        with self._lock:
-            self._sqs[qid] = SubmissionQueue(qid, sq_iova, entries, qid)
-            self._register_cq(qid, cq_iova, entries, vector, irq)
 
     def _register_cq(self, qid: int, iova: int, entries: int, vector: int, irq: bool) -> None:
         cq = CompletionQueue(qid, iova, entries, vector, irq)
         self._cqs[qid] = cq
         if irq:
-            self._vector(vector, True).cqs.append(cq)
+            self._vector(vector).cqs.append(cq)
         self._poll_locks.setdefault(qid, threading.Lock())
 
     # submission and completion
@@ -366,30 +349,14 @@ class Host:
             if not found:
                 time.sleep(min(remaining, 0.0001))
             return
-        with vector.cond:
-            if vector.leader:
-                # Another thread waits on the eventfd; it drains every CQ of the
-                # vector and notifies, so sleep until it does.
-                vector.cond.wait(min(remaining, 0.05))
-                return
-            vector.leader = True
-        signals = 0
-        try:
-            readable, _, _ = select.select([vector.eventfd], [], [], min(remaining, 0.25))
-            if readable:
-                try:
-                    signals = os.eventfd_read(vector.eventfd)
-                except BlockingIOError:
-                    signals = 0
-        finally:
-            with vector.cond:
-                if signals:
-                    self.interrupts[vector.number] += signals
-                    for each in vector.cqs:
-                        with self._poll_locks[each.qid]:
-                            each.drain(self.mem, self._retire, self._ring_cq_head)
-                vector.leader = False
-                vector.cond.notify_all()
+        vector.wait(remaining, self._on_interrupt)
+
+    def _on_interrupt(self, vector: Vector, signals: int) -> None:
+        # The interrupt handler: count the signals, then drain every CQ of the vector.
+        self.interrupts[vector.number] += signals
+        for cq in vector.cqs:
+            with self._poll_locks[cq.qid]:
+                cq.drain(self.mem, self._retire, self._ring_cq_head)
 
     # PRPs and data buffers
 
@@ -423,7 +390,8 @@ class Host:
     def identify(self, cns: int, nsid: int = 0, cntid: int = 0) -> bytes:
         """Raw Identify data (4096 bytes) for ``cns``."""
         return self._admin_read(
-            {"nsid": nsid, "cdw10": cns | cntid << 16}, op.ADMIN_IDENTIFY, 4096, f"Identify CNS {cns:#04x}"
+            {"nsid": nsid, "cdw10": cns | cntid << 16}, op.ADMIN_IDENTIFY, 4096,
+            f"Identify CNS {cns:#04x} NSID {nsid}"
         )
 
     def identify_controller(self) -> IdentifyController:
@@ -505,7 +473,7 @@ class Host:
         vector = qid if vector is None else vector
         irq = irq and self.irq
         if irq:
-            self._vector(vector, True)
+            self._vector(vector)
         cq_iova = self.create_io_cq(qid, entries, vector, irq)
         try:
             sq_iova = self.create_io_sq(qid, entries, qid)
@@ -592,7 +560,8 @@ class Host:
             self.mem.scatter(entries, data)
             completion = self._rw(op.IO_WRITE, nsid, slba, len(data) // lba, qid, entries, timeout)
             if not completion.ok:
-                raise command_error(completion, op.IO_WRITE, f"Write nsid {nsid} slba {slba} nlb {len(data) // lba}")
+                what = f"Write nsid {nsid} slba {slba} nlb {len(data) // lba}"
+                raise command_error(completion, op.IO_WRITE, what)
         finally:
             if owned:
                 self.free(entries[0])

@@ -8,6 +8,9 @@ controller wraps the CQ.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -146,3 +149,32 @@ class Vector:
         self.cqs: list[CompletionQueue] = []
         self.cond = threading.Condition(threading.Lock())
         self.leader = False
+
+    def wait(self, timeout: float, on_signal: Callable[[Vector, int], None]) -> None:
+        """Wait up to ``timeout`` for this vector's interrupt, then call ``on_signal``.
+
+        ``on_signal(vector, count)`` runs under ``cond`` with the eventfd counter
+        just read, so it drains while no other thread does. A follower returns
+        after the leader's notification (or a short timeout) and the caller
+        checks again for its completion.
+        """
+        if self.eventfd is None:
+            raise RuntimeError(f"vector {self.number} has no eventfd to wait on")
+        with self.cond:
+            if self.leader:
+                self.cond.wait(min(timeout, 0.05))
+                return
+            self.leader = True
+        signals = 0
+        try:
+            # Bounded slices so a leader re-checks deadlines; followers only sleep on cond.
+            readable, _, _ = select.select([self.eventfd], [], [], min(timeout, 0.25))
+            if readable:
+                with contextlib.suppress(BlockingIOError):
+                    signals = os.eventfd_read(self.eventfd)
+        finally:
+            with self.cond:
+                if signals:
+                    on_signal(self, signals)
+                self.leader = False
+                self.cond.notify_all()
