@@ -188,11 +188,11 @@ impl Vectors {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::fd::FromRawFd;
 
-    fn eventfd() -> OwnedFd {
+    pub(crate) fn eventfd() -> OwnedFd {
         // SAFETY: eventfd returns a new fd we own, or -1.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         assert!(fd >= 0);
@@ -200,7 +200,7 @@ mod tests {
         unsafe { OwnedFd::from_raw_fd(fd) }
     }
 
-    fn drain(fd: &OwnedFd) -> u64 {
+    pub(crate) fn drain(fd: &OwnedFd) -> u64 {
         let mut v: u64 = 0;
         // SAFETY: reads 8 bytes into a valid u64 from a non-blocking eventfd.
         let n = unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };

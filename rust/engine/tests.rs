@@ -3,8 +3,9 @@
 
 use super::*;
 use crate::driver::{HostQueue, MockHost};
+use crate::irq::tests::{drain, eventfd};
 use crate::spec::opcode::io as op;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 fn engine(poll_us: u64, mdts_bytes: u64) -> Engine {
     Engine::new(EngineConfig {
@@ -27,25 +28,6 @@ fn engine(poll_us: u64, mdts_bytes: u64) -> Engine {
         poll_us,
     })
     .unwrap()
-}
-
-fn eventfd() -> OwnedFd {
-    // SAFETY: eventfd returns a new fd or -1.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: fresh fd we own.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-fn drain(fd: &OwnedFd) -> u64 {
-    let mut v: u64 = 0;
-    // SAFETY: 8-byte read into a valid u64 (non-blocking).
-    let n = unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-    if n == 8 {
-        v
-    } else {
-        0
-    }
 }
 
 fn wait(e: &Engine, q: &mut HostQueue) -> Cqe {
