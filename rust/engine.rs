@@ -12,16 +12,17 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, BackendError};
-use crate::cmd::io::{self, Failure, IoContext, Namespace, Smart};
+use crate::cmd::io::{Failure, Namespace, Smart};
 use crate::cmd::prp::{self, Segment};
+use crate::coalesce::Coalescing;
 use crate::doorbell::{DoorbellError, Doorbells};
-use crate::irq::{IrqError, Vectors};
+use crate::intx::{IntxLine, LevelCallback};
+use crate::irq::{dup_fd, IrqError, IrqMode, Notifier, Vectors};
 use crate::mem::{GuestMemory, MemError};
 use crate::queue::{CompletionQueue, QueueError, SubmissionQueue};
-use crate::spec::{Cqe, Sqe, Status};
+use crate::spec::{Sqe, Status};
 
 /// Errors of the engine's API (embedder misuse, not guest input).
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,10 @@ pub struct EngineConfig {
     pub mdts_bytes: u64,
     /// How long the worker keeps polling after its last work.
     pub poll_us: u64,
+    /// The embedder owns the MSI-X capability and table (a vfio-user
+    /// client, a test): vectors start enabled and unmasked. Otherwise the
+    /// device emulates the table and starts in the PCI reset state.
+    pub msix_embedder_managed: bool,
 }
 
 /// What an admin handler decided.
@@ -127,6 +132,8 @@ struct Queues {
     smart: Smart,
     errors: VecDeque<ErrorEntry>,
     segs: Vec<Segment>,
+    coalesce: Coalescing,
+    intx: IntxLine,
 }
 
 /// State shared by the API and the worker.
@@ -204,7 +211,7 @@ impl Engine {
         let n = usize::from(cfg.max_qid) + 1;
         let shared = Shared {
             doorbells: Doorbells::new(cfg.max_qid),
-            vectors: Vectors::new(cfg.msix_vectors),
+            vectors: Vectors::new(cfg.msix_vectors, cfg.msix_embedder_managed),
             mem: GuestMemory::new(),
             namespaces,
             queues: Mutex::new(Queues {
@@ -219,6 +226,8 @@ impl Engine {
                 smart: Smart::default(),
                 errors: VecDeque::with_capacity(ERROR_RING),
                 segs: Vec::with_capacity(64),
+                coalesce: Coalescing::new(cfg.msix_vectors),
+                intx: IntxLine::default(),
             }),
             stop: AtomicBool::new(false),
             fatal: AtomicBool::new(false),
@@ -248,7 +257,7 @@ impl Engine {
         let s = self.shared.clone();
         let h = std::thread::Builder::new()
             .name("nvmefast-worker".into())
-            .spawn(move || worker_loop(&s))
+            .spawn(move || worker::worker_loop(&s))
             .map_err(|e| EngineError::Spawn(e.to_string()))?;
         self.shared.doorbells.set_worker(Some(h.thread().clone()));
         *w = Some(h);
@@ -324,19 +333,27 @@ impl Engine {
     /// command is dropped and CSTS.CFS cleared. Guest memory, vectors and
     /// counters stay (they belong to the PCI function, not the controller).
     pub fn reset(&self) {
-        let mut q = lock(&self.shared.queues);
-        for s in q.sqs.iter_mut() {
-            *s = None;
+        let intx = {
+            let mut q = lock(&self.shared.queues);
+            for s in q.sqs.iter_mut() {
+                *s = None;
+            }
+            for c in q.cqs.iter_mut() {
+                *c = None;
+            }
+            q.active_sqs.clear();
+            q.active_cqs.clear();
+            q.admin_pending.clear();
+            q.generation += 1;
+            q.coalesce.reset();
+            self.shared.doorbells.clear();
+            self.shared.fatal.store(false, Ordering::SeqCst);
+            q.intx.reset()
+        };
+        // No CQ is left to hold the INTx line up.
+        if let Some((cb, level)) = intx {
+            cb(level);
         }
-        for c in q.cqs.iter_mut() {
-            *c = None;
-        }
-        q.active_sqs.clear();
-        q.active_cqs.clear();
-        q.admin_pending.clear();
-        q.generation += 1;
-        self.shared.doorbells.clear();
-        self.shared.fatal.store(false, Ordering::SeqCst);
     }
 
     /// CSTS.CFS: the controller failed to fetch an SQE or post a CQE.
@@ -535,6 +552,10 @@ impl Engine {
         q.admin_pending.swap_remove(pos);
         let gen = q.generation;
         self.shared.post_admin(&mut q, gen, cid, status, dw0);
+        let mut out = worker::Signals::default();
+        self.shared.decide_signals(&mut q, &mut out);
+        drop(q);
+        self.shared.deliver(&mut out);
         Ok(())
     }
 
@@ -553,7 +574,29 @@ impl Engine {
 
     /// Attaches (Some) or detaches (None) the eventfd of `vector`.
     pub fn set_vector_eventfd(&self, vector: u32, fd: Option<RawFd>) -> Result<(), EngineError> {
-        Ok(self.shared.vectors.set_notifier(vector, fd)?)
+        Ok(self.shared.vectors.set_eventfd(vector, fd)?)
+    }
+
+    /// Routes `vector` to KVM_SIGNAL_MSI on VM fd `vm_fd` (duplicated), with
+    /// the message address/data of its MSI-X table entry.
+    pub fn set_vector_kvm_msi(&self, vector: u32, vm_fd: RawFd) -> Result<(), EngineError> {
+        let vm = dup_fd(vm_fd)?;
+        Ok(self
+            .shared
+            .vectors
+            .set_notifier(vector, Some(Notifier::KvmMsi(vm)))?)
+    }
+
+    /// Routes `vector` to a callback (run on the worker, no lock held).
+    pub fn set_vector_callback(
+        &self,
+        vector: u32,
+        cb: Arc<dyn Fn(u32) + Send + Sync>,
+    ) -> Result<(), EngineError> {
+        Ok(self
+            .shared
+            .vectors
+            .set_notifier(vector, Some(Notifier::Callback(cb)))?)
     }
 
     /// Masks or unmasks `vector` (unmask with pending fires once).
@@ -566,11 +609,126 @@ impl Engine {
         self.shared.vectors.pending()
     }
 
+    /// MSI-X table entry `vector`: (address, data, masked).
+    pub fn msix_entry(&self, vector: u32) -> Result<(u64, u32, bool), EngineError> {
+        Ok(self.shared.vectors.entry(vector)?)
+    }
+
+    /// Writes MSI-X table entry `vector`.
+    pub fn set_msix_entry(
+        &self,
+        vector: u32,
+        address: u64,
+        data: u32,
+        masked: bool,
+    ) -> Result<(), EngineError> {
+        Ok(self
+            .shared
+            .vectors
+            .set_entry(vector, address, data, masked)?)
+    }
+
+    /// MSI-X Enable and Function Mask.
+    pub fn set_msix_control(&self, enabled: bool, function_masked: bool) {
+        self.shared.vectors.set_control(enabled, function_masked);
+    }
+
+    /// (MSI-X enabled, function masked).
+    pub fn msix_control(&self) -> (bool, bool) {
+        self.shared.vectors.control()
+    }
+
+    /// PCI reset of the MSI-X state (table, PBA, control).
+    pub fn msix_reset(&self) {
+        self.shared
+            .vectors
+            .reset(self.shared.cfg.msix_embedder_managed);
+    }
+
+    /// MSI-X, MSI or INTx delivery.
+    pub fn set_irq_mode(&self, mode: IrqMode) {
+        self.shared.vectors.set_mode(mode);
+        // The INTx level is computed by the worker: make it look now.
+        self.shared.doorbells.wake();
+    }
+
+    /// The delivery mode.
+    pub fn irq_mode(&self) -> IrqMode {
+        self.shared.vectors.mode()
+    }
+
+    /// INTMS (set bits mask vectors in MSI mode, the pin in INTx mode).
+    pub fn set_interrupt_mask(&self, mask: u32) {
+        self.shared.vectors.set_intms(mask);
+        self.shared.doorbells.wake();
+    }
+
+    /// The INTMS value.
+    pub fn interrupt_mask(&self) -> u32 {
+        self.shared.vectors.intms()
+    }
+
+    /// Wires INTx to a KVM-style eventfd pair (duplicated; None detaches).
+    pub fn set_intx_eventfds(
+        &self,
+        trigger: Option<RawFd>,
+        resample: Option<RawFd>,
+    ) -> Result<(), EngineError> {
+        let t = trigger.map(dup_fd).transpose()?;
+        let r = resample.map(dup_fd).transpose()?;
+        lock(&self.shared.queues).intx.set_eventfds(t, r);
+        Ok(())
+    }
+
+    /// Wires INTx level changes to a callback (run on the worker, no lock held).
+    pub fn set_intx_callback(&self, cb: Option<LevelCallback>) {
+        lock(&self.shared.queues).intx.set_callback(cb);
+    }
+
+    /// True while the INTx line is asserted.
+    pub fn intx_asserted(&self) -> bool {
+        lock(&self.shared.queues).intx.asserted()
+    }
+
+    /// Interrupt Coalescing (Feature 08h): THR (0's based) and TIME (100 us).
+    pub fn set_coalescing(&self, thr: u8, time: u8) {
+        lock(&self.shared.queues).coalesce.set(thr, time);
+        self.shared.doorbells.wake();
+    }
+
+    /// (THR, TIME).
+    pub fn coalescing(&self) -> (u8, u8) {
+        lock(&self.shared.queues).coalesce.get()
+    }
+
+    /// Coalescing Disable (Feature 09h CD) for `vector`.
+    pub fn set_coalescing_disabled(&self, vector: u32, disabled: bool) -> Result<(), EngineError> {
+        let count = self.shared.vectors.count();
+        let v = u16::try_from(vector)
+            .ok()
+            .filter(|v| *v < count)
+            .ok_or(IrqError::BadVector {
+                vector,
+                count: u32::from(count),
+            })?;
+        lock(&self.shared.queues).coalesce.set_disabled(v, disabled);
+        Ok(())
+    }
+
     // ---- observation -----------------------------------------------------
 
     /// Event counters by name.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        let st = lock(&self.shared.queues).stats;
+        let (st, deferred, expired, asserts, deasserts) = {
+            let q = lock(&self.shared.queues);
+            (
+                q.stats,
+                q.coalesce.deferred,
+                q.coalesce.expired,
+                q.intx.assertions,
+                q.intx.deassertions,
+            )
+        };
         let d = &self.shared.doorbells;
         let v = &self.shared.vectors;
         let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -590,6 +748,10 @@ impl Engine {
             ("masked_notifications", r(&v.masked_notifications)),
             ("unrouted_notifications", r(&v.unrouted)),
             ("notify_errors", r(&v.notify_errors)),
+            ("coalesced_completions", deferred),
+            ("coalescing_timeouts", expired),
+            ("intx_assertions", asserts),
+            ("intx_deassertions", deasserts),
         ]
     }
 
@@ -610,211 +772,10 @@ impl Drop for Engine {
     }
 }
 
-impl Shared {
-    /// Posts an admin completion to CQ 0 unless a reset intervened.
-    fn post_admin(&self, q: &mut Queues, gen: u64, cid: u16, status: Status, dw0: u32) {
-        if gen != q.generation {
-            return;
-        }
-        let sqhd = q.sqs[0].as_ref().map_or(0, |s| s.head as u16);
-        let Some(cq) = q.cqs[0].as_mut() else {
-            return;
-        };
-        let mem = self.mem.snapshot();
-        if cq.post(&mem, Cqe::new(0, cid, status, dw0), sqhd).is_err() {
-            q.stats.cqe_post_errors += 1;
-            self.fatal.store(true, Ordering::SeqCst);
-            return;
-        }
-        let (ien, vector) = (cq.ien, cq.vector);
-        cq.unsignalled = 0;
-        if ien {
-            self.vectors.notify(vector);
-        }
-    }
+mod worker;
 
-    /// One pass over every SQ. Returns the number of commands fetched.
-    fn process(&self, admin: &mut Vec<Sqe>) -> (usize, u64) {
-        let mut guard = lock(&self.queues);
-        let q = &mut *guard;
-        let gen = q.generation;
-        if self.fatal.load(Ordering::Relaxed) || q.active_sqs.is_empty() {
-            return (0, gen);
-        }
-        let mem = self.mem.snapshot();
-        let mut done = 0usize;
-        let mut failed = false;
-        for k in 0..q.active_sqs.len() {
-            let qid = q.active_sqs[k];
-            let Some(sq) = q.sqs[usize::from(qid)].as_mut() else {
-                continue;
-            };
-            let tail = self.doorbells.value(usize::from(qid) * 2);
-            let mut burst = 0;
-            while burst < SQ_BURST && sq.available(tail) > 0 {
-                let cqid = sq.cqid;
-                let Some(cq) = q.cqs[usize::from(cqid)].as_mut() else {
-                    break;
-                };
-                // Flow control on the submission side (as SPDK does): a
-                // command is fetched only with a CQ slot promised to it, so
-                // the CQ can never overflow, whatever the host does.
-                if !cq.reserve(self.doorbells.value(usize::from(cqid) * 2 + 1)) {
-                    q.stats.cq_full_stalls += 1;
-                    break;
-                }
-                let mut raw = [0u8; 64];
-                if mem.read(sq.head_iova(), &mut raw).is_err() {
-                    // QEMU does the same: an SQ that cannot be read is fatal.
-                    cq.reserved -= 1;
-                    q.stats.sqe_fetch_errors += 1;
-                    failed = true;
-                    break;
-                }
-                let sqe = Sqe::from_bytes(&raw);
-                sq.advance();
-                burst += 1;
-                done += 1;
-                if qid == 0 {
-                    // The slot stays reserved until the handler completes it.
-                    q.admin_pending.push(sqe.cid());
-                    admin.push(sqe);
-                    continue;
-                }
-                let mut ctx = IoContext {
-                    mem: &mem,
-                    namespaces: &self.namespaces,
-                    page_size: q.page_size,
-                    mdts_bytes: self.cfg.mdts_bytes,
-                    segs: &mut q.segs,
-                    smart: &mut q.smart,
-                };
-                let (status, dw0) = match io::execute(&mut ctx, &sqe) {
-                    Ok(dw0) => (Status::SUCCESS, dw0),
-                    Err(failure) => {
-                        q.stats.io_errors += 1;
-                        if q.errors.len() == ERROR_RING {
-                            q.errors.pop_front();
-                        }
-                        q.errors.push_back(ErrorEntry {
-                            sqid: qid,
-                            cid: sqe.cid(),
-                            failure,
-                        });
-                        (failure.status, 0)
-                    }
-                };
-                q.stats.io_commands += 1;
-                if cq
-                    .post(&mem, Cqe::new(qid, sqe.cid(), status, dw0), sq.head as u16)
-                    .is_err()
-                {
-                    q.stats.cqe_post_errors += 1;
-                    failed = true;
-                    break;
-                }
-            }
-            if failed {
-                break;
-            }
-        }
-        // One interrupt per CQ per pass, however many entries it got.
-        for &cqid in &q.active_cqs {
-            if let Some(cq) = q.cqs[usize::from(cqid)].as_mut() {
-                if cq.unsignalled > 0 {
-                    cq.unsignalled = 0;
-                    if cq.ien {
-                        self.vectors.notify(cq.vector);
-                    }
-                }
-            }
-        }
-        if failed {
-            self.fatal.store(true, Ordering::SeqCst);
-        }
-        if done > 0 {
-            q.stats.batches += 1;
-        }
-        (done, gen)
-    }
-
-    /// True when some SQ has entries we have not fetched (sleep check).
-    fn has_work(&self) -> bool {
-        let q = lock(&self.queues);
-        q.active_sqs.iter().any(|&qid| {
-            q.sqs[usize::from(qid)]
-                .as_ref()
-                .is_some_and(|sq| sq.available(self.doorbells.value(usize::from(qid) * 2)) > 0)
-        })
-    }
-
-    fn run_admin(&self, batch: &mut Vec<Sqe>, gen: u64) {
-        let handler = lock(&self.admin).clone();
-        for sqe in batch.drain(..) {
-            let outcome = match &handler {
-                Some(h) => h.handle(&sqe),
-                None => AdminOutcome::Complete {
-                    status: Status::INVALID_OPCODE.dnr(),
-                    dw0: 0,
-                },
-            };
-            let mut q = lock(&self.queues);
-            q.stats.admin_commands += 1;
-            if let AdminOutcome::Complete { status, dw0 } = outcome {
-                // Absent when complete_admin already posted it, or a reset
-                // dropped it: post nothing then.
-                if let Some(pos) = q.admin_pending.iter().position(|&c| c == sqe.cid()) {
-                    q.admin_pending.swap_remove(pos);
-                    self.post_admin(&mut q, gen, sqe.cid(), status, dw0);
-                }
-            }
-        }
-    }
-}
-
-fn worker_loop(s: &Shared) {
-    let poll = Duration::from_micros(s.cfg.poll_us);
-    let mut admin = Vec::new();
-    let mut last_work = Instant::now();
-    let mut idle_spins = 0u32;
-    while !s.stop.load(Ordering::Relaxed) {
-        let (n, gen) = s.process(&mut admin);
-        if !admin.is_empty() {
-            s.run_admin(&mut admin, gen);
-        }
-        if n > 0 {
-            idle_spins = 0;
-            continue;
-        }
-        idle_spins += 1;
-        // Reading the clock costs more than a pass over idle queues: look at
-        // it every 64 empty passes.
-        if idle_spins % 64 != 0 {
-            std::hint::spin_loop();
-            continue;
-        }
-        if idle_spins == 64 {
-            last_work = Instant::now();
-        }
-        if last_work.elapsed() < poll {
-            if idle_spins % 256 == 0 {
-                // A poller sharing its core with the thread that produces its
-                // work (the host, on an oversubscribed machine) must not burn
-                // that thread's time slice: offer the core now and then.
-                std::thread::yield_now();
-            }
-            continue;
-        }
-        // Adaptive polling ran out: sleep until a doorbell write.
-        s.doorbells.prepare_sleep();
-        if !s.has_work() && !s.stop.load(Ordering::SeqCst) {
-            lock(&s.queues).stats.sleeps += 1;
-            std::thread::park_timeout(Duration::from_millis(500));
-        }
-        s.doorbells.end_sleep();
-        idle_spins = 0;
-    }
-}
+#[cfg(test)]
+mod irq_tests;
 
 #[cfg(test)]
 mod tests;

@@ -9,9 +9,11 @@
 
 pub mod backend;
 pub mod cmd;
+pub mod coalesce;
 pub mod doorbell;
 pub mod driver;
 pub mod engine;
+pub mod intx;
 pub mod irq;
 pub mod mem;
 pub mod queue;

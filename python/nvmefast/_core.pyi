@@ -60,7 +60,10 @@ class Engine:
     ``max_qid`` is the highest queue ID (admin queue 0 included) the engine
     will accept; ``mdts_bytes`` the largest data transfer (0 = unlimited).
     ``poll_us`` is how long the worker polls after its last work before it
-    sleeps until a doorbell write.
+    sleeps until a doorbell write. ``msix_embedder_managed``: the embedder
+    owns the MSI-X capability and table (vectors start enabled and
+    unmasked); otherwise the device starts in the PCI reset state (MSI-X
+    disabled, every table entry masked).
     """
 
     def __new__(
@@ -72,6 +75,7 @@ class Engine:
         max_queue_entries: int,
         mdts_bytes: int,
         poll_us: int,
+        msix_embedder_managed: bool = True,
     ) -> Engine: ...
     # lifecycle
     def start(self) -> None:
@@ -137,6 +141,40 @@ class Engine:
         """Mask or unmask ``vector``; unmask with pending set signals exactly once."""
     def pending_vectors(self) -> list[int]:
         """Vectors whose pending bit (PBA) is set, ascending."""
+    def set_vector_kvm_msi(self, vector: int, vm_fd: int) -> None:
+        """Deliver ``vector`` by KVM_SIGNAL_MSI on ``vm_fd`` (duplicated) with its table message."""
+    def set_vector_callback(self, vector: int, callback: Callable[[int], object] | None) -> None:
+        """Deliver ``vector`` by calling ``callback(vector)`` on the worker; None detaches."""
+    def msix_entry(self, vector: int) -> tuple[int, int, bool]:
+        """MSI-X table entry: (message address, message data, mask bit)."""
+    def set_msix_entry(self, vector: int, address: int, data: int, masked: bool) -> None:
+        """Write an MSI-X table entry; unmasking a pending vector delivers once."""
+    def set_msix_control(self, enabled: bool, function_masked: bool) -> None:
+        """MSI-X Enable and Function Mask (MXC.MXE, MXC.FM)."""
+    def msix_control(self) -> tuple[bool, bool]:
+        """(enabled, function_masked)."""
+    def msix_reset(self) -> None:
+        """PCI reset of MSI-X: disabled, table zeroed and masked, PBA cleared."""
+    def set_irq_mode(self, mode: str) -> None:
+        """``"msix"``, ``"msi"`` (INTMS masks vectors) or ``"intx"`` (level-triggered pin)."""
+    @property
+    def irq_mode(self) -> str: ...
+    def set_interrupt_mask(self, mask: int) -> None:
+        """The INTMS value: masks vectors in MSI mode, the pin (bit 0) in INTx mode."""
+    @property
+    def interrupt_mask(self) -> int: ...
+    def set_intx_eventfds(self, trigger: int | None, resample: int | None = None) -> None:
+        """Signal INTx through a KVM-style trigger/resample eventfd pair (duplicated)."""
+    def set_intx_callback(self, callback: Callable[[bool], object] | None) -> None:
+        """Call ``callback(level)`` on every INTx level change (on the worker)."""
+    @property
+    def intx_asserted(self) -> bool: ...
+    def set_coalescing(self, thr: int, time: int) -> None:
+        """Interrupt Coalescing (Feature 08h): THR (0's based entries), TIME (100 us units)."""
+    def coalescing(self) -> tuple[int, int]:
+        """(THR, TIME)."""
+    def set_coalescing_disabled(self, vector: int, disabled: bool) -> None:
+        """Feature 09h Coalescing Disable for ``vector``."""
     # observation
     def counters(self) -> dict[str, int]:
         """Event counters.
@@ -144,9 +182,10 @@ class Engine:
         io_commands, admin_commands, io_errors, batches (worker passes that
         did work), cq_full_stalls, sqe_fetch_errors, cqe_post_errors,
         worker_sleeps, doorbell_writes, invalid_doorbell_writes,
-        worker_wakeups, interrupts (eventfd writes), masked_notifications,
-        unrouted_notifications (unmasked vector with no eventfd),
-        notify_errors.
+        worker_wakeups, interrupts (deliveries), masked_notifications,
+        unrouted_notifications (unmasked vector with no notifier),
+        notify_errors, coalesced_completions, coalescing_timeouts,
+        intx_assertions, intx_deassertions.
         """
     def smart(self) -> dict[str, int]:
         """SMART/Health counters.

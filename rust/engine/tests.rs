@@ -5,7 +5,9 @@ use super::*;
 use crate::driver::{HostQueue, MockHost};
 use crate::irq::tests::{drain, eventfd};
 use crate::spec::opcode::io as op;
+use crate::spec::Cqe;
 use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 fn engine(poll_us: u64, mdts_bytes: u64) -> Engine {
     Engine::new(EngineConfig {
@@ -26,6 +28,7 @@ fn engine(poll_us: u64, mdts_bytes: u64) -> Engine {
         max_queue_entries: 1024,
         mdts_bytes,
         poll_us,
+        msix_embedder_managed: true,
     })
     .unwrap()
 }

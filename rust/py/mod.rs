@@ -11,6 +11,7 @@ use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
 
 use crate::driver::{bench, floor, HostMemory, HostQueue};
 use crate::engine::{AdminHandler, AdminOutcome, Engine, EngineConfig, EngineError, NamespaceSpec};
+use crate::irq::IrqMode;
 use crate::spec::{Sqe, Status};
 
 /// The exception classes, created at import so that `ConfigError` can also
@@ -162,7 +163,8 @@ struct PyEngine {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (*, namespaces, msix_vectors, max_qid, max_queue_entries, mdts_bytes, poll_us))]
+    #[pyo3(signature = (*, namespaces, msix_vectors, max_qid, max_queue_entries, mdts_bytes, poll_us, msix_embedder_managed=true))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         namespaces: Vec<(u64, u32, String)>,
@@ -171,6 +173,7 @@ impl PyEngine {
         max_queue_entries: u32,
         mdts_bytes: u64,
         poll_us: u64,
+        msix_embedder_managed: bool,
     ) -> PyResult<Self> {
         let cfg = EngineConfig {
             namespaces: namespaces
@@ -186,6 +189,7 @@ impl PyEngine {
             max_queue_entries,
             mdts_bytes,
             poll_us,
+            msix_embedder_managed,
         };
         Ok(PyEngine {
             inner: Engine::new(cfg).map_err(|e| to_py(py, e))?,
@@ -355,6 +359,141 @@ impl PyEngine {
 
     fn pending_vectors(&self) -> Vec<u32> {
         self.inner.pending_vectors()
+    }
+
+    fn set_vector_kvm_msi(&self, py: Python<'_>, vector: u32, vm_fd: i32) -> PyResult<()> {
+        self.inner
+            .set_vector_kvm_msi(vector, vm_fd)
+            .map_err(|e| to_py(py, e))
+    }
+
+    fn set_vector_callback(
+        &self,
+        py: Python<'_>,
+        vector: u32,
+        callback: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let r = match callback {
+            None => self.inner.set_vector_eventfd(vector, None),
+            Some(cb) => {
+                let f = move |v: u32| {
+                    Python::attach(|py| {
+                        if let Err(e) = cb.call1(py, (v,)) {
+                            e.print(py);
+                        }
+                    })
+                };
+                self.inner.set_vector_callback(vector, Arc::new(f))
+            }
+        };
+        r.map_err(|e| to_py(py, e))
+    }
+
+    fn msix_entry(&self, py: Python<'_>, vector: u32) -> PyResult<(u64, u32, bool)> {
+        self.inner.msix_entry(vector).map_err(|e| to_py(py, e))
+    }
+
+    fn set_msix_entry(
+        &self,
+        py: Python<'_>,
+        vector: u32,
+        address: u64,
+        data: u32,
+        masked: bool,
+    ) -> PyResult<()> {
+        self.inner
+            .set_msix_entry(vector, address, data, masked)
+            .map_err(|e| to_py(py, e))
+    }
+
+    fn set_msix_control(&self, enabled: bool, function_masked: bool) {
+        self.inner.set_msix_control(enabled, function_masked);
+    }
+
+    fn msix_control(&self) -> (bool, bool) {
+        self.inner.msix_control()
+    }
+
+    fn msix_reset(&self) {
+        self.inner.msix_reset();
+    }
+
+    fn set_irq_mode(&self, py: Python<'_>, mode: &str) -> PyResult<()> {
+        let m = match mode {
+            "msix" => IrqMode::MsiX,
+            "msi" => IrqMode::Msi,
+            "intx" => IrqMode::Intx,
+            other => {
+                return Err(config_err(
+                    py,
+                    format!("irq mode {other:?} must be \"msix\", \"msi\" or \"intx\""),
+                ))
+            }
+        };
+        self.inner.set_irq_mode(m);
+        Ok(())
+    }
+
+    #[getter]
+    fn irq_mode(&self) -> &'static str {
+        match self.inner.irq_mode() {
+            IrqMode::MsiX => "msix",
+            IrqMode::Msi => "msi",
+            IrqMode::Intx => "intx",
+        }
+    }
+
+    fn set_interrupt_mask(&self, mask: u32) {
+        self.inner.set_interrupt_mask(mask);
+    }
+
+    #[getter]
+    fn interrupt_mask(&self) -> u32 {
+        self.inner.interrupt_mask()
+    }
+
+    #[pyo3(signature = (trigger, resample=None))]
+    fn set_intx_eventfds(
+        &self,
+        py: Python<'_>,
+        trigger: Option<i32>,
+        resample: Option<i32>,
+    ) -> PyResult<()> {
+        self.inner
+            .set_intx_eventfds(trigger, resample)
+            .map_err(|e| to_py(py, e))
+    }
+
+    fn set_intx_callback(&self, callback: Option<Py<PyAny>>) {
+        let cb = callback.map(|cb| {
+            Arc::new(move |level: bool| {
+                Python::attach(|py| {
+                    if let Err(e) = cb.call1(py, (level,)) {
+                        e.print(py);
+                    }
+                })
+            }) as crate::intx::LevelCallback
+        });
+        self.inner.set_intx_callback(cb);
+    }
+
+    #[getter]
+    fn intx_asserted(&self) -> bool {
+        self.inner.intx_asserted()
+    }
+
+    fn set_coalescing(&self, thr: u8, time: u8) {
+        self.inner.set_coalescing(thr, time);
+    }
+
+    fn coalescing(&self) -> (u8, u8) {
+        self.inner.coalescing()
+    }
+
+    fn set_coalescing_disabled(&self, py: Python<'_>, vector: u32, disabled: bool) -> PyResult<()> {
+        self.inner
+            .set_coalescing_disabled(vector, disabled)
+            .map_err(|e| to_py(py, e))
     }
 
     fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
