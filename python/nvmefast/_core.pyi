@@ -230,11 +230,13 @@ def bench_io(
     Releases the GIL for the whole run.
     """
 
-def floor_eventfd_pingpong(iterations: int) -> float:
-    """Mean round trip in ns of two threads bouncing one eventfd each way."""
+def floor_eventfd_pingpong(iterations: int, max_seconds: float = 2.0) -> float:
+    """Mean round trip in ns of two threads bouncing one eventfd each way
+    (``iterations`` round trips, fewer if ``max_seconds`` run out)."""
 
-def floor_shm_pingpong(iterations: int) -> float:
-    """Mean round trip in ns of two threads bouncing a shared-memory flag."""
+def floor_shm_pingpong(iterations: int, max_seconds: float = 2.0) -> float:
+    """Mean round trip in ns of two threads bouncing a shared-memory flag
+    (bounded like floor_eventfd_pingpong)."""
 
 def floor_memcpy_4k(buffer_bytes: int, seconds: float) -> float:
     """Random 4 KiB memcpys per second out of a buffer of ``buffer_bytes``."""

@@ -72,9 +72,9 @@ class Point:
 
 def measure_floors(memcpy_bytes: int, seconds: float = 1.0) -> Floors:
     """Measure eventfd ping-pong, shared-memory ping-pong and random 4 KiB memcpy."""
-    _core.floor_eventfd_pingpong(200)  # wake both threads' paths once, untimed
-    eventfd_rtt = _core.floor_eventfd_pingpong(max(200, int(seconds * 40_000)))
-    shm_rtt = _core.floor_shm_pingpong(max(1000, int(seconds * 1_000_000)))
+    _core.floor_eventfd_pingpong(200, 0.2)  # wake both threads' paths once, untimed
+    eventfd_rtt = _core.floor_eventfd_pingpong(1_000_000, seconds)
+    shm_rtt = _core.floor_shm_pingpong(100_000_000, seconds / 2)
     memcpy = _core.floor_memcpy_4k(memcpy_bytes, seconds)
     return Floors(eventfd_rtt, shm_rtt, memcpy)
 

@@ -107,6 +107,14 @@ class ControllerConfig:
     - ``poll_us``: how long the worker polls for more work before sleeping.
     - ``aerl``: Asynchronous Event Request Limit, 0-based (0..255).
     - ``volatile_write_cache``: report a volatile write cache (VWC).
+    - ``msix_bar``: where the device emulates the MSI-X table and PBA.
+      ``None`` (default): the embedder owns the MSI-X capability and table
+      (a vfio-user client such as QEMU, or a test): vectors start enabled
+      and unmasked and ``Controller.mask_vector`` masks them. ``0``: table
+      and PBA live in BAR0 above the doorbells. ``1``..``5``: they live in
+      a BAR of their own, reached through ``Controller.msix_bar_read`` /
+      ``msix_bar_write``. With a device table, MSI-X starts in the PCI
+      reset state (disabled, every entry masked) until the host enables it.
     """
 
     namespaces: Sequence[NamespaceConfig] = (NamespaceConfig(),)
@@ -121,6 +129,7 @@ class ControllerConfig:
     poll_us: int = 50
     aerl: int = 3
     volatile_write_cache: bool = True
+    msix_bar: int | None = None
 
     def __post_init__(self) -> None:
         namespaces = self.namespaces
@@ -156,6 +165,8 @@ class ControllerConfig:
         _check_int("ControllerConfig.doorbell_stride", self.doorbell_stride, 0, 15)
         _check_int("ControllerConfig.poll_us", self.poll_us, 0, None)
         _check_int("ControllerConfig.aerl", self.aerl, 0, 255)
+        if self.msix_bar is not None:
+            _check_int("ControllerConfig.msix_bar", self.msix_bar, 0, 5)
         if not isinstance(self.volatile_write_cache, bool):
             raise ConfigError(
                 "ControllerConfig.volatile_write_cache must be a bool, "

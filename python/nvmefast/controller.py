@@ -12,12 +12,14 @@ layer executes admin commands.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from types import TracebackType
 
 from nvmefast._core import Engine
 from nvmefast.admin import Admin
 from nvmefast.config import ControllerConfig
-from nvmefast.errors import DmaMapError, NvmeFastError, StateError, VectorError
+from nvmefast.errors import ConfigError, DmaMapError, NvmeFastError, RegisterAccessError, StateError, VectorError
+from nvmefast.msix import MsixLayout, MsixRegisters, layout_after
 from nvmefast.registers import Registers
 
 __all__ = ["Controller"]
@@ -51,9 +53,18 @@ class Controller:
             max_queue_entries=cfg.max_queue_entries,
             mdts_bytes=cfg.mdts_bytes,
             poll_us=cfg.poll_us,
+            msix_embedder_managed=cfg.msix_bar is None,
         )
         self._admin = Admin(cfg, self._engine)
         self._registers = Registers(cfg, self._engine, self._admin)
+        # The MSI-X table/PBA: in BAR0 (the register file routes it), in a
+        # BAR of their own (msix_bar_read/write), or the embedder's.
+        if self._registers.msix is not None:
+            self._msix: MsixRegisters | None = self._registers.msix
+        elif cfg.msix_bar is not None:
+            self._msix = MsixRegisters(self._engine, layout_after(cfg.msix_bar, 0, cfg.vectors))
+        else:
+            self._msix = None
         self._engine.set_admin_handler(self._admin.handle)
         self._engine.start()
 
@@ -175,6 +186,134 @@ class Controller:
     def pending_vectors(self) -> set[int]:
         """Vectors whose pending bit (MSI-X PBA) is set."""
         return set(self._live().pending_vectors())
+
+    def set_vector_callback(self, vector: int, callback: Callable[[int], object] | None) -> None:
+        """Deliver ``vector`` by calling ``callback(vector)`` instead of an eventfd.
+
+        Runs on the controller's worker thread with no internal lock held, so
+        the callback may call back into the controller. This is what an
+        emulator's ``msix_notify`` costs when it runs in the interpreter.
+        """
+        engine = self._live()
+        self._check_vector(vector)
+        engine.set_vector_callback(vector, callback)
+
+    def set_vector_kvm_msi(self, vector: int, vm_fd: int) -> None:
+        """Deliver ``vector`` with the KVM_SIGNAL_MSI ioctl on KVM VM ``vm_fd``,
+        sending the message address/data programmed in its MSI-X table entry."""
+        engine = self._live()
+        self._check_vector(vector)
+        engine.set_vector_kvm_msi(vector, vm_fd)
+
+    # -- MSI-X capability, table and PBA ----------------------------------------
+
+    def set_msix_control(self, enable: bool, function_mask: bool) -> None:
+        """MSI-X Enable and Function Mask, as a PCI config write of MXC sets them.
+
+        Clearing the function mask (or enabling) delivers, once each, the
+        vectors held pending that are no longer masked.
+        """
+        self._live().set_msix_control(enable, function_mask)
+
+    def msix_control(self) -> tuple[bool, bool]:
+        """(MSI-X enabled, function masked)."""
+        return self._live().msix_control()
+
+    @property
+    def msix_layout(self) -> MsixLayout | None:
+        """Where the device's MSI-X table and PBA sit (None: the embedder's)."""
+        return None if self._msix is None else self._msix.layout
+
+    def _msix_regs(self, what: str) -> MsixRegisters:
+        self._live()
+        if self._msix is None:
+            raise StateError(
+                f"{what}: this controller has no MSI-X table of its own; "
+                "set ControllerConfig(msix_bar=0..5) to emulate one, or use mask_vector/pending_vectors"
+            )
+        return self._msix
+
+    def msix_table_read(self, offset: int, size: int = 4) -> int:
+        """Read the MSI-X table at ``offset`` bytes from its start (dword or qword)."""
+        regs = self._msix_regs("msix_table_read")
+        self._check_msix_access(offset, size, regs.layout.table_size, "msix_table_read")
+        return regs.read(regs.layout.table_offset + offset, size)
+
+    def msix_table_write(self, offset: int, value: int, size: int = 4) -> None:
+        """Write the MSI-X table at ``offset`` bytes from its start (dword or qword)."""
+        regs = self._msix_regs("msix_table_write")
+        self._check_msix_access(offset, size, regs.layout.table_size, "msix_table_write")
+        regs.write(regs.layout.table_offset + offset, value & ((1 << (8 * size)) - 1), size)
+
+    def msix_pba_read(self, offset: int, size: int = 8) -> int:
+        """Read the Pending Bit Array at ``offset`` bytes from its start."""
+        regs = self._msix_regs("msix_pba_read")
+        self._check_msix_access(offset, size, regs.layout.pba_size, "msix_pba_read")
+        return regs.read(regs.layout.pba_offset + offset, size)
+
+    @property
+    def msix_bar_size(self) -> int:
+        """Size of the MSI-X BAR when it is separate (``msix_bar`` 1..5), else 0."""
+        if self._msix is None or self._msix.layout.bar == 0:
+            return 0
+        size = 0x1000
+        while size < self._msix.layout.end:
+            size <<= 1
+        return size
+
+    def msix_bar_read(self, offset: int, size: int) -> int:
+        """A guest read of the separate MSI-X BAR (table at 0, PBA after it)."""
+        regs = self._msix_regs("msix_bar_read")
+        self._check_msix_access(offset, size, self.msix_bar_size, "msix_bar_read")
+        return regs.read(offset, size)
+
+    def msix_bar_write(self, offset: int, value: int, size: int) -> None:
+        """A guest write of the separate MSI-X BAR."""
+        regs = self._msix_regs("msix_bar_write")
+        self._check_msix_access(offset, size, self.msix_bar_size, "msix_bar_write")
+        regs.write(offset, value & ((1 << (8 * size)) - 1), size)
+
+    @staticmethod
+    def _check_msix_access(offset: int, size: int, limit: int, what: str) -> None:
+        if size not in (1, 2, 4, 8) or not isinstance(offset, int) or offset < 0 or offset + size > limit:
+            raise RegisterAccessError(
+                f"{what}: access of {size} bytes at {offset!r} must use size 1, 2, 4 or 8 "
+                f"within 0..{limit:#x} (dword or aligned qword for real effect)"
+            )
+
+    # -- MSI and INTx (hosts without MSI-X) ---------------------------------------
+
+    def set_irq_mode(self, mode: str) -> None:
+        """Select ``"msix"``, ``"msi"`` or ``"intx"``, as the PCI config's enables do.
+
+        With MSI, INTMS/INTMC mask and unmask vectors (held interrupts are
+        sent on unmask). With INTx the pin is level triggered: asserted while
+        a CQ with interrupts enabled holds unconsumed entries and INTMS bit 0
+        is clear.
+        """
+        if mode not in ("msix", "msi", "intx"):
+            raise ConfigError(f"irq mode must be 'msix', 'msi' or 'intx', got {mode!r}")
+        self._live().set_irq_mode(mode)
+
+    @property
+    def irq_mode(self) -> str:
+        """The interrupt delivery mode."""
+        return self._live().irq_mode
+
+    def set_intx_eventfds(self, trigger: int | None, resample: int | None = None) -> None:
+        """Signal INTx through a KVM irqfd pair: ``trigger`` asserts; after the
+        guest's EOI KVM signals ``resample`` and the line is asserted again if
+        it is still high. Both are duplicated; None detaches."""
+        self._live().set_intx_eventfds(trigger, resample)
+
+    def set_intx_callback(self, callback: Callable[[bool], object] | None) -> None:
+        """Call ``callback(level)`` on every INTx level change (on the worker)."""
+        self._live().set_intx_callback(callback)
+
+    @property
+    def intx_asserted(self) -> bool:
+        """True while the INTx line is asserted."""
+        return self._live().intx_asserted
 
     # -- observation -----------------------------------------------------------
 

@@ -19,9 +19,10 @@ from nvmefast._core import Engine
 from nvmefast.admin import Admin
 from nvmefast.config import ControllerConfig
 from nvmefast.errors import RegisterAccessError
+from nvmefast.msix import MsixRegisters, layout_after
 from nvmefast.structs import NVME_VERSION
 
-__all__ = ["Registers", "bar0_size_for"]
+__all__ = ["Registers", "bar0_size_for", "doorbells_end"]
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,17 @@ AQA_MASK = 0x0FFF0FFF  # ASQS 11:0, ACQS 27:16
 QUEUE_BASE_MASK = ~0xFFF & (1 << 64) - 1  # ASQ/ACQ bits 11:0 reserved
 
 
+def doorbells_end(config: ControllerConfig) -> int:
+    """First BAR0 offset after the last doorbell."""
+    return DOORBELLS + (config.max_io_queue_pairs + 1) * 2 * (4 << config.doorbell_stride)
+
+
 def bar0_size_for(config: ControllerConfig) -> int:
-    """The BAR0 size: a power of two of at least 8 KiB covering every doorbell."""
-    stride = 4 << config.doorbell_stride
-    needed = DOORBELLS + (config.max_io_queue_pairs + 1) * 2 * stride
+    """The BAR0 size: a power of two of at least 8 KiB covering every doorbell
+    (and the MSI-X table and PBA when they live in BAR0)."""
+    needed = doorbells_end(config)
+    if config.msix_bar == 0:
+        needed = layout_after(0, needed, config.vectors).end
     size = 0x2000
     while size < needed:
         size <<= 1
@@ -92,7 +100,10 @@ class Registers:
             | CAP_MPSMIN << 48
             | CAP_MPSMAX << 52
         )
-        self.intms = 0
+        self.msix: MsixRegisters | None = None
+        """The MSI-X table and PBA when they live in BAR0 (``msix_bar=0``)."""
+        if config.msix_bar == 0:
+            self.msix = MsixRegisters(engine, layout_after(0, doorbells_end(config), config.vectors))
         self.cc = 0
         self.csts = 0  # RDY, SHST, NSSRO; CFS comes from the engine
         self.aqa = 0
@@ -118,6 +129,8 @@ class Registers:
     def read(self, offset: int, size: int) -> int:
         """A guest read of ``size`` bytes at ``offset``, little endian."""
         self._check(offset, size)
+        if self.msix is not None and self.msix.contains(offset):
+            return self.msix.read(offset, size)
         if offset % size:
             self.counters["ub_mmio_read_misaligned"] += 1
         # Assemble from the dwords the access touches; no register has read
@@ -132,7 +145,9 @@ class Registers:
         """A guest write of ``size`` bytes of ``value`` at ``offset``."""
         self._check(offset, size)
         value &= (1 << (8 * size)) - 1
-        if size == 4 and offset % 4 == 0:
+        if self.msix is not None and self.msix.contains(offset):
+            self.msix.write(offset, value, size)
+        elif size == 4 and offset % 4 == 0:
             self._write_dword(offset, value)
         elif size == 8 and offset % 8 == 0:
             self._write_dword(offset, value & 0xFFFFFFFF)
@@ -155,7 +170,7 @@ class Registers:
             case 0x08:
                 return NVME_VERSION
             case 0x0C | 0x10:
-                return self.intms
+                return self.engine.interrupt_mask
             case 0x14:
                 return self.cc
             case 0x1C:
@@ -180,10 +195,13 @@ class Registers:
             match offset:
                 case 0x00 | 0x04 | 0x08:
                     self.counters["ub_mmio_write_readonly"] += 1
+                # INTMS sets, INTMC clears mask bits; the core applies them
+                # (per vector with MSI, the pin with INTx) and delivers what
+                # was held when a bit clears.
                 case 0x0C:
-                    self.intms |= value
+                    self.engine.set_interrupt_mask(self.engine.interrupt_mask | value)
                 case 0x10:
-                    self.intms &= ~value
+                    self.engine.set_interrupt_mask(self.engine.interrupt_mask & ~value)
                 case 0x14:
                     self._write_cc(value & CC_WRITABLE)
                 case 0x1C:

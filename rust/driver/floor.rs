@@ -2,7 +2,7 @@
 //! result can be read as a ratio on a noisy machine.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,51 +26,89 @@ fn efd_read(fd: i32) {
     unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
 }
 
-/// Mean round trip (ns) of two threads bouncing through two blocking eventfds.
-pub fn eventfd_pingpong(iterations: u32) -> f64 {
+/// Mean round trip (ns) of two threads bouncing through two blocking
+/// eventfds: `iterations` round trips, or fewer if `max_seconds` run out
+/// first (a loaded machine must not turn a floor into a hang).
+pub fn eventfd_pingpong(iterations: u32, max_seconds: f64) -> f64 {
     let a = Arc::new(eventfd());
     let b = Arc::new(eventfd());
-    let (a2, b2) = (a.clone(), b.clone());
-    let t = std::thread::spawn(move || {
-        for _ in 0..iterations {
-            efd_read(a2.as_raw_fd());
-            efd_write(b2.as_raw_fd());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (a2, b2, stop2) = (a.clone(), b.clone(), stop.clone());
+    let t = std::thread::spawn(move || loop {
+        efd_read(a2.as_raw_fd());
+        if stop2.load(Ordering::Acquire) {
+            return;
         }
+        efd_write(b2.as_raw_fd());
     });
-    // Warm-up round trip, not timed.
+    let limit = Duration::from_secs_f64(max_seconds);
     let start = Instant::now();
-    for _ in 0..iterations {
+    let mut done = 0u32;
+    while done < iterations {
         efd_write(a.as_raw_fd());
         efd_read(b.as_raw_fd());
+        done += 1;
+        if done % 64 == 0 && start.elapsed() >= limit {
+            break;
+        }
     }
     let el = start.elapsed();
+    // Release: the responder sees `stop` once it wakes from this last write.
+    stop.store(true, Ordering::Release);
+    efd_write(a.as_raw_fd());
     let _ = t.join();
-    el.as_nanos() as f64 / f64::from(iterations.max(1))
+    el.as_nanos() as f64 / f64::from(done.max(1))
 }
 
-/// Mean round trip (ns) of two spinning threads bouncing one shared counter.
-pub fn shm_pingpong(iterations: u32) -> f64 {
+/// Mean round trip (ns) of two spinning threads bouncing one shared counter,
+/// bounded like [`eventfd_pingpong`]. Spinners yield now and then so that a
+/// machine with fewer free cores than spinners still makes progress.
+pub fn shm_pingpong(iterations: u32, max_seconds: f64) -> f64 {
+    const STOP: u64 = u64::MAX;
     let flag = Arc::new(AtomicU64::new(0));
     let f2 = flag.clone();
-    let n = u64::from(iterations);
+    let spin = |n: &mut u32| {
+        *n += 1;
+        if *n % 1024 == 0 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    };
     let t = std::thread::spawn(move || {
-        for i in 0..n {
-            while f2.load(Ordering::Acquire) != 2 * i + 1 {
-                std::hint::spin_loop();
+        let mut i = 0u64;
+        let mut n = 0u32;
+        loop {
+            let v = f2.load(Ordering::Acquire);
+            if v == STOP {
+                return;
             }
-            f2.store(2 * i + 2, Ordering::Release);
+            if v == 2 * i + 1 {
+                f2.store(2 * i + 2, Ordering::Release);
+                i += 1;
+            } else {
+                spin(&mut n);
+            }
         }
     });
+    let limit = Duration::from_secs_f64(max_seconds);
     let start = Instant::now();
-    for i in 0..n {
-        flag.store(2 * i + 1, Ordering::Release);
-        while flag.load(Ordering::Acquire) != 2 * i + 2 {
-            std::hint::spin_loop();
+    let mut done = 0u64;
+    let mut n = 0u32;
+    while done < u64::from(iterations) {
+        flag.store(2 * done + 1, Ordering::Release);
+        while flag.load(Ordering::Acquire) != 2 * done + 2 {
+            spin(&mut n);
+        }
+        done += 1;
+        if done % 1024 == 0 && start.elapsed() >= limit {
+            break;
         }
     }
     let el = start.elapsed();
+    flag.store(STOP, Ordering::Release);
     let _ = t.join();
-    el.as_nanos() as f64 / f64::from(iterations.max(1))
+    el.as_nanos() as f64 / done.max(1) as f64
 }
 
 /// Random 4 KiB memcpys per second out of a touched buffer of `bytes`, into

@@ -622,14 +622,16 @@ fn bench_io<'py>(
 
 /// Mean round trip in ns of two threads bouncing one eventfd each way.
 #[pyfunction]
-fn floor_eventfd_pingpong(py: Python<'_>, iterations: u32) -> f64 {
-    py.detach(|| floor::eventfd_pingpong(iterations))
+#[pyo3(signature = (iterations, max_seconds=2.0))]
+fn floor_eventfd_pingpong(py: Python<'_>, iterations: u32, max_seconds: f64) -> f64 {
+    py.detach(|| floor::eventfd_pingpong(iterations, max_seconds))
 }
 
 /// Mean round trip in ns of two threads bouncing a shared-memory flag.
 #[pyfunction]
-fn floor_shm_pingpong(py: Python<'_>, iterations: u32) -> f64 {
-    py.detach(|| floor::shm_pingpong(iterations))
+#[pyo3(signature = (iterations, max_seconds=2.0))]
+fn floor_shm_pingpong(py: Python<'_>, iterations: u32, max_seconds: f64) -> f64 {
+    py.detach(|| floor::shm_pingpong(iterations, max_seconds))
 }
 
 /// Random 4 KiB memcpys per second out of a buffer of `buffer_bytes`.

@@ -217,14 +217,17 @@ def set_features(admin: Admin, cmd: AdminCommand) -> Result:
             case FeatureId.NUMBER_OF_QUEUES:
                 return _set_number_of_queues(admin, dw11)
             case FeatureId.INTERRUPT_COALESCING:
-                # Stored for Get Features; the core applies it in a later change.
                 f.interrupt_coalescing = dw11 & 0xFFFF
+                # THR bits 7:0, TIME bits 15:8: the core holds interrupts back.
+                admin.engine.set_coalescing(dw11 & 0xFF, (dw11 >> 8) & 0xFF)
             case FeatureId.INTERRUPT_VECTOR_CONFIGURATION:
                 iv = f.vector_of(dw11)
-                if dw11 & (1 << 16):
+                cd = bool(dw11 & (1 << 16))
+                if cd:
                     f.coalescing_disabled.add(iv)
                 else:
                     f.coalescing_disabled.discard(iv)
+                admin.engine.set_coalescing_disabled(iv, cd)
             case FeatureId.ASYNC_EVENT_CONFIGURATION:
                 # Bits 7:0 are the SMART critical warnings; OAES is 0, so the
                 # notice bits above are reserved.
