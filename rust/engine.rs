@@ -82,6 +82,9 @@ pub enum AdminOutcome {
     Deferred,
 }
 
+/// Runs the worker's body (see [`Engine::start_with`]).
+pub type WorkerWrapper = Box<dyn FnOnce(Box<dyn FnOnce() + Send>) + Send>;
+
 /// Executes admin commands; called on the worker thread, queue lock released.
 pub trait AdminHandler: Send + Sync {
     fn handle(&self, sqe: &Sqe) -> AdminOutcome;
@@ -249,6 +252,15 @@ impl Engine {
 
     /// Starts the worker thread (no-op when running).
     pub fn start(&self) -> Result<(), EngineError> {
+        self.start_with(None)
+    }
+
+    /// Starts the worker inside `wrap`, which must call the closure it is
+    /// given exactly once. The Python bindings wrap it in an attach/detach
+    /// pair so the thread keeps one interpreter thread state for its life:
+    /// handlers and callback notifiers then re-take the GIL cheaply instead
+    /// of building and tearing down a thread state per call.
+    pub fn start_with(&self, wrap: Option<WorkerWrapper>) -> Result<(), EngineError> {
         let mut w = lock(&self.worker);
         if w.is_some() {
             return Ok(());
@@ -257,7 +269,10 @@ impl Engine {
         let s = self.shared.clone();
         let h = std::thread::Builder::new()
             .name("nvmefast-worker".into())
-            .spawn(move || worker::worker_loop(&s))
+            .spawn(move || match wrap {
+                Some(w) => w(Box::new(move || worker::worker_loop(&s))),
+                None => worker::worker_loop(&s),
+            })
             .map_err(|e| EngineError::Spawn(e.to_string()))?;
         self.shared.doorbells.set_worker(Some(h.thread().clone()));
         *w = Some(h);

@@ -57,3 +57,26 @@ def test_bench_null_backend_and_bad_args() -> None:
     assert r.returncode == 2
     assert "queue depths must be positive" in r.stderr
     assert main(["bench", "--seconds", "0"]) == 2
+
+
+def test_bench_irq_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "irq.json"
+    assert main(["bench", "--irq", "--seconds", "0.1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "one delivery" in text and "interrupt coalescing" in text
+    data = json.loads(out.read_text())
+    assert {"eventfd", "python callback"} <= set(data["delivery_ns"])
+    if data["kvm"] == "available":
+        assert {"kvm irqfd", "KVM_SIGNAL_MSI"} <= set(data["delivery_ns"])
+    assert all(ns > 0 for ns in data["delivery_ns"].values())
+    for row in data["end_to_end"]:
+        assert row["errors"] == 0
+        if row["route"] == "none (IEN=0)":
+            assert "deliveries_per_io" not in row
+        else:
+            # Every CQ batch is delivered once: at most one per completion.
+            assert 0 < row["deliveries_per_io"] <= 1.0
+    rows = {(r["route"], r["qd"]): r for r in data["coalescing"]}
+    # QD 1 never reaches THR 8: each completion waits for TIME (200 us).
+    assert rows[("THR 8, TIME 200 us", 1)]["mean_us"] > 150
+    assert rows[("off", 1)]["deliveries_per_io"] == pytest.approx(1.0, abs=0.01)

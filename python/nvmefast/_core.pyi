@@ -22,6 +22,7 @@ __all__ = [
     "floor_eventfd_pingpong",
     "floor_memcpy_4k",
     "floor_shm_pingpong",
+    "measure_irq_delivery",
 ]
 
 class NvmeFastError(Exception):
@@ -217,6 +218,7 @@ def bench_io(
     mode: str,
     eventfd: int | None,
     workload: str = "randread",
+    ring_each: bool = False,
 ) -> dict[str, float]:
     """Drive one I/O queue pair from a Rust host thread.
 
@@ -240,3 +242,18 @@ def floor_shm_pingpong(iterations: int, max_seconds: float = 2.0) -> float:
 
 def floor_memcpy_4k(buffer_bytes: int, seconds: float) -> float:
     """Random 4 KiB memcpys per second out of a buffer of ``buffer_bytes``."""
+
+def measure_irq_delivery(
+    kind: str,
+    target: int | Callable[[int], object],
+    iterations: int,
+    max_seconds: float = 1.0,
+    address: int = 0,
+    data: int = 0,
+) -> float:
+    """Mean ns per interrupt delivery on the worker's notify path.
+
+    ``kind`` ``"eventfd"`` (``target`` an eventfd or KVM irqfd), ``"kvm_msi"``
+    (``target`` a KVM VM fd; ``address``/``data`` the MSI message) or
+    ``"callback"`` (``target`` a callable, run with the GIL re-taken per call).
+    """

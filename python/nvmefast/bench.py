@@ -132,13 +132,29 @@ class BenchSession:
         """Write every block of the namespace once, through the device; returns blocks written."""
         return int(self.drive("poll", 64, 1.0, "fill")["ios"])
 
-    def drive(self, mode: str, qd: int, seconds: float, workload: str = "randread") -> dict[str, float]:
-        """Run one point on a fresh queue pair; returns ``_core.bench_io``'s figures."""
+    def drive(
+        self,
+        mode: str,
+        qd: int,
+        seconds: float,
+        workload: str = "randread",
+        delivery: Callable[[Controller], None] | None = None,
+        ring_each: bool = False,
+    ) -> dict[str, float]:
+        """Run one point on a fresh queue pair; returns ``_core.bench_io``'s figures.
+
+        ``delivery``, with ``mode="poll"``: the CQ is created with interrupts
+        enabled and ``delivery(controller)`` rewires vector 1 (an irqfd, the
+        KVM ioctl, a callback) while the host keeps polling, so the figures
+        show what each way of delivering interrupts costs the device.
+        """
         host = self.host
         region = host.mem.regions[0]
         entries = _queue_entries(qd, host.mqes)
-        irq = mode == "irq"
+        irq = mode == "irq" or delivery is not None
         qp = host.create_io_queue_pair(1, entries=entries, vector=1, irq=irq)
+        if delivery is not None:
+            delivery(self.controller)
         buf = host.alloc(qd * BLOCK)
         try:
             return _core.bench_io(
@@ -160,10 +176,14 @@ class BenchSession:
                 mode=mode,
                 eventfd=host.vector_fd(1) if irq else None,
                 workload=workload,
+                ring_each=ring_each,
             )
         finally:
             host.free(buf)
             host.delete_io_queue_pair(1)
+            if delivery is not None:
+                # Give vector 1 back to the host's own eventfd.
+                self.controller.set_vector_eventfd(1, host.vector_fd(1))
 
 
 def point_from(mode: str, qd: int, r: dict[str, float], floors: Floors, backend: str) -> Point:

@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--lba-size", type=int, choices=(512, 4096), default=512, help="LBA size (default 512)")
     b.add_argument("--poll-us", type=int, default=50, help="worker polling window after work, in us (default 50)")
     b.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    b.add_argument(
+        "--irq",
+        action="store_true",
+        help="instead: the cost of one interrupt by eventfd, KVM irqfd, KVM_SIGNAL_MSI and a Python "
+        "callback, its end-to-end effect at QD 1 and 64, and interrupt coalescing",
+    )
     return p
 
 
@@ -63,6 +69,18 @@ def _bench(args: argparse.Namespace) -> int:
     if not 0 < args.seconds <= 600:
         print("nvmefast bench: --seconds must be in (0, 600]", file=sys.stderr)
         return 2
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    if args.irq:
+        from nvmefast.bench_irq import format_irq_table, irq_json, run_irq_bench
+
+        result = run_irq_bench(args.seconds, progress)
+        print(format_irq_table(result))
+        if args.json:
+            write_json(args.json, irq_json(result))
+            progress(f"wrote {args.json}")
+        return 1 if any(r["errors"] for r in result.end_to_end + result.coalescing) else 0
     modes = ("irq", "poll") if args.mode == "both" else (args.mode,)
     cfg = BenchConfig(
         qds=args.qd,
@@ -73,10 +91,6 @@ def _bench(args: argparse.Namespace) -> int:
         lba_size=args.lba_size,
         poll_us=args.poll_us,
     )
-
-    def progress(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
     floors, points = run_bench(cfg, progress)
     print(format_table(cfg, floors, points))
     if args.json:

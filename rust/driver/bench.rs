@@ -44,6 +44,9 @@ pub struct Params {
     pub eventfd: Option<RawFd>,
     /// `qd * block_size` bytes of buffers, page aligned.
     pub buf_iova: u64,
+    /// Ring the SQ doorbell after every command (as a guest driver without
+    /// batching does) instead of once per batch of reaped completions.
+    pub ring_each: bool,
 }
 
 /// What came out.
@@ -263,7 +266,12 @@ pub fn run(
                 q.push(&make(cid, &mut rng));
                 submitted[usize::from(cid)] = now;
                 issued += 1;
-                resubmitted += 1;
+                if p.ring_each {
+                    q.ring_sq(engine);
+                    out.doorbells += 1;
+                } else {
+                    resubmitted += 1;
+                }
             }
         }
         if reaped > 0 {

@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod floor;
+pub mod irqcost;
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -19,6 +19,7 @@ through the same embedding contract a VMM uses::
 from nvmefast.testing.host import Host, command_error
 from nvmefast.testing.identify import IdentifyController, IdentifyNamespace, LbaFormat
 from nvmefast.testing.memory import PAGE_SIZE, GuestMemory, GuestMemoryError
+from nvmefast.testing.msix import MsixTable, enable_msix
 from nvmefast.testing.prp import PrpSet, build_prps, data_pointers
 from nvmefast.testing.queues import QueuePair
 from nvmefast.testing.sqe import Completion, build_sqe
@@ -32,10 +33,12 @@ __all__ = [
     "IdentifyController",
     "IdentifyNamespace",
     "LbaFormat",
+    "MsixTable",
     "PrpSet",
     "QueuePair",
     "build_prps",
     "build_sqe",
     "command_error",
     "data_pointers",
+    "enable_msix",
 ]

@@ -26,6 +26,7 @@ from nvmefast.testing.bar0 import (
 )
 from nvmefast.testing.identify import IdentifyController, IdentifyNamespace
 from nvmefast.testing.memory import PAGE_SIZE, GuestMemory
+from nvmefast.testing.msix import enable_msix
 from nvmefast.testing.prp import PrpSet, build_prps, data_pointers
 from nvmefast.testing.queues import CompletionQueue, QueuePair, SubmissionQueue, Vector
 from nvmefast.testing.sqe import CQE_SIZE, SQE_SIZE, Completion, build_sqe, sqe_with_cid
@@ -193,6 +194,8 @@ class Host:
         self.cap = int(self.controller.bar0_read(REG_CAP, 8))
         self.dstrd = (self.cap >> 32) & 0xF
         self.mqes = self.cap & 0xFFFF
+        # nvme_pci_enable allocates vectors before touching the controller.
+        self.enable_msix()
         self.disable(timeout)
         entries = self.admin_entries
         sq_iova = self.alloc(entries * SQE_SIZE)
@@ -218,6 +221,12 @@ class Host:
         self._wait_csts(CSTS_SHST_MASK, shst_complete, timeout, "shutdown (CC.SHN=01b)")
 
     # vectors
+
+    def enable_msix(self) -> bool:
+        """With a device MSI-X table, program every entry and enable MSI-X as
+        ``pci_enable_msix`` does (see :mod:`nvmefast.testing.msix`); False if
+        the embedder manages MSI-X."""
+        return enable_msix(self.controller)
 
     def vector_fd(self, vector: int) -> int:
         """The eventfd the host attached to ``vector`` (creating it if needed)."""

@@ -340,6 +340,11 @@ class KvmVm:
                 os.close(fd)
 
     @property
+    def vm_fd(self) -> int:
+        """The VM fd (for ``Controller.set_vector_kvm_msi``)."""
+        return self._vm
+
+    @property
     def closed(self) -> bool:
         """True once :meth:`close` has run."""
         return self._vcpu < 0
