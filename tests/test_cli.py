@@ -74,8 +74,9 @@ def test_bench_irq_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         if row["route"] == "none (IEN=0)":
             assert "deliveries_per_io" not in row
         else:
-            # Every CQ batch is delivered once: at most one per completion.
-            assert 0 < row["deliveries_per_io"] <= 1.0
+            # Every CQ batch is delivered once: at most one per completion
+            # (plus the few admin-queue interrupts of the queue setup).
+            assert 0 < row["deliveries_per_io"] <= 1.01
     rows = {(r["route"], r["qd"]): r for r in data["coalescing"]}
     # QD 1 never reaches THR 8: each completion waits for TIME (200 us).
     assert rows[("THR 8, TIME 200 us", 1)]["mean_us"] > 150
