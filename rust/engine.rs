@@ -365,6 +365,9 @@ impl Engine {
             self.shared.fatal.store(false, Ordering::SeqCst);
             q.intx.reset()
         };
+        // INTMS/INTMC are controller registers: a reset clears the mask (as
+        // QEMU's nvme_ctrl_reset does); anything it held is delivered.
+        self.shared.vectors.set_intms(0);
         // No CQ is left to hold the INTx line up.
         if let Some((cb, level)) = intx {
             cb(level);
@@ -641,6 +644,25 @@ impl Engine {
             .shared
             .vectors
             .set_entry(vector, address, data, masked)?)
+    }
+
+    /// Dword `field` (0, 4, 8, 12) of MSI-X table entry `vector`.
+    pub fn msix_table_dword(&self, vector: u32, field: u32) -> Result<u32, EngineError> {
+        Ok(self.shared.vectors.table_dword(vector, field)?)
+    }
+
+    /// Writes one dword of a table entry atomically with respect to
+    /// `mask_vector` (an unmask with pending delivers once).
+    pub fn write_msix_table_dword(
+        &self,
+        vector: u32,
+        field: u32,
+        value: u32,
+    ) -> Result<(), EngineError> {
+        Ok(self
+            .shared
+            .vectors
+            .write_table_dword(vector, field, value)?)
     }
 
     /// MSI-X Enable and Function Mask.

@@ -418,6 +418,37 @@ impl Vectors {
         Ok(())
     }
 
+    /// Reads dword `field` (0, 4, 8 or 12) of table entry `vector`.
+    pub fn table_dword(&self, vector: u32, field: u32) -> Result<u32, IrqError> {
+        let st = lock(self.get(vector)?);
+        Ok(match field {
+            0 => st.address as u32,
+            4 => (st.address >> 32) as u32,
+            8 => st.data,
+            _ => u32::from(st.masked),
+        })
+    }
+
+    /// Writes dword `field` of table entry `vector` in one step under the
+    /// vector's lock, so a concurrent `set_masked` (vfio-user MASK) is never
+    /// undone by a read-modify-write of the whole entry.
+    pub fn write_table_dword(&self, vector: u32, field: u32, value: u32) -> Result<(), IrqError> {
+        let d = {
+            let mut st = lock(self.get(vector)?);
+            match field {
+                // Message Address bits 1:0 are reserved (dword aligned).
+                0 => st.address = (st.address & !0xffff_ffff) | u64::from(value & !3),
+                4 => st.address = (st.address & 0xffff_ffff) | (u64::from(value) << 32),
+                8 => st.data = value,
+                // Vector Control: bit 0 is Mask, the rest reserved.
+                _ => st.masked = value & 1 != 0,
+            }
+            self.fire_or_defer(self.unpend(vector as usize, &mut st))
+        };
+        self.fire(d);
+        Ok(())
+    }
+
     /// MSI-X Enable and Function Mask (MXC.MXE, MXC.FM).
     pub fn set_control(&self, enabled: bool, function_masked: bool) {
         let c = if enabled { CTL_ENABLED } else { 0 }

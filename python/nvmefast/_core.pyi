@@ -150,6 +150,10 @@ class Engine:
         """MSI-X table entry: (message address, message data, mask bit)."""
     def set_msix_entry(self, vector: int, address: int, data: int, masked: bool) -> None:
         """Write an MSI-X table entry; unmasking a pending vector delivers once."""
+    def msix_table_dword(self, vector: int, field: int) -> int:
+        """Dword ``field`` (0 address low, 4 high, 8 data, 12 vector control) of an entry."""
+    def write_msix_table_dword(self, vector: int, field: int, value: int) -> None:
+        """Write one dword of an entry, atomically with respect to ``mask_vector``."""
     def set_msix_control(self, enabled: bool, function_masked: bool) -> None:
         """MSI-X Enable and Function Mask (MXC.MXE, MXC.FM)."""
     def msix_control(self) -> tuple[bool, bool]:

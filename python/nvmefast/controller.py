@@ -261,15 +261,24 @@ class Controller:
             size <<= 1
         return size
 
+    def _msix_bar(self, what: str) -> MsixRegisters:
+        regs = self._msix_regs(what)
+        if regs.layout.bar == 0:
+            raise StateError(
+                f"{what}: this controller's MSI-X table lives in BAR0 (msix_bar=0); "
+                "reach it through bar0_read/bar0_write or msix_table_read/write"
+            )
+        return regs
+
     def msix_bar_read(self, offset: int, size: int) -> int:
         """A guest read of the separate MSI-X BAR (table at 0, PBA after it)."""
-        regs = self._msix_regs("msix_bar_read")
+        regs = self._msix_bar("msix_bar_read")
         self._check_msix_access(offset, size, self.msix_bar_size, "msix_bar_read")
         return regs.read(offset, size)
 
     def msix_bar_write(self, offset: int, value: int, size: int) -> None:
         """A guest write of the separate MSI-X BAR."""
-        regs = self._msix_regs("msix_bar_write")
+        regs = self._msix_bar("msix_bar_write")
         self._check_msix_access(offset, size, self.msix_bar_size, "msix_bar_write")
         regs.write(offset, value & ((1 << (8 * size)) - 1), size)
 

@@ -19,8 +19,6 @@ from nvmefast._core import Engine
 __all__ = ["ENTRY_SIZE", "MsixLayout", "MsixRegisters", "layout_after"]
 
 ENTRY_SIZE = 16
-_ADDR_LO, _ADDR_HI, _DATA, _CTRL = 0, 4, 8, 12
-_CTRL_MASK = 1
 
 
 def _align(value: int, to: int) -> int:
@@ -115,29 +113,10 @@ class MsixRegisters:
     def table_dword(self, rel: int) -> int:
         """Dword at byte ``rel`` of the table."""
         vector, field = divmod(rel, ENTRY_SIZE)
-        address, data, masked = self.engine.msix_entry(vector)
-        match field:
-            case 0:
-                return address & 0xFFFFFFFF
-            case 4:
-                return address >> 32
-            case 8:
-                return data
-            case _:
-                return int(masked)
+        return self.engine.msix_table_dword(vector, field)
 
     def write_table_dword(self, rel: int, value: int) -> None:
-        """Writes the dword at byte ``rel`` of the table."""
+        """Writes the dword at byte ``rel`` of the table (one core call: a
+        concurrent ``mask_vector`` is never undone by a read-modify-write)."""
         vector, field = divmod(rel, ENTRY_SIZE)
-        address, data, masked = self.engine.msix_entry(vector)
-        match field:
-            case 0:
-                # Message Address bits 1:0 are reserved (dword aligned).
-                address = (address & ~0xFFFFFFFF) | (value & 0xFFFFFFFC)
-            case 4:
-                address = (address & 0xFFFFFFFF) | value << 32
-            case 8:
-                data = value
-            case _:
-                masked = bool(value & _CTRL_MASK)  # other bits reserved
-        self.engine.set_msix_entry(vector, address, data, masked)
+        self.engine.write_msix_table_dword(vector, field, value)

@@ -412,6 +412,24 @@ impl PyEngine {
             .map_err(|e| to_py(py, e))
     }
 
+    fn msix_table_dword(&self, py: Python<'_>, vector: u32, field: u32) -> PyResult<u32> {
+        self.inner
+            .msix_table_dword(vector, field)
+            .map_err(|e| to_py(py, e))
+    }
+
+    fn write_msix_table_dword(
+        &self,
+        py: Python<'_>,
+        vector: u32,
+        field: u32,
+        value: u32,
+    ) -> PyResult<()> {
+        self.inner
+            .write_msix_table_dword(vector, field, value)
+            .map_err(|e| to_py(py, e))
+    }
+
     fn set_msix_control(&self, enabled: bool, function_masked: bool) {
         self.inner.set_msix_control(enabled, function_masked);
     }
