@@ -9,26 +9,20 @@ phase tag here so the test, not the host, is the only reader of each eventfd.
 from __future__ import annotations
 
 import os
-import select
 
 import pytest
 
 from nvmefast import Controller, HostTimeoutError
 from nvmefast.testing import Host, build_sqe
 
+import irqutil
+from irqutil import read_counter
+
 WRITE = 0x01
 
 
 def readable(fd: int, timeout: float = 0.05) -> bool:
-    return bool(select.select([fd], [], [], timeout)[0])
-
-
-def read_counter(fd: int) -> int:
-    """The eventfd counter (the number of signals since the last read), 0 if none."""
-    try:
-        return os.eventfd_read(fd)
-    except BlockingIOError:
-        return 0
+    return irqutil.readable(fd, timeout)
 
 
 def complete_writes(host: Host, qid: int, count: int) -> None:
