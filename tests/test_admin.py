@@ -7,12 +7,11 @@ parsed at the spec's byte offsets.
 
 from __future__ import annotations
 
-import math
 import struct
 
 import pytest
 
-from nvmefast import Controller, ControllerConfig, HostTimeoutError, NamespaceConfig
+from nvmefast import Controller, ControllerConfig, NamespaceConfig
 from nvmefast.testing import Completion, Host, IdentifyController, IdentifyNamespace, build_sqe
 
 MiB = 1 << 20
