@@ -1,12 +1,22 @@
-//! Doorbells: the SQ tail and CQ head values the host writes, validated on
-//! write, and the wake-up of a sleeping worker.
+//! Doorbells: one place holding every SQ tail and CQ head the host wrote.
 //!
-//! Doorbell `2y` is SQ y's tail, `2y + 1` is CQ y's head (NVMe Base 2.0,
-//! 3.1.4.23 and 3.1.4.24; BAR0 offset 1000h + index * (4 << CAP.DSTRD)).
+//! Doorbell `2y` is SQ y's tail, `2y + 1` is CQ y's head, `4 << CAP.DSTRD`
+//! bytes apart (NVMe Base 2.0, 3.1.4.23/24; BAR0 1000h onward). The values
+//! live in a doorbell page, a memfd an embedder can share with a vfio-user
+//! client (a sparse-mmap area of BAR0 at 1000h) so the client writes
+//! doorbells with no message at all; MMIO writes land in the same page.
+//! After Doorbell Buffer Config the host's shadow doorbell buffer becomes
+//! the one source of truth instead (openvmm learned this the hard way: two
+//! copies drift when a guest uses shadow doorbells inconsistently), and the
+//! device publishes EventIdx in the host's EventIdx buffer. A controller
+//! reset returns to the page (the shadow buffers' lifetime ends at reset,
+//! NVMe Base 5.8).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::thread::Thread;
+
+use crate::mem::{MemError, MemoryMap};
 
 /// Why a doorbell write was refused. Each maps to the Asynchronous Event
 /// Information of an Error event (NVMe Base 2.0, Figure 150).
@@ -30,55 +40,167 @@ impl DoorbellError {
     }
 }
 
+/// Why Doorbell Buffer Config was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ShadowError {
+    /// A buffer address is not memory-page aligned (Invalid Field).
+    #[error("shadow doorbell buffer {iova:#x} is not aligned to the {page}-byte memory page")]
+    Unaligned { iova: u64, page: u64 },
+    /// A buffer is not mapped writable guest memory (Data Transfer Error).
+    #[error("shadow doorbell buffer is not usable guest memory: {0}")]
+    Memory(#[from] MemError),
+}
+
+/// The shadow doorbell and EventIdx buffers, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shadow {
+    pub db: u64,
+    pub ei: u64,
+}
+
+/// The doorbell page: private device memory in a shareable memfd.
+struct Page {
+    fd: OwnedFd,
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: an owned shared mapping accessed only through atomics.
+unsafe impl Send for Page {}
+// SAFETY: as for Send.
+unsafe impl Sync for Page {}
+
+impl Drop for Page {
+    fn drop(&mut self) {
+        // SAFETY: base/len are what mmap returned; no references remain.
+        unsafe {
+            libc::munmap(self.base.cast(), self.len);
+        }
+    }
+}
+
 /// The doorbell table of one controller.
 pub struct Doorbells {
-    values: Box<[AtomicU32]>,
+    page: Page,
+    stride: usize,
+    count: usize,
     /// Entries of the queue behind each doorbell; 0 means no queue.
     limits: Box<[AtomicU32]>,
-    /// Set by a worker about to sleep; a writer that sees it unparks the worker.
-    sleeping: AtomicBool,
-    worker: Mutex<Option<Thread>>,
-    /// Total doorbell writes accepted (cross-thread, hence atomic).
+    /// Shadow buffers (0, 0 = none). Written only under `shadow_lock`.
+    shadow_db: AtomicU64,
+    shadow_ei: AtomicU64,
+    shadow_lock: Mutex<()>,
+    /// MMIO doorbell writes accepted.
     pub writes: AtomicU64,
-    /// Writes refused as invalid.
+    /// Writes refused as invalid (MMIO) or values found invalid (page, shadow).
     pub invalid_writes: AtomicU64,
-    /// Wake-ups of a sleeping worker.
-    pub wakeups: AtomicU64,
 }
 
 impl Doorbells {
-    /// A table for queues 0..=max_qid.
-    pub fn new(max_qid: u16) -> Self {
-        let n = (usize::from(max_qid) + 1) * 2;
-        Doorbells {
-            values: (0..n).map(|_| AtomicU32::new(0)).collect(),
-            limits: (0..n).map(|_| AtomicU32::new(0)).collect(),
-            sleeping: AtomicBool::new(false),
-            worker: Mutex::new(None),
+    /// A table for queues 0..=max_qid, `stride` bytes apart (4 << DSTRD).
+    pub fn new(max_qid: u16, stride: usize) -> std::io::Result<Self> {
+        let count = (usize::from(max_qid) + 1) * 2;
+        let len = (count * stride).div_ceil(4096) * 4096;
+        // SAFETY: memfd_create with a valid C string; we own the result.
+        let fd = unsafe { libc::memfd_create(c"nvmefast-doorbells".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fresh fd, owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: ftruncate on our own fd.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh shared mapping chosen by the kernel.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Doorbells {
+            page: Page {
+                fd,
+                base: p.cast(),
+                len,
+            },
+            stride,
+            count,
+            limits: (0..count).map(|_| AtomicU32::new(0)).collect(),
+            shadow_db: AtomicU64::new(0),
+            shadow_ei: AtomicU64::new(0),
+            shadow_lock: Mutex::new(()),
             writes: AtomicU64::new(0),
             invalid_writes: AtomicU64::new(0),
-            wakeups: AtomicU64::new(0),
-        }
+        })
     }
 
     /// Number of doorbells.
     pub fn len(&self) -> usize {
-        self.values.len()
+        self.count
     }
 
     /// True when there are none (never, for a built controller).
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.count == 0
     }
 
-    /// The host writes `value` to doorbell `index`.
+    /// The doorbell page's memfd (borrowed) and its length.
+    pub fn page_fd(&self) -> (RawFd, usize) {
+        (self.page.fd.as_raw_fd(), self.page.len)
+    }
+
+    #[inline]
+    fn slot(&self, index: usize) -> &AtomicU32 {
+        debug_assert!(index < self.count);
+        // SAFETY: index < count, so index * stride + 4 <= len; the page is
+        // page aligned and stride a multiple of 4, so the u32 is aligned; it
+        // lives as long as self.
+        unsafe { AtomicU32::from_ptr(self.page.base.add(index * self.stride).cast()) }
+    }
+
+    /// The shadow buffers in force.
+    #[inline]
+    pub fn shadow(&self) -> Option<Shadow> {
+        let db = self.shadow_db.load(Ordering::Acquire);
+        if db == 0 {
+            return None;
+        }
+        Some(Shadow {
+            db,
+            ei: self.shadow_ei.load(Ordering::Acquire),
+        })
+    }
+
+    /// The 4-byte slot of doorbell `index` in shadow buffer `base`.
+    #[inline]
+    fn shadow_slot<'m>(
+        &self,
+        mem: &'m MemoryMap,
+        base: u64,
+        index: usize,
+        write: bool,
+    ) -> Option<&'m AtomicU32> {
+        let at = base.checked_add((index * self.stride) as u64)?;
+        mem.atomic_u32(at, write).ok().flatten()
+    }
+
+    /// The host writes `value` to doorbell `index` by MMIO.
     ///
     /// Validated as QEMU's nvme_process_db does, quoting the spec: a tail or
     /// head not smaller than the queue size is an Invalid Doorbell Write
     /// Value; a doorbell of a queue that does not exist is a Write to Invalid
     /// Doorbell Register. Neither changes any state.
     #[inline]
-    pub fn write(&self, index: u32, value: u32) -> Result<(), DoorbellError> {
+    pub fn write(&self, mem: &MemoryMap, index: u32, value: u32) -> Result<(), DoorbellError> {
         let i = index as usize;
         let Some(limit) = self.limits.get(i) else {
             self.invalid_writes.fetch_add(1, Ordering::Relaxed);
@@ -93,80 +215,130 @@ impl Doorbells {
             self.invalid_writes.fetch_add(1, Ordering::Relaxed);
             return Err(DoorbellError::InvalidValue { index, value, size });
         }
-        // SeqCst pairs with the worker's SeqCst store of `sleeping` and its
-        // re-check of the doorbells (Dekker): either the worker sees this
-        // value, or this thread sees it sleeping and unparks it.
-        self.values[i].store(value, Ordering::SeqCst);
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        if self.sleeping.load(Ordering::SeqCst) {
-            self.wake();
+        // SeqCst: pairs with a worker's SeqCst sleep flag and re-check
+        // (see Waker::wake_if_sleeping).
+        match self
+            .shadow()
+            .and_then(|s| self.shadow_slot(mem, s.db, i, true))
+        {
+            Some(slot) => slot.store(value.to_le(), Ordering::SeqCst),
+            None => self.slot(i).store(value, Ordering::SeqCst),
         }
+        self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Unparks the worker.
-    pub fn wake(&self) {
-        let w = self.worker.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = w.as_ref() {
-            self.wakeups.fetch_add(1, Ordering::Relaxed);
-            t.unpark();
+    /// The raw value of doorbell `index`, unvalidated (the page or the
+    /// shadow buffer may hold anything a client wrote there). Acquire: SQEs
+    /// written before the doorbell are visible after this load.
+    #[inline]
+    pub fn read(&self, mem: &MemoryMap, shadow: Option<Shadow>, index: usize) -> u32 {
+        match shadow {
+            Some(s) => match self.shadow_slot(mem, s.db, index, false) {
+                // Little endian in guest memory (QEMU shipped without the
+                // conversion once).
+                Some(slot) => u32::from_le(slot.load(Ordering::Acquire)),
+                None => 0,
+            },
+            None => self.slot(index).load(Ordering::Acquire),
         }
     }
 
-    /// Current value of doorbell `index` (Acquire: SQEs the host wrote before
-    /// ringing are visible after this load).
+    /// Publishes EventIdx for doorbell `index`: the host rings MMIO for a
+    /// new value only once it passes this one.
     #[inline]
-    pub fn value(&self, index: usize) -> u32 {
-        self.values[index].load(Ordering::Acquire)
+    pub fn set_event_idx(&self, mem: &MemoryMap, shadow: Shadow, index: usize, value: u32) {
+        if let Some(slot) = self.shadow_slot(mem, shadow.ei, index, true) {
+            slot.store(value.to_le(), Ordering::Release);
+        }
     }
 
-    /// A queue appeared (size > 0) or vanished (size 0): reset its doorbell.
-    pub fn set_queue(&self, index: usize, size: u32) {
-        self.values[index].store(0, Ordering::Release);
+    /// Queue size behind doorbell `index` (0: none).
+    #[inline]
+    pub fn limit(&self, index: usize) -> u32 {
+        self.limits[index].load(Ordering::Acquire)
+    }
+
+    /// A queue appeared (size > 0) or vanished (size 0): its doorbell starts at 0.
+    pub fn set_queue(&self, mem: &MemoryMap, index: usize, size: u32) {
+        self.slot(index).store(0, Ordering::Release);
+        if let Some(s) = self.shadow() {
+            if let Some(slot) = self.shadow_slot(mem, s.db, index, true) {
+                slot.store(0, Ordering::Release);
+            }
+            self.set_event_idx(mem, s, index, 0);
+        }
         self.limits[index].store(size, Ordering::Release);
     }
 
-    /// Forget every queue (controller reset).
-    pub fn clear(&self) {
-        for i in 0..self.values.len() {
-            self.set_queue(i, 0);
+    /// Doorbell Buffer Config: from now on doorbells live in `db` and the
+    /// device publishes EventIdx in `ei` (both one memory page of `page`
+    /// bytes). The current values are copied over so nothing is lost, and
+    /// EventIdx starts at them so the host's next write rings.
+    pub fn set_shadow(
+        &self,
+        mem: &MemoryMap,
+        db: u64,
+        ei: u64,
+        page: u64,
+    ) -> Result<(), ShadowError> {
+        for iova in [db, ei] {
+            if iova == 0 || iova % page != 0 {
+                return Err(ShadowError::Unaligned { iova, page });
+            }
         }
+        let span = (self.count * self.stride) as u64;
+        mem.translate(db, span, true)?;
+        mem.translate(ei, span, true)?;
+        let _g = self.shadow_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.shadow();
+        for i in 0..self.count {
+            let v = self.read(mem, old, i);
+            let s = Shadow { db, ei };
+            if let Some(slot) = self.shadow_slot(mem, db, i, true) {
+                slot.store(v.to_le(), Ordering::Relaxed);
+            }
+            self.set_event_idx(mem, s, i, v);
+        }
+        self.shadow_ei.store(ei, Ordering::Release);
+        // Release: the copied values are visible before anyone reads the
+        // shadow through this address.
+        self.shadow_db.store(db, Ordering::Release);
+        Ok(())
     }
 
-    /// Registers the thread to unpark.
-    pub fn set_worker(&self, t: Option<Thread>) {
-        *self.worker.lock().unwrap_or_else(|e| e.into_inner()) = t;
-    }
-
-    /// The worker announces it is about to sleep. It must re-check for work
-    /// after this (see `write`).
-    pub fn prepare_sleep(&self) {
-        self.sleeping.store(true, Ordering::SeqCst);
-    }
-
-    /// The worker is awake again.
-    pub fn end_sleep(&self) {
-        self.sleeping.store(false, Ordering::SeqCst);
+    /// Forget every queue and the shadow buffers (controller reset).
+    pub fn clear(&self) {
+        let _g = self.shadow_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.shadow_db.store(0, Ordering::Release);
+        self.shadow_ei.store(0, Ordering::Release);
+        for i in 0..self.count {
+            self.limits[i].store(0, Ordering::Release);
+            self.slot(i).store(0, Ordering::Release);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mem::GuestMemory;
 
     #[test]
     fn validation_follows_the_spec() {
-        let d = Doorbells::new(2);
+        let m = GuestMemory::new();
+        let s = m.snapshot();
+        let d = Doorbells::new(2, 4).unwrap();
         assert_eq!(d.len(), 6);
         assert_eq!(
-            d.write(2, 0),
+            d.write(&s, 2, 0),
             Err(DoorbellError::InvalidRegister { index: 2 })
         );
-        assert_eq!(d.write(99, 0).unwrap_err().aer_info(), 0x00);
-        d.set_queue(2, 16);
-        d.write(2, 15).unwrap();
-        assert_eq!(d.value(2), 15);
-        let e = d.write(2, 16).unwrap_err();
+        assert_eq!(d.write(&s, 99, 0).unwrap_err().aer_info(), 0x00);
+        d.set_queue(&s, 2, 16);
+        d.write(&s, 2, 15).unwrap();
+        assert_eq!(d.read(&s, None, 2), 15);
+        let e = d.write(&s, 2, 16).unwrap_err();
         assert_eq!(
             e,
             DoorbellError::InvalidValue {
@@ -176,9 +348,76 @@ mod tests {
             }
         );
         assert_eq!(e.aer_info(), 0x01);
-        assert_eq!(d.value(2), 15, "an invalid write changes nothing");
+        assert_eq!(d.read(&s, None, 2), 15, "an invalid write changes nothing");
         d.clear();
-        assert!(d.write(2, 1).is_err());
+        assert!(d.write(&s, 2, 1).is_err());
         assert_eq!(d.invalid_writes.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn the_page_is_shared_with_whoever_maps_the_fd() {
+        use std::os::fd::AsRawFd;
+        let m = GuestMemory::new();
+        let s = m.snapshot();
+        let d = Doorbells::new(3, 8).unwrap();
+        d.set_queue(&s, 5, 64);
+        let (fd, len) = d.page_fd();
+        assert_eq!(len, 4096);
+        let other = GuestMemory::new();
+        other.map(0, len as u64, fd, 0, true).unwrap();
+        // A client writes CQ 2's head (doorbell 5) at 5 * stride.
+        other.snapshot().write(5 * 8, &33u32.to_le_bytes()).unwrap();
+        assert_eq!(d.read(&s, None, 5), 33);
+        d.write(&s, 5, 7).unwrap();
+        let mut b = [0u8; 4];
+        other.snapshot().read(40, &mut b).unwrap();
+        assert_eq!(u32::from_le_bytes(b), 7, "MMIO writes land in the page");
+        let _ = d.page.fd.as_raw_fd();
+    }
+
+    #[test]
+    fn shadow_buffers_take_over_and_reset_drops_them() {
+        use std::os::fd::AsRawFd;
+        let m = GuestMemory::new();
+        let fd = crate::mem::tests::memfd(0x3000);
+        m.map(0x10_0000, 0x3000, fd.as_raw_fd(), 0, true).unwrap();
+        let s = m.snapshot();
+        let d = Doorbells::new(1, 4).unwrap();
+        d.set_queue(&s, 2, 32);
+        d.write(&s, 2, 9).unwrap();
+        assert_eq!(
+            d.set_shadow(&s, 0x10_0100, 0x10_1000, 4096),
+            Err(ShadowError::Unaligned {
+                iova: 0x10_0100,
+                page: 4096
+            })
+        );
+        assert!(matches!(
+            d.set_shadow(&s, 0x10_0000, 0x90_0000, 4096),
+            Err(ShadowError::Memory(_))
+        ));
+        d.set_shadow(&s, 0x10_0000, 0x10_1000, 4096).unwrap();
+        let sh = d.shadow().unwrap();
+        assert_eq!(
+            d.read(&s, Some(sh), 2),
+            9,
+            "the current value was copied over"
+        );
+        let mut b = [0u8; 4];
+        s.read(0x10_1000 + 8, &mut b).unwrap();
+        assert_eq!(
+            u32::from_le_bytes(b),
+            9,
+            "EventIdx starts at the current value"
+        );
+        // The host writes the shadow buffer directly; the device reads it there.
+        s.write(0x10_0000 + 8, &12u32.to_le_bytes()).unwrap();
+        assert_eq!(d.read(&s, Some(sh), 2), 12);
+        // MMIO writes keep the shadow the one source of truth.
+        d.write(&s, 2, 13).unwrap();
+        s.read(0x10_0000 + 8, &mut b).unwrap();
+        assert_eq!(u32::from_le_bytes(b), 13);
+        d.clear();
+        assert!(d.shadow().is_none());
     }
 }

@@ -1,15 +1,18 @@
-//! The device: guest memory, namespaces, the queue table, doorbells,
-//! vectors, and the worker thread that runs the hot path.
+//! The device: guest memory, namespaces, doorbells, vectors, and the
+//! worker threads that run the hot path.
 //!
-//! Admin SQEs flow through the same rings as I/O: the worker fetches them
-//! and hands them to an [`AdminHandler`] (the Python control plane) with the
-//! queue lock released, then posts the completion it returns. The handler
-//! may call back into the engine (create a queue, move data, complete a
-//! deferred command) without deadlocking.
+//! Worker 0 serves the admin queue only, off the I/O path, sleeping until a
+//! doorbell: it fetches admin SQEs and hands them to an [`AdminHandler`]
+//! (the Python control plane) with its queue lock released, then posts the
+//! completion it returns, so a handler may call back into the engine
+//! (create a queue, move data, complete a deferred command) without
+//! deadlock. Workers 1..=iothreads own the I/O queue pairs: each CQ is
+//! assigned to one (round robin, or an explicit affinity) and its SQs go
+//! with it, so every queue has exactly one thread touching its ring state.
 
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -17,12 +20,13 @@ use crate::backend::{Backend, BackendError};
 use crate::cmd::io::{Failure, Namespace, Smart};
 use crate::cmd::prp::{self, Segment};
 use crate::coalesce::Coalescing;
-use crate::doorbell::{DoorbellError, Doorbells};
-use crate::intx::{IntxLine, LevelCallback};
-use crate::irq::{dup_fd, IrqError, IrqMode, Notifier, Vectors};
+use crate::doorbell::{DoorbellError, Doorbells, ShadowError};
+use crate::intx::IntxLine;
+use crate::irq::{dup_fd, IrqError, Vectors};
 use crate::mem::{GuestMemory, MemError};
 use crate::queue::{CompletionQueue, QueueError, SubmissionQueue};
 use crate::spec::{Sqe, Status};
+use crate::waker::{Waker, WakerError};
 
 /// Errors of the engine's API (embedder misuse, not guest input).
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,11 @@ pub enum EngineError {
     /// The worker thread could not be started.
     #[error("cannot start the worker thread: {0}")]
     Spawn(String),
+    #[error(transparent)]
+    Waker(#[from] WakerError),
+    /// The doorbell index is not one the controller has.
+    #[error("doorbell {index} is out of range (controller has {count})")]
+    BadDoorbell { index: u32, count: usize },
 }
 
 /// One namespace as configured.
@@ -65,12 +74,32 @@ pub struct EngineConfig {
     pub max_queue_entries: u32,
     /// Largest data transfer in bytes; 0 = unlimited.
     pub mdts_bytes: u64,
-    /// How long the worker keeps polling after its last work.
+    /// How long an I/O worker keeps polling after its last work.
     pub poll_us: u64,
+    /// When I/O workers sleep: see [`Polling`].
+    pub polling: Polling,
+    /// Number of I/O worker threads (iothreads), at least 1.
+    pub iothreads: u16,
+    /// Explicit CQ-to-iothread assignment: `affinity[i]` is the iothread
+    /// (0-based) of CQ `i + 1`; CQs past its end go round robin.
+    pub affinity: Vec<u16>,
+    /// Bytes between doorbells (4 << CAP.DSTRD).
+    pub doorbell_stride: u32,
     /// The embedder owns the MSI-X capability and table (a vfio-user
     /// client, a test): vectors start enabled and unmasked. Otherwise the
     /// device emulates the table and starts in the PCI reset state.
     pub msix_embedder_managed: bool,
+}
+
+/// When an I/O worker sleeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Polling {
+    /// Poll for `poll_us` after the last work, then sleep until a doorbell.
+    Adaptive,
+    /// Never poll: sleep as soon as there is no work (every doorbell wakes).
+    Interrupt,
+    /// Never sleep (benchmarks, doorbell pages written with no ioeventfd).
+    Poll,
 }
 
 /// What an admin handler decided.
@@ -82,8 +111,8 @@ pub enum AdminOutcome {
     Deferred,
 }
 
-/// Runs the worker's body (see [`Engine::start_with`]).
-pub type WorkerWrapper = Box<dyn FnOnce(Box<dyn FnOnce() + Send>) + Send>;
+/// Runs a worker's body (see [`Engine::start_with`]); called once per worker thread.
+pub type WorkerWrapper = Arc<dyn Fn(Box<dyn FnOnce() + Send>) + Send + Sync>;
 
 /// Executes admin commands; called on the worker thread, queue lock released.
 pub trait AdminHandler: Send + Sync {
@@ -123,9 +152,6 @@ struct Queues {
     /// Existing SQ IDs in creation order (admin first): the worker's scan list.
     active_sqs: Vec<u16>,
     active_cqs: Vec<u16>,
-    page_size: u64,
-    /// Bumped by reset, so completions of commands fetched before a reset are dropped.
-    generation: u64,
     /// CIDs of admin commands fetched and not yet completed: running in the
     /// handler or deferred. complete_admin accepts any of them, so an event
     /// raised on another thread while the AER handler is still returning
@@ -136,17 +162,64 @@ struct Queues {
     errors: VecDeque<ErrorEntry>,
     segs: Vec<Segment>,
     coalesce: Coalescing,
-    intx: IntxLine,
+    /// This worker's share of the INTx level (some CQ of its holds
+    /// unconsumed entries).
+    intx_level: bool,
 }
 
-/// State shared by the API and the worker.
+impl Queues {
+    fn new(n: usize, vectors: u16) -> Self {
+        Queues {
+            sqs: (0..n).map(|_| None).collect(),
+            cqs: (0..n).map(|_| None).collect(),
+            active_sqs: Vec::new(),
+            active_cqs: Vec::new(),
+            admin_pending: Vec::new(),
+            stats: Stats::default(),
+            smart: Smart::default(),
+            errors: VecDeque::with_capacity(ERROR_RING),
+            segs: Vec::with_capacity(64),
+            coalesce: Coalescing::new(vectors),
+            intx_level: false,
+        }
+    }
+}
+
+/// One worker thread's state.
+struct Worker {
+    queues: Mutex<Queues>,
+    waker: Waker,
+    /// Set by the worker when its share of the INTx level is high.
+    intx_level: AtomicBool,
+}
+
+/// A callback for asynchronous events the worker detects (an invalid value
+/// found in the doorbell page or shadow buffer): gets the AER info code.
+pub type EventCallback = Arc<dyn Fn(u8) + Send + Sync>;
+
+/// No worker owns this queue ID.
+const NO_OWNER: u16 = u16::MAX;
+
+/// State shared by the API and the workers.
 struct Shared {
     cfg: EngineConfig,
     mem: GuestMemory,
     doorbells: Doorbells,
     vectors: Vectors,
     namespaces: Vec<Namespace>,
-    queues: Mutex<Queues>,
+    /// Worker 0: admin; 1..=iothreads: I/O.
+    workers: Box<[Worker]>,
+    /// Worker index of each queue ID's CQ (and so its SQs).
+    owner: Box<[AtomicU16]>,
+    next_iothread: AtomicUsize,
+    /// Memory page size from CC.MPS.
+    page_size: AtomicU64,
+    /// Bumped by reset, so completions of commands fetched before a reset are dropped.
+    generation: AtomicU64,
+    intx: Mutex<IntxLine>,
+    events: Mutex<Option<EventCallback>>,
+    /// ioeventfds by doorbell index (kept to unwatch them).
+    ioeventfds: Mutex<Vec<Option<OwnedFd>>>,
     stop: AtomicBool,
     fatal: AtomicBool,
     admin: Mutex<Option<Arc<dyn AdminHandler>>>,
@@ -155,7 +228,7 @@ struct Shared {
 /// The emulated controller's hot path.
 pub struct Engine {
     shared: Arc<Shared>,
-    worker: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -211,27 +284,49 @@ impl Engine {
                 lbas: ns.size_bytes / u64::from(ns.lba_size),
             });
         }
+        if cfg.iothreads == 0 || cfg.iothreads > 64 {
+            return Err(EngineError::Config(format!(
+                "iothreads {} must be in 1..=64",
+                cfg.iothreads
+            )));
+        }
+        if let Some(bad) = cfg.affinity.iter().find(|&&t| t >= cfg.iothreads) {
+            return Err(EngineError::Config(format!(
+                "affinity names iothread {bad}, but there are only {} (0..{})",
+                cfg.iothreads, cfg.iothreads
+            )));
+        }
+        if !cfg.doorbell_stride.is_power_of_two() || !(4..=(4 << 15)).contains(&cfg.doorbell_stride)
+        {
+            return Err(EngineError::Config(format!(
+                "doorbell_stride {} must be 4 << DSTRD (4..=131072, a power of two)",
+                cfg.doorbell_stride
+            )));
+        }
         let n = usize::from(cfg.max_qid) + 1;
+        let doorbells = Doorbells::new(cfg.max_qid, cfg.doorbell_stride as usize)
+            .map_err(|e| EngineError::Config(format!("cannot create the doorbell page: {e}")))?;
+        let mut workers = Vec::new();
+        for _ in 0..=cfg.iothreads {
+            workers.push(Worker {
+                queues: Mutex::new(Queues::new(n, cfg.msix_vectors)),
+                waker: Waker::new()?,
+                intx_level: AtomicBool::new(false),
+            });
+        }
         let shared = Shared {
-            doorbells: Doorbells::new(cfg.max_qid),
+            doorbells,
             vectors: Vectors::new(cfg.msix_vectors, cfg.msix_embedder_managed),
             mem: GuestMemory::new(),
             namespaces,
-            queues: Mutex::new(Queues {
-                sqs: (0..n).map(|_| None).collect(),
-                cqs: (0..n).map(|_| None).collect(),
-                active_sqs: Vec::new(),
-                active_cqs: Vec::new(),
-                page_size: 4096,
-                generation: 0,
-                admin_pending: Vec::new(),
-                stats: Stats::default(),
-                smart: Smart::default(),
-                errors: VecDeque::with_capacity(ERROR_RING),
-                segs: Vec::with_capacity(64),
-                coalesce: Coalescing::new(cfg.msix_vectors),
-                intx: IntxLine::default(),
-            }),
+            workers: workers.into_boxed_slice(),
+            owner: (0..n).map(|_| AtomicU16::new(NO_OWNER)).collect(),
+            next_iothread: AtomicUsize::new(0),
+            page_size: AtomicU64::new(4096),
+            generation: AtomicU64::new(0),
+            intx: Mutex::new(IntxLine::default()),
+            events: Mutex::new(None),
+            ioeventfds: Mutex::new((0..n * 2).map(|_| None).collect()),
             stop: AtomicBool::new(false),
             fatal: AtomicBool::new(false),
             admin: Mutex::new(None),
@@ -239,7 +334,7 @@ impl Engine {
         };
         Ok(Engine {
             shared: Arc::new(shared),
-            worker: Mutex::new(None),
+            threads: Mutex::new(Vec::new()),
         })
     }
 
@@ -255,46 +350,62 @@ impl Engine {
         self.start_with(None)
     }
 
-    /// Starts the worker inside `wrap`, which must call the closure it is
+    /// Starts every worker inside `wrap`, which must call the closure it is
     /// given exactly once. The Python bindings wrap it in an attach/detach
     /// pair so the thread keeps one interpreter thread state for its life:
     /// handlers and callback notifiers then re-take the GIL cheaply instead
     /// of building and tearing down a thread state per call.
     pub fn start_with(&self, wrap: Option<WorkerWrapper>) -> Result<(), EngineError> {
-        let mut w = lock(&self.worker);
-        if w.is_some() {
+        let mut threads = lock(&self.threads);
+        if !threads.is_empty() {
             return Ok(());
         }
         self.shared.stop.store(false, Ordering::SeqCst);
-        let s = self.shared.clone();
-        let h = std::thread::Builder::new()
-            .name("nvmefast-worker".into())
-            .spawn(move || match wrap {
-                Some(w) => w(Box::new(move || worker::worker_loop(&s))),
-                None => worker::worker_loop(&s),
-            })
-            .map_err(|e| EngineError::Spawn(e.to_string()))?;
-        self.shared.doorbells.set_worker(Some(h.thread().clone()));
-        *w = Some(h);
+        for index in 0..self.shared.workers.len() {
+            let s = self.shared.clone();
+            let name = if index == 0 {
+                "nvmefast-admin".to_string()
+            } else {
+                format!("nvmefast-io{}", index - 1)
+            };
+            let body: Box<dyn FnOnce() + Send> = Box::new(move || worker::worker_loop(&s, index));
+            let w = wrap.clone();
+            let h = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || match w {
+                    Some(w) => w(body),
+                    None => body(),
+                });
+            match h {
+                Ok(h) => threads.push(h),
+                Err(e) => {
+                    drop(threads);
+                    self.stop();
+                    return Err(EngineError::Spawn(e.to_string()));
+                }
+            }
+        }
         Ok(())
     }
 
-    /// Stops and joins the worker (no-op when stopped). Commands already
-    /// fetched are completed first: the worker only checks the stop flag
+    /// Stops and joins every worker (no-op when stopped). Commands already
+    /// fetched are completed first: workers only check the stop flag
     /// between passes.
     pub fn stop(&self) {
-        let h = lock(&self.worker).take();
-        if let Some(h) = h {
-            self.shared.stop.store(true, Ordering::SeqCst);
-            self.shared.doorbells.wake();
+        let threads: Vec<_> = lock(&self.threads).drain(..).collect();
+        if threads.is_empty() {
+            return;
+        }
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.wake_all();
+        for h in threads {
             let _ = h.join();
-            self.shared.doorbells.set_worker(None);
         }
     }
 
-    /// True while the worker runs.
+    /// True while the workers run.
     pub fn running(&self) -> bool {
-        lock(&self.worker).is_some()
+        !lock(&self.threads).is_empty()
     }
 
     /// Installs (or removes) the admin command handler.
@@ -340,7 +451,7 @@ impl Engine {
                 "page size {page} must be a power of two from 4096 to 65536"
             )));
         }
-        lock(&self.shared.queues).page_size = page;
+        self.shared.page_size.store(page, Ordering::SeqCst);
         Ok(())
     }
 
@@ -348,8 +459,15 @@ impl Engine {
     /// command is dropped and CSTS.CFS cleared. Guest memory, vectors and
     /// counters stay (they belong to the PCI function, not the controller).
     pub fn reset(&self) {
-        let intx = {
-            let mut q = lock(&self.shared.queues);
+        // Every worker's table at once (taken in index order, the only
+        // order anyone takes more than one), so no worker sees half a reset.
+        let mut guards: Vec<_> = self
+            .shared
+            .workers
+            .iter()
+            .map(|w| lock(&w.queues))
+            .collect();
+        for q in guards.iter_mut() {
             for s in q.sqs.iter_mut() {
                 *s = None;
             }
@@ -359,12 +477,20 @@ impl Engine {
             q.active_sqs.clear();
             q.active_cqs.clear();
             q.admin_pending.clear();
-            q.generation += 1;
             q.coalesce.reset();
-            self.shared.doorbells.clear();
-            self.shared.fatal.store(false, Ordering::SeqCst);
-            q.intx.reset()
-        };
+            q.intx_level = false;
+        }
+        for w in self.shared.workers.iter() {
+            w.intx_level.store(false, Ordering::SeqCst);
+        }
+        for o in self.shared.owner.iter() {
+            o.store(NO_OWNER, Ordering::SeqCst);
+        }
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        self.shared.doorbells.clear();
+        self.shared.fatal.store(false, Ordering::SeqCst);
+        drop(guards);
+        let intx = lock(&self.shared.intx).reset();
         // INTMS/INTMC are controller registers: a reset clears the mask (as
         // QEMU's nvme_ctrl_reset does); anything it held is delivered.
         self.shared.vectors.set_intms(0);
@@ -404,6 +530,39 @@ impl Engine {
         Ok(())
     }
 
+    /// The worker a new CQ goes to: 0 for the admin queue, else the
+    /// configured affinity or the next iothread round robin.
+    fn pick_worker(&self, qid: u16) -> usize {
+        if qid == 0 {
+            return 0;
+        }
+        let cfg = &self.shared.cfg;
+        let t = match cfg.affinity.get(usize::from(qid) - 1) {
+            Some(&t) => usize::from(t),
+            None => {
+                self.shared.next_iothread.fetch_add(1, Ordering::Relaxed)
+                    % usize::from(cfg.iothreads)
+            }
+        };
+        1 + t
+    }
+
+    /// The worker owning queue ID `qid`, if any.
+    fn owner_of(&self, qid: u16) -> Option<usize> {
+        let o = self
+            .shared
+            .owner
+            .get(usize::from(qid))?
+            .load(Ordering::SeqCst);
+        (o != NO_OWNER).then_some(usize::from(o))
+    }
+
+    /// The iothread (0-based) serving queue `qid`; None for the admin queue
+    /// or a queue that does not exist.
+    pub fn iothread_of(&self, qid: u16) -> Option<usize> {
+        self.owner_of(qid).and_then(|w| w.checked_sub(1))
+    }
+
     /// Creates CQ `qid` of `size` entries at `iova`, signalling `vector` when `ien`.
     pub fn create_cq(
         &self,
@@ -420,26 +579,43 @@ impl Engine {
             return Err(QueueError::BadVector { vector, count }.into());
         }
         let cq = CompletionQueue::new(qid, iova, size, vector, ien)?;
-        let mut q = lock(&self.shared.queues);
-        let slot = &mut q.cqs[usize::from(qid)];
-        if slot.is_some() {
+        if self.owner_of(qid).is_some() {
             return Err(QueueError::Exists { qid }.into());
         }
-        *slot = Some(cq);
+        let w = self.pick_worker(qid);
+        let mut q = lock(&self.shared.workers[w].queues);
+        if self.shared.owner[usize::from(qid)]
+            .compare_exchange(NO_OWNER, w as u16, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Err(QueueError::Exists { qid }.into());
+        }
+        q.cqs[usize::from(qid)] = Some(cq);
         q.active_cqs.push(qid);
-        self.shared
-            .doorbells
-            .set_queue(usize::from(qid) * 2 + 1, size);
+        self.shared.doorbells.set_queue(
+            &self.shared.mem.snapshot(),
+            usize::from(qid) * 2 + 1,
+            size,
+        );
         Ok(())
     }
 
-    /// Creates SQ `qid` of `size` entries at `iova`, posting to CQ `cqid`.
+    /// Creates SQ `qid` of `size` entries at `iova`, posting to CQ `cqid`
+    /// (served by CQ `cqid`'s worker).
     pub fn create_sq(&self, qid: u16, iova: u64, size: u32, cqid: u16) -> Result<(), EngineError> {
         self.check_qid(qid)?;
         self.check_qid(cqid)?;
         self.check_size(qid, size)?;
         let sq = SubmissionQueue::new(qid, iova, size, cqid)?;
-        let mut q = lock(&self.shared.queues);
+        let w = self
+            .owner_of(cqid)
+            .ok_or(QueueError::Missing { qid: cqid })?;
+        // SQ and CQ of one ID must share a worker: the doorbell wake-up and
+        // the ownership table are per queue ID.
+        if qid != cqid && self.owner_of(qid).is_some_and(|o| o != w) {
+            return Err(QueueError::Exists { qid }.into());
+        }
+        let mut q = lock(&self.shared.workers[w].queues);
         if q.sqs[usize::from(qid)].is_some() {
             return Err(QueueError::Exists { qid }.into());
         }
@@ -449,7 +625,17 @@ impl Engine {
         }
         q.sqs[usize::from(qid)] = Some(sq);
         q.active_sqs.push(qid);
-        self.shared.doorbells.set_queue(usize::from(qid) * 2, size);
+        // An SQ whose ID has no CQ of its own still needs an owner for its
+        // doorbell's wake-ups.
+        let _ = self.shared.owner[usize::from(qid)].compare_exchange(
+            NO_OWNER,
+            w as u16,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        self.shared
+            .doorbells
+            .set_queue(&self.shared.mem.snapshot(), usize::from(qid) * 2, size);
         Ok(())
     }
 
@@ -457,7 +643,8 @@ impl Engine {
     /// outstanding and nothing needs aborting.
     pub fn delete_sq(&self, qid: u16) -> Result<(), EngineError> {
         self.check_qid(qid)?;
-        let mut q = lock(&self.shared.queues);
+        let w = self.owner_of(qid).ok_or(QueueError::Missing { qid })?;
+        let mut q = lock(&self.shared.workers[w].queues);
         let sq = q.sqs[usize::from(qid)]
             .take()
             .ok_or(QueueError::Missing { qid })?;
@@ -465,14 +652,20 @@ impl Engine {
         if let Some(cq) = q.cqs[usize::from(sq.cqid)].as_mut() {
             cq.sqs = cq.sqs.saturating_sub(1);
         }
-        self.shared.doorbells.set_queue(usize::from(qid) * 2, 0);
+        if q.cqs[usize::from(qid)].is_none() {
+            self.shared.owner[usize::from(qid)].store(NO_OWNER, Ordering::SeqCst);
+        }
+        self.shared
+            .doorbells
+            .set_queue(&self.shared.mem.snapshot(), usize::from(qid) * 2, 0);
         Ok(())
     }
 
     /// Deletes CQ `qid`, which no SQ may use.
     pub fn delete_cq(&self, qid: u16) -> Result<(), EngineError> {
         self.check_qid(qid)?;
-        let mut q = lock(&self.shared.queues);
+        let w = self.owner_of(qid).ok_or(QueueError::Missing { qid })?;
+        let mut q = lock(&self.shared.workers[w].queues);
         match q.cqs[usize::from(qid)].as_ref() {
             None => return Err(QueueError::Missing { qid }.into()),
             Some(cq) if cq.sqs > 0 => return Err(QueueError::InUse { qid, sqs: cq.sqs }.into()),
@@ -480,41 +673,48 @@ impl Engine {
         }
         q.cqs[usize::from(qid)] = None;
         q.active_cqs.retain(|&x| x != qid);
-        self.shared.doorbells.set_queue(usize::from(qid) * 2 + 1, 0);
+        if q.sqs[usize::from(qid)].is_none() {
+            self.shared.owner[usize::from(qid)].store(NO_OWNER, Ordering::SeqCst);
+        }
+        self.shared
+            .doorbells
+            .set_queue(&self.shared.mem.snapshot(), usize::from(qid) * 2 + 1, 0);
         Ok(())
     }
 
     /// True when SQ `qid` exists.
     pub fn sq_exists(&self, qid: u16) -> bool {
-        lock(&self.shared.queues)
-            .sqs
-            .get(usize::from(qid))
-            .is_some_and(|s| s.is_some())
+        self.owner_of(qid)
+            .is_some_and(|w| lock(&self.shared.workers[w].queues).sqs[usize::from(qid)].is_some())
     }
 
     /// True when CQ `qid` exists.
     pub fn cq_exists(&self, qid: u16) -> bool {
-        lock(&self.shared.queues)
-            .cqs
-            .get(usize::from(qid))
-            .is_some_and(|s| s.is_some())
+        self.owner_of(qid)
+            .is_some_and(|w| lock(&self.shared.workers[w].queues).cqs[usize::from(qid)].is_some())
     }
 
     /// True while some SQ posts to CQ `qid`.
     pub fn cq_in_use(&self, qid: u16) -> bool {
-        lock(&self.shared.queues)
-            .cqs
-            .get(usize::from(qid))
-            .and_then(|c| c.as_ref())
-            .is_some_and(|c| c.sqs > 0)
+        self.owner_of(qid).is_some_and(|w| {
+            lock(&self.shared.workers[w].queues).cqs[usize::from(qid)]
+                .as_ref()
+                .is_some_and(|c| c.sqs > 0)
+        })
     }
 
     // ---- doorbells ---------------------------------------------------------
 
-    /// The host writes `value` to doorbell `index`.
+    /// The host writes `value` to doorbell `index` (an MMIO write).
     #[inline]
     pub fn doorbell_write(&self, index: u32, value: u32) -> Result<(), DoorbellError> {
-        self.shared.doorbells.write(index, value)
+        self.shared
+            .doorbells
+            .write(&self.shared.mem.snapshot(), index, value)?;
+        if let Some(w) = self.owner_of((index / 2) as u16) {
+            self.shared.workers[w].waker.wake_if_sleeping();
+        }
+        Ok(())
     }
 
     /// Number of doorbells (two per queue ID).
@@ -522,11 +722,72 @@ impl Engine {
         self.shared.doorbells.len()
     }
 
+    /// The doorbell page (borrowed fd, length): doorbell `i` at `i * stride`.
+    pub fn doorbell_page(&self) -> (RawFd, usize) {
+        self.shared.doorbells.page_fd()
+    }
+
+    /// Attaches (Some) or detaches (None) an ioeventfd for doorbell `index`:
+    /// a write to it wakes the worker, which reads the value from the
+    /// doorbell page or the shadow buffer.
+    pub fn set_doorbell_eventfd(&self, index: u32, fd: Option<RawFd>) -> Result<(), EngineError> {
+        let count = self.shared.doorbells.len();
+        let i = index as usize;
+        if i >= count {
+            return Err(EngineError::BadDoorbell { index, count });
+        }
+        let new = fd.map(dup_fd).transpose()?;
+        let mut fds = lock(&self.shared.ioeventfds);
+        if let Some(old) = fds[i].take() {
+            for w in self.shared.workers.iter() {
+                w.waker.unwatch(&old);
+            }
+        }
+        if let Some(fd) = &new {
+            // Every worker watches it: the queue behind it may be created
+            // (and assigned) later.
+            for w in self.shared.workers.iter() {
+                w.waker.watch(fd)?;
+            }
+        }
+        fds[i] = new;
+        Ok(())
+    }
+
+    /// Doorbell Buffer Config (admin 7Ch): shadow doorbells at `db`,
+    /// EventIdx at `ei`. Returns the completion status.
+    pub fn set_shadow_doorbells(&self, db: u64, ei: u64) -> Status {
+        let page = self.shared.page_size.load(Ordering::SeqCst);
+        match self
+            .shared
+            .doorbells
+            .set_shadow(&self.shared.mem.snapshot(), db, ei, page)
+        {
+            Ok(()) => {
+                self.shared.wake_all();
+                Status::SUCCESS
+            }
+            Err(ShadowError::Unaligned { .. }) => Status::INVALID_FIELD.dnr(),
+            Err(ShadowError::Memory(_)) => Status::DATA_TRANSFER_ERROR.dnr(),
+        }
+    }
+
+    /// (shadow doorbell buffer, EventIdx buffer) in force, if any.
+    pub fn shadow_doorbells(&self) -> Option<(u64, u64)> {
+        self.shared.doorbells.shadow().map(|s| (s.db, s.ei))
+    }
+
+    /// Receives asynchronous events the workers detect (invalid values in
+    /// the doorbell page or shadow buffer), as AER info codes.
+    pub fn set_event_handler(&self, cb: Option<EventCallback>) {
+        *lock(&self.shared.events) = cb;
+    }
+
     // ---- admin data and completions ----------------------------------------
 
     /// Copies `data` into the host buffer PRP1/PRP2 describe.
     pub fn write_prp(&self, prp1: u64, prp2: u64, data: &[u8]) -> Status {
-        let page = lock(&self.shared.queues).page_size;
+        let page = self.shared.page_size.load(Ordering::SeqCst);
         let mem = self.shared.mem.snapshot();
         let mut segs = Vec::new();
         if let Err(e) = prp::walk(&mem, prp1, prp2, data.len() as u64, page, true, &mut segs) {
@@ -545,7 +806,7 @@ impl Engine {
 
     /// Copies `len` bytes out of the host buffer PRP1/PRP2 describe.
     pub fn read_prp(&self, prp1: u64, prp2: u64, len: usize) -> (Status, Vec<u8>) {
-        let page = lock(&self.shared.queues).page_size;
+        let page = self.shared.page_size.load(Ordering::SeqCst);
         let mem = self.shared.mem.snapshot();
         let mut segs = Vec::new();
         if let Err(e) = prp::walk(&mem, prp1, prp2, len as u64, page, false, &mut segs) {
@@ -561,17 +822,17 @@ impl Engine {
 
     /// Posts the completion of deferred admin command `cid`.
     pub fn complete_admin(&self, cid: u16, status: Status, dw0: u32) -> Result<(), EngineError> {
-        let mut q = lock(&self.shared.queues);
+        let mut q = lock(&self.shared.workers[0].queues);
         let pos = q
             .admin_pending
             .iter()
             .position(|&c| c == cid)
             .ok_or(EngineError::NotDeferred { cid })?;
         q.admin_pending.swap_remove(pos);
-        let gen = q.generation;
+        let gen = self.shared.generation.load(Ordering::SeqCst);
         self.shared.post_admin(&mut q, gen, cid, status, dw0);
         let mut out = worker::Signals::default();
-        self.shared.decide_signals(&mut q, &mut out);
+        self.shared.decide_signals(0, &mut q, &mut out);
         drop(q);
         self.shared.deliver(&mut out);
         Ok(())
@@ -579,7 +840,7 @@ impl Engine {
 
     /// Forgets every deferred admin command; returns how many there were.
     pub fn drop_deferred(&self) -> usize {
-        let mut q = lock(&self.shared.queues);
+        let mut q = lock(&self.shared.workers[0].queues);
         let n = q.admin_pending.len();
         if let Some(cq) = q.cqs[0].as_mut() {
             cq.reserved = cq.reserved.saturating_sub(n as u32);
@@ -588,187 +849,38 @@ impl Engine {
         n
     }
 
-    // ---- interrupts ------------------------------------------------------
-
-    /// Attaches (Some) or detaches (None) the eventfd of `vector`.
-    pub fn set_vector_eventfd(&self, vector: u32, fd: Option<RawFd>) -> Result<(), EngineError> {
-        Ok(self.shared.vectors.set_eventfd(vector, fd)?)
-    }
-
-    /// Routes `vector` to KVM_SIGNAL_MSI on VM fd `vm_fd` (duplicated), with
-    /// the message address/data of its MSI-X table entry.
-    pub fn set_vector_kvm_msi(&self, vector: u32, vm_fd: RawFd) -> Result<(), EngineError> {
-        let vm = dup_fd(vm_fd)?;
-        Ok(self
-            .shared
-            .vectors
-            .set_notifier(vector, Some(Notifier::KvmMsi(vm)))?)
-    }
-
-    /// Routes `vector` to a callback (run on the worker, no lock held).
-    pub fn set_vector_callback(
-        &self,
-        vector: u32,
-        cb: Arc<dyn Fn(u32) + Send + Sync>,
-    ) -> Result<(), EngineError> {
-        Ok(self
-            .shared
-            .vectors
-            .set_notifier(vector, Some(Notifier::Callback(cb)))?)
-    }
-
-    /// Masks or unmasks `vector` (unmask with pending fires once).
-    pub fn mask_vector(&self, vector: u32, masked: bool) -> Result<(), EngineError> {
-        Ok(self.shared.vectors.set_masked(vector, masked)?)
-    }
-
-    /// Vectors with the pending bit set.
-    pub fn pending_vectors(&self) -> Vec<u32> {
-        self.shared.vectors.pending()
-    }
-
-    /// MSI-X table entry `vector`: (address, data, masked).
-    pub fn msix_entry(&self, vector: u32) -> Result<(u64, u32, bool), EngineError> {
-        Ok(self.shared.vectors.entry(vector)?)
-    }
-
-    /// Writes MSI-X table entry `vector`.
-    pub fn set_msix_entry(
-        &self,
-        vector: u32,
-        address: u64,
-        data: u32,
-        masked: bool,
-    ) -> Result<(), EngineError> {
-        Ok(self
-            .shared
-            .vectors
-            .set_entry(vector, address, data, masked)?)
-    }
-
-    /// Dword `field` (0, 4, 8, 12) of MSI-X table entry `vector`.
-    pub fn msix_table_dword(&self, vector: u32, field: u32) -> Result<u32, EngineError> {
-        Ok(self.shared.vectors.table_dword(vector, field)?)
-    }
-
-    /// Writes one dword of a table entry atomically with respect to
-    /// `mask_vector` (an unmask with pending delivers once).
-    pub fn write_msix_table_dword(
-        &self,
-        vector: u32,
-        field: u32,
-        value: u32,
-    ) -> Result<(), EngineError> {
-        Ok(self
-            .shared
-            .vectors
-            .write_table_dword(vector, field, value)?)
-    }
-
-    /// MSI-X Enable and Function Mask.
-    pub fn set_msix_control(&self, enabled: bool, function_masked: bool) {
-        self.shared.vectors.set_control(enabled, function_masked);
-    }
-
-    /// (MSI-X enabled, function masked).
-    pub fn msix_control(&self) -> (bool, bool) {
-        self.shared.vectors.control()
-    }
-
-    /// PCI reset of the MSI-X state (table, PBA, control).
-    pub fn msix_reset(&self) {
-        self.shared
-            .vectors
-            .reset(self.shared.cfg.msix_embedder_managed);
-    }
-
-    /// MSI-X, MSI or INTx delivery.
-    pub fn set_irq_mode(&self, mode: IrqMode) {
-        self.shared.vectors.set_mode(mode);
-        // The INTx level is computed by the worker: make it look now.
-        self.shared.doorbells.wake();
-    }
-
-    /// The delivery mode.
-    pub fn irq_mode(&self) -> IrqMode {
-        self.shared.vectors.mode()
-    }
-
-    /// INTMS (set bits mask vectors in MSI mode, the pin in INTx mode).
-    pub fn set_interrupt_mask(&self, mask: u32) {
-        self.shared.vectors.set_intms(mask);
-        self.shared.doorbells.wake();
-    }
-
-    /// The INTMS value.
-    pub fn interrupt_mask(&self) -> u32 {
-        self.shared.vectors.intms()
-    }
-
-    /// Wires INTx to a KVM-style eventfd pair (duplicated; None detaches).
-    pub fn set_intx_eventfds(
-        &self,
-        trigger: Option<RawFd>,
-        resample: Option<RawFd>,
-    ) -> Result<(), EngineError> {
-        let t = trigger.map(dup_fd).transpose()?;
-        let r = resample.map(dup_fd).transpose()?;
-        lock(&self.shared.queues).intx.set_eventfds(t, r);
-        Ok(())
-    }
-
-    /// Wires INTx level changes to a callback (run on the worker, no lock held).
-    pub fn set_intx_callback(&self, cb: Option<LevelCallback>) {
-        lock(&self.shared.queues).intx.set_callback(cb);
-    }
-
-    /// True while the INTx line is asserted.
-    pub fn intx_asserted(&self) -> bool {
-        lock(&self.shared.queues).intx.asserted()
-    }
-
-    /// Interrupt Coalescing (Feature 08h): THR (0's based) and TIME (100 us).
-    pub fn set_coalescing(&self, thr: u8, time: u8) {
-        lock(&self.shared.queues).coalesce.set(thr, time);
-        self.shared.doorbells.wake();
-    }
-
-    /// (THR, TIME).
-    pub fn coalescing(&self) -> (u8, u8) {
-        lock(&self.shared.queues).coalesce.get()
-    }
-
-    /// Coalescing Disable (Feature 09h CD) for `vector`.
-    pub fn set_coalescing_disabled(&self, vector: u32, disabled: bool) -> Result<(), EngineError> {
-        let count = self.shared.vectors.count();
-        let v = u16::try_from(vector)
-            .ok()
-            .filter(|v| *v < count)
-            .ok_or(IrqError::BadVector {
-                vector,
-                count: u32::from(count),
-            })?;
-        lock(&self.shared.queues).coalesce.set_disabled(v, disabled);
-        Ok(())
-    }
-
     // ---- observation -----------------------------------------------------
 
     /// Event counters by name.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        let (st, deferred, expired, asserts, deasserts) = {
-            let q = lock(&self.shared.queues);
-            (
-                q.stats,
-                q.coalesce.deferred,
-                q.coalesce.expired,
-                q.intx.assertions,
-                q.intx.deassertions,
-            )
+        let mut st = Stats::default();
+        let (mut deferred, mut expired) = (0, 0);
+        for w in self.shared.workers.iter() {
+            let q = lock(&w.queues);
+            let s = q.stats;
+            st.io_commands += s.io_commands;
+            st.admin_commands += s.admin_commands;
+            st.io_errors += s.io_errors;
+            st.batches += s.batches;
+            st.cq_full_stalls += s.cq_full_stalls;
+            st.sqe_fetch_errors += s.sqe_fetch_errors;
+            st.cqe_post_errors += s.cqe_post_errors;
+            st.sleeps += s.sleeps;
+            deferred += q.coalesce.deferred;
+            expired += q.coalesce.expired;
+        }
+        let (asserts, deasserts) = {
+            let l = lock(&self.shared.intx);
+            (l.assertions, l.deassertions)
         };
+        let wakeups: u64 = self
+            .shared
+            .workers
+            .iter()
+            .map(|w| w.waker.wakeups.load(Ordering::Relaxed))
+            .sum();
         let d = &self.shared.doorbells;
         let v = &self.shared.vectors;
-        let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         vec![
             ("io_commands", st.io_commands),
             ("admin_commands", st.admin_commands),
@@ -778,9 +890,12 @@ impl Engine {
             ("sqe_fetch_errors", st.sqe_fetch_errors),
             ("cqe_post_errors", st.cqe_post_errors),
             ("worker_sleeps", st.sleeps),
-            ("doorbell_writes", r(&d.writes)),
-            ("invalid_doorbell_writes", r(&d.invalid_writes)),
-            ("worker_wakeups", r(&d.wakeups)),
+            ("doorbell_writes", d.writes.load(Ordering::Relaxed)),
+            (
+                "invalid_doorbell_writes",
+                d.invalid_writes.load(Ordering::Relaxed),
+            ),
+            ("worker_wakeups", wakeups),
             ("interrupts", v.signals()),
             ("masked_notifications", v.masked_notifications()),
             ("unrouted_notifications", v.unrouted()),
@@ -792,14 +907,27 @@ impl Engine {
         ]
     }
 
-    /// SMART / Health counters.
+    /// SMART / Health counters, summed over the workers.
     pub fn smart(&self) -> Smart {
-        lock(&self.shared.queues).smart
+        let mut t = Smart::default();
+        for w in self.shared.workers.iter() {
+            let s = lock(&w.queues).smart;
+            t.bytes_read += s.bytes_read;
+            t.bytes_written += s.bytes_written;
+            t.host_read_commands += s.host_read_commands;
+            t.host_write_commands += s.host_write_commands;
+            t.media_errors += s.media_errors;
+        }
+        t
     }
 
-    /// Failed I/O commands since the last call, oldest first.
+    /// Failed I/O commands since the last call.
     pub fn take_errors(&self) -> Vec<ErrorEntry> {
-        lock(&self.shared.queues).errors.drain(..).collect()
+        let mut out = Vec::new();
+        for w in self.shared.workers.iter() {
+            out.extend(lock(&w.queues).errors.drain(..));
+        }
+        out
     }
 }
 
@@ -809,6 +937,7 @@ impl Drop for Engine {
     }
 }
 
+mod interrupts;
 mod worker;
 
 #[cfg(test)]

@@ -18,8 +18,11 @@ pub mod irq;
 pub mod mem;
 pub mod queue;
 pub mod spec;
+pub mod waker;
 
 #[cfg(feature = "python")]
 mod py;
 
-pub use engine::{AdminHandler, AdminOutcome, Engine, EngineConfig, EngineError, NamespaceSpec};
+pub use engine::{
+    AdminHandler, AdminOutcome, Engine, EngineConfig, EngineError, NamespaceSpec, Polling,
+};

@@ -58,7 +58,7 @@ def read_cmd(host: Host, opcode: int, length: int = 4096, **fields: int) -> tupl
 # -- opcodes and common fields --------------------------------------------------
 
 
-@pytest.mark.parametrize("opcode", [0x03, 0x07, 0x10, 0x11, 0x7C, 0x80, 0x81, 0xC0, 0xFF])
+@pytest.mark.parametrize("opcode", [0x03, 0x07, 0x10, 0x11, 0x7D, 0x80, 0x81, 0xC0, 0xFF])
 def test_unsupported_opcode(host: Host, opcode: int) -> None:
     assert_status(cmd(host, opcode), INVALID_OPCODE)
 
@@ -84,7 +84,7 @@ def test_identify_controller(host: Host, config: ControllerConfig) -> None:
     assert raw[76] == 0  # CMIC
     assert struct.unpack_from("<I", raw, 92)[0] == 0  # OAES
     assert raw[111] == 1  # CNTRLTYPE: I/O controller
-    assert ident.oacs == 0
+    assert ident.oacs == 1 << 8  # bit 8: Doorbell Buffer Config, nothing else
     assert ident.acl == 3
     assert ident.aerl == config.aerl
     assert raw[260] == 0x03  # FRMW: slot 1 read-only, one slot

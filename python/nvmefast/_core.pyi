@@ -60,8 +60,12 @@ class Engine:
     namespace IDs are 1-based in that order. ``backend`` is ``"ram"`` or ``"null"``.
     ``max_qid`` is the highest queue ID (admin queue 0 included) the engine
     will accept; ``mdts_bytes`` the largest data transfer (0 = unlimited).
-    ``poll_us`` is how long the worker polls after its last work before it
-    sleeps until a doorbell write. ``msix_embedder_managed``: the embedder
+    ``poll_us`` is how long an I/O worker polls after its last work before
+    it sleeps until a doorbell write (``polling="adaptive"``; ``"interrupt"``
+    never polls, ``"poll"`` never sleeps). ``iothreads`` I/O workers serve the
+    I/O queues (``affinity[i]`` is CQ ``i+1``'s iothread, the rest round
+    robin); the admin queue has its own worker. ``doorbell_stride`` is
+    ``4 << CAP.DSTRD`` bytes. ``msix_embedder_managed``: the embedder
     owns the MSI-X capability and table (vectors start enabled and
     unmasked); otherwise the device starts in the PCI reset state (MSI-X
     disabled, every table entry masked).
@@ -77,6 +81,10 @@ class Engine:
         mdts_bytes: int,
         poll_us: int,
         msix_embedder_managed: bool = True,
+        polling: str = "adaptive",
+        iothreads: int = 1,
+        affinity: Sequence[int] = ...,
+        doorbell_stride: int = 4,
     ) -> Engine: ...
     # lifecycle
     def start(self) -> None:
@@ -121,6 +129,18 @@ class Engine:
         an invalid doorbell register, 01h invalid doorbell write value) of an
         Error event the caller must report through AER.
         """
+    def doorbell_page_fd(self) -> tuple[int, int]:
+        """A new fd of the doorbell page (caller closes it) and its length."""
+    def set_doorbell_eventfd(self, index: int, fd: int | None) -> None:
+        """An ioeventfd for doorbell ``index`` (duplicated); None detaches."""
+    def set_shadow_doorbells(self, db: int, ei: int) -> int:
+        """Doorbell Buffer Config: shadow buffer and EventIdx buffer; returns an NVMe status."""
+    @property
+    def shadow_doorbells(self) -> tuple[int, int] | None: ...
+    def set_event_handler(self, handler: Callable[[int], object] | None) -> None:
+        """Called with an AER info code when a worker finds an invalid doorbell value in memory."""
+    def iothread_of(self, qid: int) -> int | None:
+        """The iothread (0-based) serving queue ``qid``; None for the admin queue or none."""
     # admin data movement and completion
     def write_prp(self, prp1: int, prp2: int, data: bytes) -> int:
         """Copy ``data`` to the host buffer the PRPs describe; returns an NVMe status."""

@@ -115,6 +115,15 @@ class ControllerConfig:
       a BAR of their own, reached through ``Controller.msix_bar_read`` /
       ``msix_bar_write``. With a device table, MSI-X starts in the PCI
       reset state (disabled, every entry masked) until the host enables it.
+    - ``iothreads``: I/O worker threads (1..64). The admin queue has a
+      worker of its own that only wakes for admin doorbells.
+    - ``iothread_affinity``: explicit CQ-to-iothread mapping, a sequence
+      whose item ``i`` is the iothread (0-based) of CQ ``i + 1``; CQs past
+      its end are assigned round robin. SQs go with their CQ.
+    - ``polling``: ``"adaptive"`` (poll ``poll_us`` after the last work,
+      then sleep until a doorbell), ``"interrupt"`` (never poll) or
+      ``"poll"`` (never sleep: for benchmarks and doorbell pages written
+      without an ioeventfd).
     """
 
     namespaces: Sequence[NamespaceConfig] = (NamespaceConfig(),)
@@ -130,6 +139,9 @@ class ControllerConfig:
     aerl: int = 3
     volatile_write_cache: bool = True
     msix_bar: int | None = None
+    iothreads: int = 1
+    iothread_affinity: Sequence[int] = ()
+    polling: str = "adaptive"
 
     def __post_init__(self) -> None:
         namespaces = self.namespaces
@@ -167,6 +179,21 @@ class ControllerConfig:
         _check_int("ControllerConfig.aerl", self.aerl, 0, 255)
         if self.msix_bar is not None:
             _check_int("ControllerConfig.msix_bar", self.msix_bar, 0, 5)
+        _check_int("ControllerConfig.iothreads", self.iothreads, 1, 64)
+        if isinstance(self.iothread_affinity, (str, bytes)) or not isinstance(self.iothread_affinity, Sequence):
+            raise ConfigError("ControllerConfig.iothread_affinity must be a sequence of iothread indexes")
+        object.__setattr__(self, "iothread_affinity", tuple(self.iothread_affinity))
+        if len(self.iothread_affinity) > self.max_io_queue_pairs:
+            raise ConfigError(
+                f"ControllerConfig.iothread_affinity maps {len(self.iothread_affinity)} CQs, "
+                f"more than max_io_queue_pairs ({self.max_io_queue_pairs})"
+            )
+        for i, t in enumerate(self.iothread_affinity):
+            _check_int(f"ControllerConfig.iothread_affinity[{i}]", t, 0, self.iothreads - 1)
+        if self.polling not in ("adaptive", "interrupt", "poll"):
+            raise ConfigError(
+                f"ControllerConfig.polling must be 'adaptive', 'interrupt' or 'poll', got {self.polling!r}"
+            )
         if not isinstance(self.volatile_write_cache, bool):
             raise ConfigError(
                 "ControllerConfig.volatile_write_cache must be a bool, "

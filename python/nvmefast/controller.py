@@ -54,6 +54,10 @@ class Controller:
             mdts_bytes=cfg.mdts_bytes,
             poll_us=cfg.poll_us,
             msix_embedder_managed=cfg.msix_bar is None,
+            polling=cfg.polling,
+            iothreads=cfg.iothreads,
+            affinity=list(cfg.iothread_affinity),
+            doorbell_stride=4 << cfg.doorbell_stride,
         )
         self._admin = Admin(cfg, self._engine)
         self._registers = Registers(cfg, self._engine, self._admin)
@@ -66,6 +70,9 @@ class Controller:
         else:
             self._msix = None
         self._engine.set_admin_handler(self._admin.handle)
+        # Invalid values a worker finds in the doorbell page or the shadow
+        # buffer (no MMIO write to refuse) are reported like refused writes.
+        self._engine.set_event_handler(self._registers.doorbell_event)
         self._engine.start()
 
     # -- lifecycle -----------------------------------------------------------
@@ -159,6 +166,34 @@ class Controller:
         """Write ``size`` (1, 2, 4 or 8) bytes of ``value`` to BAR0 at ``offset``."""
         self._live()
         self._registers.write(offset, value, size)
+
+    # -- doorbells ---------------------------------------------------------------
+
+    def doorbell_page_fd(self) -> tuple[int, int]:
+        """A new fd of the doorbell page and its length; the caller closes the fd.
+
+        The page holds the doorbell registers as BAR0 lays them out from
+        1000h (SQ y tail at ``2y * stride``, CQ y head at ``(2y+1) * stride``,
+        stride ``4 << doorbell_stride``). A vfio-user server offers it to the
+        client as a sparse-mmap area at BAR0 offset 1000h: the client's
+        doorbell writes then land here with no message, and the workers pick
+        them up (poll with ``polling="poll"``, or pair it with ioeventfds).
+        """
+        return self._live().doorbell_page_fd()
+
+    def set_doorbell_eventfd(self, index: int, fd: int | None) -> None:
+        """Wake the worker when ``fd`` is written: an ioeventfd for doorbell ``index``
+        (SQ y tail = 2y, CQ y head = 2y + 1). An eventfd carries no value: the
+        worker reads it from the shadow doorbell buffer or the doorbell page.
+        ``fd`` is duplicated; None detaches."""
+        engine = self._live()
+        if not isinstance(index, int) or index < 0:
+            raise VectorError(f"doorbell index must be a non-negative int, got {index!r}")
+        engine.set_doorbell_eventfd(index, fd)
+
+    def iothread_of(self, qid: int) -> int | None:
+        """The iothread (0-based) serving I/O queue ``qid``, or None."""
+        return self._live().iothread_of(qid)
 
     # -- interrupts ------------------------------------------------------------
 

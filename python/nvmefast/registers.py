@@ -230,6 +230,11 @@ class Registers:
         if info is not None and self.csts & CSTS_RDY:
             self.admin.report_error_event(info)
 
+    def doorbell_event(self, info: int) -> None:
+        """A worker found an invalid doorbell value in memory (page or shadow)."""
+        if self.csts & CSTS_RDY:
+            self.admin.report_error_event(info)
+
     # -- CC state machine ----------------------------------------------------
 
     def _write_cc(self, value: int) -> None:

@@ -128,7 +128,7 @@ def build_identify_controller(config: ControllerConfig) -> bytes:
     struct.pack_into("<I", buf, 80, NVME_VERSION)
     struct.pack_into("<I", buf, 92, 0)  # OAES: no optional notices
     buf[111] = _CNTRLTYPE_IO
-    struct.pack_into("<H", buf, 256, 0)  # OACS: no optional admin commands
+    struct.pack_into("<H", buf, 256, 1 << 8)  # OACS: Doorbell Buffer Config
     buf[258] = ACL
     buf[259] = config.aerl
     buf[260] = _FRMW

@@ -4,6 +4,7 @@
 use super::*;
 use crate::driver::{HostQueue, MockHost};
 use crate::irq::tests::{drain, eventfd};
+use crate::irq::IrqMode;
 use crate::spec::opcode::io as op;
 use crate::spec::Cqe;
 use std::os::fd::AsRawFd;
@@ -23,6 +24,10 @@ fn engine(managed: bool) -> Engine {
         mdts_bytes: 0,
         poll_us: 50,
         msix_embedder_managed: managed,
+        polling: Polling::Adaptive,
+        iothreads: 1,
+        affinity: Vec::new(),
+        doorbell_stride: 4,
     })
     .unwrap()
 }

@@ -29,6 +29,10 @@ fn engine(poll_us: u64, mdts_bytes: u64) -> Engine {
         mdts_bytes,
         poll_us,
         msix_embedder_managed: true,
+        polling: Polling::Adaptive,
+        iothreads: 1,
+        affinity: Vec::new(),
+        doorbell_stride: 4,
     })
     .unwrap()
 }

@@ -1,15 +1,18 @@
-//! The worker: one pass fetches and executes what every SQ holds, posts the
-//! completions, then decides interrupts (coalescing, INTx level) under the
-//! queue lock; deliveries run after the lock is dropped, so a callback
-//! notifier (Python) can never deadlock against an API call that takes it.
+//! The workers: one pass fetches and executes what every SQ of this worker
+//! holds, posts the completions, then decides interrupts (coalescing, the
+//! INTx level) under the worker's queue lock; deliveries run after the lock
+//! is dropped, so a callback notifier (Python) can never deadlock against an
+//! API call that takes it.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{lock, AdminOutcome, ErrorEntry, Queues, Shared, ERROR_RING, SQ_BURST};
+use super::{lock, AdminOutcome, ErrorEntry, Polling, Queues, Shared, ERROR_RING, SQ_BURST};
 use crate::cmd::io::{self, IoContext};
+use crate::doorbell::Shadow;
 use crate::intx::LevelCallback;
 use crate::irq::IrqMode;
+use crate::mem::MemoryMap;
 use crate::spec::{Cqe, Sqe, Status};
 
 /// What a pass leaves to deliver once the queue lock is dropped.
@@ -17,12 +20,79 @@ use crate::spec::{Cqe, Sqe, Status};
 pub(super) struct Signals {
     vectors: Vec<u16>,
     intx: Option<(LevelCallback, bool)>,
+    /// AER info codes of invalid doorbell values found in memory.
+    events: Vec<u8>,
 }
 
+/// Info code of "Invalid Doorbell Write Value" (NVMe Base 2.0, Figure 150).
+const INVALID_DOORBELL_VALUE: u8 = 0x01;
+
 impl Shared {
+    /// Wakes every worker (stop, mode changes, shadow reconfiguration).
+    pub(super) fn wake_all(&self) {
+        for w in self.workers.iter() {
+            w.waker.wake();
+        }
+    }
+
+    /// The SQ tail the host published, checked against the queue size. A
+    /// value written straight into the doorbell page or the shadow buffer
+    /// was never validated by an MMIO write: out of range, it is reported
+    /// once (an Error event, Invalid Doorbell Write Value) and ignored.
+    #[inline]
+    fn sq_tail(
+        &self,
+        mem: &MemoryMap,
+        shadow: Option<Shadow>,
+        q: &mut Queues,
+        qid: u16,
+        out: &mut Signals,
+    ) -> u32 {
+        let raw = self.doorbells.read(mem, shadow, usize::from(qid) * 2);
+        let Some(sq) = q.sqs[usize::from(qid)].as_mut() else {
+            return 0;
+        };
+        if raw < sq.size {
+            sq.tail = raw;
+        } else if sq.bad_tail != Some(raw) {
+            sq.bad_tail = Some(raw);
+            self.doorbells
+                .invalid_writes
+                .fetch_add(1, Ordering::Relaxed);
+            out.events.push(INVALID_DOORBELL_VALUE);
+        }
+        sq.tail
+    }
+
+    /// The CQ head the host published, checked like `sq_tail`.
+    #[inline]
+    fn cq_head(
+        &self,
+        mem: &MemoryMap,
+        shadow: Option<Shadow>,
+        q: &mut Queues,
+        cqid: u16,
+        out: &mut Signals,
+    ) -> u32 {
+        let raw = self.doorbells.read(mem, shadow, usize::from(cqid) * 2 + 1);
+        let Some(cq) = q.cqs[usize::from(cqid)].as_mut() else {
+            return 0;
+        };
+        if raw < cq.size {
+            cq.head = raw;
+        } else if cq.bad_head != Some(raw) {
+            cq.bad_head = Some(raw);
+            self.doorbells
+                .invalid_writes
+                .fetch_add(1, Ordering::Relaxed);
+            out.events.push(INVALID_DOORBELL_VALUE);
+        }
+        cq.head
+    }
+
     /// Posts an admin completion to CQ 0 unless a reset intervened.
     pub(super) fn post_admin(&self, q: &mut Queues, gen: u64, cid: u16, status: Status, dw0: u32) {
-        if gen != q.generation {
+        if gen != self.generation.load(Ordering::SeqCst) {
             return;
         }
         let sqhd = q.sqs[0].as_ref().map_or(0, |s| s.head as u16);
@@ -38,7 +108,7 @@ impl Shared {
 
     /// Turns the entries posted since the last call into interrupt
     /// decisions: one per CQ per pass, through coalescing, or the INTx level.
-    pub(super) fn decide_signals(&self, q: &mut Queues, out: &mut Signals) {
+    pub(super) fn decide_signals(&self, w: usize, q: &mut Queues, out: &mut Signals) {
         let mode = self.vectors.mode();
         let mut fresh = false;
         for &cqid in &q.active_cqs {
@@ -64,15 +134,29 @@ impl Shared {
         }
         q.coalesce.expire(&mut out.vectors);
         if mode == IrqMode::Intx {
-            let level = self.vectors.intms() & 1 == 0
-                && q.active_cqs.iter().any(|&cqid| {
-                    q.cqs[usize::from(cqid)].as_ref().is_some_and(|cq| {
-                        cq.ien
-                            && cq.tail != self.doorbells.value(usize::from(cqid) * 2 + 1) % cq.size
-                    })
-                });
-            out.intx = q.intx.update(level, fresh);
-            q.intx.poll_resample();
+            let mem = self.mem.snapshot();
+            let shadow = self.doorbells.shadow();
+            let ids: Vec<u16> = q.active_cqs.clone();
+            let mut level = false;
+            for cqid in ids {
+                let head = self.cq_head(&mem, shadow, q, cqid, out);
+                if q.cqs[usize::from(cqid)]
+                    .as_ref()
+                    .is_some_and(|cq| cq.ien && cq.tail != head)
+                {
+                    level = true;
+                }
+            }
+            q.intx_level = level;
+            self.workers[w].intx_level.store(level, Ordering::SeqCst);
+            let line = self.vectors.intms() & 1 == 0
+                && self
+                    .workers
+                    .iter()
+                    .any(|w| w.intx_level.load(Ordering::SeqCst));
+            let mut intx = lock(&self.intx);
+            out.intx = intx.update(line, fresh);
+            intx.poll_resample();
         }
     }
 
@@ -84,35 +168,47 @@ impl Shared {
         if let Some((cb, level)) = out.intx.take() {
             cb(level);
         }
+        if !out.events.is_empty() {
+            let handler = lock(&self.events).clone();
+            for info in out.events.drain(..) {
+                if let Some(h) = &handler {
+                    h(info);
+                }
+            }
+        }
     }
 
-    /// One pass over every SQ. Returns the number of commands fetched.
-    fn process(&self, admin: &mut Vec<Sqe>, out: &mut Signals) -> (usize, u64) {
-        let mut guard = lock(&self.queues);
+    /// One pass over every SQ of worker `w`. Returns the number of commands fetched.
+    fn process(&self, w: usize, admin: &mut Vec<Sqe>, out: &mut Signals) -> usize {
+        let mut guard = lock(&self.workers[w].queues);
         let q = &mut *guard;
-        let gen = q.generation;
         if self.fatal.load(Ordering::Relaxed) || q.active_sqs.is_empty() {
-            return (0, gen);
+            return 0;
         }
         let mem = self.mem.snapshot();
+        let shadow = self.doorbells.shadow();
+        let page_size = self.page_size.load(Ordering::Relaxed);
         let mut done = 0usize;
         let mut failed = false;
         for k in 0..q.active_sqs.len() {
             let qid = q.active_sqs[k];
+            let tail = self.sq_tail(&mem, shadow, q, qid, out);
+            let Some(cqid) = q.sqs[usize::from(qid)].as_ref().map(|s| s.cqid) else {
+                continue;
+            };
+            let head = self.cq_head(&mem, shadow, q, cqid, out);
             let Some(sq) = q.sqs[usize::from(qid)].as_mut() else {
                 continue;
             };
-            let tail = self.doorbells.value(usize::from(qid) * 2);
             let mut burst = 0;
             while burst < SQ_BURST && sq.available(tail) > 0 {
-                let cqid = sq.cqid;
                 let Some(cq) = q.cqs[usize::from(cqid)].as_mut() else {
                     break;
                 };
                 // Flow control on the submission side (as SPDK does): a
                 // command is fetched only with a CQ slot promised to it, so
                 // the CQ can never overflow, whatever the host does.
-                if !cq.reserve(self.doorbells.value(usize::from(cqid) * 2 + 1)) {
+                if !cq.reserve(head) {
                     q.stats.cq_full_stalls += 1;
                     break;
                 }
@@ -137,7 +233,7 @@ impl Shared {
                 let mut ctx = IoContext {
                     mem: &mem,
                     namespaces: &self.namespaces,
-                    page_size: q.page_size,
+                    page_size,
                     mdts_bytes: self.cfg.mdts_bytes,
                     segs: &mut q.segs,
                     smart: &mut q.smart,
@@ -171,31 +267,75 @@ impl Shared {
                 break;
             }
         }
-        self.decide_signals(q, out);
+        self.decide_signals(w, q, out);
         if failed {
             self.fatal.store(true, Ordering::SeqCst);
         }
         if done > 0 {
             q.stats.batches += 1;
         }
-        (done, gen)
+        done
     }
 
-    /// Before sleeping: is there work, and how long may we sleep?
-    fn sleep_plan(&self) -> (bool, Duration) {
-        let q = lock(&self.queues);
-        let work = q.active_sqs.iter().any(|&qid| {
-            q.sqs[usize::from(qid)]
+    /// Before sleeping: publish EventIdx (so the host's next doorbell write
+    /// rings MMIO or its ioeventfd), then look again for work, and say how
+    /// long the worker may sleep.
+    fn sleep_plan(&self, w: usize, out: &mut Signals) -> (bool, Duration) {
+        let mut guard = lock(&self.workers[w].queues);
+        let q = &mut *guard;
+        let mem = self.mem.snapshot();
+        let shadow = self.doorbells.shadow();
+        if let Some(sh) = shadow {
+            // EventIdx = the value we have seen: the host rings for the next
+            // one (its check is new - EventIdx - 1 < new - old). A stale
+            // EventIdx while we poll is deliberate: the host then does not
+            // ring at all, which is the point of shadow doorbells.
+            for &qid in &q.active_sqs {
+                if let Some(sq) = q.sqs[usize::from(qid)].as_ref() {
+                    self.doorbells
+                        .set_event_idx(&mem, sh, usize::from(qid) * 2, sq.tail);
+                }
+            }
+            // The CQ side too: with a full CQ we wait for the host's head
+            // update, and it must ring for it (QEMU once missed this and
+            // hung guests).
+            for &cqid in &q.active_cqs {
+                if let Some(cq) = q.cqs[usize::from(cqid)].as_ref() {
+                    self.doorbells
+                        .set_event_idx(&mem, sh, usize::from(cqid) * 2 + 1, cq.head);
+                }
+            }
+            // SeqCst fence: the EventIdx stores above are ordered before the
+            // doorbell re-reads below, pairing with the host's "write
+            // doorbell; mb(); read EventIdx" (Linux nvme_dbbuf_update_and_check_event):
+            // either the host sees our EventIdx and rings, or we see its value.
+            fence(Ordering::SeqCst);
+        }
+        let ids: Vec<u16> = q.active_sqs.clone();
+        let mut work = false;
+        for qid in ids {
+            let tail = self.sq_tail(&mem, shadow, q, qid, out);
+            let Some(cqid) = q.sqs[usize::from(qid)].as_ref().map(|s| s.cqid) else {
+                continue;
+            };
+            let head = self.cq_head(&mem, shadow, q, cqid, out);
+            let has = q.sqs[usize::from(qid)]
                 .as_ref()
-                .is_some_and(|sq| sq.available(self.doorbells.value(usize::from(qid) * 2)) > 0)
-        });
+                .is_some_and(|sq| sq.available(tail) > 0);
+            let room = q.cqs[usize::from(cqid)]
+                .as_ref()
+                .is_some_and(|cq| cq.free_slots(head) > 0);
+            if has && room {
+                work = true;
+            }
+        }
         let mut nap = Duration::from_millis(500);
         if let Some(d) = q.coalesce.next_deadline() {
             nap = nap.min(d.saturating_duration_since(Instant::now()));
         }
-        if q.intx.asserted() && q.intx.has_resample() {
-            // The resample eventfd has no wake-up path into park(): look at
-            // it every millisecond while the line is high.
+        if q.intx_level && lock(&self.intx).has_resample() {
+            // The resample eventfd has no wake-up path into the epoll set
+            // (KVM owns it): look at it every millisecond while the line is high.
             nap = nap.min(Duration::from_millis(1));
         }
         (work, nap)
@@ -212,7 +352,7 @@ impl Shared {
                 },
             };
             {
-                let mut q = lock(&self.queues);
+                let mut q = lock(&self.workers[0].queues);
                 q.stats.admin_commands += 1;
                 if let AdminOutcome::Complete { status, dw0 } = outcome {
                     // Absent when complete_admin already posted it, or a reset
@@ -222,21 +362,29 @@ impl Shared {
                         self.post_admin(&mut q, gen, sqe.cid(), status, dw0);
                     }
                 }
-                self.decide_signals(&mut q, out);
+                self.decide_signals(0, &mut q, out);
             }
             self.deliver(out);
         }
     }
 }
 
-pub(super) fn worker_loop(s: &Shared) {
+/// The loop of worker `w` (0: admin, never polls; others: I/O, per `Polling`).
+pub(super) fn worker_loop(s: &Shared, w: usize) {
+    let polling = if w == 0 {
+        Polling::Interrupt
+    } else {
+        s.cfg.polling
+    };
     let poll = Duration::from_micros(s.cfg.poll_us);
+    let waker = &s.workers[w].waker;
     let mut admin = Vec::new();
     let mut out = Signals::default();
     let mut last_work = Instant::now();
     let mut idle_spins = 0u32;
     while !s.stop.load(Ordering::Relaxed) {
-        let (n, gen) = s.process(&mut admin, &mut out);
+        let gen = s.generation.load(Ordering::SeqCst);
+        let n = s.process(w, &mut admin, &mut out);
         s.deliver(&mut out);
         if !admin.is_empty() {
             s.run_admin(&mut admin, gen, &mut out);
@@ -246,33 +394,42 @@ pub(super) fn worker_loop(s: &Shared) {
             continue;
         }
         idle_spins += 1;
-        // Reading the clock costs more than a pass over idle queues: look at
-        // it every 64 empty passes.
-        if idle_spins % 64 != 0 {
-            std::hint::spin_loop();
-            continue;
-        }
-        if idle_spins == 64 {
-            last_work = Instant::now();
-        }
-        if last_work.elapsed() < poll {
-            if idle_spins % 256 == 0 {
-                // A poller sharing its core with the thread that produces its
-                // work (the host, on an oversubscribed machine) must not burn
-                // that thread's time slice: offer the core now and then.
-                std::thread::yield_now();
+        match polling {
+            Polling::Interrupt => {}
+            Polling::Poll | Polling::Adaptive => {
+                // Reading the clock costs more than a pass over idle queues:
+                // look at it every 64 empty passes.
+                if idle_spins % 64 != 0 {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                if idle_spins == 64 {
+                    last_work = Instant::now();
+                }
+                if polling == Polling::Poll || last_work.elapsed() < poll {
+                    if idle_spins % 256 == 0 {
+                        // A poller sharing its core with the thread that
+                        // produces its work (the host, on an oversubscribed
+                        // machine) must not burn that thread's time slice.
+                        std::thread::yield_now();
+                    }
+                    // A coalescing deadline or INTx resample still needs
+                    // passes while we poll: process() runs them.
+                    continue;
+                }
             }
-            continue;
         }
-        // Adaptive polling ran out: sleep until a doorbell write (or a
-        // coalescing deadline, or an INTx resample check).
-        s.doorbells.prepare_sleep();
-        let (work, nap) = s.sleep_plan();
-        if !work && !s.stop.load(Ordering::SeqCst) {
-            lock(&s.queues).stats.sleeps += 1;
-            std::thread::park_timeout(nap);
+        // Sleep until a doorbell write, an ioeventfd, a coalescing deadline
+        // or an INTx resample check.
+        waker.prepare_sleep();
+        let (work, nap) = s.sleep_plan(w, &mut out);
+        s.deliver(&mut out);
+        if work || s.stop.load(Ordering::SeqCst) {
+            waker.cancel_sleep();
+        } else {
+            lock(&s.workers[w].queues).stats.sleeps += 1;
+            waker.sleep(nap);
         }
-        s.doorbells.end_sleep();
         idle_spins = 0;
     }
 }

@@ -10,7 +10,9 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
 
 use crate::driver::{bench, floor, irqcost, HostMemory, HostQueue};
-use crate::engine::{AdminHandler, AdminOutcome, Engine, EngineConfig, EngineError, NamespaceSpec};
+use crate::engine::{
+    AdminHandler, AdminOutcome, Engine, EngineConfig, EngineError, NamespaceSpec, Polling,
+};
 use crate::irq::{dup_fd, IrqMode, Notifier};
 use crate::spec::{Sqe, Status};
 
@@ -109,7 +111,9 @@ fn to_py(py: Python<'_>, e: EngineError) -> PyErr {
         EngineError::Config(_) | EngineError::Backend(_) => raise(py, |x| &x.config, msg),
         EngineError::Mem(_) => raise(py, |x| &x.dma, msg),
         EngineError::Queue(_) | EngineError::NotDeferred { .. } => raise(py, |x| &x.queue, msg),
-        EngineError::Irq(_) => raise(py, |x| &x.vector, msg),
+        EngineError::Irq(_) | EngineError::Waker(_) | EngineError::BadDoorbell { .. } => {
+            raise(py, |x| &x.vector, msg)
+        }
         EngineError::Spawn(_) => raise(py, |x| &x.state, msg),
     }
 }
@@ -163,7 +167,7 @@ struct PyEngine {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (*, namespaces, msix_vectors, max_qid, max_queue_entries, mdts_bytes, poll_us, msix_embedder_managed=true))]
+    #[pyo3(signature = (*, namespaces, msix_vectors, max_qid, max_queue_entries, mdts_bytes, poll_us, msix_embedder_managed=true, polling="adaptive", iothreads=1, affinity=Vec::new(), doorbell_stride=4))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -174,7 +178,22 @@ impl PyEngine {
         mdts_bytes: u64,
         poll_us: u64,
         msix_embedder_managed: bool,
+        polling: &str,
+        iothreads: u16,
+        affinity: Vec<u16>,
+        doorbell_stride: u32,
     ) -> PyResult<Self> {
+        let polling = match polling {
+            "adaptive" => Polling::Adaptive,
+            "interrupt" => Polling::Interrupt,
+            "poll" => Polling::Poll,
+            other => {
+                return Err(config_err(
+                    py,
+                    format!("polling {other:?} must be \"adaptive\", \"interrupt\" or \"poll\""),
+                ))
+            }
+        };
         let cfg = EngineConfig {
             namespaces: namespaces
                 .into_iter()
@@ -190,6 +209,10 @@ impl PyEngine {
             mdts_bytes,
             poll_us,
             msix_embedder_managed,
+            polling,
+            iothreads,
+            affinity,
+            doorbell_stride,
         };
         Ok(PyEngine {
             inner: Engine::new(cfg).map_err(|e| to_py(py, e))?,
@@ -200,7 +223,7 @@ impl PyEngine {
         // The worker attaches once and detaches for its whole life: it keeps
         // a thread state, so each admin handler or Python notifier call only
         // re-takes the GIL (a fresh thread state per call costs ~20 us).
-        let wrap: crate::engine::WorkerWrapper = Box::new(|body| {
+        let wrap: crate::engine::WorkerWrapper = Arc::new(|body| {
             Python::attach(|py| py.detach(body));
         });
         self.inner.start_with(Some(wrap)).map_err(|e| to_py(py, e))
@@ -217,6 +240,7 @@ impl PyEngine {
             self.inner.clear_dma();
         });
         self.inner.set_admin_handler(None);
+        self.inner.set_event_handler(None);
     }
 
     #[getter]
@@ -310,6 +334,48 @@ impl PyEngine {
 
     fn cq_in_use(&self, qid: u64) -> bool {
         u16::try_from(qid).is_ok_and(|q| self.inner.cq_in_use(q))
+    }
+
+    fn doorbell_page_fd(&self, py: Python<'_>) -> PyResult<(i32, usize)> {
+        use std::os::fd::IntoRawFd;
+        let (fd, len) = self.inner.doorbell_page();
+        let owned = dup_fd(fd).map_err(|e| raise(py, |x| &x.state, e.to_string()))?;
+        Ok((owned.into_raw_fd(), len))
+    }
+
+    fn set_doorbell_eventfd(&self, py: Python<'_>, index: u32, fd: Option<i32>) -> PyResult<()> {
+        self.inner
+            .set_doorbell_eventfd(index, fd)
+            .map_err(|e| to_py(py, e))
+    }
+
+    fn set_shadow_doorbells(&self, py: Python<'_>, db: u64, ei: u64) -> u16 {
+        py.detach(|| self.inner.set_shadow_doorbells(db, ei))
+            .field()
+    }
+
+    #[getter]
+    fn shadow_doorbells(&self) -> Option<(u64, u64)> {
+        self.inner.shadow_doorbells()
+    }
+
+    fn set_event_handler(&self, handler: Option<Py<PyAny>>) {
+        let cb = handler.map(|h| {
+            Arc::new(move |info: u8| {
+                Python::attach(|py| {
+                    if let Err(e) = h.call1(py, (info,)) {
+                        e.print(py);
+                    }
+                })
+            }) as crate::engine::EventCallback
+        });
+        self.inner.set_event_handler(cb);
+    }
+
+    fn iothread_of(&self, qid: u64) -> Option<usize> {
+        u16::try_from(qid)
+            .ok()
+            .and_then(|q| self.inner.iothread_of(q))
     }
 
     fn doorbell_write(&self, index: u64, value: u64) -> Option<u8> {

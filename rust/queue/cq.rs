@@ -29,6 +29,10 @@ pub struct CompletionQueue {
     pub sqs: u32,
     /// Entries posted since the last interrupt decision.
     pub unsignalled: u32,
+    /// The last valid head the host published.
+    pub head: u32,
+    /// An invalid head already reported (so it is reported once).
+    pub bad_head: Option<u32>,
 }
 
 impl CompletionQueue {
@@ -49,6 +53,8 @@ impl CompletionQueue {
             reserved: 0,
             sqs: 0,
             unsignalled: 0,
+            head: 0,
+            bad_head: None,
         })
     }
 

@@ -15,6 +15,10 @@ pub struct SubmissionQueue {
     pub head: u32,
     /// The completion queue this SQ posts to.
     pub cqid: u16,
+    /// The last valid tail the host published.
+    pub tail: u32,
+    /// An invalid tail already reported (so it is reported once).
+    pub bad_tail: Option<u32>,
 }
 
 impl SubmissionQueue {
@@ -30,6 +34,8 @@ impl SubmissionQueue {
             size,
             head: 0,
             cqid,
+            tail: 0,
+            bad_tail: None,
         })
     }
 

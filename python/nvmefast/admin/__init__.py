@@ -20,6 +20,7 @@ from collections.abc import Callable
 from nvmefast._core import Engine
 from nvmefast.admin.abort import abort
 from nvmefast.admin.aer import AsyncEvent, AsyncEvents, AsyncEventType, async_event_request
+from nvmefast.admin.doorbell_buffer import doorbell_buffer_config
 from nvmefast.admin.command import CDW0, AdminCommand, Reject, Result, param_location
 from nvmefast.admin.features import Features, get_features, set_features
 from nvmefast.admin.identify import identify
@@ -52,6 +53,8 @@ class Opcode:
     """Identify."""
     ABORT = 0x08
     """Abort."""
+    DOORBELL_BUFFER_CONFIG = 0x7C
+    """Doorbell Buffer Config (shadow doorbells)."""
     SET_FEATURES = 0x09
     """Set Features."""
     GET_FEATURES = 0x0A
@@ -73,6 +76,7 @@ _HANDLERS: dict[int, Handler] = {
     Opcode.SET_FEATURES: set_features,
     Opcode.GET_FEATURES: get_features,
     Opcode.ASYNC_EVENT_REQUEST: async_event_request,
+    Opcode.DOORBELL_BUFFER_CONFIG: doorbell_buffer_config,
 }
 
 
