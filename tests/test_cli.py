@@ -81,3 +81,29 @@ def test_bench_irq_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     # QD 1 never reaches THR 8: each completion waits for TIME (200 us).
     assert rows[("THR 8, TIME 200 us", 1)]["mean_us"] > 150
     assert rows[("off", 1)]["deliveries_per_io"] == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.parametrize("doorbell", ["mmio", "shadow", "page", "ioeventfd"])
+def test_bench_doorbell_modes(doorbell: str, tmp_path: Path) -> None:
+    out = tmp_path / "db.json"
+    argv = ["bench", "--qd", "1,16", "--seconds", "0.2", "--size", "16M", "--backend", "null"]
+    assert main(argv + ["--doorbell", doorbell, "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    for p in data["points"]:
+        assert p["errors"] == 0 and p["ios"] > 0
+        if doorbell in ("page", "ioeventfd"):
+            assert p["mmio_doorbells_per_io"] == 0, "page and ioeventfd modes make no MMIO write"
+        elif doorbell == "mmio":
+            assert p["mmio_doorbells_per_io"] == pytest.approx(p["doorbells_per_io"])
+        else:
+            # EventIdx lets the host skip rings: fewer MMIO writes than doorbell updates.
+            assert p["mmio_doorbells_per_io"] < p["doorbells_per_io"]
+
+
+def test_bench_two_iothreads(tmp_path: Path) -> None:
+    out = tmp_path / "io2.json"
+    argv = ["bench", "--qd", "4", "--seconds", "0.2", "--size", "16M", "--backend", "null", "--iothreads", "2"]
+    assert main(argv + ["--mode", "poll", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["config"]["iothreads"] == 2
+    assert all(p["errors"] == 0 and p["ios"] > 0 for p in data["points"])

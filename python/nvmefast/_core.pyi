@@ -243,6 +243,11 @@ def bench_io(
     eventfd: int | None,
     workload: str = "randread",
     ring_each: bool = False,
+    doorbell: str = "mmio",
+    shadow: tuple[int, int] | None = None,
+    page_fd: tuple[int, int] | None = None,
+    doorbell_eventfds: tuple[int, int] | None = None,
+    doorbell_stride: int = 4,
 ) -> dict[str, float]:
     """Drive one I/O queue pair from a Rust host thread.
 

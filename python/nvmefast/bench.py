@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,8 @@ from typing import Any
 from nvmefast import _core
 from nvmefast.config import ControllerConfig, NamespaceConfig
 from nvmefast.controller import Controller
-from nvmefast.testing import Host
+from nvmefast.errors import StateError
+from nvmefast.testing import Host, build_sqe
 
 __all__ = ["BenchConfig", "BenchSession", "Floors", "Point", "format_table", "measure_floors", "point_from", "run_bench"]
 
@@ -41,6 +43,12 @@ class BenchConfig:
     size_bytes: int = 1 << 30
     lba_size: int = 512
     poll_us: int = 50
+    doorbell: str = "mmio"
+    """mmio, shadow (Doorbell Buffer Config + EventIdx), page (the shared
+    doorbell page, workers poll) or ioeventfd (page + an eventfd per doorbell)."""
+    iothreads: int = 1
+    """I/O worker threads; with more than one, one queue pair per iothread,
+    each driven by its own host thread, and the figures are their sum."""
 
 
 @dataclass
@@ -67,6 +75,7 @@ class Point:
     seconds: float
     interrupts_per_io: float
     doorbells_per_io: float
+    mmio_doorbells_per_io: float = 0.0
     ratios: dict[str, float] = field(default_factory=dict)
 
 
@@ -107,12 +116,32 @@ class BenchSession:
     def __init__(self, cfg: BenchConfig) -> None:
         self.cfg = cfg
         self.ns = NamespaceConfig(size_bytes=cfg.size_bytes, lba_size=cfg.lba_size, backend=cfg.backend)
-        ccfg = ControllerConfig(namespaces=[self.ns], max_io_queue_pairs=1, poll_us=cfg.poll_us)
+        pairs = max(1, cfg.iothreads)
+        # A doorbell page written with no ioeventfd wakes nobody: workers
+        # must poll. Everything else keeps the adaptive default.
+        polling = "poll" if cfg.doorbell == "page" else "adaptive"
+        ccfg = ControllerConfig(
+            namespaces=[self.ns],
+            max_io_queue_pairs=pairs,
+            poll_us=cfg.poll_us,
+            iothreads=cfg.iothreads,
+            polling=polling,
+        )
         self.controller = Controller(ccfg)
+        self._page: tuple[int, int] | None = None
+        self._shadow: tuple[int, int] | None = None
         try:
-            self.host = Host(self.controller, memory_bytes=16 << 20)
+            self.host = Host(self.controller, memory_bytes=32 << 20)
             self.host.enable()
-            self.host.set_num_queues(1, 1)
+            self.host.set_num_queues(pairs, pairs)
+            if cfg.doorbell == "shadow":
+                db, ei = self.host.alloc(4096), self.host.alloc(4096)
+                c = self.host.admin(build_sqe(0x7C, prp1=db, prp2=ei))
+                if not c.ok:
+                    raise StateError(f"Doorbell Buffer Config failed: {c}")
+                self._shadow = (db, ei)
+            if cfg.doorbell in ("page", "ioeventfd"):
+                self._page = self.controller.doorbell_page_fd()
         except BaseException:
             self.controller.close()
             raise
@@ -125,6 +154,9 @@ class BenchSession:
 
     def close(self) -> None:
         """Tear down the host and the controller."""
+        if self._page is not None:
+            os.close(self._page[0])
+            self._page = None
         self.host.close()
         self.controller.close()
 
@@ -140,50 +172,105 @@ class BenchSession:
         workload: str = "randread",
         delivery: Callable[[Controller], None] | None = None,
         ring_each: bool = False,
+        queues: int = 1,
     ) -> dict[str, float]:
-        """Run one point on a fresh queue pair; returns ``_core.bench_io``'s figures.
+        """Run one point on fresh queue pairs; returns ``_core.bench_io``'s figures.
 
         ``delivery``, with ``mode="poll"``: the CQ is created with interrupts
         enabled and ``delivery(controller)`` rewires vector 1 (an irqfd, the
         KVM ioctl, a callback) while the host keeps polling, so the figures
         show what each way of delivering interrupts costs the device.
+        ``queues`` > 1: that many queue pairs at ``qd`` each, each driven by
+        its own host thread; the figures are summed (latency: I/O-weighted).
         """
         host = self.host
         region = host.mem.regions[0]
         entries = _queue_entries(qd, host.mqes)
         irq = mode == "irq" or delivery is not None
-        qp = host.create_io_queue_pair(1, entries=entries, vector=1, irq=irq)
-        if delivery is not None:
-            delivery(self.controller)
-        buf = host.alloc(qd * BLOCK)
+        setups: list[dict[str, Any]] = []
+        fds: list[int] = []
         try:
-            return _core.bench_io(
-                self.controller.engine,
-                mem_fd=region.fd,
-                mem_iova=region.iova,
-                mem_size=region.size,
-                sqid=1,
-                sq_iova=qp.sq_iova,
-                cq_iova=qp.cq_iova,
-                qsize=entries,
-                buf_iova=buf,
-                nsid=1,
-                ns_lbas=self.ns.lbas,
-                lba_size=self.ns.lba_size,
-                block_size=BLOCK,
-                qd=qd,
-                seconds=seconds,
-                mode=mode,
-                eventfd=host.vector_fd(1) if irq else None,
-                workload=workload,
-                ring_each=ring_each,
-            )
+            for qid in range(1, queues + 1):
+                qp = host.create_io_queue_pair(qid, entries=entries, vector=qid, irq=irq)
+                buf = host.alloc(qd * BLOCK)
+                kw: dict[str, Any] = dict(
+                    mem_fd=region.fd,
+                    mem_iova=region.iova,
+                    mem_size=region.size,
+                    sqid=qid,
+                    sq_iova=qp.sq_iova,
+                    cq_iova=qp.cq_iova,
+                    qsize=entries,
+                    buf_iova=buf,
+                    nsid=1,
+                    ns_lbas=self.ns.lbas,
+                    lba_size=self.ns.lba_size,
+                    block_size=BLOCK,
+                    qd=qd,
+                    seconds=seconds,
+                    mode=mode,
+                    eventfd=host.vector_fd(qid) if irq else None,
+                    workload=workload,
+                    ring_each=ring_each,
+                    doorbell=self.cfg.doorbell,
+                    shadow=self._shadow,
+                    page_fd=self._page,
+                    doorbell_stride=4 << self.controller.config.doorbell_stride,
+                )
+                if self.cfg.doorbell == "ioeventfd":
+                    pair = (os.eventfd(0, os.EFD_CLOEXEC), os.eventfd(0, os.EFD_CLOEXEC))
+                    fds.extend(pair)
+                    self.controller.set_doorbell_eventfd(2 * qid, pair[0])
+                    self.controller.set_doorbell_eventfd(2 * qid + 1, pair[1])
+                    kw["doorbell_eventfds"] = pair
+                setups.append(kw)
+            if delivery is not None:
+                delivery(self.controller)
+            engine = self.controller.engine
+            if queues == 1:
+                return _core.bench_io(engine, **setups[0])
+            results: list[dict[str, float]] = [{} for _ in setups]
+            errors: list[BaseException] = []
+
+            def run(i: int) -> None:
+                try:
+                    results[i] = _core.bench_io(engine, **setups[i])
+                except BaseException as e:  # noqa: BLE001 - re-raised below
+                    errors.append(e)
+
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(len(setups))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if errors:
+                raise errors[0]
+            return _sum_results(results)
         finally:
-            host.free(buf)
-            host.delete_io_queue_pair(1)
+            for kw in setups:
+                qid = int(kw["sqid"])
+                host.free(int(kw["buf_iova"]))
+                host.delete_io_queue_pair(qid)
+                if self.cfg.doorbell == "ioeventfd":
+                    self.controller.set_doorbell_eventfd(2 * qid, None)
+                    self.controller.set_doorbell_eventfd(2 * qid + 1, None)
+            for fd in fds:
+                os.close(fd)
             if delivery is not None:
                 # Give vector 1 back to the host's own eventfd.
                 self.controller.set_vector_eventfd(1, host.vector_fd(1))
+
+
+def _sum_results(results: Sequence[dict[str, float]]) -> dict[str, float]:
+    ios = sum(r["ios"] for r in results)
+    total: dict[str, float] = {
+        k: sum(r[k] for r in results)
+        for k in ("ios", "errors", "iops", "interrupts", "doorbells", "mmio_doorbells", "eventfd_doorbells")
+    }
+    for k in ("mean_ns", "p50_ns", "p99_ns"):
+        total[k] = sum(r[k] * r["ios"] for r in results) / max(1.0, ios)
+    total["seconds"] = max(r["seconds"] for r in results)
+    return total
 
 
 def point_from(mode: str, qd: int, r: dict[str, float], floors: Floors, backend: str) -> Point:
@@ -201,6 +288,7 @@ def point_from(mode: str, qd: int, r: dict[str, float], floors: Floors, backend:
         seconds=r["seconds"],
         interrupts_per_io=r["interrupts"] / ios,
         doorbells_per_io=r["doorbells"] / ios,
+        mmio_doorbells_per_io=r.get("mmio_doorbells", r["doorbells"]) / ios,
     )
     p.ratios = _ratios(p, floors, backend)
     return p
@@ -224,7 +312,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
             for qd in cfg.qds:
                 n += 1
                 say(f"[{n}/{total}] {mode} QD{qd} for {cfg.seconds:g} s")
-                r = session.drive(mode, qd, cfg.seconds)
+                r = session.drive(mode, qd, cfg.seconds, queues=max(1, cfg.iothreads))
                 points.append(point_from(mode, qd, r, floors, cfg.backend))
     return floors, points
 
@@ -233,13 +321,15 @@ def format_table(cfg: BenchConfig, floors: Floors, points: Sequence[Point]) -> s
     """The human table: one row per point, each with its ratio to the floor."""
     lines = [
         f"nvmefast bench: 4 KiB random reads, {cfg.backend} namespace of {cfg.size_bytes >> 20} MiB "
-        f"(LBA {cfg.lba_size} B), {cfg.seconds:g} s per point, worker polls {cfg.poll_us} us",
+        f"(LBA {cfg.lba_size} B), {cfg.seconds:g} s per point, worker polls {cfg.poll_us} us, "
+        f"doorbells by {cfg.doorbell}, {cfg.iothreads} iothread(s)"
+        + (f" ({cfg.iothreads} queue pairs, one host thread each, QD per pair)" if cfg.iothreads > 1 else ""),
         f"floors: eventfd ping-pong {floors.eventfd_rtt_ns / 1000:.2f} us round trip | "
         f"shared-memory ping-pong {floors.shm_rtt_ns / 1000:.3f} us | "
         f"random 4 KiB memcpy {floors.memcpy_4k_per_s / 1e6:.2f} M/s",
         "",
         f"{'mode':<5}{'QD':>4}{'KIOPS':>10}{'mean us':>10}{'p50 us':>9}{'p99 us':>9}"
-        f"{'irq/IO':>8}{'db/IO':>7}  vs floor",
+        f"{'irq/IO':>8}{'db/IO':>7}{'mmio/IO':>9}  vs floor",
     ]
     for p in points:
         if p.mode == "irq":
@@ -251,7 +341,7 @@ def format_table(cfg: BenchConfig, floors: Floors, points: Sequence[Point]) -> s
         err = f"  ({p.errors} errors!)" if p.errors else ""
         lines.append(
             f"{p.mode:<5}{p.qd:>4}{p.kiops:>10.1f}{p.mean_us:>10.2f}{p.p50_us:>9.2f}{p.p99_us:>9.2f}"
-            f"{p.interrupts_per_io:>8.2f}{p.doorbells_per_io:>7.2f}  {vs}{err}"
+            f"{p.interrupts_per_io:>8.2f}{p.doorbells_per_io:>7.2f}{p.mmio_doorbells_per_io:>9.3f}  {vs}{err}"
         )
     lines.append("")
     lines.append("QEMU hw/nvme (qemu-devel 2022, fio in a guest): 38/123/210/329 KIOPS at QD 1/4/16/64")

@@ -53,6 +53,19 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--size", type=parse_size, default=1 << 30, help="namespace size, e.g. 256M or 1G (default 1G)")
     b.add_argument("--lba-size", type=int, choices=(512, 4096), default=512, help="LBA size (default 512)")
     b.add_argument("--poll-us", type=int, default=50, help="worker polling window after work, in us (default 50)")
+    b.add_argument(
+        "--doorbell",
+        choices=("mmio", "shadow", "page", "ioeventfd"),
+        default="mmio",
+        help="how the host rings doorbells: MMIO writes, shadow doorbells with EventIdx, "
+        "the shared doorbell page (workers poll), or page + ioeventfd (default mmio)",
+    )
+    b.add_argument(
+        "--iothreads",
+        type=int,
+        default=1,
+        help="I/O worker threads; more than one runs a queue pair and a host thread per iothread (default 1)",
+    )
     b.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     b.add_argument(
         "--irq",
@@ -66,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
 def _bench(args: argparse.Namespace) -> int:
     from nvmefast.bench import BenchConfig, format_table, run_bench, to_json, write_json
 
+    if not 1 <= args.iothreads <= 64:
+        print("nvmefast bench: --iothreads must be in 1..64", file=sys.stderr)
+        return 2
     if not 0 < args.seconds <= 600:
         print("nvmefast bench: --seconds must be in (0, 600]", file=sys.stderr)
         return 2
@@ -90,6 +106,8 @@ def _bench(args: argparse.Namespace) -> int:
         size_bytes=args.size,
         lba_size=args.lba_size,
         poll_us=args.poll_us,
+        doorbell=args.doorbell,
+        iothreads=args.iothreads,
     )
     floors, points = run_bench(cfg, progress)
     print(format_table(cfg, floors, points))

@@ -60,8 +60,12 @@ pub struct Outcome {
     pub p99_ns: f64,
     /// Eventfd reads that returned a count (interrupts seen by the host).
     pub interrupts: u64,
-    /// Doorbell writes the host made.
+    /// Doorbell updates the host made (ring calls, whatever the method).
     pub doorbells: u64,
+    /// Of those, MMIO writes (what costs a VM exit).
+    pub mmio_doorbells: u64,
+    /// ioeventfd writes.
+    pub eventfd_doorbells: u64,
 }
 
 /// Log-linear latency histogram: 32 sub-buckets per power of two (~3% error).
@@ -295,6 +299,8 @@ pub fn run(
         }
     }
     out.seconds = start.elapsed().as_secs_f64();
+    out.mmio_doorbells = q.ringer.mmio;
+    out.eventfd_doorbells = q.ringer.eventfd_writes;
     out.mean_ns = hist.mean();
     out.p50_ns = hist.quantile(0.50);
     out.p99_ns = hist.quantile(0.99);

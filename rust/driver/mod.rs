@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod floor;
 pub mod irqcost;
+pub mod ring;
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,6 +138,8 @@ pub struct HostQueue {
     phase: bool,
     sq: *mut u8,
     cq: *mut u8,
+    /// How doorbells are rung (MMIO unless changed).
+    pub ringer: ring::Ringer,
 }
 
 // SAFETY: raw pointers into a HostMemory mapping that the owner keeps alive.
@@ -155,6 +158,7 @@ impl HostQueue {
             phase: true,
             sq: mem.ptr(sq_iova, size as usize * Sqe::SIZE),
             cq: mem.ptr(cq_iova, size as usize * Cqe::SIZE),
+            ringer: ring::Ringer::new(ring::Ring::Mmio),
         }
     }
 
@@ -175,16 +179,16 @@ impl HostQueue {
 
     /// Rings the SQ tail doorbell.
     #[inline]
-    pub fn ring_sq(&self, e: &Engine) {
-        e.doorbell_write(u32::from(self.qid) * 2, self.sq_tail)
-            .expect("host rang a valid SQ doorbell");
+    pub fn ring_sq(&mut self, e: &Engine) {
+        let (i, v) = (u32::from(self.qid) * 2, self.sq_tail);
+        self.ringer.ring(e, i, v, false);
     }
 
     /// Rings the CQ head doorbell.
     #[inline]
-    pub fn ring_cq(&self, e: &Engine) {
-        e.doorbell_write(u32::from(self.qid) * 2 + 1, self.cq_head)
-            .expect("host rang a valid CQ doorbell");
+    pub fn ring_cq(&mut self, e: &Engine) {
+        let (i, v) = (u32::from(self.qid) * 2 + 1, self.cq_head);
+        self.ringer.ring(e, i, v, true);
     }
 
     /// Takes the next completion if its phase tag says it is new.

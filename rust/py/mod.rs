@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
 
-use crate::driver::{bench, floor, irqcost, HostMemory, HostQueue};
+use crate::driver::{bench, floor, irqcost, ring, HostMemory, HostQueue};
 use crate::engine::{
     AdminHandler, AdminOutcome, Engine, EngineConfig, EngineError, NamespaceSpec, Polling,
 };
@@ -628,7 +628,7 @@ impl PyEngine {
 
 /// Drives one queue pair with random reads from a Rust host thread.
 #[pyfunction]
-#[pyo3(signature = (engine, *, mem_fd, mem_iova, mem_size, sqid, sq_iova, cq_iova, qsize, buf_iova, nsid, ns_lbas, lba_size, block_size, qd, seconds, mode, eventfd, workload="randread", ring_each=false))]
+#[pyo3(signature = (engine, *, mem_fd, mem_iova, mem_size, sqid, sq_iova, cq_iova, qsize, buf_iova, nsid, ns_lbas, lba_size, block_size, qd, seconds, mode, eventfd, workload="randread", ring_each=false, doorbell="mmio", shadow=None, page_fd=None, doorbell_eventfds=None, doorbell_stride=4))]
 #[allow(clippy::too_many_arguments)]
 fn bench_io<'py>(
     py: Python<'py>,
@@ -651,7 +651,42 @@ fn bench_io<'py>(
     eventfd: Option<i32>,
     workload: &str,
     ring_each: bool,
+    doorbell: &str,
+    shadow: Option<(u64, u64)>,
+    page_fd: Option<(i32, usize)>,
+    doorbell_eventfds: Option<(i32, i32)>,
+    doorbell_stride: usize,
 ) -> PyResult<Bound<'py, PyDict>> {
+    if !matches!(doorbell, "mmio" | "shadow" | "page" | "ioeventfd") {
+        return Err(config_err(
+            py,
+            format!(
+                "doorbell {doorbell:?} must be \"mmio\", \"shadow\", \"page\" or \"ioeventfd\""
+            ),
+        ));
+    }
+    let need = |ok: bool, what: &str| -> PyResult<()> {
+        if ok {
+            Ok(())
+        } else {
+            Err(config_err(
+                py,
+                format!("doorbell {doorbell:?} needs {what}"),
+            ))
+        }
+    };
+    need(
+        doorbell != "shadow" || shadow.is_some(),
+        "shadow=(db_iova, ei_iova)",
+    )?;
+    need(
+        !matches!(doorbell, "page" | "ioeventfd") || page_fd.is_some(),
+        "page_fd=(fd, length)",
+    )?;
+    need(
+        doorbell != "ioeventfd" || doorbell_eventfds.is_some(),
+        "doorbell_eventfds=(sq_fd, cq_fd)",
+    )?;
     let workload = match workload {
         "randread" => bench::Workload::RandRead,
         "fill" => bench::Workload::Fill,
@@ -695,7 +730,30 @@ fn bench_io<'py>(
     };
     let r = py.detach(|| -> Result<bench::Outcome, String> {
         let mem = HostMemory::from_fd(mem_fd, mem_size, mem_iova).map_err(|e| e.to_string())?;
+        let page = match page_fd {
+            Some((fd, len)) => Some(HostMemory::from_fd(fd, len, 0).map_err(|e| e.to_string())?),
+            None => None,
+        };
         let mut q = HostQueue::new(&mem, sqid, qsize, sq_iova, cq_iova);
+        let span = 2 * (usize::from(sqid) + 1) * doorbell_stride;
+        q.ringer = ring::Ringer::new(match (doorbell, shadow, &page, doorbell_eventfds) {
+            ("shadow", Some((db, ei)), _, _) => ring::Ring::Shadow {
+                db: mem.ptr(db, span),
+                ei: mem.ptr(ei, span),
+                stride: doorbell_stride,
+            },
+            ("page", _, Some(p), _) => ring::Ring::Page {
+                page: p.ptr(0, span),
+                stride: doorbell_stride,
+            },
+            ("ioeventfd", _, Some(p), Some((sq_fd, cq_fd))) => ring::Ring::Ioeventfd {
+                page: p.ptr(0, span),
+                stride: doorbell_stride,
+                sq_fd,
+                cq_fd,
+            },
+            _ => ring::Ring::Mmio,
+        });
         bench::run(eng, &mem, &mut q, &params)
     });
     let o = r.map_err(|m| raise(py, |x| &x.state, format!("benchmark failed: {m}")))?;
@@ -709,6 +767,8 @@ fn bench_io<'py>(
     d.set_item("p99_ns", o.p99_ns)?;
     d.set_item("interrupts", o.interrupts)?;
     d.set_item("doorbells", o.doorbells)?;
+    d.set_item("mmio_doorbells", o.mmio_doorbells)?;
+    d.set_item("eventfd_doorbells", o.eventfd_doorbells)?;
     Ok(d)
 }
 
