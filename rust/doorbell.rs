@@ -14,7 +14,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::RwLock;
 
 use crate::mem::{MemError, MemoryMap};
 
@@ -89,7 +89,10 @@ pub struct Doorbells {
     /// Shadow buffers (0, 0 = none). Written only under `shadow_lock`.
     shadow_db: AtomicU64,
     shadow_ei: AtomicU64,
-    shadow_lock: Mutex<()>,
+    /// MMIO writes hold it shared, Doorbell Buffer Config exclusively: a
+    /// write racing the switch either lands before the copy (and is copied)
+    /// or after it (in the shadow buffer), never in between and lost.
+    shadow_lock: RwLock<()>,
     /// MMIO doorbell writes accepted.
     pub writes: AtomicU64,
     /// Writes refused as invalid (MMIO) or values found invalid (page, shadow).
@@ -137,7 +140,7 @@ impl Doorbells {
             limits: (0..count).map(|_| AtomicU32::new(0)).collect(),
             shadow_db: AtomicU64::new(0),
             shadow_ei: AtomicU64::new(0),
-            shadow_lock: Mutex::new(()),
+            shadow_lock: RwLock::new(()),
             writes: AtomicU64::new(0),
             invalid_writes: AtomicU64::new(0),
         })
@@ -215,6 +218,7 @@ impl Doorbells {
             self.invalid_writes.fetch_add(1, Ordering::Relaxed);
             return Err(DoorbellError::InvalidValue { index, value, size });
         }
+        let _g = self.shadow_lock.read().unwrap_or_else(|e| e.into_inner());
         // SeqCst: pairs with a worker's SeqCst sleep flag and re-check
         // (see Waker::wake_if_sleeping).
         match self
@@ -290,7 +294,7 @@ impl Doorbells {
         let span = (self.count * self.stride) as u64;
         mem.translate(db, span, true)?;
         mem.translate(ei, span, true)?;
-        let _g = self.shadow_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = self.shadow_lock.write().unwrap_or_else(|e| e.into_inner());
         let old = self.shadow();
         for i in 0..self.count {
             let v = self.read(mem, old, i);
@@ -309,7 +313,7 @@ impl Doorbells {
 
     /// Forget every queue and the shadow buffers (controller reset).
     pub fn clear(&self) {
-        let _g = self.shadow_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = self.shadow_lock.write().unwrap_or_else(|e| e.into_inner());
         self.shadow_db.store(0, Ordering::Release);
         self.shadow_ei.store(0, Ordering::Release);
         for i in 0..self.count {

@@ -209,7 +209,8 @@ struct Shared {
     namespaces: Vec<Namespace>,
     /// Worker 0: admin; 1..=iothreads: I/O.
     workers: Box<[Worker]>,
-    /// Worker index of each queue ID's CQ (and so its SQs).
+    /// Worker index serving each doorbell's queue: `2y` SQ y, `2y + 1` CQ y
+    /// (SQ and CQ IDs are separate namespaces; an SQ lives with its CQ).
     owner: Box<[AtomicU16]>,
     next_iothread: AtomicUsize,
     /// Memory page size from CC.MPS.
@@ -320,7 +321,7 @@ impl Engine {
             mem: GuestMemory::new(),
             namespaces,
             workers: workers.into_boxed_slice(),
-            owner: (0..n).map(|_| AtomicU16::new(NO_OWNER)).collect(),
+            owner: (0..n * 2).map(|_| AtomicU16::new(NO_OWNER)).collect(),
             next_iothread: AtomicUsize::new(0),
             page_size: AtomicU64::new(4096),
             generation: AtomicU64::new(0),
@@ -547,20 +548,26 @@ impl Engine {
         1 + t
     }
 
-    /// The worker owning queue ID `qid`, if any.
-    fn owner_of(&self, qid: u16) -> Option<usize> {
-        let o = self
-            .shared
-            .owner
-            .get(usize::from(qid))?
-            .load(Ordering::SeqCst);
+    /// The worker serving doorbell `index`'s queue, if any.
+    fn owner_of(&self, index: usize) -> Option<usize> {
+        let o = self.shared.owner.get(index)?.load(Ordering::SeqCst);
         (o != NO_OWNER).then_some(usize::from(o))
     }
 
-    /// The iothread (0-based) serving queue `qid`; None for the admin queue
-    /// or a queue that does not exist.
+    fn sq_owner(&self, qid: u16) -> Option<usize> {
+        self.owner_of(usize::from(qid) * 2)
+    }
+
+    fn cq_owner(&self, qid: u16) -> Option<usize> {
+        self.owner_of(usize::from(qid) * 2 + 1)
+    }
+
+    /// The iothread (0-based) serving queue `qid` (its CQ, else its SQ);
+    /// None for the admin queue or a queue that does not exist.
     pub fn iothread_of(&self, qid: u16) -> Option<usize> {
-        self.owner_of(qid).and_then(|w| w.checked_sub(1))
+        self.cq_owner(qid)
+            .or_else(|| self.sq_owner(qid))
+            .and_then(|w| w.checked_sub(1))
     }
 
     /// Creates CQ `qid` of `size` entries at `iova`, signalling `vector` when `ien`.
@@ -579,12 +586,12 @@ impl Engine {
             return Err(QueueError::BadVector { vector, count }.into());
         }
         let cq = CompletionQueue::new(qid, iova, size, vector, ien)?;
-        if self.owner_of(qid).is_some() {
+        if self.cq_owner(qid).is_some() {
             return Err(QueueError::Exists { qid }.into());
         }
         let w = self.pick_worker(qid);
         let mut q = lock(&self.shared.workers[w].queues);
-        if self.shared.owner[usize::from(qid)]
+        if self.shared.owner[usize::from(qid) * 2 + 1]
             .compare_exchange(NO_OWNER, w as u16, Ordering::SeqCst, Ordering::SeqCst)
             .is_err()
         {
@@ -608,11 +615,9 @@ impl Engine {
         self.check_size(qid, size)?;
         let sq = SubmissionQueue::new(qid, iova, size, cqid)?;
         let w = self
-            .owner_of(cqid)
+            .cq_owner(cqid)
             .ok_or(QueueError::Missing { qid: cqid })?;
-        // SQ and CQ of one ID must share a worker: the doorbell wake-up and
-        // the ownership table are per queue ID.
-        if qid != cqid && self.owner_of(qid).is_some_and(|o| o != w) {
+        if self.sq_owner(qid).is_some() {
             return Err(QueueError::Exists { qid }.into());
         }
         let mut q = lock(&self.shared.workers[w].queues);
@@ -623,16 +628,17 @@ impl Engine {
             Some(cq) => cq.sqs += 1,
             None => return Err(QueueError::Missing { qid: cqid }.into()),
         }
+        if self.shared.owner[usize::from(qid) * 2]
+            .compare_exchange(NO_OWNER, w as u16, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            if let Some(cq) = q.cqs[usize::from(cqid)].as_mut() {
+                cq.sqs -= 1;
+            }
+            return Err(QueueError::Exists { qid }.into());
+        }
         q.sqs[usize::from(qid)] = Some(sq);
         q.active_sqs.push(qid);
-        // An SQ whose ID has no CQ of its own still needs an owner for its
-        // doorbell's wake-ups.
-        let _ = self.shared.owner[usize::from(qid)].compare_exchange(
-            NO_OWNER,
-            w as u16,
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        );
         self.shared
             .doorbells
             .set_queue(&self.shared.mem.snapshot(), usize::from(qid) * 2, size);
@@ -643,7 +649,7 @@ impl Engine {
     /// outstanding and nothing needs aborting.
     pub fn delete_sq(&self, qid: u16) -> Result<(), EngineError> {
         self.check_qid(qid)?;
-        let w = self.owner_of(qid).ok_or(QueueError::Missing { qid })?;
+        let w = self.sq_owner(qid).ok_or(QueueError::Missing { qid })?;
         let mut q = lock(&self.shared.workers[w].queues);
         let sq = q.sqs[usize::from(qid)]
             .take()
@@ -652,9 +658,7 @@ impl Engine {
         if let Some(cq) = q.cqs[usize::from(sq.cqid)].as_mut() {
             cq.sqs = cq.sqs.saturating_sub(1);
         }
-        if q.cqs[usize::from(qid)].is_none() {
-            self.shared.owner[usize::from(qid)].store(NO_OWNER, Ordering::SeqCst);
-        }
+        self.shared.owner[usize::from(qid) * 2].store(NO_OWNER, Ordering::SeqCst);
         self.shared
             .doorbells
             .set_queue(&self.shared.mem.snapshot(), usize::from(qid) * 2, 0);
@@ -664,7 +668,7 @@ impl Engine {
     /// Deletes CQ `qid`, which no SQ may use.
     pub fn delete_cq(&self, qid: u16) -> Result<(), EngineError> {
         self.check_qid(qid)?;
-        let w = self.owner_of(qid).ok_or(QueueError::Missing { qid })?;
+        let w = self.cq_owner(qid).ok_or(QueueError::Missing { qid })?;
         let mut q = lock(&self.shared.workers[w].queues);
         match q.cqs[usize::from(qid)].as_ref() {
             None => return Err(QueueError::Missing { qid }.into()),
@@ -673,9 +677,7 @@ impl Engine {
         }
         q.cqs[usize::from(qid)] = None;
         q.active_cqs.retain(|&x| x != qid);
-        if q.sqs[usize::from(qid)].is_none() {
-            self.shared.owner[usize::from(qid)].store(NO_OWNER, Ordering::SeqCst);
-        }
+        self.shared.owner[usize::from(qid) * 2 + 1].store(NO_OWNER, Ordering::SeqCst);
         self.shared
             .doorbells
             .set_queue(&self.shared.mem.snapshot(), usize::from(qid) * 2 + 1, 0);
@@ -684,19 +686,19 @@ impl Engine {
 
     /// True when SQ `qid` exists.
     pub fn sq_exists(&self, qid: u16) -> bool {
-        self.owner_of(qid)
+        self.sq_owner(qid)
             .is_some_and(|w| lock(&self.shared.workers[w].queues).sqs[usize::from(qid)].is_some())
     }
 
     /// True when CQ `qid` exists.
     pub fn cq_exists(&self, qid: u16) -> bool {
-        self.owner_of(qid)
+        self.cq_owner(qid)
             .is_some_and(|w| lock(&self.shared.workers[w].queues).cqs[usize::from(qid)].is_some())
     }
 
     /// True while some SQ posts to CQ `qid`.
     pub fn cq_in_use(&self, qid: u16) -> bool {
-        self.owner_of(qid).is_some_and(|w| {
+        self.cq_owner(qid).is_some_and(|w| {
             lock(&self.shared.workers[w].queues).cqs[usize::from(qid)]
                 .as_ref()
                 .is_some_and(|c| c.sqs > 0)
@@ -711,7 +713,7 @@ impl Engine {
         self.shared
             .doorbells
             .write(&self.shared.mem.snapshot(), index, value)?;
-        if let Some(w) = self.owner_of((index / 2) as u16) {
+        if let Some(w) = self.owner_of(index as usize) {
             self.shared.workers[w].waker.wake_if_sleeping();
         }
         Ok(())

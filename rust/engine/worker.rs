@@ -54,6 +54,8 @@ impl Shared {
         };
         if raw < sq.size {
             sq.tail = raw;
+            // Repaired: the same bad value written again is a new event.
+            sq.bad_tail = None;
         } else if sq.bad_tail != Some(raw) {
             sq.bad_tail = Some(raw);
             self.doorbells
@@ -80,6 +82,7 @@ impl Shared {
         };
         if raw < cq.size {
             cq.head = raw;
+            cq.bad_head = None;
         } else if cq.bad_head != Some(raw) {
             cq.bad_head = Some(raw);
             self.doorbells
@@ -134,6 +137,10 @@ impl Shared {
         }
         q.coalesce.expire(&mut out.vectors);
         if mode == IrqMode::Intx {
+            // INTMS before the CQ heads: a host that consumed entries and then
+            // wrote INTMC has its head update visible once INTMC is (both
+            // SeqCst), so the line never rises for entries already consumed.
+            let unmasked = self.vectors.intms() & 1 == 0;
             let mem = self.mem.snapshot();
             let shadow = self.doorbells.shadow();
             let ids: Vec<u16> = q.active_cqs.clone();
@@ -149,7 +156,7 @@ impl Shared {
             }
             q.intx_level = level;
             self.workers[w].intx_level.store(level, Ordering::SeqCst);
-            let line = self.vectors.intms() & 1 == 0
+            let line = unmasked
                 && self
                     .workers
                     .iter()

@@ -16,6 +16,7 @@ through the same embedding contract a VMM uses::
             assert host.read(1, 0, 1) == b"x" * 512
 """
 
+from nvmefast.testing.doorbells import HostDoorbells, ShadowBuffers, need_event
 from nvmefast.testing.host import Host, command_error
 from nvmefast.testing.identify import IdentifyController, IdentifyNamespace, LbaFormat
 from nvmefast.testing.memory import PAGE_SIZE, GuestMemory, GuestMemoryError
@@ -30,15 +31,18 @@ __all__ = [
     "GuestMemory",
     "GuestMemoryError",
     "Host",
+    "HostDoorbells",
     "IdentifyController",
     "IdentifyNamespace",
     "LbaFormat",
     "MsixTable",
     "PrpSet",
     "QueuePair",
+    "ShadowBuffers",
     "build_prps",
     "build_sqe",
     "command_error",
     "data_pointers",
     "enable_msix",
+    "need_event",
 ]

@@ -24,6 +24,7 @@ from nvmefast.testing.bar0 import (
     CSTS_SHST_SHIFT, REG_ACQ, REG_AQA, REG_ASQ, REG_CAP, REG_CC, REG_CSTS, cq_head_doorbell,
     sq_tail_doorbell,
 )
+from nvmefast.testing.doorbells import HostDoorbells, ShadowBuffers, dbbuf_set
 from nvmefast.testing.identify import IdentifyController, IdentifyNamespace
 from nvmefast.testing.memory import PAGE_SIZE, GuestMemory
 from nvmefast.testing.msix import enable_msix
@@ -74,6 +75,8 @@ class Host:
         self.dstrd: int = (self.cap >> 32) & 0xF
         self.mqes: int = self.cap & 0xFFFF
         self.add_region(iova, memory_bytes)
+        self.doorbells = HostDoorbells(controller, self.mem)
+        """How doorbells are rung (``doorbells.set_mode``): MMIO, shadow, page, ioeventfd."""
 
     # lifecycle
 
@@ -95,6 +98,7 @@ class Host:
             # Stop the device from touching queues before their memory goes away.
             if self.controller.bar0_read(REG_CC, 4) & CC_EN:
                 self.disable(timeout=2)
+        self.doorbells.close()
         for region in self.mem.regions:
             with contextlib.suppress(NvmeFastError):
                 self.controller.unmap_dma(region.iova, region.size)
@@ -178,6 +182,7 @@ class Host:
         cc = int(self.controller.bar0_read(REG_CC, 4))
         self.controller.bar0_write(REG_CC, cc & ~CC_EN, 4)
         self._wait_csts(CSTS_RDY, 0, timeout, "disable (CC.EN=0)")
+        self.doorbells.controller_reset()
         with self._lock:
             # The reset deleted every queue in the controller; their memory is ours again.
             for sq in self._sqs.values():
@@ -219,6 +224,16 @@ class Host:
         self.controller.bar0_write(REG_CC, (cc & ~CC_SHN_MASK) | CC_SHN_NORMAL, 4)
         shst_complete = CSTS_SHST_COMPLETE << CSTS_SHST_SHIFT
         self._wait_csts(CSTS_SHST_MASK, shst_complete, timeout, "shutdown (CC.SHN=01b)")
+
+    def enable_shadow_doorbells(self, admin: bool = False) -> ShadowBuffers:
+        """Doorbell Buffer Config (7Ch) as Linux ``nvme_dbbuf_set``; I/O queues (and
+        with ``admin`` the admin queue) then ring through the shadow buffer."""
+        return dbbuf_set(self, admin)
+
+    @property
+    def mmio_doorbells(self) -> int:
+        """MMIO doorbell writes this host made."""
+        return self.doorbells.mmio_writes
 
     # vectors
 
@@ -275,7 +290,7 @@ class Host:
                         self.mem.write(sq.slot_iova(), sqe if keep_cid else sqe_with_cid(sqe, cid))
                         sq.outstanding.add(cid)
                         # Ring under the SQ lock so tail doorbell values are monotonic.
-                        self.controller.bar0_write(self.sq_doorbell(qid), sq.advance_tail(), 4)
+                        self.doorbells.ring(2 * qid, sq.advance_tail())
                         return cid
             self._progress(self._cqs[sq.cqid], deadline, f"SQ {qid} is full")
 
@@ -336,7 +351,7 @@ class Host:
         return known
 
     def _ring_cq_head(self, qid: int, head: int) -> None:
-        self.controller.bar0_write(self.cq_doorbell(qid), head, 4)
+        self.doorbells.ring(2 * qid + 1, head)
 
     def _progress(self, cq: CompletionQueue, deadline: float, what: str) -> None:
         """Reap new completions of ``cq`` once, waiting until ``deadline`` for some to arrive.
