@@ -12,11 +12,12 @@
 //! reset returns to the page (the shadow buffers' lifetime ends at reset,
 //! NVMe Base 5.8).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use crate::mem::{MemError, MemoryMap};
+use crate::shm::SharedMemory;
 
 /// Why a doorbell write was refused. Each maps to the Asynchronous Event
 /// Information of an Error event (NVMe Base 2.0, Figure 150).
@@ -58,30 +59,10 @@ pub struct Shadow {
     pub ei: u64,
 }
 
-/// The doorbell page: private device memory in a shareable memfd.
-struct Page {
-    fd: OwnedFd,
-    base: *mut u8,
-    len: usize,
-}
-
-// SAFETY: an owned shared mapping accessed only through atomics.
-unsafe impl Send for Page {}
-// SAFETY: as for Send.
-unsafe impl Sync for Page {}
-
-impl Drop for Page {
-    fn drop(&mut self) {
-        // SAFETY: base/len are what mmap returned; no references remain.
-        unsafe {
-            libc::munmap(self.base.cast(), self.len);
-        }
-    }
-}
-
 /// The doorbell table of one controller.
 pub struct Doorbells {
-    page: Page,
+    /// The doorbell page: private device memory in a shareable memfd.
+    page: SharedMemory,
     stride: usize,
     count: usize,
     /// Entries of the queue behind each doorbell; 0 means no queue.
@@ -104,37 +85,9 @@ impl Doorbells {
     pub fn new(max_qid: u16, stride: usize) -> std::io::Result<Self> {
         let count = (usize::from(max_qid) + 1) * 2;
         let len = (count * stride).div_ceil(4096) * 4096;
-        // SAFETY: memfd_create with a valid C string; we own the result.
-        let fd = unsafe { libc::memfd_create(c"nvmefast-doorbells".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fresh fd, owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: ftruncate on our own fd.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh shared mapping chosen by the kernel.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
+        let page = SharedMemory::new(c"nvmefast-doorbells", len)?;
         Ok(Doorbells {
-            page: Page {
-                fd,
-                base: p.cast(),
-                len,
-            },
+            page,
             stride,
             count,
             limits: (0..count).map(|_| AtomicU32::new(0)).collect(),
@@ -158,7 +111,7 @@ impl Doorbells {
 
     /// The doorbell page's memfd (borrowed) and its length.
     pub fn page_fd(&self) -> (RawFd, usize) {
-        (self.page.fd.as_raw_fd(), self.page.len)
+        (self.page.fd(), self.page.len())
     }
 
     #[inline]
@@ -167,7 +120,7 @@ impl Doorbells {
         // SAFETY: index < count, so index * stride + 4 <= len; the page is
         // page aligned and stride a multiple of 4, so the u32 is aligned; it
         // lives as long as self.
-        unsafe { AtomicU32::from_ptr(self.page.base.add(index * self.stride).cast()) }
+        unsafe { AtomicU32::from_ptr(self.page.as_ptr().add(index * self.stride).cast()) }
     }
 
     /// The shadow buffers in force.
@@ -360,7 +313,6 @@ mod tests {
 
     #[test]
     fn the_page_is_shared_with_whoever_maps_the_fd() {
-        use std::os::fd::AsRawFd;
         let m = GuestMemory::new();
         let s = m.snapshot();
         let d = Doorbells::new(3, 8).unwrap();
@@ -376,7 +328,6 @@ mod tests {
         let mut b = [0u8; 4];
         other.snapshot().read(40, &mut b).unwrap();
         assert_eq!(u32::from_le_bytes(b), 7, "MMIO writes land in the page");
-        let _ = d.page.fd.as_raw_fd();
     }
 
     #[test]

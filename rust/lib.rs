@@ -17,6 +17,7 @@ pub mod intx;
 pub mod irq;
 pub mod mem;
 pub mod queue;
+pub mod shm;
 pub mod spec;
 pub mod waker;
 

@@ -10,85 +10,50 @@ pub mod floor;
 pub mod irqcost;
 pub mod ring;
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::engine::{Engine, EngineError};
+use crate::shm::SharedMemory;
 use crate::spec::{Cqe, Sqe};
 
 /// Guest memory as the host side sees it: a shared memfd mapping.
 pub struct HostMemory {
-    fd: OwnedFd,
-    ptr: *mut u8,
-    len: usize,
+    shm: SharedMemory,
     /// IOVA of byte 0.
     pub iova: u64,
 }
 
-// SAFETY: an owned shared mapping; all access goes through raw copies and
-// atomics, as the device side does.
-unsafe impl Send for HostMemory {}
-
 impl HostMemory {
     /// A new zeroed memfd of `len` bytes, to be placed at `iova`.
     pub fn new(len: usize, iova: u64) -> std::io::Result<Self> {
-        // SAFETY: memfd_create with a valid C string; we own the result.
-        let fd = unsafe { libc::memfd_create(c"nvmefast-host".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fd is ours and fresh.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: ftruncate on our own fd.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Self::map(fd, len, iova)
+        Ok(HostMemory {
+            shm: SharedMemory::new(c"nvmefast-host", len)?,
+            iova,
+        })
     }
 
     /// Maps an existing memory fd (duplicated) of `len` bytes placed at `iova`.
     pub fn from_fd(fd: RawFd, len: usize, iova: u64) -> std::io::Result<Self> {
-        // SAFETY: the caller keeps fd open during this call; we duplicate it.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
-        Self::map(fd, len, iova)
-    }
-
-    fn map(fd: OwnedFd, len: usize, iova: u64) -> std::io::Result<Self> {
-        // SAFETY: a fresh shared mapping chosen by the kernel.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
         Ok(HostMemory {
-            fd,
-            ptr: p.cast(),
-            len,
+            shm: SharedMemory::from_fd(fd, len)?,
             iova,
         })
     }
 
     /// The memfd, for `Engine::map_dma`.
     pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.shm.fd()
     }
 
     /// Size in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.shm.len()
     }
 
     /// True for an empty mapping.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.shm.is_empty()
     }
 
     /// Host pointer of `[iova, iova+len)`; panics outside the mapping (a bug
@@ -96,11 +61,11 @@ impl HostMemory {
     pub fn ptr(&self, iova: u64, len: usize) -> *mut u8 {
         let off = iova.checked_sub(self.iova).expect("iova below host memory") as usize;
         assert!(
-            off.checked_add(len).is_some_and(|e| e <= self.len),
+            off.checked_add(len).is_some_and(|e| e <= self.shm.len()),
             "iova past host memory"
         );
         // SAFETY: bounds asserted above.
-        unsafe { self.ptr.add(off) }
+        unsafe { self.shm.as_ptr().add(off) }
     }
 
     /// Copies `data` to `iova`.
@@ -115,15 +80,6 @@ impl HostMemory {
         let p = self.ptr(iova, out.len());
         // SAFETY: `p` is valid for out.len() bytes (checked by ptr()).
         unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), out.len()) }
-    }
-}
-
-impl Drop for HostMemory {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len are what mmap returned.
-        unsafe {
-            libc::munmap(self.ptr.cast(), self.len);
-        }
     }
 }
 
