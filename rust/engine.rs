@@ -161,6 +161,7 @@ struct Queues {
     smart: Smart,
     errors: VecDeque<ErrorEntry>,
     segs: Vec<Segment>,
+    scratch: Vec<u8>,
     coalesce: Coalescing,
     /// This worker's share of the INTx level (some CQ of its holds
     /// unconsumed entries).
@@ -179,6 +180,7 @@ impl Queues {
             smart: Smart::default(),
             errors: VecDeque::with_capacity(ERROR_RING),
             segs: Vec::with_capacity(64),
+            scratch: Vec::new(),
             coalesce: Coalescing::new(vectors),
             intx_level: false,
         }
@@ -279,11 +281,11 @@ impl Engine {
                     ns.lba_size
                 )));
             }
-            namespaces.push(Namespace {
-                backend: Backend::new(&ns.backend, ns.size_bytes)?,
-                lba_shift: ns.lba_size.trailing_zeros(),
-                lbas: ns.size_bytes / u64::from(ns.lba_size),
-            });
+            namespaces.push(Namespace::new(
+                Backend::new(&ns.backend, ns.size_bytes)?,
+                ns.size_bytes,
+                ns.lba_size,
+            ));
         }
         if cfg.iothreads == 0 || cfg.iothreads > 64 {
             return Err(EngineError::Config(format!(
@@ -703,6 +705,76 @@ impl Engine {
                 .as_ref()
                 .is_some_and(|c| c.sqs > 0)
         })
+    }
+
+    // ---- commands the admin layer drives -----------------------------------
+
+    /// Abort (08h) for an I/O command still queued: if SQ `sqid` holds an
+    /// unfetched entry with `cid`, it will complete with Command Abort
+    /// Requested instead of running. False when it is not queued (I/O runs
+    /// as soon as it is fetched, so a fetched command has completed).
+    pub fn abort_command(&self, sqid: u16, cid: u16) -> bool {
+        let Some(w) = self.sq_owner(sqid) else {
+            return false;
+        };
+        if sqid == 0 {
+            return false;
+        }
+        let mut q = lock(&self.shared.workers[w].queues);
+        let mem = self.shared.mem.snapshot();
+        let shadow = self.shared.doorbells.shadow();
+        let raw_tail = self
+            .shared
+            .doorbells
+            .read(&mem, shadow, usize::from(sqid) * 2);
+        let Some(sq) = q.sqs[usize::from(sqid)].as_mut() else {
+            return false;
+        };
+        let tail = if raw_tail < sq.size {
+            raw_tail
+        } else {
+            sq.tail
+        };
+        let mut i = sq.head;
+        while i != tail {
+            // Cannot overflow: the ring fits the address space (checked at creation).
+            let at = sq.iova + u64::from(i) * Sqe::SIZE as u64;
+            let mut b = [0u8; 4];
+            if mem.read(at, &mut b).is_ok() && u16::from_le_bytes([b[2], b[3]]) == cid {
+                sq.aborts.push(cid);
+                return true;
+            }
+            i = if i + 1 == sq.size { 0 } else { i + 1 };
+        }
+        false
+    }
+
+    /// Format NVM: namespace `nsid` (1-based) gets `lba_size` and reads as
+    /// zeroes. Every worker is held off while it happens.
+    pub fn format_namespace(&self, nsid: u32, lba_size: u32) -> Result<(), EngineError> {
+        if !matches!(lba_size, 512 | 4096) {
+            return Err(EngineError::Config(format!(
+                "lba_size {lba_size} must be 512 or 4096"
+            )));
+        }
+        let ns = nsid
+            .checked_sub(1)
+            .and_then(|i| self.shared.namespaces.get(i as usize))
+            .ok_or_else(|| EngineError::Config(format!("namespace {nsid} does not exist")))?;
+        let _held: Vec<_> = self
+            .shared
+            .workers
+            .iter()
+            .map(|w| lock(&w.queues))
+            .collect();
+        ns.format(lba_size);
+        Ok(())
+    }
+
+    /// The current LBA data size of namespace `nsid`.
+    pub fn namespace_lba_size(&self, nsid: u32) -> Option<u32> {
+        let ns = self.shared.namespaces.get(nsid.checked_sub(1)? as usize)?;
+        Some(1 << ns.lba_shift())
     }
 
     // ---- doorbells ---------------------------------------------------------

@@ -141,6 +141,18 @@ class Engine:
         """Called with an AER info code when a worker finds an invalid doorbell value in memory."""
     def iothread_of(self, qid: int) -> int | None:
         """The iothread (0-based) serving queue ``qid``; None for the admin queue or none."""
+    # namespaces and commands the admin layer drives
+    def abort_command(self, sqid: int, cid: int) -> bool:
+        """Abort command ``cid`` if it still sits unfetched in SQ ``sqid``.
+
+        The worker then completes it with Command Abort Requested (00h/07h)
+        instead of executing it. False when no such command is queued (it
+        already ran: I/O executes as soon as it is fetched).
+        """
+    def format_namespace(self, nsid: int, lba_size: int) -> None:
+        """Format NVM: namespace ``nsid`` gets ``lba_size`` (512 or 4096) and reads as zeroes."""
+    def namespace_lba_size(self, nsid: int) -> int:
+        """The current LBA data size of namespace ``nsid``."""
     # admin data movement and completion
     def write_prp(self, prp1: int, prp2: int, data: bytes) -> int:
         """Copy ``data`` to the host buffer the PRPs describe; returns an NVMe status."""

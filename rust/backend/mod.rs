@@ -62,6 +62,44 @@ impl Backend {
         }
     }
 
+    /// Zeroes (deallocates) `len` bytes at `offset`: Write Zeroes, Dataset
+    /// Management deallocate, Format NVM. Deallocated blocks read as zeroes
+    /// (DLFEAT 001b).
+    ///
+    /// # Safety
+    /// `offset + len` within the namespace.
+    pub unsafe fn zero(&self, offset: u64, len: u64) {
+        if let Backend::Ram(r) = self {
+            // SAFETY: forwarded contract.
+            unsafe { r.zero(offset, len) }
+        }
+    }
+
+    /// True when the `len` bytes at `src` equal the namespace at `offset`.
+    ///
+    /// # Safety
+    /// `src` valid for `len` reads; `offset + len` within the namespace.
+    pub unsafe fn compare(&self, offset: u64, src: *const u8, len: usize) -> bool {
+        match self {
+            // SAFETY: forwarded contract.
+            Backend::Ram(r) => unsafe { r.compare(offset, src, len) },
+            // Nothing is stored: every compare of the null backend matches.
+            Backend::Null(_) => true,
+        }
+    }
+
+    /// Copies `len` bytes from `src` to `dst` inside the namespace
+    /// (overlap allowed; the spec leaves overlapping Copy undefined).
+    ///
+    /// # Safety
+    /// Both ranges within the namespace.
+    pub unsafe fn copy(&self, src: u64, dst: u64, len: u64) {
+        if let Backend::Ram(r) = self {
+            // SAFETY: forwarded contract.
+            unsafe { r.copy(src, dst, len) }
+        }
+    }
+
     /// Makes completed writes durable. RAM and null have nothing to do: a
     /// completed write is already visible to every later read.
     pub fn flush(&self) {}

@@ -65,6 +65,60 @@ impl RamBackend {
     }
 }
 
+impl RamBackend {
+    /// # Safety
+    /// `offset + len <= size`.
+    pub unsafe fn zero(&self, offset: u64, len: u64) {
+        let (off, len) = (offset as usize, len as usize);
+        debug_assert!(off + len <= self.size);
+        // Whole pages go back to the kernel (they read as zero again and stop
+        // costing memory); the ragged edges are cleared by hand.
+        let page = 4096usize;
+        let first = off.div_ceil(page) * page;
+        let last = (off + len) / page * page;
+        // SAFETY: every range below is inside [off, off + len), which the
+        // caller guarantees is inside the mapping.
+        unsafe {
+            if first < last {
+                std::ptr::write_bytes(self.base.add(off), 0, first - off);
+                libc::madvise(
+                    self.base.add(first).cast(),
+                    last - first,
+                    libc::MADV_DONTNEED,
+                );
+                std::ptr::write_bytes(self.base.add(last), 0, off + len - last);
+            } else {
+                std::ptr::write_bytes(self.base.add(off), 0, len);
+            }
+        }
+    }
+
+    /// # Safety
+    /// `src` valid for `len` reads; `offset + len <= size`.
+    pub unsafe fn compare(&self, offset: u64, src: *const u8, len: usize) -> bool {
+        // SAFETY: both ranges are valid for len bytes (caller); guest memory
+        // may change under us, which only changes the answer.
+        unsafe {
+            let a = std::slice::from_raw_parts(self.base.add(offset as usize), len);
+            let b = std::slice::from_raw_parts(src, len);
+            a == b
+        }
+    }
+
+    /// # Safety
+    /// Both ranges inside the mapping.
+    pub unsafe fn copy(&self, src: u64, dst: u64, len: u64) {
+        // SAFETY: the caller checked both ranges; ptr::copy handles overlap.
+        unsafe {
+            std::ptr::copy(
+                self.base.add(src as usize),
+                self.base.add(dst as usize),
+                len as usize,
+            )
+        }
+    }
+}
+
 impl Drop for RamBackend {
     fn drop(&mut self) {
         // SAFETY: base/size are what mmap returned; no references remain.

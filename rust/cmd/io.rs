@@ -1,18 +1,58 @@
-//! NVM I/O commands: Read, Write, Flush (NVM Command Set 2.0, 3.2 and 3.3).
+//! NVM I/O commands (NVM Command Set 2.0): the dispatcher, the data pointer
+//! (PRP or SGL), and Read, Write, Flush. The other commands are in `nvm.rs`.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::prp::{self, Segment};
+use super::{nvm, sgl};
 use crate::backend::Backend;
 use crate::mem::MemoryMap;
 use crate::spec::opcode::io as op;
 use crate::spec::{Sqe, Status};
 
-/// One namespace: its storage and LBA format.
+/// One namespace: its storage and current LBA format.
 pub struct Namespace {
     pub backend: Backend,
-    /// log2 of the LBA data size.
-    pub lba_shift: u32,
+    /// log2 of the LBA data size (changed only by Format NVM, with every
+    /// worker stopped).
+    lba_shift: AtomicU32,
+    size_bytes: u64,
     /// Number of LBAs (NSZE).
-    pub lbas: u64,
+    lbas: AtomicU64,
+}
+
+impl Namespace {
+    /// A namespace of `size_bytes` formatted with `lba_size`-byte LBAs.
+    pub fn new(backend: Backend, size_bytes: u64, lba_size: u32) -> Self {
+        Namespace {
+            backend,
+            lba_shift: AtomicU32::new(lba_size.trailing_zeros()),
+            size_bytes,
+            lbas: AtomicU64::new(size_bytes >> lba_size.trailing_zeros()),
+        }
+    }
+
+    /// log2 of the LBA data size.
+    #[inline]
+    pub fn lba_shift(&self) -> u32 {
+        self.lba_shift.load(Ordering::Relaxed)
+    }
+
+    /// Number of LBAs.
+    #[inline]
+    pub fn lbas(&self) -> u64 {
+        self.lbas.load(Ordering::Relaxed)
+    }
+
+    /// Format NVM: new LBA size, every block zero. The caller keeps every
+    /// worker out of this namespace meanwhile.
+    pub fn format(&self, lba_size: u32) {
+        // SAFETY: the whole namespace, by construction in range.
+        unsafe { self.backend.zero(0, self.size_bytes) };
+        let shift = lba_size.trailing_zeros();
+        self.lba_shift.store(shift, Ordering::Relaxed);
+        self.lbas.store(self.size_bytes >> shift, Ordering::Relaxed);
+    }
 }
 
 /// SMART / Health counters kept by the core (NVMe Base 2.0, Figure 207).
@@ -44,20 +84,22 @@ pub struct IoContext<'a> {
     pub mdts_bytes: u64,
     /// Reused segment buffer: no allocation per command once warm.
     pub segs: &'a mut Vec<Segment>,
+    /// Reused byte buffer for range lists (DSM, Copy).
+    pub scratch: &'a mut Vec<u8>,
     pub smart: &'a mut Smart,
 }
 
 /// SQE byte offsets of fields, for Parameter Error Location.
-mod loc {
+pub(super) mod loc {
     pub const OPCODE: u16 = 0;
     pub const PSDT: u16 = 1;
     pub const NSID: u16 = 4;
-    pub const PRP1: u16 = 24;
-    pub const SLBA: u16 = 40;
-    pub const NLB: u16 = 48;
+    pub const DPTR: u16 = 24;
+    pub const CDW10: u16 = 40;
+    pub const CDW12: u16 = 48;
 }
 
-fn fail(status: Status, param_loc: u16, lba: u64, nsid: u32) -> Failure {
+pub(super) fn fail(status: Status, param_loc: u16, lba: u64, nsid: u32) -> Failure {
     Failure {
         status,
         param_loc,
@@ -70,6 +112,10 @@ fn fail(status: Status, param_loc: u16, lba: u64, nsid: u32) -> Failure {
 #[inline]
 pub fn execute(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
     let nsid = sqe.nsid();
+    if sqe.fuse() != 0 {
+        // Fused operations are not supported (ONCS bit 1 clear).
+        return Err(fail(Status::INVALID_FIELD.dnr(), loc::OPCODE, 0, nsid));
+    }
     match sqe.opcode() {
         op::READ | op::WRITE => rw(ctx, sqe, sqe.opcode() == op::READ),
         op::FLUSH => {
@@ -79,56 +125,111 @@ pub fn execute(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
             ns.backend.flush();
             Ok(0)
         }
+        op::COMPARE => nvm::compare(ctx, sqe),
+        op::WRITE_ZEROES => nvm::write_zeroes(ctx, sqe),
+        op::DATASET_MANAGEMENT => nvm::dataset_management(ctx, sqe),
+        op::VERIFY => nvm::verify(ctx, sqe),
+        op::COPY => nvm::copy(ctx, sqe),
         _ => Err(fail(Status::INVALID_OPCODE.dnr(), loc::OPCODE, 0, nsid)),
     }
 }
 
-fn namespace<'a>(ctx: &IoContext<'a>, nsid: u32) -> Result<&'a Namespace, Failure> {
+pub(super) fn namespace<'a>(ctx: &IoContext<'a>, nsid: u32) -> Result<&'a Namespace, Failure> {
     nsid.checked_sub(1)
         .and_then(|i| ctx.namespaces.get(i as usize))
         .ok_or(fail(Status::INVALID_NAMESPACE.dnr(), loc::NSID, 0, nsid))
+}
+
+/// SLBA (CDW10-11) and NLB (CDW12 bits 15:0, 0's based, returned 1-based),
+/// checked against the namespace.
+pub(super) fn lba_range(ns: &Namespace, sqe: &Sqe) -> Result<(u64, u64), Failure> {
+    let slba = u64::from(sqe.cdw(10)) | (u64::from(sqe.cdw(11)) << 32);
+    let nlb = u64::from(sqe.cdw(12) & 0xffff) + 1;
+    match slba.checked_add(nlb) {
+        Some(end) if end <= ns.lbas() => Ok((slba, nlb)),
+        _ => Err(fail(
+            Status::LBA_OUT_OF_RANGE.dnr(),
+            loc::CDW10,
+            slba,
+            sqe.nsid(),
+        )),
+    }
+}
+
+/// Fills `ctx.segs` from the command's data pointer (PRPs or an SGL) for
+/// `len` bytes; `write` when the device writes guest memory.
+pub(super) fn data_pointer(
+    ctx: &mut IoContext<'_>,
+    sqe: &Sqe,
+    len: u64,
+    write: bool,
+    lba: u64,
+) -> Result<(), Failure> {
+    let r = match sqe.psdt() {
+        0 => prp::walk(
+            ctx.mem,
+            sqe.prp1(),
+            sqe.prp2(),
+            len,
+            ctx.page_size,
+            write,
+            ctx.segs,
+        )
+        .map_err(|e| e.status()),
+        // 01b: SGL with MPTR a contiguous buffer; 10b: MPTR an SGL. Without
+        // metadata the two are the same for the data.
+        1 | 2 => {
+            let raw = sqe.to_bytes();
+            let mut sgl1 = [0u8; 16];
+            sgl1.copy_from_slice(&raw[24..40]);
+            sgl::walk(ctx.mem, &sgl1, len, write, ctx.segs).map_err(|e| e.status())
+        }
+        _ => {
+            return Err(fail(
+                Status::INVALID_FIELD.dnr(),
+                loc::PSDT,
+                lba,
+                sqe.nsid(),
+            ))
+        }
+    };
+    r.map_err(|status| fail(status, loc::DPTR, lba, sqe.nsid()))
+}
+
+/// Copies the command's data buffer (host to device) into `ctx.scratch`.
+pub(super) fn read_buffer(ctx: &mut IoContext<'_>, sqe: &Sqe, len: usize) -> Result<(), Failure> {
+    data_pointer(ctx, sqe, len as u64, false, 0)?;
+    ctx.scratch.clear();
+    for s in ctx.segs.iter() {
+        // SAFETY: translated (readable) against ctx.mem, alive for this call;
+        // a host-to-device walk never yields bit bucket (null) segments.
+        ctx.scratch
+            .extend_from_slice(unsafe { std::slice::from_raw_parts(s.ptr, s.len) });
+    }
+    Ok(())
 }
 
 #[inline]
 fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, read: bool) -> Result<u32, Failure> {
     let nsid = sqe.nsid();
     let ns = namespace(ctx, nsid)?;
-    let slba = u64::from(sqe.cdw(10)) | (u64::from(sqe.cdw(11)) << 32);
-    let nlb = u64::from(sqe.cdw(12) & 0xffff) + 1;
-    if sqe.psdt() != 0 {
-        // SGLs are not advertised (Identify SGLS = 0): Invalid Field.
-        return Err(fail(Status::INVALID_FIELD.dnr(), loc::PSDT, slba, nsid));
-    }
-    if sqe.fuse() != 0 {
-        return Err(fail(Status::INVALID_FIELD.dnr(), loc::OPCODE, slba, nsid));
-    }
-    match slba.checked_add(nlb) {
-        Some(end) if end <= ns.lbas => {}
-        _ => return Err(fail(Status::LBA_OUT_OF_RANGE.dnr(), loc::SLBA, slba, nsid)),
-    }
+    let (slba, nlb) = lba_range(ns, sqe)?;
+    let shift = ns.lba_shift();
     // nlb <= 65536 and lba_shift <= 12: no overflow.
-    let len = nlb << ns.lba_shift;
+    let len = nlb << shift;
     if ctx.mdts_bytes != 0 && len > ctx.mdts_bytes {
-        return Err(fail(Status::INVALID_FIELD.dnr(), loc::NLB, slba, nsid));
+        return Err(fail(Status::INVALID_FIELD.dnr(), loc::CDW12, slba, nsid));
     }
-    if let Err(e) = prp::walk(
-        ctx.mem,
-        sqe.prp1(),
-        sqe.prp2(),
-        len,
-        ctx.page_size,
-        read,
-        ctx.segs,
-    ) {
-        return Err(fail(e.status(), loc::PRP1, slba, nsid));
-    }
-    let mut off = slba << ns.lba_shift;
+    data_pointer(ctx, sqe, len, read, slba)?;
+    let mut off = slba << shift;
     for s in ctx.segs.iter() {
         // SAFETY: each segment was translated against the snapshot in
         // ctx.mem, which keeps its region mapped for this call; the LBA range
-        // check above keeps off + len inside the namespace.
+        // check above keeps off + len inside the namespace. A null segment is
+        // an SGL bit bucket: the host does not want those bytes.
         unsafe {
-            if read {
+            if s.ptr.is_null() {
+            } else if read {
                 ns.backend.read(off, s.ptr, s.len);
             } else {
                 ns.backend.write(off, s.ptr, s.len);

@@ -1,4 +1,6 @@
-//! Command execution: data pointers (PRPs) and the NVM I/O commands.
+//! Command execution: data pointers (PRPs, SGLs) and the NVM I/O commands.
 
 pub mod io;
+pub mod nvm;
 pub mod prp;
+pub mod sgl;

@@ -231,6 +231,19 @@ impl Shared {
                 sq.advance();
                 burst += 1;
                 done += 1;
+                if !sq.aborts.is_empty() {
+                    if let Some(pos) = sq.aborts.iter().position(|&c| c == sqe.cid()) {
+                        // Aborted while still queued: complete it unexecuted.
+                        sq.aborts.swap_remove(pos);
+                        let cqe = Cqe::new(qid, sqe.cid(), Status::ABORT_REQUESTED, 0);
+                        if cq.post(&mem, cqe, sq.head as u16).is_err() {
+                            q.stats.cqe_post_errors += 1;
+                            failed = true;
+                            break;
+                        }
+                        continue;
+                    }
+                }
                 if qid == 0 {
                     // The slot stays reserved until the handler completes it.
                     q.admin_pending.push(sqe.cid());
@@ -243,6 +256,7 @@ impl Shared {
                     page_size,
                     mdts_bytes: self.cfg.mdts_bytes,
                     segs: &mut q.segs,
+                    scratch: &mut q.scratch,
                     smart: &mut q.smart,
                 };
                 let (status, dw0) = match io::execute(&mut ctx, &sqe) {

@@ -336,6 +336,24 @@ impl PyEngine {
         u16::try_from(qid).is_ok_and(|q| self.inner.cq_in_use(q))
     }
 
+    fn abort_command(&self, sqid: u64, cid: u64) -> bool {
+        match (u16::try_from(sqid), u16::try_from(cid)) {
+            (Ok(s), Ok(c)) => self.inner.abort_command(s, c),
+            _ => false,
+        }
+    }
+
+    fn format_namespace(&self, py: Python<'_>, nsid: u32, lba_size: u32) -> PyResult<()> {
+        py.detach(|| self.inner.format_namespace(nsid, lba_size))
+            .map_err(|e| to_py(py, e))
+    }
+
+    fn namespace_lba_size(&self, py: Python<'_>, nsid: u32) -> PyResult<u32> {
+        self.inner
+            .namespace_lba_size(nsid)
+            .ok_or_else(|| config_err(py, format!("namespace {nsid} does not exist")))
+    }
+
     fn doorbell_page_fd(&self, py: Python<'_>) -> PyResult<(i32, usize)> {
         use std::os::fd::IntoRawFd;
         let (fd, len) = self.inner.doorbell_page();

@@ -19,6 +19,8 @@ pub struct SubmissionQueue {
     pub tail: u32,
     /// An invalid tail already reported (so it is reported once).
     pub bad_tail: Option<u32>,
+    /// CIDs of queued commands an Abort asked to complete unexecuted.
+    pub aborts: Vec<u16>,
 }
 
 impl SubmissionQueue {
@@ -36,6 +38,7 @@ impl SubmissionQueue {
             cqid,
             tail: 0,
             bad_tail: None,
+            aborts: Vec::new(),
         })
     }
 

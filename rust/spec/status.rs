@@ -8,6 +8,8 @@ pub struct Status(u16);
 const SCT_GENERIC: u16 = 0;
 /// Status Code Type: command specific status.
 const SCT_COMMAND_SPECIFIC: u16 = 1;
+/// Status Code Type: media and data integrity errors.
+const SCT_MEDIA: u16 = 2;
 
 impl Status {
     pub const SUCCESS: Status = Status::new(SCT_GENERIC, 0x00);
@@ -22,7 +24,14 @@ impl Status {
     pub const INVALID_PRP_OFFSET: Status = Status::new(SCT_GENERIC, 0x13);
     pub const LBA_OUT_OF_RANGE: Status = Status::new(SCT_GENERIC, 0x80);
     pub const CAPACITY_EXCEEDED: Status = Status::new(SCT_GENERIC, 0x81);
+    pub const INVALID_NUM_SGL_DESCRIPTORS: Status = Status::new(SCT_GENERIC, 0x0e);
+    pub const DATA_SGL_LENGTH_INVALID: Status = Status::new(SCT_GENERIC, 0x0f);
+    pub const SGL_TYPE_INVALID: Status = Status::new(SCT_GENERIC, 0x11);
     pub const INVALID_QID: Status = Status::new(SCT_COMMAND_SPECIFIC, 0x01);
+    /// Copy beyond MSSRL, MCL or MSRC.
+    pub const COMMAND_SIZE_LIMIT_EXCEEDED: Status = Status::new(SCT_COMMAND_SPECIFIC, 0x83);
+    /// Compare found a difference (Media and Data Integrity Errors).
+    pub const COMPARE_FAILURE: Status = Status::new(SCT_MEDIA, 0x85);
 
     /// A status from its type and code.
     pub const fn new(sct: u16, sc: u16) -> Status {

@@ -1,0 +1,166 @@
+//! The rest of the NVM command set (NVM Command Set 2.0, 3.3): Compare,
+//! Write Zeroes, Dataset Management, Verify, Copy.
+
+use super::io::{data_pointer, fail, lba_range, loc, namespace, read_buffer, Failure, IoContext};
+use crate::spec::{Sqe, Status};
+
+/// Copy limits advertised in Identify Namespace (and enforced here):
+/// Maximum Single Source Range Length, in LBAs.
+pub const MSSRL: u64 = 256;
+/// Maximum Copy Length, in LBAs.
+pub const MCL: u64 = 4096;
+/// Maximum Source Range Count, 0's based.
+pub const MSRC: u32 = 127;
+
+/// 05h Compare: the host's data against the namespace.
+pub fn compare(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
+    let nsid = sqe.nsid();
+    let ns = namespace(ctx, nsid)?;
+    let (slba, nlb) = lba_range(ns, sqe)?;
+    let shift = ns.lba_shift();
+    let len = nlb << shift;
+    if ctx.mdts_bytes != 0 && len > ctx.mdts_bytes {
+        return Err(fail(Status::INVALID_FIELD.dnr(), loc::CDW12, slba, nsid));
+    }
+    data_pointer(ctx, sqe, len, false, slba)?;
+    let mut off = slba << shift;
+    let mut equal = true;
+    for s in ctx.segs.iter() {
+        // SAFETY: translated against ctx.mem (alive for this call), readable,
+        // never null for a host-to-device walk; the range check keeps
+        // off + len in the namespace.
+        equal &= unsafe { ns.backend.compare(off, s.ptr, s.len) };
+        off += s.len as u64;
+    }
+    ctx.smart.bytes_read += len;
+    ctx.smart.host_read_commands += 1;
+    if equal {
+        Ok(0)
+    } else {
+        Err(fail(Status::COMPARE_FAILURE.dnr(), loc::CDW10, slba, nsid))
+    }
+}
+
+/// 08h Write Zeroes (DEAC bit 25 deallocates, which reads back as zeroes
+/// too: DLFEAT 001b). No data pointer; not limited by MDTS.
+pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
+    let ns = namespace(ctx, sqe.nsid())?;
+    let (slba, nlb) = lba_range(ns, sqe)?;
+    let shift = ns.lba_shift();
+    // SAFETY: the range check keeps it inside the namespace.
+    unsafe { ns.backend.zero(slba << shift, nlb << shift) };
+    ctx.smart.host_write_commands += 1;
+    Ok(0)
+}
+
+/// 09h Dataset Management: with AD (CDW11 bit 2) the ranges are
+/// deallocated; the integral hints (IDR, IDW) change nothing here.
+pub fn dataset_management(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
+    let nsid = sqe.nsid();
+    let ns = namespace(ctx, nsid)?;
+    let nr = (sqe.cdw(10) & 0xff) as usize + 1;
+    let deallocate = sqe.cdw(11) & (1 << 2) != 0;
+    read_buffer(ctx, sqe, nr * 16)?;
+    let lbas = ns.lbas();
+    // Check every range before changing any.
+    let mut ranges = Vec::with_capacity(nr);
+    for r in ctx.scratch.chunks_exact(16) {
+        let len = u64::from(u32::from_le_bytes([r[4], r[5], r[6], r[7]]));
+        let slba = u64::from_le_bytes(r[8..16].try_into().unwrap_or_default());
+        match slba.checked_add(len) {
+            Some(end) if end <= lbas => ranges.push((slba, len)),
+            _ => return Err(fail(Status::LBA_OUT_OF_RANGE.dnr(), loc::DPTR, slba, nsid)),
+        }
+    }
+    if deallocate {
+        let shift = ns.lba_shift();
+        for (slba, len) in ranges {
+            // SAFETY: checked against the namespace above.
+            unsafe { ns.backend.zero(slba << shift, len << shift) };
+        }
+    }
+    Ok(0)
+}
+
+/// 0Ch Verify: the range must exist; the data is always intact here.
+pub fn verify(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
+    let ns = namespace(ctx, sqe.nsid())?;
+    lba_range(ns, sqe)?;
+    Ok(0)
+}
+
+/// 19h Copy with source range entries format 0: each source range in
+/// order to consecutive LBAs from SDLBA, within MSRC, MSSRL and MCL.
+pub fn copy(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
+    let nsid = sqe.nsid();
+    let ns = namespace(ctx, nsid)?;
+    let sdlba = u64::from(sqe.cdw(10)) | (u64::from(sqe.cdw(11)) << 32);
+    let nr = sqe.cdw(12) & 0xff;
+    let format = (sqe.cdw(12) >> 8) & 0xf;
+    if format != 0 {
+        return Err(fail(
+            Status::INVALID_FIELD.dnr(),
+            loc::CDW12 + 1,
+            sdlba,
+            nsid,
+        ));
+    }
+    if nr > MSRC {
+        return Err(fail(
+            Status::COMMAND_SIZE_LIMIT_EXCEEDED.dnr(),
+            loc::CDW12,
+            sdlba,
+            nsid,
+        ));
+    }
+    read_buffer(ctx, sqe, (nr as usize + 1) * 32)?;
+    let lbas = ns.lbas();
+    let mut total = 0u64;
+    let mut ranges = Vec::with_capacity(nr as usize + 1);
+    for e in ctx.scratch.chunks_exact(32) {
+        let slba = u64::from_le_bytes(e[8..16].try_into().unwrap_or_default());
+        let nlb = u64::from(u16::from_le_bytes([e[16], e[17]])) + 1;
+        if nlb > MSSRL {
+            return Err(fail(
+                Status::COMMAND_SIZE_LIMIT_EXCEEDED.dnr(),
+                loc::DPTR,
+                slba,
+                nsid,
+            ));
+        }
+        match slba.checked_add(nlb) {
+            Some(end) if end <= lbas => ranges.push((slba, nlb)),
+            _ => return Err(fail(Status::LBA_OUT_OF_RANGE.dnr(), loc::DPTR, slba, nsid)),
+        }
+        total += nlb;
+    }
+    if total > MCL {
+        return Err(fail(
+            Status::COMMAND_SIZE_LIMIT_EXCEEDED.dnr(),
+            loc::CDW12,
+            sdlba,
+            nsid,
+        ));
+    }
+    match sdlba.checked_add(total) {
+        Some(end) if end <= lbas => {}
+        _ => {
+            return Err(fail(
+                Status::LBA_OUT_OF_RANGE.dnr(),
+                loc::CDW10,
+                sdlba,
+                nsid,
+            ))
+        }
+    }
+    let shift = ns.lba_shift();
+    let mut dst = sdlba;
+    for (slba, nlb) in ranges {
+        // SAFETY: both ranges were checked against the namespace above.
+        unsafe { ns.backend.copy(slba << shift, dst << shift, nlb << shift) };
+        dst += nlb;
+    }
+    ctx.smart.bytes_written += total << shift;
+    ctx.smart.host_write_commands += 1;
+    Ok(0)
+}
