@@ -938,4 +938,7 @@ mod worker;
 mod irq_tests;
 
 #[cfg(test)]
+mod nvm_tests;
+
+#[cfg(test)]
 mod tests;
