@@ -24,14 +24,17 @@ pub enum SglError {
     /// A type or subtype we do not support (keyed, transport, offset): SGL Descriptor Type Invalid.
     #[error("SGL descriptor type {0:#04x} is not supported")]
     TypeInvalid(u8),
-    /// A Segment / Last Segment where none may be: Invalid SGL Segment Descriptor.
-    #[error("misplaced SGL segment descriptor")]
+    /// A segment descriptor whose length is zero or not a multiple of 16,
+    /// or one following a Last Segment list: Invalid SGL Segment Descriptor
+    /// (as QEMU's nvme_map_sgl).
+    #[error("invalid SGL segment descriptor")]
     SegmentInvalid,
-    /// A segment whose length is zero or not a multiple of 16, or too many
-    /// descriptors: Invalid Number of SGL Descriptors.
+    /// A segment descriptor that is not the last of its list, or a chain too
+    /// long to be real: Invalid Number of SGL Descriptors.
     #[error("invalid number of SGL descriptors")]
     NumberInvalid,
-    /// The data descriptors describe less than the command transfers.
+    /// The data descriptors describe less, or more, than the command
+    /// transfers (SGLS bit 18, longer SGLs allowed, is clear).
     #[error("SGL describes {have} bytes, the command needs {need}")]
     LengthInvalid { have: u64, need: u64 },
     /// A descriptor or data address outside mapped memory.
@@ -65,7 +68,7 @@ impl Descriptor {
         let (kind, subtype) = (id >> 4, id & 0xf);
         // Subtype 0h is "Address"; the offset subtypes belong to fabrics.
         let supported = matches!(kind, DATA_BLOCK | BIT_BUCKET | SEGMENT | LAST_SEGMENT);
-        if !supported || (kind != BIT_BUCKET && subtype != 0) {
+        if !supported || subtype != 0 {
             return Err(SglError::TypeInvalid(id));
         }
         Ok(Descriptor {
@@ -87,15 +90,22 @@ struct Walk<'a> {
 impl Walk<'_> {
     /// A data-carrying descriptor: takes what the command still needs.
     fn data(&mut self, d: Descriptor) -> Result<(), SglError> {
-        let take = u64::from(d.len).min(self.need - self.have);
+        // Bytes the host does not want: only a read can drop them.
+        if d.kind == BIT_BUCKET && !self.write {
+            return Err(SglError::TypeInvalid(BIT_BUCKET << 4));
+        }
+        let take = u64::from(d.len);
+        if take > self.need - self.have {
+            // More than the command transfers: SGLS bit 18 is clear.
+            return Err(SglError::LengthInvalid {
+                have: self.have + take,
+                need: self.need,
+            });
+        }
         if take == 0 {
             return Ok(());
         }
         let ptr = if d.kind == BIT_BUCKET {
-            // Bytes the host does not want: only a read can drop them.
-            if !self.write {
-                return Err(SglError::TypeInvalid(BIT_BUCKET << 4));
-            }
             std::ptr::null_mut()
         } else {
             self.mem.translate(d.addr, take, self.write)?
@@ -150,7 +160,7 @@ pub fn walk(
                     return Err(SglError::SegmentInvalid);
                 }
                 if d.len == 0 || d.len % 16 != 0 {
-                    return Err(SglError::NumberInvalid);
+                    return Err(SglError::SegmentInvalid);
                 }
                 in_last = d.kind == LAST_SEGMENT;
                 let n = (d.len / 16) as usize;
@@ -174,7 +184,7 @@ pub fn walk(
                         SEGMENT | LAST_SEGMENT => {
                             // Only the last descriptor of a list may chain on.
                             if i != n - 1 {
-                                return Err(SglError::SegmentInvalid);
+                                return Err(SglError::NumberInvalid);
                             }
                             next = Some(e);
                         }
@@ -271,7 +281,7 @@ mod tests {
         ));
         assert_eq!(
             walk(&s, &desc(0x10_8000, 24, SEGMENT), 512, true, &mut out),
-            Err(SglError::NumberInvalid)
+            Err(SglError::SegmentInvalid)
         );
         // A segment descriptor in the middle of a list.
         let l = 0x10_8000;
@@ -279,8 +289,13 @@ mod tests {
         s.write(l + 16, &desc(0x10_0000, 512, DATA_BLOCK)).unwrap();
         assert_eq!(
             walk(&s, &desc(l, 32, SEGMENT), 512, true, &mut out),
-            Err(SglError::SegmentInvalid)
+            Err(SglError::NumberInvalid)
         );
+        // Longer than the transfer (SGLS bit 18 clear).
+        assert!(matches!(
+            walk(&s, &desc(0x10_0000, 1024, DATA_BLOCK), 512, true, &mut out),
+            Err(SglError::LengthInvalid { .. })
+        ));
         // A segment after a last segment.
         s.write(l, &desc(0x10_9000, 16, SEGMENT)).unwrap();
         assert_eq!(

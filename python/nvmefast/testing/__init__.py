@@ -23,10 +23,14 @@ from nvmefast.testing.memory import PAGE_SIZE, GuestMemory, GuestMemoryError
 from nvmefast.testing.msix import MsixTable, enable_msix
 from nvmefast.testing.prp import PrpSet, build_prps, data_pointers
 from nvmefast.testing.queues import QueuePair
+from nvmefast.testing.sgl import (
+    PSDT_SGL, SglDescriptor, SglSet, bit_bucket, build_sgl, data_block, last_segment, segment,
+)
 from nvmefast.testing.sqe import Completion, build_sqe
 
 __all__ = [
     "PAGE_SIZE",
+    "PSDT_SGL",
     "Completion",
     "GuestMemory",
     "GuestMemoryError",
@@ -38,11 +42,18 @@ __all__ = [
     "MsixTable",
     "PrpSet",
     "QueuePair",
+    "SglDescriptor",
+    "SglSet",
     "ShadowBuffers",
+    "bit_bucket",
     "build_prps",
+    "build_sgl",
     "build_sqe",
     "command_error",
+    "data_block",
     "data_pointers",
     "enable_msix",
+    "last_segment",
     "need_event",
+    "segment",
 ]

@@ -30,6 +30,7 @@ from nvmefast.testing.memory import PAGE_SIZE, GuestMemory
 from nvmefast.testing.msix import enable_msix
 from nvmefast.testing.prp import PrpSet, build_prps, data_pointers
 from nvmefast.testing.queues import CompletionQueue, QueuePair, SubmissionQueue, Vector
+from nvmefast.testing.sgl import DESCRIPTORS_PER_PAGE, SglDescriptor, SglSet, build_sgl
 from nvmefast.testing.sqe import CQE_SIZE, SQE_SIZE, Completion, build_sqe, sqe_with_cid
 
 MiB = 1 << 20
@@ -391,6 +392,17 @@ class Host:
     def free_prps(self, prps: PrpSet) -> None:
         """Free the PRP list pages of ``prps``."""
         for page in prps.list_pages:
+            self.free(page)
+
+    def build_sgl(self, descriptors: Sequence[SglDescriptor], *,
+                  per_segment: int = DESCRIPTORS_PER_PAGE) -> SglSet:
+        """SGL1 (and segment lists, allocated here) for these data descriptors;
+        see :func:`nvmefast.testing.sgl.build_sgl`. Use ``**sgl.dptr()`` in an SQE."""
+        return build_sgl(descriptors, self.alloc, self.mem.write, per_segment=per_segment)
+
+    def free_sgl(self, sgls: SglSet) -> None:
+        """Free the segment lists of ``sgls``."""
+        for page in sgls.segment_lists:
             self.free(page)
 
     # admin commands

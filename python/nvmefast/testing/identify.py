@@ -141,6 +141,26 @@ class IdentifyNamespace:
         """Namespace size in bytes (NSZE blocks)."""
         return self.nsze * self.lba_size
 
+    @property
+    def dlfeat(self) -> int:
+        """Deallocate Logical Block Features (byte 33); bits 2:0 = 001b: deallocated blocks read 00h."""
+        return self.raw[33]
+
+    @property
+    def mssrl(self) -> int:
+        """Maximum Single Source Range Length of Copy, in LBAs (bytes 74-75)."""
+        return int(struct.unpack_from("<H", self.raw, 74)[0])
+
+    @property
+    def mcl(self) -> int:
+        """Maximum Copy Length, in LBAs (bytes 76-79)."""
+        return int(struct.unpack_from("<I", self.raw, 76)[0])
+
+    @property
+    def msrc(self) -> int:
+        """Maximum Source Range Count of Copy, 0's based (byte 80)."""
+        return self.raw[80]
+
 
 def parse_nsid_list(raw: bytes) -> list[int]:
     """Parse an Active Namespace ID list (CNS 02h): NSIDs until the first zero."""
