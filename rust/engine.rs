@@ -226,6 +226,11 @@ struct Shared {
     stop: AtomicBool,
     fatal: AtomicBool,
     admin: Mutex<Option<Arc<dyn AdminHandler>>>,
+    /// Held by the admin worker around each handler call and by reset: a
+    /// command fetched before a reset never reaches the handler after it
+    /// (its side effects, such as an AER the control plane starts waiting
+    /// on, would outlive the reset that dropped it).
+    handler_gate: Mutex<()>,
 }
 
 /// The emulated controller's hot path.
@@ -333,6 +338,7 @@ impl Engine {
             stop: AtomicBool::new(false),
             fatal: AtomicBool::new(false),
             admin: Mutex::new(None),
+            handler_gate: Mutex::new(()),
             cfg,
         };
         Ok(Engine {
@@ -462,6 +468,7 @@ impl Engine {
     /// command is dropped and CSTS.CFS cleared. Guest memory, vectors and
     /// counters stay (they belong to the PCI function, not the controller).
     pub fn reset(&self) {
+        let _gate = lock(&self.shared.handler_gate);
         // Every worker's table at once (taken in index order, the only
         // order anyone takes more than one), so no worker sees half a reset.
         let mut guards: Vec<_> = self

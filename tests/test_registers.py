@@ -86,10 +86,10 @@ def test_cap_dword_and_narrow_reads_agree(controller: Controller) -> None:
     assert controller.bar0_read(CAP + 6, 2) == (cap >> 48) & 0xFFFF
 
 
-def test_vs_is_1_4_0(controller: Controller) -> None:
-    assert controller.bar0_read(VS, 4) == 0x00010400
-    assert controller.bar0_read(VS + 2, 2) == 0x0001  # MJR
-    assert controller.bar0_read(VS + 1, 1) == 0x04  # MNR
+def test_vs_is_2_0_0(controller: Controller) -> None:
+    assert controller.bar0_read(VS, 4) == 0x00020000
+    assert controller.bar0_read(VS + 2, 2) == 0x0002  # MJR
+    assert controller.bar0_read(VS + 1, 1) == 0x00  # MNR
     assert controller.bar0_read(VS, 1) == 0x00  # TER
 
 

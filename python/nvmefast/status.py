@@ -93,8 +93,12 @@ class Status(enum.IntEnum):
     """Invalid Queue Deletion."""
     FID_NOT_SAVEABLE = _code(SCT_COMMAND_SPECIFIC, 0x0D)
     """Feature Identifier Not Saveable."""
+    INVALID_FORMAT = _code(SCT_COMMAND_SPECIFIC, 0x0A)
+    """Invalid Format (Format NVM: an LBA format or protection setting not supported)."""
     FEATURE_NOT_CHANGEABLE = _code(SCT_COMMAND_SPECIFIC, 0x0E)
     """Feature Not Changeable."""
+    FEATURE_NOT_NS_SPECIFIC = _code(SCT_COMMAND_SPECIFIC, 0x0F)
+    """Feature Not Namespace Specific."""
 
 
 _NAMES: dict[int, str] = {
@@ -120,7 +124,9 @@ _NAMES: dict[int, str] = {
     Status.INVALID_LOG_PAGE: "Invalid Log Page",
     Status.INVALID_QUEUE_DELETION: "Invalid Queue Deletion",
     Status.FID_NOT_SAVEABLE: "Feature Identifier Not Saveable",
+    Status.INVALID_FORMAT: "Invalid Format",
     Status.FEATURE_NOT_CHANGEABLE: "Feature Not Changeable",
+    Status.FEATURE_NOT_NS_SPECIFIC: "Feature Not Namespace Specific",
 }
 
 

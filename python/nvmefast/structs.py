@@ -1,10 +1,12 @@
 """Identify data structures and log pages: builders and parsers.
 
 Builders produce the exact bytes the controller transfers to the host; the
-offsets are those of NVMe Base Specification 1.4 (Figure 247 Identify
-Controller, Figure 245 Identify Namespace, Figure 198 Error Information,
-Figure 207 SMART / Health Information, Figure 208 Firmware Slot
-Information). Parsers turn those bytes back into dataclasses for the host
+offsets are those of NVMe Base Specification 2.0 (Figure 275 Identify
+Controller, Figure 206 Error Information, Figure 207 SMART / Health
+Information, Figure 209 Firmware Slot Information) and NVM Command Set
+Specification 1.0 (Figure 97 Identify Namespace). The I/O Command Set
+structures (CNS 05h/06h/08h/1Ch, the Changed Namespace List and the Commands
+Supported and Effects log) are in :mod:`nvmefast.iocs`. Parsers turn those bytes back into dataclasses for the host
 driver in ``nvmefast.testing`` and for tests; they read the spec's offsets,
 not the builders' internals.
 """
@@ -21,9 +23,17 @@ from collections.abc import Sequence
 from nvmefast.config import ControllerConfig, NamespaceConfig
 
 __all__ = [
+    "CSI_NVM",
+    "DLFEAT",
     "ERROR_LOG_ENTRY_SIZE",
     "IDENTIFY_SIZE",
+    "LBA_FORMATS",
+    "MCL",
+    "MSRC",
+    "MSSRL",
     "NVME_VERSION",
+    "ONCS",
+    "SGLS",
     "ErrorLogEntry",
     "FirmwareSlotLog",
     "IdentifyController",
@@ -37,6 +47,7 @@ __all__ = [
     "build_identify_namespace",
     "build_ns_id_descriptors",
     "build_smart_log",
+    "lba_format_index",
     "namespace_ids",
     "parse_active_ns_list",
     "parse_ns_id_descriptors",
@@ -51,8 +62,8 @@ SMART_LOG_SIZE = 512
 FIRMWARE_SLOT_LOG_SIZE = 512
 """The Firmware Slot Information log page."""
 
-NVME_VERSION = 0x00010400
-"""NVMe 1.4.0, as reported in VS and Identify Controller VER."""
+NVME_VERSION = 0x00020000
+"""NVMe 2.0.0, as reported in VS and Identify Controller VER."""
 
 PCI_VENDOR_ID = 0x1B36
 """Identify VID. The PCI face (vfio-user config space) must report the same."""
@@ -74,13 +85,66 @@ CCTEMP = 373
 COMPOSITE_TEMPERATURE = 310
 """The composite temperature the SMART log reports, Kelvin (37 C)."""
 
+LBA_FORMATS = (512, 4096)
+"""LBA data sizes of LBA Format 0 and 1 (NLBAF = 1), neither with metadata.
+Format NVM switches a namespace between them."""
+
+# Copy limits (Identify Namespace), in logical blocks of the current format.
+# The core enforces exactly these: change them together with rust/cmd.
+MSSRL = 256
+"""Maximum Single Source Range Length of a Copy, in logical blocks."""
+MCL = 4096
+"""Maximum Copy Length (all source ranges together), in logical blocks."""
+MSRC = 127
+"""Maximum Source Range Count of a Copy, 0's based (128 ranges)."""
+
+DLFEAT = 0x09
+"""Deallocate Logical Block Features: bit 3 Write Zeroes may deallocate
+(DEAC), bits 2:0 = 001b deallocated blocks read as all 00h."""
+
+ONCS_COMPARE = 1 << 0
+"""ONCS bit 0: Compare."""
+ONCS_DSM = 1 << 2
+"""ONCS bit 2: Dataset Management."""
+ONCS_WRITE_ZEROES = 1 << 3
+"""ONCS bit 3: Write Zeroes."""
+ONCS_SAVE_SELECT = 1 << 4
+"""ONCS bit 4: Set Features Save and Get Features Select are honoured."""
+ONCS_TIMESTAMP = 1 << 6
+"""ONCS bit 6: the Timestamp feature."""
+ONCS_VERIFY = 1 << 7
+"""ONCS bit 7: Verify."""
+ONCS_COPY = 1 << 8
+"""ONCS bit 8: Copy."""
+ONCS = (
+    ONCS_COMPARE | ONCS_DSM | ONCS_WRITE_ZEROES | ONCS_SAVE_SELECT | ONCS_TIMESTAMP | ONCS_VERIFY | ONCS_COPY
+)
+"""Optional NVM Command Support: what the core and the admin layer implement."""
+
+OACS_FORMAT_NVM = 1 << 1
+"""OACS bit 1: Format NVM."""
+OACS_DBBUF = 1 << 8
+"""OACS bit 8: Doorbell Buffer Config."""
+OAES_NS_ATTRIBUTE = 1 << 8
+"""OAES bit 8: Namespace Attribute Notices (Changed Namespace List)."""
+SGLS = 0x00010001
+"""SGL Support: bits 1:0 = 01b SGLs without alignment requirement (Data
+Block, Segment, Last Segment), bit 16 SGL Bit Bucket. Keyed SGLs: none."""
+OCFS_FORMAT_0 = 1 << 0
+"""Optional Copy Formats Supported: source range entry format 0."""
+KAS = 1
+"""Keep Alive Support: timer granularity in 100 ms units (nonzero: Keep Alive supported)."""
+LPA_CSE = 1 << 1
+"""LPA bit 1: the Commands Supported and Effects log page."""
+LPA_EXTENDED = 1 << 2
+"""LPA bit 2: extended data (NUMDU, LPOL/LPOU) in Get Log Page."""
+
 # Identify Controller field values the spec fixes for what we implement.
 _CNTRLTYPE_IO = 1
 _FRMW = 0x03  # bit 0: slot 1 read-only; bits 3:1: one slot
-_LPA_EXTENDED = 1 << 2  # NUMDU, LPOL/LPOU in Get Log Page
 _SQES = 0x66  # required and maximum SQ entry size: 2**6 = 64 bytes
 _CQES = 0x44  # 2**4 = 16 bytes
-_ONCS_SAVE_SELECT = 1 << 4  # Get Features SEL is honoured
+_FNA = 0x00  # Format NVM per namespace; no secure or cryptographic erase
 _VWC_PRESENT = 0x01
 _VWC_NO_BROADCAST_FLUSH = 0x02 << 1  # bits 2:1 = 10b: NSID FFFFFFFFh flush unsupported
 
@@ -126,22 +190,25 @@ def build_identify_controller(config: ControllerConfig) -> bytes:
     buf[77] = config.mdts
     struct.pack_into("<H", buf, 78, 0)  # CNTLID
     struct.pack_into("<I", buf, 80, NVME_VERSION)
-    struct.pack_into("<I", buf, 92, 0)  # OAES: no optional notices
+    struct.pack_into("<I", buf, 92, OAES_NS_ATTRIBUTE)
     buf[111] = _CNTRLTYPE_IO
-    struct.pack_into("<H", buf, 256, 1 << 8)  # OACS: Doorbell Buffer Config
+    struct.pack_into("<H", buf, 256, OACS_FORMAT_NVM | OACS_DBBUF)
     buf[258] = ACL
     buf[259] = config.aerl
     buf[260] = _FRMW
-    buf[261] = _LPA_EXTENDED
+    buf[261] = LPA_CSE | LPA_EXTENDED
     buf[262] = ELPE
     buf[263] = 0  # NPSS: one power state
     struct.pack_into("<HH", buf, 266, WCTEMP, CCTEMP)
+    struct.pack_into("<H", buf, 320, KAS)
     buf[512] = _SQES
     buf[513] = _CQES
     struct.pack_into("<I", buf, 516, len(config.namespaces))  # NN
-    struct.pack_into("<H", buf, 520, _ONCS_SAVE_SELECT)
+    struct.pack_into("<H", buf, 520, ONCS)
+    buf[524] = _FNA
     buf[525] = (_VWC_PRESENT | _VWC_NO_BROADCAST_FLUSH) if config.volatile_write_cache else 0
-    struct.pack_into("<I", buf, 536, 0)  # SGLS: PRPs only
+    struct.pack_into("<H", buf, 534, OCFS_FORMAT_0)
+    struct.pack_into("<I", buf, 536, SGLS)
     subnqn = (SUBNQN_PREFIX + config.serial).encode("ascii")
     buf[768 : 768 + len(subnqn)] = subnqn
     # PSD0: 25 W max power, entry/exit latency as QEMU reports.
@@ -154,23 +221,37 @@ def _lbaf(lba_size: int) -> int:
     return int(math.log2(lba_size)) << 16
 
 
+def lba_format_index(lba_size: int) -> int:
+    """The LBA Format index (FLBAS bits 3:0) of ``lba_size``."""
+    return LBA_FORMATS.index(lba_size)
+
+
 def build_identify_namespace(
     ns: NamespaceConfig | None, ids: NamespaceIds | None, lba_size: int
 ) -> bytes:
-    """The Identify Namespace data structure (CNS 00h).
+    """The Identify Namespace data structure (CNS 00h) of a namespace whose
+    current LBA data size is ``lba_size`` (it changes with Format NVM).
 
     ``ns`` None gives the fields common to all namespaces (NSID FFFFFFFFh):
-    sizes and identifiers zero, the LBA format of ``lba_size``.
+    sizes and identifiers zero, FLBAS the format of ``lba_size``.
     """
     buf = bytearray(IDENTIFY_SIZE)
-    lbas = ns.lbas if ns is not None else 0
+    # A namespace keeps its bytes across Format NVM; a 4 KiB format of a size
+    # that is no multiple of 4 KiB loses the tail.
+    lbas = ns.size_bytes // lba_size if ns is not None else 0
     struct.pack_into("<QQQ", buf, 0, lbas, lbas, lbas)  # NSZE, NCAP, NUSE
-    buf[25] = 0  # NLBAF: one format, 0-based
-    buf[26] = 0  # FLBAS: format 0, no metadata
+    # NSFEAT 0: NUSE is NCAP (no thin provisioning reporting), no DULBE
+    # (Error Recovery rejects it), no namespace atomicity or I/O hints.
+    buf[24] = 0
+    buf[25] = len(LBA_FORMATS) - 1  # NLBAF, 0's based
+    buf[26] = lba_format_index(lba_size)  # FLBAS: bits 3:0, no metadata
+    buf[33] = DLFEAT
+    struct.pack_into("<HIB", buf, 74, MSSRL, MCL, MSRC)
     if ids is not None:
         buf[104:120] = ids.nguid
         buf[120:128] = ids.eui64
-    struct.pack_into("<I", buf, 128, _lbaf(lba_size))
+    for i, size in enumerate(LBA_FORMATS):
+        struct.pack_into("<I", buf, 128 + 4 * i, _lbaf(size))
     return bytes(buf)
 
 
@@ -188,13 +269,23 @@ NIDT_NGUID = 0x02
 """Namespace Identifier Type: Namespace Globally Unique Identifier."""
 NIDT_UUID = 0x03
 """Namespace Identifier Type: Universally Unique Identifier."""
+NIDT_CSI = 0x04
+"""Namespace Identifier Type: Command Set Identifier."""
+CSI_NVM = 0x00
+"""Command Set Identifier of the NVM Command Set, the only one implemented."""
 
 
 def build_ns_id_descriptors(ids: NamespaceIds) -> bytes:
-    """Namespace Identification Descriptor list (CNS 03h)."""
+    """Namespace Identification Descriptor list (CNS 03h), with the CSI descriptor."""
     buf = bytearray(IDENTIFY_SIZE)
     offset = 0
-    for nidt, nid in ((NIDT_EUI64, ids.eui64), (NIDT_NGUID, ids.nguid), (NIDT_UUID, ids.uuid)):
+    descriptors = (
+        (NIDT_EUI64, ids.eui64),
+        (NIDT_NGUID, ids.nguid),
+        (NIDT_UUID, ids.uuid),
+        (NIDT_CSI, bytes([CSI_NVM])),
+    )
+    for nidt, nid in descriptors:
         struct.pack_into("<BBxx", buf, offset, nidt, len(nid))
         buf[offset + 4 : offset + 4 + len(nid)] = nid
         offset += 4 + len(nid)

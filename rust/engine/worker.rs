@@ -365,12 +365,19 @@ impl Shared {
     fn run_admin(&self, batch: &mut Vec<Sqe>, gen: u64, out: &mut Signals) {
         let handler = lock(&self.admin).clone();
         for sqe in batch.drain(..) {
-            let outcome = match &handler {
-                Some(h) => h.handle(&sqe),
-                None => AdminOutcome::Complete {
-                    status: Status::INVALID_OPCODE.dnr(),
-                    dw0: 0,
-                },
+            let outcome = {
+                let _gate = lock(&self.handler_gate);
+                if self.generation.load(Ordering::SeqCst) != gen {
+                    // A reset dropped this command: nothing to run or post.
+                    continue;
+                }
+                match &handler {
+                    Some(h) => h.handle(&sqe),
+                    None => AdminOutcome::Complete {
+                        status: Status::INVALID_OPCODE.dnr(),
+                        dw0: 0,
+                    },
+                }
             };
             {
                 let mut q = lock(&self.workers[0].queues);

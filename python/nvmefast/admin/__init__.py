@@ -18,16 +18,34 @@ import time
 from collections.abc import Callable
 
 from nvmefast._core import Engine
+from collections.abc import Iterable
+
 from nvmefast.admin.abort import abort
-from nvmefast.admin.aer import AsyncEvent, AsyncEvents, AsyncEventType, async_event_request
-from nvmefast.admin.doorbell_buffer import doorbell_buffer_config
+from nvmefast.admin.aer import (
+    AsyncEvent,
+    AsyncEvents,
+    AsyncEventType,
+    NoticeEventInfo,
+    SmartEventInfo,
+    async_event_request,
+)
 from nvmefast.admin.command import CDW0, AdminCommand, Reject, Result, param_location
-from nvmefast.admin.features import Features, get_features, set_features
+from nvmefast.admin.doorbell_buffer import doorbell_buffer_config
+from nvmefast.admin.features import (
+    AEC_NAMESPACE_ATTRIBUTE,
+    CRITICAL_WARNING_TEMPERATURE,
+    Features,
+    get_features,
+    set_features,
+)
+from nvmefast.admin.format_nvm import format_nvm
 from nvmefast.admin.identify import identify
-from nvmefast.admin.log_page import ErrorLog, get_log_page
+from nvmefast.admin.keep_alive import keep_alive
+from nvmefast.admin.log_page import ErrorLog, LogPageId, get_log_page
 from nvmefast.admin.queues import create_io_cq, create_io_sq, delete_io_cq, delete_io_sq
 from nvmefast.config import ControllerConfig
 from nvmefast.errors import QueueError
+from nvmefast.iocs import EFFECTS_CSUPP, EFFECTS_LBCC, EFFECTS_NCC
 from nvmefast.status import Status, with_dnr
 
 __all__ = ["Admin", "AdminCommand", "Opcode"]
@@ -37,7 +55,7 @@ log = logging.getLogger(__name__)
 
 
 class Opcode:
-    """Admin command opcodes (NVMe 1.4 Figure 139)."""
+    """Admin command opcodes (NVMe Base 2.0 Figure 28, NVM Command Set 1.0 Figure 27)."""
 
     DELETE_IO_SQ = 0x00
     """Delete I/O Submission Queue."""
@@ -61,6 +79,10 @@ class Opcode:
     """Get Features."""
     ASYNC_EVENT_REQUEST = 0x0C
     """Asynchronous Event Request."""
+    KEEP_ALIVE = 0x18
+    """Keep Alive."""
+    FORMAT_NVM = 0x80
+    """Format NVM."""
 
 
 Handler = Callable[["Admin", AdminCommand], Result]
@@ -77,7 +99,13 @@ _HANDLERS: dict[int, Handler] = {
     Opcode.GET_FEATURES: get_features,
     Opcode.ASYNC_EVENT_REQUEST: async_event_request,
     Opcode.DOORBELL_BUFFER_CONFIG: doorbell_buffer_config,
+    Opcode.KEEP_ALIVE: keep_alive,
+    Opcode.FORMAT_NVM: format_nvm,
 }
+
+_ADMIN_EFFECTS: dict[int, int] = {opcode: EFFECTS_CSUPP for opcode in _HANDLERS}
+# Format NVM rewrites every block and changes Identify Namespace (FLBAS, NSZE).
+_ADMIN_EFFECTS[Opcode.FORMAT_NVM] |= EFFECTS_LBCC | EFFECTS_NCC
 
 
 class Admin:
@@ -108,6 +136,10 @@ class Admin:
         """I/O submission queues created since the last reset."""
         self.io_cqs: set[int] = set()
         """I/O completion queues created since the last reset."""
+        self.changed_nsids: set[int] = set()
+        """NSIDs for the Changed Namespace List log, until it is read with RAE=0."""
+        self.last_keep_alive = 0.0
+        """When the last Keep Alive command came (monotonic seconds), 0 if none."""
         self.commands = 0
         """Admin commands handled."""
         self.failures = 0
@@ -170,6 +202,33 @@ class Admin:
         with self.lock:
             completions = self.events.post(AsyncEvent(event_type, info, log_page))
         self._complete(completions)
+
+    def command_effects(self) -> dict[int, int]:
+        """Commands Supported and Effects of each admin opcode (log 05h)."""
+        return dict(_ADMIN_EFFECTS)
+
+    def namespaces_changed(self, nsids: Iterable[int]) -> None:
+        """Namespaces' Identify data changed: record them in the Changed
+        Namespace List and raise a Namespace Attribute Changed notice unless
+        Asynchronous Event Configuration bit 8 masks it (the log is kept
+        either way)."""
+        with self.lock:
+            self.changed_nsids.update(nsids)
+            notify = bool(self.features.async_event_configuration & AEC_NAMESPACE_ATTRIBUTE)
+        if notify:
+            self.post_event(
+                AsyncEventType.NOTICE,
+                NoticeEventInfo.NAMESPACE_ATTRIBUTE_CHANGED,
+                LogPageId.CHANGED_NAMESPACE_LIST,
+            )
+
+    def smart_event(self, critical_warning: int) -> None:
+        """SMART critical warning bits came on: a SMART / Health event for
+        those Asynchronous Event Configuration bits 7:0 enable."""
+        with self.lock:
+            enabled = critical_warning & self.features.async_event_configuration
+        if enabled & CRITICAL_WARNING_TEMPERATURE:
+            self.post_event(AsyncEventType.SMART, SmartEventInfo.TEMPERATURE_THRESHOLD, LogPageId.SMART_HEALTH)
 
     def report_error_event(self, info: int) -> None:
         """Report an Error status event whose details are in log page 01h."""

@@ -26,7 +26,15 @@ from nvmefast.status import Status
 if TYPE_CHECKING:
     from nvmefast.admin import Admin
 
-__all__ = ["AsyncEvent", "AsyncEventType", "AsyncEvents", "ErrorEventInfo", "async_event_request"]
+__all__ = [
+    "AsyncEvent",
+    "AsyncEventType",
+    "AsyncEvents",
+    "ErrorEventInfo",
+    "NoticeEventInfo",
+    "SmartEventInfo",
+    "async_event_request",
+]
 
 MAX_QUEUED = 64
 """Events kept while their type is masked or no AER is outstanding; more are dropped."""
@@ -47,6 +55,26 @@ class AsyncEventType(enum.IntEnum):
     """Vendor specific."""
 
 
+class SmartEventInfo(enum.IntEnum):
+    """Asynchronous Event Information for SMART / Health status events."""
+
+    RELIABILITY = 0x00
+    """NVM subsystem reliability."""
+    TEMPERATURE_THRESHOLD = 0x01
+    """Temperature threshold."""
+    SPARE_BELOW_THRESHOLD = 0x02
+    """Available spare below threshold."""
+
+
+class NoticeEventInfo(enum.IntEnum):
+    """Asynchronous Event Information for Notice events."""
+
+    NAMESPACE_ATTRIBUTE_CHANGED = 0x00
+    """Namespace Attribute Changed: see the Changed Namespace List log (04h)."""
+    FIRMWARE_ACTIVATION_STARTING = 0x01
+    """Firmware Activation Starting."""
+
+
 class ErrorEventInfo(enum.IntEnum):
     """Asynchronous Event Information for Error status events (Figure 147)."""
 
@@ -62,7 +90,12 @@ class ErrorEventInfo(enum.IntEnum):
     """Transient Internal Error."""
 
 
-LOG_PAGE_EVENT_TYPE = {0x01: AsyncEventType.ERROR, 0x02: AsyncEventType.SMART, 0x03: AsyncEventType.NOTICE}
+LOG_PAGE_EVENT_TYPE = {
+    0x01: AsyncEventType.ERROR,
+    0x02: AsyncEventType.SMART,
+    0x03: AsyncEventType.NOTICE,
+    0x04: AsyncEventType.NOTICE,
+}
 """Which event type reading a log page (with RAE=0) clears."""
 
 

@@ -1,10 +1,13 @@
 """Get Log Page (02h) and the Error Information log behind it.
 
-Log pages: 01h Error Information, 02h SMART / Health Information, 03h
-Firmware Slot Information (NVMe 1.4 5.14.1). The extended form is supported
+Log pages (NVMe Base 2.0 5.16.1): 01h Error Information, 02h SMART / Health
+Information, 03h Firmware Slot Information, 04h Changed Namespace List, 05h
+Commands Supported and Effects (LPA bit 1). The extended form is supported
 (LPA bit 2): NUMD is NUMDU:NUMDL and the offset LPOU:LPOL, in bytes and
-dword aligned. Bytes past a log's end read as zero. Reading a page with
-Retain Asynchronous Event cleared unmasks the event type that points at it.
+dword aligned; an offset past the log's end is an Invalid Field, bytes past
+it read as zero. Reading a page with Retain Asynchronous Event cleared
+unmasks the event type that points at it, and empties the Changed Namespace
+List.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from typing import TYPE_CHECKING
 
 from nvmefast.admin.aer import LOG_PAGE_EVENT_TYPE
 from nvmefast.admin.command import CDW10, CDW12, NSID, AdminCommand, Reject, Result, param_location
+from nvmefast.iocs import IO_OPCODE_EFFECTS, build_changed_ns_list, build_command_effects_log
 from nvmefast.status import Status
 from nvmefast.structs import (
     COMPOSITE_TEMPERATURE,
+    CSI_NVM,
     ELPE,
     ErrorLogEntry,
     SmartLog,
@@ -42,6 +47,23 @@ class LogPageId:
     """SMART / Health Information."""
     FIRMWARE_SLOT = 0x03
     """Firmware Slot Information."""
+    CHANGED_NAMESPACE_LIST = 0x04
+    """Changed Namespace List."""
+    COMMANDS_SUPPORTED_AND_EFFECTS = 0x05
+    """Commands Supported and Effects."""
+
+
+SUPPORTED = frozenset(
+    (
+        LogPageId.ERROR_INFORMATION,
+        LogPageId.SMART_HEALTH,
+        LogPageId.FIRMWARE_SLOT,
+        LogPageId.CHANGED_NAMESPACE_LIST,
+        LogPageId.COMMANDS_SUPPORTED_AND_EFFECTS,
+    )
+)
+"""Log Page Identifiers Get Log Page accepts."""
+_CDW14 = 56
 
 
 NO_MDTS_LOG_LIMIT = 1 << 20
@@ -74,8 +96,10 @@ class ErrorLog:
 
 
 def _smart(admin: Admin, smart: Mapping[str, int]) -> bytes:
+    with admin.lock:
+        critical_warning = admin.features.critical_warning()
     log = SmartLog(
-        critical_warning=0,
+        critical_warning=critical_warning,
         composite_temperature=COMPOSITE_TEMPERATURE,
         available_spare=100,
         available_spare_threshold=10,
@@ -103,8 +127,10 @@ def get_log_page(admin: Admin, cmd: AdminCommand) -> Result:
     numd = (cmd.cdw11 & 0xFFFF) << 16 | cmd.cdw10 >> 16
     length = (numd + 1) * 4
     offset = cmd.cdw13 << 32 | cmd.cdw12
-    if lid not in LOG_PAGE_EVENT_TYPE:
+    if lid not in SUPPORTED:
         raise Reject(Status.INVALID_LOG_PAGE, param_location(CDW10))
+    if lid == LogPageId.COMMANDS_SUPPORTED_AND_EFFECTS and cmd.cdw14 >> 24 != CSI_NVM:
+        raise Reject(Status.INVALID_FIELD, param_location(_CDW14 + 3))
     if lid == LogPageId.SMART_HEALTH and cmd.nsid not in (0, 0xFFFFFFFF):
         # LPA bit 0 is clear: SMART is kept for the controller as a whole only
         # (5.14.1.2), so a namespace-specific request is an invalid field.
@@ -114,14 +140,20 @@ def get_log_page(admin: Admin, cmd: AdminCommand) -> Result:
         raise Reject(Status.INVALID_FIELD, param_location(CDW10 + 2))
     # Errors the core saw come first: they happened before this command.
     admin.collect_engine_errors()
+    reported: frozenset[int] = frozenset()
     with admin.lock:
         match lid:
             case LogPageId.ERROR_INFORMATION:
                 log = build_error_log(admin.errors.entries())
             case LogPageId.SMART_HEALTH:
                 log = b""  # built below, outside the lock: it calls the engine
-            case _:
+            case LogPageId.FIRMWARE_SLOT:
                 log = build_firmware_slot_log(admin.config.firmware)
+            case LogPageId.CHANGED_NAMESPACE_LIST:
+                reported = frozenset(admin.changed_nsids)
+                log = build_changed_ns_list(reported)
+            case _:
+                log = build_command_effects_log(admin.command_effects(), IO_OPCODE_EFFECTS)
     if lid == LogPageId.SMART_HEALTH:
         log = _smart(admin, admin.engine.smart())
     if offset & 0x3 or offset > len(log):
@@ -132,5 +164,10 @@ def get_log_page(admin: Admin, cmd: AdminCommand) -> Result:
     if status != Status.SUCCESS:
         return (status, 0)
     if not rae:
-        admin.clear_event(LOG_PAGE_EVENT_TYPE[lid])
+        if lid == LogPageId.CHANGED_NAMESPACE_LIST:
+            # Only what was reported: a change since then stays for the next read.
+            with admin.lock:
+                admin.changed_nsids -= reported
+        if lid in LOG_PAGE_EVENT_TYPE:
+            admin.clear_event(LOG_PAGE_EVENT_TYPE[lid])
     return (Status.SUCCESS, 0)

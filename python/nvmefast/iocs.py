@@ -1,0 +1,128 @@
+"""I/O Command Set structures: Identify CNS 05h/06h/08h/1Ch and the logs
+that describe commands and namespaces rather than health.
+
+Offsets are those of NVMe Base Specification 2.0 (Figure 280 I/O Command Set
+Independent Identify Namespace, Figure 290 Identify I/O Command Set data
+structure, Figure 210 Changed Namespace List, Figure 211 Commands Supported
+and Effects) and NVM Command Set Specification 1.0 (Figure 99 NVM Command
+Set Identify Controller; the NVM Identify Namespace of CNS 05h is all zeroes
+for a controller without protection information or storage tags).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+
+from nvmefast.structs import IDENTIFY_SIZE
+
+__all__ = [
+    "CHANGED_NS_LIST_MAX",
+    "EFFECTS_CSUPP",
+    "EFFECTS_LBCC",
+    "EFFECTS_NCC",
+    "IO_OPCODE_EFFECTS",
+    "VSL",
+    "WZSL",
+    "build_changed_ns_list",
+    "build_command_effects_log",
+    "build_identify_ctrl_nvm",
+    "build_identify_ns_independent",
+    "build_identify_ns_nvm",
+    "build_iocs_combinations",
+]
+
+IOCS_NVM = 1 << 0
+"""I/O Command Set Vector bit 0: the NVM Command Set."""
+
+# NVM Command Set Identify Controller (CNS 06h, CSI 00h) limits. 0 means
+# "no limit reported": the commands' own fields (NLB, NR) bound them and
+# the core enforces nothing tighter.
+VSL = 0
+"""Verify Size Limit, a power of two of CAP.MPSMIN pages; 0: none."""
+WZSL = 0
+"""Write Zeroes Size Limit, as VSL; 0: none."""
+WUSL = 0
+"""Write Uncorrectable Size Limit (the command is not supported)."""
+DMRL = 0
+"""Dataset Management Ranges Limit; 0: none beyond the 256 ranges NR allows."""
+DMRSL = 0
+"""Dataset Management Range Size Limit, logical blocks; 0: none."""
+DMSL = 0
+"""Dataset Management Size Limit, logical blocks; 0: none."""
+
+EFFECTS_CSUPP = 1 << 0
+"""Commands Supported and Effects: the command is supported."""
+EFFECTS_LBCC = 1 << 1
+"""Logical Block Content Change: the command may change user data."""
+EFFECTS_NCC = 1 << 2
+"""Namespace Capability Change: the command may change Identify Namespace."""
+
+IO_OPCODE_EFFECTS: Mapping[int, int] = {
+    0x00: EFFECTS_CSUPP,  # Flush
+    0x01: EFFECTS_CSUPP | EFFECTS_LBCC,  # Write
+    0x02: EFFECTS_CSUPP,  # Read
+    0x05: EFFECTS_CSUPP,  # Compare
+    0x08: EFFECTS_CSUPP | EFFECTS_LBCC,  # Write Zeroes
+    0x09: EFFECTS_CSUPP | EFFECTS_LBCC,  # Dataset Management
+    0x0C: EFFECTS_CSUPP,  # Verify
+    0x19: EFFECTS_CSUPP | EFFECTS_LBCC,  # Copy
+}
+"""NVM Command Set I/O opcodes the core executes, and their effects."""
+
+CHANGED_NS_LIST_MAX = 1024
+"""Entries of the Changed Namespace List; more changes report FFFFFFFFh."""
+COMMAND_EFFECTS_LOG_SIZE = 4096
+"""The Commands Supported and Effects log page."""
+
+
+def build_identify_ns_nvm() -> bytes:
+    """NVM Command Set Identify Namespace (CNS 05h, CSI 00h).
+
+    LBSTM 0 (no storage tags), PIC 0 (no protection information), every
+    Extended LBA Format 0 (no storage tag, 16-bit guard): all zeroes.
+    """
+    return bytes(IDENTIFY_SIZE)
+
+
+def build_identify_ctrl_nvm() -> bytes:
+    """NVM Command Set Identify Controller (CNS 06h, CSI 00h)."""
+    buf = bytearray(IDENTIFY_SIZE)
+    struct.pack_into("<BBBBIQ", buf, 0, VSL, WZSL, WUSL, DMRL, DMRSL, DMSL)
+    return bytes(buf)
+
+
+def build_identify_ns_independent() -> bytes:
+    """I/O Command Set Independent Identify Namespace (CNS 08h) of an active namespace."""
+    buf = bytearray(IDENTIFY_SIZE)
+    # NSFEAT, NMIC, RESCAP, FPI, ANAGRPID, NSATTR, NVMSETID, ENDGID all 0.
+    buf[14] = 0x01  # NSTAT bit 0: the namespace is ready
+    return bytes(buf)
+
+
+def build_iocs_combinations() -> bytes:
+    """Identify I/O Command Set data structure (CNS 1Ch): one combination, NVM only."""
+    buf = bytearray(IDENTIFY_SIZE)
+    struct.pack_into("<Q", buf, 0, IOCS_NVM)
+    return bytes(buf)
+
+
+def build_changed_ns_list(nsids: Iterable[int]) -> bytes:
+    """Changed Namespace List log (04h): NSIDs ascending, or FFFFFFFFh first
+    when more than :data:`CHANGED_NS_LIST_MAX` changed."""
+    chosen = sorted(set(nsids))
+    if len(chosen) > CHANGED_NS_LIST_MAX:
+        chosen = [0xFFFFFFFF]
+    buf = bytearray(4 * CHANGED_NS_LIST_MAX)
+    struct.pack_into(f"<{len(chosen)}I", buf, 0, *chosen)
+    return bytes(buf)
+
+
+def build_command_effects_log(admin: Mapping[int, int], io: Mapping[int, int]) -> bytes:
+    """Commands Supported and Effects log (05h): a dword per admin opcode at
+    byte 0, per I/O opcode at byte 1024."""
+    buf = bytearray(COMMAND_EFFECTS_LOG_SIZE)
+    for base, effects in ((0, admin), (1024, io)):
+        for opcode, value in effects.items():
+            struct.pack_into("<I", buf, base + 4 * opcode, value)
+    return bytes(buf)
