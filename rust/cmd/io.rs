@@ -209,19 +209,35 @@ pub(super) fn read_buffer(ctx: &mut IoContext<'_>, sqe: &Sqe, len: usize) -> Res
     Ok(())
 }
 
+/// The common part of a command that moves LBAs through a data pointer
+/// (Read, Write, Compare): namespace, range, MDTS, then the data pointer
+/// walked into `ctx.segs`. Returns the namespace, the byte offset and length.
 #[inline]
-fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, read: bool) -> Result<u32, Failure> {
-    let nsid = sqe.nsid();
-    let ns = namespace(ctx, nsid)?;
+pub(super) fn lba_transfer<'a>(
+    ctx: &mut IoContext<'a>,
+    sqe: &Sqe,
+    device_writes: bool,
+) -> Result<(&'a Namespace, u64, u64), Failure> {
+    let ns = namespace(ctx, sqe.nsid())?;
     let (slba, nlb) = lba_range(ns, sqe)?;
     let shift = ns.lba_shift();
     // nlb <= 65536 and lba_shift <= 12: no overflow.
     let len = nlb << shift;
     if ctx.mdts_bytes != 0 && len > ctx.mdts_bytes {
-        return Err(fail(Status::INVALID_FIELD.dnr(), loc::CDW12, slba, nsid));
+        return Err(fail(
+            Status::INVALID_FIELD.dnr(),
+            loc::CDW12,
+            slba,
+            sqe.nsid(),
+        ));
     }
-    data_pointer(ctx, sqe, len, read, slba)?;
-    let mut off = slba << shift;
+    data_pointer(ctx, sqe, len, device_writes, slba)?;
+    Ok((ns, slba << shift, len))
+}
+
+#[inline]
+fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, read: bool) -> Result<u32, Failure> {
+    let (ns, mut off, len) = lba_transfer(ctx, sqe, read)?;
     for s in ctx.segs.iter() {
         // SAFETY: each segment was translated against the snapshot in
         // ctx.mem, which keeps its region mapped for this call; the LBA range

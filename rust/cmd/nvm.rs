@@ -1,7 +1,7 @@
 //! The rest of the NVM command set (NVM Command Set 2.0, 3.3): Compare,
 //! Write Zeroes, Dataset Management, Verify, Copy.
 
-use super::io::{data_pointer, fail, lba_range, loc, namespace, read_buffer, Failure, IoContext};
+use super::io::{fail, lba_range, lba_transfer, loc, namespace, read_buffer, Failure, IoContext};
 use crate::spec::{Sqe, Status};
 
 /// Copy limits advertised in Identify Namespace (and enforced here):
@@ -14,16 +14,8 @@ pub const MSRC: u32 = 127;
 
 /// 05h Compare: the host's data against the namespace.
 pub fn compare(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
-    let nsid = sqe.nsid();
-    let ns = namespace(ctx, nsid)?;
-    let (slba, nlb) = lba_range(ns, sqe)?;
-    let shift = ns.lba_shift();
-    let len = nlb << shift;
-    if ctx.mdts_bytes != 0 && len > ctx.mdts_bytes {
-        return Err(fail(Status::INVALID_FIELD.dnr(), loc::CDW12, slba, nsid));
-    }
-    data_pointer(ctx, sqe, len, false, slba)?;
-    let mut off = slba << shift;
+    let (ns, mut off, len) = lba_transfer(ctx, sqe, false)?;
+    let slba = off >> ns.lba_shift();
     let mut equal = true;
     for s in ctx.segs.iter() {
         // SAFETY: translated against ctx.mem (alive for this call), readable,
@@ -37,7 +29,12 @@ pub fn compare(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
     if equal {
         Ok(0)
     } else {
-        Err(fail(Status::COMPARE_FAILURE.dnr(), loc::CDW10, slba, nsid))
+        Err(fail(
+            Status::COMPARE_FAILURE.dnr(),
+            loc::CDW10,
+            slba,
+            sqe.nsid(),
+        ))
     }
 }
 
