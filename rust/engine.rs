@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -191,8 +191,6 @@ impl Queues {
 struct Worker {
     queues: Mutex<Queues>,
     waker: Waker,
-    /// Set by the worker when its share of the INTx level is high.
-    intx_level: AtomicBool,
 }
 
 /// A callback for asynchronous events the worker detects (an invalid value
@@ -201,6 +199,8 @@ pub type EventCallback = Arc<dyn Fn(u8) + Send + Sync>;
 
 /// No worker owns this queue ID.
 const NO_OWNER: u16 = u16::MAX;
+/// No interrupt-enabled CQ with this ID (see `Shared::cq_tails`).
+const NO_TAIL: u32 = u32::MAX;
 
 /// State shared by the API and the workers.
 struct Shared {
@@ -220,6 +220,9 @@ struct Shared {
     /// Bumped by reset, so completions of commands fetched before a reset are dropped.
     generation: AtomicU64,
     intx: Mutex<IntxLine>,
+    /// The tail of each interrupt-enabled CQ as its worker last posted it
+    /// (NO_TAIL: none): what the INTx level is judged from, by any worker.
+    cq_tails: Box<[AtomicU32]>,
     events: Mutex<Option<EventCallback>>,
     /// ioeventfds by doorbell index (kept to unwatch them).
     ioeventfds: Mutex<Vec<Option<OwnedFd>>>,
@@ -319,7 +322,6 @@ impl Engine {
             workers.push(Worker {
                 queues: Mutex::new(Queues::new(n, cfg.msix_vectors)),
                 waker: Waker::new()?,
-                intx_level: AtomicBool::new(false),
             });
         }
         let shared = Shared {
@@ -333,6 +335,7 @@ impl Engine {
             page_size: AtomicU64::new(4096),
             generation: AtomicU64::new(0),
             intx: Mutex::new(IntxLine::default()),
+            cq_tails: (0..n).map(|_| AtomicU32::new(NO_TAIL)).collect(),
             events: Mutex::new(None),
             ioeventfds: Mutex::new((0..n * 2).map(|_| None).collect()),
             stop: AtomicBool::new(false),
@@ -490,8 +493,8 @@ impl Engine {
             q.coalesce.reset();
             q.intx_level = false;
         }
-        for w in self.shared.workers.iter() {
-            w.intx_level.store(false, Ordering::SeqCst);
+        for t in self.shared.cq_tails.iter() {
+            t.store(NO_TAIL, Ordering::SeqCst);
         }
         for o in self.shared.owner.iter() {
             o.store(NO_OWNER, Ordering::SeqCst);
@@ -608,6 +611,8 @@ impl Engine {
         }
         q.cqs[usize::from(qid)] = Some(cq);
         q.active_cqs.push(qid);
+        self.shared.cq_tails[usize::from(qid)]
+            .store(if ien { 0 } else { NO_TAIL }, Ordering::SeqCst);
         self.shared.doorbells.set_queue(
             &self.shared.mem.snapshot(),
             usize::from(qid) * 2 + 1,
@@ -686,6 +691,7 @@ impl Engine {
         }
         q.cqs[usize::from(qid)] = None;
         q.active_cqs.retain(|&x| x != qid);
+        self.shared.cq_tails[usize::from(qid)].store(NO_TAIL, Ordering::SeqCst);
         self.shared.owner[usize::from(qid) * 2 + 1].store(NO_OWNER, Ordering::SeqCst);
         self.shared
             .doorbells

@@ -7,7 +7,9 @@
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{lock, AdminOutcome, ErrorEntry, Polling, Queues, Shared, ERROR_RING, SQ_BURST};
+use super::{
+    lock, AdminOutcome, ErrorEntry, Polling, Queues, Shared, ERROR_RING, NO_TAIL, SQ_BURST,
+};
 use crate::cmd::io::{self, IoContext};
 use crate::doorbell::Shadow;
 use crate::intx::LevelCallback;
@@ -111,7 +113,7 @@ impl Shared {
 
     /// Turns the entries posted since the last call into interrupt
     /// decisions: one per CQ per pass, through coalescing, or the INTx level.
-    pub(super) fn decide_signals(&self, w: usize, q: &mut Queues, out: &mut Signals) {
+    pub(super) fn decide_signals(&self, _w: usize, q: &mut Queues, out: &mut Signals) {
         let mode = self.vectors.mode();
         let mut fresh = false;
         for &cqid in &q.active_cqs {
@@ -141,26 +143,26 @@ impl Shared {
             // wrote INTMC has its head update visible once INTMC is (both
             // SeqCst), so the line never rises for entries already consumed.
             let unmasked = self.vectors.intms() & 1 == 0;
-            let mem = self.mem.snapshot();
-            let shadow = self.doorbells.shadow();
-            let ids: Vec<u16> = q.active_cqs.clone();
-            let mut level = false;
-            for cqid in ids {
-                let head = self.cq_head(&mem, shadow, q, cqid, out);
-                if q.cqs[usize::from(cqid)]
-                    .as_ref()
-                    .is_some_and(|cq| cq.ien && cq.tail != head)
-                {
-                    level = true;
+            // Publish this worker's interrupt-enabled CQ tails, then judge
+            // the line from every worker's published tails against the
+            // host's heads: a share computed on another worker's last pass
+            // could be stale (the host may have consumed since).
+            for &cqid in &q.active_cqs {
+                if let Some(cq) = q.cqs[usize::from(cqid)].as_ref() {
+                    if cq.ien {
+                        // SeqCst: a later evaluator on any worker sees it.
+                        self.cq_tails[usize::from(cqid)].store(cq.tail, Ordering::SeqCst);
+                    }
                 }
             }
+            let mem = self.mem.snapshot();
+            let shadow = self.doorbells.shadow();
+            let level = self.cq_tails.iter().enumerate().any(|(cqid, t)| {
+                let t = t.load(Ordering::SeqCst);
+                t != NO_TAIL && self.doorbells.read(&mem, shadow, cqid * 2 + 1) != t
+            });
             q.intx_level = level;
-            self.workers[w].intx_level.store(level, Ordering::SeqCst);
-            let line = unmasked
-                && self
-                    .workers
-                    .iter()
-                    .any(|w| w.intx_level.load(Ordering::SeqCst));
+            let line = unmasked && level;
             let mut intx = lock(&self.intx);
             out.intx = intx.update(line, fresh);
             intx.poll_resample();
