@@ -216,9 +216,7 @@ pub fn run(
             }
         };
         let lba = block * lbas_per_block;
-        s.dw[10] = lba as u32;
-        s.dw[11] = (lba >> 32) as u32;
-        s.dw[12] = (lbas_per_block - 1) as u32;
+        s.set_lba_range(lba, lbas_per_block as u32);
         s
     };
     let start = Instant::now();

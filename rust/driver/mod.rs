@@ -147,6 +147,21 @@ impl HostQueue {
         self.ringer.ring(e, i, v, true);
     }
 
+    /// Spins (yielding) until a completion arrives or `timeout` passes; the
+    /// CQ head doorbell is the caller's to ring.
+    pub fn wait(&mut self, timeout: std::time::Duration) -> Option<Cqe> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(c) = self.pop() {
+                return Some(c);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::yield_now();
+        }
+    }
+
     /// Takes the next completion if its phase tag says it is new.
     #[inline]
     pub fn pop(&mut self) -> Option<Cqe> {

@@ -42,14 +42,7 @@ fn read(cid: u16, buf: u64) -> Sqe {
 fn run_one(e: &Engine, q: &mut HostQueue, cid: u16, buf: u64) -> Cqe {
     q.push(&read(cid, buf));
     q.ring_sq(e);
-    let t = Instant::now();
-    loop {
-        if let Some(c) = q.pop() {
-            return c;
-        }
-        assert!(t.elapsed() < Duration::from_secs(5), "no completion");
-        std::thread::yield_now();
-    }
+    q.wait(Duration::from_secs(5)).expect("no completion")
 }
 
 fn counter(e: &Engine, name: &str) -> u64 {

@@ -31,23 +31,15 @@ fn engine() -> Engine {
 fn run(e: &Engine, q: &mut HostQueue, s: Sqe) -> Cqe {
     q.push(&s);
     q.ring_sq(e);
-    let t = Instant::now();
-    loop {
-        if let Some(c) = q.pop() {
-            q.ring_cq(e);
-            return c;
-        }
-        assert!(t.elapsed() < Duration::from_secs(5), "no completion");
-        std::thread::yield_now();
-    }
+    let c = q.wait(Duration::from_secs(5)).expect("no completion");
+    q.ring_cq(e);
+    c
 }
 
 fn cmd(opcode: u8, cid: u16, slba: u64, nlb: u32, prp1: u64) -> Sqe {
     let mut s = Sqe::new(opcode, cid, 1);
     s.set_prps(prp1, 0);
-    s.dw[10] = slba as u32;
-    s.dw[11] = (slba >> 32) as u32;
-    s.dw[12] = nlb - 1;
+    s.set_lba_range(slba, nlb);
     s
 }
 

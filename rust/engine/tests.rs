@@ -38,23 +38,15 @@ fn engine(poll_us: u64, mdts_bytes: u64) -> Engine {
 }
 
 fn wait(e: &Engine, q: &mut HostQueue) -> Cqe {
-    let t = Instant::now();
-    loop {
-        if let Some(c) = q.pop() {
-            q.ring_cq(e);
-            return c;
-        }
-        assert!(t.elapsed() < Duration::from_secs(5), "no completion");
-        std::thread::yield_now();
-    }
+    let c = q.wait(Duration::from_secs(5)).expect("no completion");
+    q.ring_cq(e);
+    c
 }
 
 fn rw(opcode: u8, cid: u16, nsid: u32, slba: u64, nlb: u32, prp1: u64, prp2: u64) -> Sqe {
     let mut s = Sqe::new(opcode, cid, nsid);
     s.set_prps(prp1, prp2);
-    s.dw[10] = slba as u32;
-    s.dw[11] = (slba >> 32) as u32;
-    s.dw[12] = nlb - 1;
+    s.set_lba_range(slba, nlb);
     s
 }
 

@@ -82,6 +82,13 @@ impl Sqe {
         self.dw[8] = prp2 as u32;
         self.dw[9] = (prp2 >> 32) as u32;
     }
+    /// Sets SLBA (CDW10-11) and NLB (CDW12 bits 15:0, given 1-based, stored
+    /// 0's based) of an LBA command (driver side).
+    pub fn set_lba_range(&mut self, slba: u64, nlb: u32) {
+        self.dw[10] = slba as u32;
+        self.dw[11] = (slba >> 32) as u32;
+        self.dw[12] = (self.dw[12] & !0xffff) | (nlb.saturating_sub(1) & 0xffff);
+    }
     /// Sets the CID (driver side).
     pub fn set_cid(&mut self, cid: u16) {
         self.dw[0] = (self.dw[0] & 0xffff) | (u32::from(cid) << 16);
