@@ -59,6 +59,12 @@ pub struct Shadow {
     pub ei: u64,
 }
 
+/// Doorbells 0 and 1: the admin SQ tail and CQ head.
+const ADMIN_DOORBELLS: usize = 2;
+
+/// BAR0 offset of the first doorbell, and its offset in the page's fd.
+pub const PAGE_OFFSET: usize = 0x1000;
+
 /// The doorbell table of one controller.
 pub struct Doorbells {
     /// The doorbell page: private device memory in a shareable memfd.
@@ -67,6 +73,10 @@ pub struct Doorbells {
     count: usize,
     /// Entries of the queue behind each doorbell; 0 means no queue.
     limits: Box<[AtomicU32]>,
+    /// The page value of each doorbell when last looked at with shadow
+    /// buffers in force: a page that differs was written since, by a client
+    /// that maps the page (Linux rings the admin queue only there).
+    page_seen: Box<[AtomicU32]>,
     /// Shadow buffers (0, 0 = none). Written only under `shadow_lock`.
     shadow_db: AtomicU64,
     shadow_ei: AtomicU64,
@@ -85,12 +95,15 @@ impl Doorbells {
     pub fn new(max_qid: u16, stride: usize) -> std::io::Result<Self> {
         let count = (usize::from(max_qid) + 1) * 2;
         let len = (count * stride).div_ceil(4096) * 4096;
-        let page = SharedMemory::new(c"nvmefast-doorbells", len)?;
+        // File offsets mirror BAR0: the doorbells start at 1000h in the fd
+        // too, so a vfio-user server offers the fd with region offset 0.
+        let page = SharedMemory::new_at(c"nvmefast-doorbells", PAGE_OFFSET, len)?;
         Ok(Doorbells {
             page,
             stride,
             count,
             limits: (0..count).map(|_| AtomicU32::new(0)).collect(),
+            page_seen: (0..count).map(|_| AtomicU32::new(0)).collect(),
             shadow_db: AtomicU64::new(0),
             shadow_ei: AtomicU64::new(0),
             shadow_lock: RwLock::new(()),
@@ -109,9 +122,10 @@ impl Doorbells {
         self.count == 0
     }
 
-    /// The doorbell page's memfd (borrowed) and its length.
-    pub fn page_fd(&self) -> (RawFd, usize) {
-        (self.page.fd(), self.page.len())
+    /// The doorbell page's memfd (borrowed), where the doorbells start in
+    /// it ([`PAGE_OFFSET`], their BAR0 offset) and their length.
+    pub fn page_fd(&self) -> (RawFd, usize, usize) {
+        (self.page.fd(), self.page.offset(), self.page.len())
     }
 
     #[inline]
@@ -174,12 +188,20 @@ impl Doorbells {
         let _g = self.shadow_lock.read().unwrap_or_else(|e| e.into_inner());
         // SeqCst: pairs with a worker's SeqCst sleep flag and re-check
         // (see Waker::wake_if_sleeping).
-        match self
-            .shadow()
-            .and_then(|s| self.shadow_slot(mem, s.db, i, true))
-        {
-            Some(slot) => slot.store(value.to_le(), Ordering::SeqCst),
+        match self.shadow() {
             None => self.slot(i).store(value, Ordering::SeqCst),
+            // The admin queue's register value goes to its shadow slot (as
+            // QEMU does): Linux never updates the admin shadow.
+            Some(s) if i < ADMIN_DOORBELLS => {
+                if let Some(slot) = self.shadow_slot(mem, s.db, i, true) {
+                    slot.store(value.to_le(), Ordering::SeqCst);
+                }
+            }
+            // An I/O queue's register write is only a wake-up: the host
+            // wrote the value to the shadow buffer first and may have moved
+            // it on since (a posted vfio-user write arrives late), so the
+            // register's value must never replace the shadow's.
+            Some(_) => {}
         }
         self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -190,14 +212,32 @@ impl Doorbells {
     /// written before the doorbell are visible after this load.
     #[inline]
     pub fn read(&self, mem: &MemoryMap, shadow: Option<Shadow>, index: usize) -> u32 {
-        match shadow {
-            Some(s) => match self.shadow_slot(mem, s.db, index, false) {
-                // Little endian in guest memory (QEMU shipped without the
-                // conversion once).
-                Some(slot) => u32::from_le(slot.load(Ordering::Acquire)),
-                None => 0,
-            },
-            None => self.slot(index).load(Ordering::Acquire),
+        let Some(s) = shadow else {
+            return self.slot(index).load(Ordering::Acquire);
+        };
+        if index < ADMIN_DOORBELLS {
+            // Linux rings the admin queue through the register only, even
+            // with shadow buffers. An MMIO write lands in the shadow slot
+            // (see write()); a write to a mapped page does not, so a page
+            // value that changed since we last looked is the newest one and
+            // is copied to the shadow slot as an MMIO write would have been.
+            // (I/O queues never take the page's value: see write().)
+            // Acquire: as below.
+            let page = self.slot(index).load(Ordering::Acquire);
+            let seen = &self.page_seen[index];
+            if page != seen.load(Ordering::Relaxed) {
+                seen.store(page, Ordering::Relaxed);
+                if let Some(slot) = self.shadow_slot(mem, s.db, index, true) {
+                    slot.store(page.to_le(), Ordering::Release);
+                }
+                return page;
+            }
+        }
+        match self.shadow_slot(mem, s.db, index, false) {
+            // Little endian in guest memory (QEMU shipped without the
+            // conversion once).
+            Some(slot) => u32::from_le(slot.load(Ordering::Acquire)),
+            None => 0,
         }
     }
 
@@ -219,6 +259,7 @@ impl Doorbells {
     /// A queue appeared (size > 0) or vanished (size 0): its doorbell starts at 0.
     pub fn set_queue(&self, mem: &MemoryMap, index: usize, size: u32) {
         self.slot(index).store(0, Ordering::Release);
+        self.page_seen[index].store(0, Ordering::Relaxed);
         if let Some(s) = self.shadow() {
             if let Some(slot) = self.shadow_slot(mem, s.db, index, true) {
                 slot.store(0, Ordering::Release);
@@ -251,6 +292,9 @@ impl Doorbells {
         let old = self.shadow();
         for i in 0..self.count {
             let v = self.read(mem, old, i);
+            // The page as it is now is not a new write.
+            let page = self.slot(i).load(Ordering::Acquire);
+            self.page_seen[i].store(page, Ordering::Relaxed);
             let s = Shadow { db, ei };
             if let Some(slot) = self.shadow_slot(mem, db, i, true) {
                 slot.store(v.to_le(), Ordering::Relaxed);
@@ -272,6 +316,7 @@ impl Doorbells {
         for i in 0..self.count {
             self.limits[i].store(0, Ordering::Release);
             self.slot(i).store(0, Ordering::Release);
+            self.page_seen[i].store(0, Ordering::Relaxed);
         }
     }
 }
@@ -317,10 +362,10 @@ mod tests {
         let s = m.snapshot();
         let d = Doorbells::new(3, 8).unwrap();
         d.set_queue(&s, 5, 64);
-        let (fd, len) = d.page_fd();
-        assert_eq!(len, 4096);
+        let (fd, offset, len) = d.page_fd();
+        assert_eq!((offset, len), (0x1000, 4096));
         let other = GuestMemory::new();
-        other.map(0, len as u64, fd, 0, true).unwrap();
+        other.map(0, len as u64, fd, offset as u64, true).unwrap();
         // A client writes CQ 2's head (doorbell 5) at 5 * stride.
         other.snapshot().write(5 * 8, &33u32.to_le_bytes()).unwrap();
         assert_eq!(d.read(&s, None, 5), 33);
@@ -328,6 +373,63 @@ mod tests {
         let mut b = [0u8; 4];
         other.snapshot().read(40, &mut b).unwrap();
         assert_eq!(u32::from_le_bytes(b), 7, "MMIO writes land in the page");
+    }
+
+    #[test]
+    fn a_page_write_under_shadow_buffers_is_seen_and_copied_to_the_shadow() {
+        use std::os::fd::AsRawFd;
+        let m = GuestMemory::new();
+        let fd = crate::mem::tests::memfd(0x3000);
+        m.map(0x10_0000, 0x3000, fd.as_raw_fd(), 0, true).unwrap();
+        let s = m.snapshot();
+        let d = Doorbells::new(1, 4).unwrap();
+        d.set_queue(&s, 0, 32);
+        d.set_queue(&s, 2, 32);
+        d.write(&s, 0, 3).unwrap();
+        d.set_shadow(&s, 0x10_0000, 0x10_1000, 4096).unwrap();
+        let sh = d.shadow();
+        // The page still says 3 (copied at the switch): not a new write.
+        assert_eq!(d.read(&s, sh, 0), 3);
+        // A client that maps the page rings the admin SQ there only (Linux).
+        d.slot(0).store(5, Ordering::SeqCst);
+        assert_eq!(d.read(&s, sh, 0), 5, "a changed page value wins");
+        let mut b = [0u8; 4];
+        s.read(0x10_0000, &mut b).unwrap();
+        assert_eq!(u32::from_le_bytes(b), 5, "and is copied to the shadow slot");
+        // The host then moves on in the shadow buffer only: that wins again.
+        s.write(0x10_0000, &7u32.to_le_bytes()).unwrap();
+        assert_eq!(d.read(&s, sh, 0), 7);
+        // An I/O queue rung in the shadow buffer with an unchanged page.
+        s.write(0x10_0000 + 8, &4u32.to_le_bytes()).unwrap();
+        assert_eq!(d.read(&s, sh, 2), 4);
+    }
+
+    #[test]
+    fn a_late_register_value_never_replaces_an_io_queues_shadow_value() {
+        // Linux: shadow 1 and ring, then shadow 8 without ringing (EventIdx
+        // not yet moved). The ring's value 1 reaches the device late: as a
+        // posted vfio-user write, or in the mapped page found by a scan.
+        use std::os::fd::AsRawFd;
+        let m = GuestMemory::new();
+        let fd = crate::mem::tests::memfd(0x3000);
+        m.map(0x10_0000, 0x3000, fd.as_raw_fd(), 0, true).unwrap();
+        let s = m.snapshot();
+        let d = Doorbells::new(1, 4).unwrap();
+        d.set_queue(&s, 2, 32);
+        d.set_shadow(&s, 0x10_0000, 0x10_1000, 4096).unwrap();
+        let sh = d.shadow();
+        s.write(0x10_0000 + 8, &8u32.to_le_bytes()).unwrap();
+        d.write(&s, 2, 1).unwrap();
+        assert_eq!(d.read(&s, sh, 2), 8, "a late MMIO value rewound the tail");
+        d.slot(2).store(1, Ordering::SeqCst);
+        assert_eq!(d.read(&s, sh, 2), 8, "a late page value rewound the tail");
+        let mut b = [0u8; 4];
+        s.read(0x10_0000 + 8, &mut b).unwrap();
+        assert_eq!(
+            u32::from_le_bytes(b),
+            8,
+            "the host's shadow value was overwritten"
+        );
     }
 
     #[test]
@@ -368,10 +470,12 @@ mod tests {
         // The host writes the shadow buffer directly; the device reads it there.
         s.write(0x10_0000 + 8, &12u32.to_le_bytes()).unwrap();
         assert_eq!(d.read(&s, Some(sh), 2), 12);
-        // MMIO writes keep the shadow the one source of truth.
+        // An I/O queue's MMIO write is a wake-up only: the shadow stays
+        // the one source of truth.
         d.write(&s, 2, 13).unwrap();
         s.read(0x10_0000 + 8, &mut b).unwrap();
-        assert_eq!(u32::from_le_bytes(b), 13);
+        assert_eq!(u32::from_le_bytes(b), 12);
+        assert_eq!(d.read(&s, Some(sh), 2), 12);
         d.clear();
         assert!(d.shadow().is_none());
     }

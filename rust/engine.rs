@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 
 use crate::backend::{Backend, BackendError};
 use crate::cmd::io::{Failure, Namespace, Smart};
-use crate::cmd::prp::{self, Segment};
+use crate::cmd::prp::Segment;
 use crate::coalesce::Coalescing;
 use crate::doorbell::{DoorbellError, Doorbells, ShadowError};
 use crate::intx::IntxLine;
@@ -228,6 +228,10 @@ struct Shared {
     ioeventfds: Mutex<Vec<Option<OwnedFd>>>,
     stop: AtomicBool,
     fatal: AtomicBool,
+    /// Microseconds between looks at the doorbells while a worker sleeps
+    /// (0: sleep until woken): for doorbells that change with no wake-up,
+    /// such as a doorbell page a vfio-user client has mapped.
+    doorbell_scan_us: AtomicU64,
     admin: Mutex<Option<Arc<dyn AdminHandler>>>,
     /// Held by the admin worker around each handler call and by reset: a
     /// command fetched before a reset never reaches the handler after it
@@ -340,6 +344,7 @@ impl Engine {
             ioeventfds: Mutex::new((0..n * 2).map(|_| None).collect()),
             stop: AtomicBool::new(false),
             fatal: AtomicBool::new(false),
+            doorbell_scan_us: AtomicU64::new(0),
             admin: Mutex::new(None),
             handler_gate: Mutex::new(()),
             cfg,
@@ -423,35 +428,6 @@ impl Engine {
     /// Installs (or removes) the admin command handler.
     pub fn set_admin_handler(&self, h: Option<Arc<dyn AdminHandler>>) {
         *lock(&self.shared.admin) = h;
-    }
-
-    // ---- guest memory ----------------------------------------------------
-
-    /// Maps `size` bytes of `fd` at `offset` as guest memory at `iova`.
-    pub fn map_dma(
-        &self,
-        iova: u64,
-        size: u64,
-        fd: RawFd,
-        offset: u64,
-        writable: bool,
-    ) -> Result<(), EngineError> {
-        Ok(self.shared.mem.map(iova, size, fd, offset, writable)?)
-    }
-
-    /// Removes the mapping that is exactly `[iova, iova+size)`.
-    pub fn unmap_dma(&self, iova: u64, size: u64) -> Result<(), EngineError> {
-        Ok(self.shared.mem.unmap(iova, size)?)
-    }
-
-    /// Drops every mapping.
-    pub fn clear_dma(&self) {
-        self.shared.mem.clear();
-    }
-
-    /// The current mappings.
-    pub fn dma_regions(&self) -> Vec<(u64, u64, bool)> {
-        self.shared.mem.snapshot().regions()
     }
 
     // ---- controller state ------------------------------------------------
@@ -809,9 +785,26 @@ impl Engine {
         self.shared.doorbells.len()
     }
 
-    /// The doorbell page (borrowed fd, length): doorbell `i` at `i * stride`.
-    pub fn doorbell_page(&self) -> (RawFd, usize) {
+    /// The doorbell page (borrowed fd, file offset of the first doorbell,
+    /// length): doorbell `i` at file offset `offset + i * stride`.
+    pub fn doorbell_page(&self) -> (RawFd, usize, usize) {
         self.shared.doorbells.page_fd()
+    }
+
+    /// Makes sleeping workers look at the doorbells every `us` microseconds
+    /// (doubling up to 16x while nothing arrives; 0: sleep until woken). For
+    /// doorbells written where nothing wakes a worker: a doorbell page a
+    /// vfio-user client maps, with no ioeventfds.
+    pub fn set_doorbell_scan(&self, us: u64) {
+        self.shared.doorbell_scan_us.store(us, Ordering::Relaxed);
+        for w in self.shared.workers.iter() {
+            w.waker.wake();
+        }
+    }
+
+    /// The doorbell scan interval set by [`Engine::set_doorbell_scan`].
+    pub fn doorbell_scan(&self) -> u64 {
+        self.shared.doorbell_scan_us.load(Ordering::Relaxed)
     }
 
     /// Attaches (Some) or detaches (None) an ioeventfd for doorbell `index`:
@@ -872,41 +865,6 @@ impl Engine {
 
     // ---- admin data and completions ----------------------------------------
 
-    /// Copies `data` into the host buffer PRP1/PRP2 describe.
-    pub fn write_prp(&self, prp1: u64, prp2: u64, data: &[u8]) -> Status {
-        let page = self.shared.page_size.load(Ordering::SeqCst);
-        let mem = self.shared.mem.snapshot();
-        let mut segs = Vec::new();
-        if let Err(e) = prp::walk(&mem, prp1, prp2, data.len() as u64, page, true, &mut segs) {
-            return e.status();
-        }
-        let mut off = 0;
-        for s in segs {
-            // SAFETY: the segment was translated (writable) against `mem`,
-            // which stays alive across this copy; data[off..off+len] is in
-            // bounds because the segments add up to data.len().
-            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr().add(off), s.ptr, s.len) };
-            off += s.len;
-        }
-        Status::SUCCESS
-    }
-
-    /// Copies `len` bytes out of the host buffer PRP1/PRP2 describe.
-    pub fn read_prp(&self, prp1: u64, prp2: u64, len: usize) -> (Status, Vec<u8>) {
-        let page = self.shared.page_size.load(Ordering::SeqCst);
-        let mem = self.shared.mem.snapshot();
-        let mut segs = Vec::new();
-        if let Err(e) = prp::walk(&mem, prp1, prp2, len as u64, page, false, &mut segs) {
-            return (e.status(), Vec::new());
-        }
-        let mut out = Vec::with_capacity(len);
-        for s in segs {
-            // SAFETY: translated against `mem`, alive for this copy.
-            out.extend_from_slice(unsafe { std::slice::from_raw_parts(s.ptr, s.len) });
-        }
-        (Status::SUCCESS, out)
-    }
-
     /// Posts the completion of deferred admin command `cid`.
     pub fn complete_admin(&self, cid: u16, status: Status, dw0: u32) -> Result<(), EngineError> {
         let mut q = lock(&self.shared.workers[0].queues);
@@ -943,6 +901,7 @@ impl Drop for Engine {
     }
 }
 
+mod dma;
 mod interrupts;
 mod observe;
 mod worker;
@@ -952,6 +911,9 @@ mod irq_tests;
 
 #[cfg(test)]
 mod nvm_tests;
+
+#[cfg(test)]
+mod remote_tests;
 
 #[cfg(test)]
 mod tests;

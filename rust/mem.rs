@@ -1,5 +1,7 @@
 //! Guest memory: DMA regions mapped from file descriptors, as vfio-user's
-//! DMA_MAP hands them over, with bounds-checked access by IOVA.
+//! DMA_MAP hands them over, with bounds-checked access by IOVA; and remote
+//! regions a client mapped without an fd, reached through a [`DmaTransport`]
+//! (vfio-user DMA_READ/DMA_WRITE messages).
 //!
 //! The map is swapped RCU-style: readers (workers) load an `Arc` snapshot
 //! once per batch and translate against it without locks; `map`/`unmap`
@@ -50,6 +52,16 @@ pub enum MemError {
     /// The file descriptor cannot back guest memory.
     #[error("fd {fd} cannot be mapped: {reason}")]
     BadFd { fd: RawFd, reason: String },
+    /// The range lies in a remote region: it has no host address and is
+    /// reached through the transport only (`read`/`write`, not `translate`).
+    #[error("guest range {iova:#x}+{len:#x} is remote (no host mapping)")]
+    Remote { iova: u64, len: u64 },
+    /// A remote region was accessed with no transport set.
+    #[error("guest range {iova:#x}+{len:#x} is remote and no DMA transport is set")]
+    NoTransport { iova: u64, len: u64 },
+    /// The transport failed to move the bytes of a remote range.
+    #[error("DMA transport failed for {iova:#x}+{len:#x}: {reason}")]
+    Transport { iova: u64, len: u64, reason: String },
     /// The mapping would extend past the end of the file, where access faults.
     #[error("fd {fd} is {file_size:#x} bytes long; offset {offset:#x} + size {size:#x} goes past its end")]
     PastEnd {
@@ -60,33 +72,58 @@ pub enum MemError {
     },
 }
 
-/// One mapped DMA region. Owns its host mapping.
+/// Moves the bytes of remote regions: a vfio-user server sends DMA_READ and
+/// DMA_WRITE messages to its client. Called from worker threads, with the
+/// range always inside one remote region.
+pub trait DmaTransport: Send + Sync {
+    /// Fills `buf` from guest memory at `iova`.
+    fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), String>;
+    /// Stores `data` into guest memory at `iova`.
+    fn write(&self, iova: u64, data: &[u8]) -> Result<(), String>;
+}
+
+/// Where a region's bytes live.
+enum Backing {
+    /// An fd mapped into this process.
+    Fd {
+        /// Host address of the region's `iova`.
+        host: *mut u8,
+        /// The page-aligned mapping as returned by mmap, for munmap.
+        map_base: *mut libc::c_void,
+        map_len: usize,
+    },
+    /// In the client only: every access is a transport message.
+    Remote,
+}
+
+/// One DMA region. Owns its host mapping, if it has one.
 pub struct Region {
     iova: u64,
     len: u64,
-    /// Host address of `iova`.
-    host: *mut u8,
-    /// The page-aligned mapping as returned by mmap, for munmap.
-    map_base: *mut libc::c_void,
-    map_len: usize,
+    backing: Backing,
     writable: bool,
 }
 
-// SAFETY: a Region is an owned shared mapping; its pointers are only
-// dereferenced through bounds-checked accessors, and concurrent access to
-// guest memory is inherent (the guest itself writes it concurrently), so the
-// type carries no thread-affine state.
+// SAFETY: a Region is an owned shared mapping (or none); its pointers are
+// only dereferenced through bounds-checked accessors, and concurrent access
+// to guest memory is inherent (the guest itself writes it concurrently), so
+// the type carries no thread-affine state.
 unsafe impl Send for Region {}
 // SAFETY: as for Send: all access goes through raw-pointer copies and atomics.
 unsafe impl Sync for Region {}
 
 impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: map_base/map_len are exactly what mmap returned in
-        // Region::map, and no snapshot references this region any more (we
-        // are in its last Arc's drop).
-        unsafe {
-            libc::munmap(self.map_base, self.map_len);
+        if let Backing::Fd {
+            map_base, map_len, ..
+        } = self.backing
+        {
+            // SAFETY: map_base/map_len are exactly what mmap returned in
+            // Region::map, and no snapshot references this region any more
+            // (we are in its last Arc's drop).
+            unsafe {
+                libc::munmap(map_base, map_len);
+            }
         }
     }
 }
@@ -175,10 +212,27 @@ impl Region {
         Ok(Region {
             iova,
             len: size,
-            // SAFETY: delta < page <= map_len, so the result is inside the mapping.
-            host: unsafe { (base as *mut u8).add(delta as usize) },
-            map_base: base,
-            map_len,
+            backing: Backing::Fd {
+                // SAFETY: delta < page <= map_len, so the result is inside the mapping.
+                host: unsafe { (base as *mut u8).add(delta as usize) },
+                map_base: base,
+                map_len,
+            },
+            writable,
+        })
+    }
+
+    /// A remote region of `size` bytes at `iova`: no host mapping.
+    fn remote(iova: u64, size: u64, writable: bool) -> Result<Region, MemError> {
+        if size == 0 {
+            return Err(MemError::ZeroSize);
+        }
+        iova.checked_add(size - 1)
+            .ok_or(MemError::Overflow { iova, len: size })?;
+        Ok(Region {
+            iova,
+            len: size,
+            backing: Backing::Remote,
             writable,
         })
     }
@@ -189,15 +243,20 @@ impl Region {
     }
 }
 
-/// An immutable snapshot of the DMA map, sorted by IOVA, non-overlapping.
+/// An immutable snapshot of the DMA map, sorted by IOVA, non-overlapping,
+/// with the transport that reaches its remote regions.
 #[derive(Default)]
 pub struct MemoryMap {
     regions: Vec<Arc<Region>>,
+    transport: Option<Arc<dyn DmaTransport>>,
 }
 
 impl MemoryMap {
     /// Host pointer for guest range `[iova, iova+len)`, which must lie inside
-    /// one region (and a writable one when `write`). `len` may be 0.
+    /// one region (and a writable one when `write`). `len` may be 0. A range
+    /// in a remote region is [`MemError::Remote`]: accessible, but only
+    /// through [`MemoryMap::read`]/[`MemoryMap::write`] or the `remote_*`
+    /// calls.
     #[inline]
     pub fn translate(&self, iova: u64, len: u64, write: bool) -> Result<*mut u8, MemError> {
         let last = iova
@@ -215,47 +274,98 @@ impl MemoryMap {
         if write && !r.writable {
             return Err(MemError::ReadOnly { iova });
         }
-        // SAFETY: iova - r.iova < r.len, so the pointer stays inside the mapping.
-        Ok(unsafe { r.host.add((iova - r.iova) as usize) })
+        match r.backing {
+            // SAFETY: iova - r.iova < r.len, so the pointer stays inside the mapping.
+            Backing::Fd { host, .. } => Ok(unsafe { host.add((iova - r.iova) as usize) }),
+            Backing::Remote => Err(MemError::Remote { iova, len }),
+        }
     }
 
     /// Copies guest memory at `iova` into `dst`.
     pub fn read(&self, iova: u64, dst: &mut [u8]) -> Result<(), MemError> {
-        let p = self.translate(iova, dst.len() as u64, false)?;
-        // SAFETY: translate checked that dst.len() bytes at p are mapped;
-        // dst is a distinct host buffer, so the ranges do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) };
-        Ok(())
+        match self.translate(iova, dst.len() as u64, false) {
+            Ok(p) => {
+                // SAFETY: translate checked that dst.len() bytes at p are
+                // mapped; dst is a distinct host buffer, so the ranges do not
+                // overlap.
+                unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) };
+                Ok(())
+            }
+            Err(MemError::Remote { .. }) => self.remote_read(iova, dst),
+            Err(e) => Err(e),
+        }
     }
 
     /// Copies `src` into guest memory at `iova`.
     pub fn write(&self, iova: u64, src: &[u8]) -> Result<(), MemError> {
-        let p = self.translate(iova, src.len() as u64, true)?;
-        // SAFETY: translate checked that src.len() writable bytes at p are
-        // mapped; src is a distinct host buffer.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
-        Ok(())
+        match self.translate(iova, src.len() as u64, true) {
+            Ok(p) => {
+                // SAFETY: translate checked that src.len() writable bytes at
+                // p are mapped; src is a distinct host buffer.
+                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
+                Ok(())
+            }
+            Err(MemError::Remote { .. }) => self.remote_write(iova, src),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads a little-endian u64 (a PRP list entry).
     #[inline]
     pub fn read_u64(&self, iova: u64) -> Result<u64, MemError> {
-        let p = self.translate(iova, 8, false)?;
-        // SAFETY: translate checked that 8 bytes at p are mapped; the read is
-        // unaligned-safe because a region may start at any fd offset.
-        Ok(u64::from_le(unsafe {
-            std::ptr::read_unaligned(p as *const u64)
-        }))
+        match self.translate(iova, 8, false) {
+            // SAFETY: translate checked that 8 bytes at p are mapped; the read
+            // is unaligned-safe because a region may start at any fd offset.
+            Ok(p) => Ok(u64::from_le(unsafe {
+                std::ptr::read_unaligned(p as *const u64)
+            })),
+            Err(MemError::Remote { .. }) => {
+                let mut b = [0u8; 8];
+                self.remote_read(iova, &mut b)?;
+                Ok(u64::from_le_bytes(b))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fills `dst` through the transport from a range that
+    /// [`MemoryMap::translate`] reported as [`MemError::Remote`].
+    #[cold]
+    pub fn remote_read(&self, iova: u64, dst: &mut [u8]) -> Result<(), MemError> {
+        let len = dst.len() as u64;
+        let t = self
+            .transport
+            .as_ref()
+            .ok_or(MemError::NoTransport { iova, len })?;
+        t.read(iova, dst)
+            .map_err(|reason| MemError::Transport { iova, len, reason })
+    }
+
+    /// Stores `src` through the transport into a range that
+    /// [`MemoryMap::translate`] reported as [`MemError::Remote`] (for a write).
+    #[cold]
+    pub fn remote_write(&self, iova: u64, src: &[u8]) -> Result<(), MemError> {
+        let len = src.len() as u64;
+        let t = self
+            .transport
+            .as_ref()
+            .ok_or(MemError::NoTransport { iova, len })?;
+        t.write(iova, src)
+            .map_err(|reason| MemError::Transport { iova, len, reason })
     }
 
     /// An atomic view of a u64 in guest memory for ordered stores (CQEs).
     ///
     /// Returns None when the host address is not 8-byte aligned (a region
-    /// mapped at an fd offset that is not 8-aligned): callers then fall back
-    /// to plain copies.
+    /// mapped at an fd offset that is not 8-aligned) or the range is remote:
+    /// callers then fall back to plain copies.
     #[inline]
     pub fn atomic_u64(&self, iova: u64, write: bool) -> Result<Option<&AtomicU64>, MemError> {
-        let p = self.translate(iova, 8, write)?;
+        let p = match self.translate(iova, 8, write) {
+            Ok(p) => p,
+            Err(MemError::Remote { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
         if (p as usize) % 8 != 0 {
             return Ok(None);
         }
@@ -265,10 +375,15 @@ impl MemoryMap {
         Ok(Some(unsafe { AtomicU64::from_ptr(p as *mut u64) }))
     }
 
-    /// An atomic view of a u32 in guest memory (shadow doorbells, polling).
+    /// An atomic view of a u32 in guest memory (shadow doorbells, polling);
+    /// None as for [`MemoryMap::atomic_u64`].
     #[inline]
     pub fn atomic_u32(&self, iova: u64, write: bool) -> Result<Option<&AtomicU32>, MemError> {
-        let p = self.translate(iova, 4, write)?;
+        let p = match self.translate(iova, 4, write) {
+            Ok(p) => p,
+            Err(MemError::Remote { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
         if (p as usize) % 4 != 0 {
             return Ok(None);
         }
@@ -276,7 +391,8 @@ impl MemoryMap {
         Ok(Some(unsafe { AtomicU32::from_ptr(p as *mut u32) }))
     }
 
-    /// The regions as (iova, size, writable), ascending.
+    /// The regions, fd-backed and remote alike, as (iova, size, writable),
+    /// ascending.
     pub fn regions(&self) -> Vec<(u64, u64, bool)> {
         self.regions
             .iter()
@@ -323,6 +439,23 @@ impl GuestMemory {
         offset: u64,
         writable: bool,
     ) -> Result<(), MemError> {
+        self.insert(iova, size, || Region::map(iova, size, fd, offset, writable))
+    }
+
+    /// Adds guest range `iova` of `size` bytes as a remote region: the
+    /// device reaches it through the transport ([`GuestMemory::set_transport`]).
+    pub fn map_remote(&self, iova: u64, size: u64, writable: bool) -> Result<(), MemError> {
+        self.insert(iova, size, || Region::remote(iova, size, writable))
+    }
+
+    /// Inserts the region `make` builds unless `[iova, iova+size)` overlaps
+    /// an existing one (fd-backed and remote regions share one address space).
+    fn insert(
+        &self,
+        iova: u64,
+        size: u64,
+        make: impl FnOnce() -> Result<Region, MemError>,
+    ) -> Result<(), MemError> {
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.map.load_full();
         let end = iova
@@ -338,12 +471,27 @@ impl GuestMemory {
                 });
             }
         }
-        let region = Arc::new(Region::map(iova, size, fd, offset, writable)?);
+        let region = Arc::new(make()?);
         let mut regions = cur.regions.clone();
         let at = regions.partition_point(|r| r.iova < iova);
         regions.insert(at, region);
-        self.map.store(Arc::new(MemoryMap { regions }));
+        self.map.store(Arc::new(MemoryMap {
+            regions,
+            transport: cur.transport.clone(),
+        }));
         Ok(())
+    }
+
+    /// Sets (Some) or removes (None) the transport that reaches remote
+    /// regions. Accesses already under way finish with the transport of the
+    /// snapshot they started with.
+    pub fn set_transport(&self, transport: Option<Arc<dyn DmaTransport>>) {
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.map.load_full();
+        self.map.store(Arc::new(MemoryMap {
+            regions: cur.regions.clone(),
+            transport,
+        }));
     }
 
     /// Removes the mapping that is exactly `[iova, iova+size)`.
@@ -357,14 +505,21 @@ impl GuestMemory {
             .ok_or(MemError::NotMapped { iova, size })?;
         let mut regions = cur.regions.clone();
         regions.remove(pos);
-        self.map.store(Arc::new(MemoryMap { regions }));
+        self.map.store(Arc::new(MemoryMap {
+            regions,
+            transport: cur.transport.clone(),
+        }));
         Ok(())
     }
 
-    /// Drops every mapping.
+    /// Drops every mapping (the transport stays: it is the embedder's wiring).
     pub fn clear(&self) {
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        self.map.store(Arc::new(MemoryMap::default()));
+        let cur = self.map.load_full();
+        self.map.store(Arc::new(MemoryMap {
+            regions: Vec::new(),
+            transport: cur.transport.clone(),
+        }));
     }
 }
 
@@ -465,6 +620,195 @@ pub(crate) mod tests {
         held.read(0x2000, &mut b).unwrap();
         assert!(m.snapshot().read(0x2000, &mut b).is_err());
         assert_eq!(m.snapshot().regions(), vec![(0x1000, 0x1000, true)]);
+    }
+
+    /// A client's memory behind the transport: `base`-relative bytes, a log
+    /// of (is_write, iova, len) calls, and a switch that makes calls fail.
+    pub(crate) struct FakeClient {
+        pub base: u64,
+        pub bytes: Mutex<Vec<u8>>,
+        pub log: Mutex<Vec<(bool, u64, usize)>>,
+        pub fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl FakeClient {
+        pub(crate) fn new(base: u64, size: usize) -> Arc<FakeClient> {
+            Arc::new(FakeClient {
+                base,
+                bytes: Mutex::new(vec![0; size]),
+                log: Mutex::new(Vec::new()),
+                fail: std::sync::atomic::AtomicBool::new(false),
+            })
+        }
+
+        fn range(&self, iova: u64, len: usize) -> Result<std::ops::Range<usize>, String> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("client went away".into());
+            }
+            let at = iova
+                .checked_sub(self.base)
+                .ok_or("below the client's memory")? as usize;
+            Ok(at..at + len)
+        }
+    }
+
+    impl DmaTransport for FakeClient {
+        fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), String> {
+            self.log.lock().unwrap().push((false, iova, buf.len()));
+            let r = self.range(iova, buf.len())?;
+            buf.copy_from_slice(&self.bytes.lock().unwrap()[r]);
+            Ok(())
+        }
+
+        fn write(&self, iova: u64, data: &[u8]) -> Result<(), String> {
+            self.log.lock().unwrap().push((true, iova, data.len()));
+            let r = self.range(iova, data.len())?;
+            self.bytes.lock().unwrap()[r].copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn remote_regions_go_through_the_transport() {
+        let m = GuestMemory::new();
+        m.map_remote(0x10_0000, 0x2000, true).unwrap();
+        let s = m.snapshot();
+        let mut b = [0u8; 4];
+        assert_eq!(
+            s.read(0x10_0000, &mut b),
+            Err(MemError::NoTransport {
+                iova: 0x10_0000,
+                len: 4
+            })
+        );
+        let c = FakeClient::new(0x10_0000, 0x2000);
+        m.set_transport(Some(c.clone()));
+        let s = m.snapshot();
+        s.write(0x10_0010, b"abcd").unwrap();
+        assert_eq!(&c.bytes.lock().unwrap()[0x10..0x14], b"abcd");
+        c.bytes.lock().unwrap()[0x100..0x108]
+            .copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
+        assert_eq!(s.read_u64(0x10_0100).unwrap(), 0x1122_3344_5566_7788);
+        s.read(0x10_0010, &mut b).unwrap();
+        assert_eq!(&b, b"abcd");
+        assert_eq!(
+            *c.log.lock().unwrap(),
+            vec![
+                (true, 0x10_0010, 4),
+                (false, 0x10_0100, 8),
+                (false, 0x10_0010, 4)
+            ]
+        );
+        // No host address, and no atomics: callers fall back to copies.
+        assert_eq!(
+            s.translate(0x10_0000, 16, true),
+            Err(MemError::Remote {
+                iova: 0x10_0000,
+                len: 16
+            })
+        );
+        assert!(matches!(s.atomic_u64(0x10_0000, true), Ok(None)));
+        assert!(matches!(s.atomic_u32(0x10_0000, false), Ok(None)));
+        // Bounds are the region's, as for fd regions: the transport never
+        // sees a range that leaves it.
+        assert_eq!(
+            s.read(0x10_1ffc, &mut [0u8; 8]),
+            Err(MemError::Unmapped {
+                iova: 0x10_1ffc,
+                len: 8
+            })
+        );
+        assert!(s.atomic_u64(0x10_1ffc, false).is_err());
+        c.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(
+            s.write(0x10_0000, b"x"),
+            Err(MemError::Transport {
+                iova: 0x10_0000,
+                len: 1,
+                ..
+            })
+        ));
+        m.set_transport(None);
+        assert!(matches!(
+            m.snapshot().read_u64(0x10_0000),
+            Err(MemError::NoTransport { .. })
+        ));
+    }
+
+    #[test]
+    fn remote_regions_are_read_only_when_mapped_so() {
+        let m = GuestMemory::new();
+        let c = FakeClient::new(0, 0x1000);
+        m.set_transport(Some(c.clone()));
+        m.map_remote(0, 0x1000, false).unwrap();
+        let s = m.snapshot();
+        assert_eq!(s.write(0, b"x"), Err(MemError::ReadOnly { iova: 0 }));
+        assert!(matches!(
+            s.atomic_u64(0, true),
+            Err(MemError::ReadOnly { iova: 0 })
+        ));
+        s.read(0, &mut [0u8; 1]).unwrap();
+        assert_eq!(
+            c.log.lock().unwrap().len(),
+            1,
+            "the refused write sent nothing"
+        );
+    }
+
+    #[test]
+    fn remote_and_fd_regions_share_overlap_and_unmap_rules() {
+        let m = GuestMemory::new();
+        let fd = memfd(0x4000);
+        m.map(0x2000, 0x2000, fd.as_raw_fd(), 0, true).unwrap();
+        assert!(matches!(
+            m.map_remote(0x3000, 0x2000, true),
+            Err(MemError::Overlap { other: 0x2000, .. })
+        ));
+        assert_eq!(m.map_remote(0x9000, 0, true), Err(MemError::ZeroSize));
+        assert!(matches!(
+            m.map_remote(u64::MAX, 2, true),
+            Err(MemError::Overflow { .. })
+        ));
+        m.map_remote(0x4000, 0x1000, false).unwrap();
+        assert!(matches!(
+            m.map(0x4800, 0x1000, fd.as_raw_fd(), 0, true),
+            Err(MemError::Overlap { other: 0x4000, .. })
+        ));
+        m.map_remote(0x1000, 0x1000, true).unwrap();
+        assert_eq!(
+            m.snapshot().regions(),
+            vec![
+                (0x1000, 0x1000, true),
+                (0x2000, 0x2000, true),
+                (0x4000, 0x1000, false)
+            ]
+        );
+        // A range spanning an fd region and a remote one is in no one region.
+        assert!(matches!(
+            m.snapshot().translate(0x3ff8, 16, false),
+            Err(MemError::Unmapped { .. })
+        ));
+        assert_eq!(
+            m.unmap(0x4000, 0x800),
+            Err(MemError::NotMapped {
+                iova: 0x4000,
+                size: 0x800
+            })
+        );
+        m.unmap(0x4000, 0x1000).unwrap();
+        assert!(matches!(
+            m.snapshot().read(0x4000, &mut [0u8; 1]),
+            Err(MemError::Unmapped { .. })
+        ));
+        // Unmapping keeps the transport; clear keeps it too.
+        let c = FakeClient::new(0x1000, 0x1000);
+        m.set_transport(Some(c.clone()));
+        m.unmap(0x2000, 0x2000).unwrap();
+        m.snapshot().write(0x1000, b"y").unwrap();
+        m.clear();
+        m.map_remote(0x1000, 0x1000, true).unwrap();
+        m.snapshot().write(0x1001, b"z").unwrap();
+        assert_eq!(&c.bytes.lock().unwrap()[..2], b"yz");
     }
 
     #[test]

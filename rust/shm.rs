@@ -10,6 +10,8 @@ pub struct SharedMemory {
     fd: OwnedFd,
     base: *mut u8,
     len: usize,
+    /// Where the mapping starts in the fd.
+    offset: usize,
 }
 
 // SAFETY: an owned shared mapping; users access it through raw copies and
@@ -21,6 +23,20 @@ unsafe impl Sync for SharedMemory {}
 impl SharedMemory {
     /// A new zeroed memfd named `name` of `len` bytes, mapped.
     pub fn new(name: &CStr, len: usize) -> std::io::Result<Self> {
+        Self::new_at(name, 0, len)
+    }
+
+    /// A new zeroed memfd of `offset + len` bytes of which `len` bytes from
+    /// `offset` (page aligned) are mapped: the leading hole lets file
+    /// offsets mirror a BAR's offsets (the doorbell page at BAR0 1000h). A
+    /// hole that is never touched costs no memory.
+    pub fn new_at(name: &CStr, offset: usize, len: usize) -> std::io::Result<Self> {
+        if offset % 4096 != 0 {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let total = offset
+            .checked_add(len)
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: memfd_create with a valid C string; we own the result.
         let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {
@@ -28,24 +44,32 @@ impl SharedMemory {
         }
         // SAFETY: fd is fresh and owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let size = libc::off_t::try_from(len)
+        let size = libc::off_t::try_from(total)
             .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: ftruncate on our own fd.
         if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        Self::map(fd, len)
+        Self::map(fd, offset, len)
     }
 
     /// Maps `len` bytes of an existing memory fd (duplicated: the caller
     /// keeps theirs).
     pub fn from_fd(fd: RawFd, len: usize) -> std::io::Result<Self> {
-        // SAFETY: the caller keeps fd open during this call; we duplicate it.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
-        Self::map(fd, len)
+        Self::from_fd_at(fd, 0, len)
     }
 
-    fn map(fd: OwnedFd, len: usize) -> std::io::Result<Self> {
+    /// Maps `len` bytes from file offset `offset` (page aligned) of an
+    /// existing memory fd (duplicated: the caller keeps theirs).
+    pub fn from_fd_at(fd: RawFd, offset: usize, len: usize) -> std::io::Result<Self> {
+        // SAFETY: the caller keeps fd open during this call; we duplicate it.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+        Self::map(fd, offset, len)
+    }
+
+    fn map(fd: OwnedFd, offset: usize, len: usize) -> std::io::Result<Self> {
+        let file_offset = libc::off_t::try_from(offset)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: a fresh shared mapping chosen by the kernel (no MAP_FIXED).
         let p = unsafe {
             libc::mmap(
@@ -54,7 +78,7 @@ impl SharedMemory {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
-                0,
+                file_offset,
             )
         };
         if p == libc::MAP_FAILED {
@@ -64,12 +88,18 @@ impl SharedMemory {
             fd,
             base: p.cast(),
             len,
+            offset,
         })
     }
 
     /// The fd (borrowed).
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// Where the mapping starts in the fd.
+    pub fn offset(&self) -> usize {
+        self.offset
     }
 
     /// Length in bytes.

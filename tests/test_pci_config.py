@@ -42,17 +42,17 @@ def caps(pci: PciConfigSpace) -> dict[int, int]:
 
 
 def test_ids_and_class_code(pci: PciConfigSpace) -> None:
-    assert pci.read(0x00, 2) == 0x1B36
-    assert pci.read(0x02, 2) == 0x0010
-    assert pci.read(0x00, 4) == 0x00101B36
+    assert pci.read(0x00, 2) == 0x4E58
+    assert pci.read(0x02, 2) == 0x0001
+    assert pci.read(0x00, 4) == 0x00014E58
     assert pci.read(0x08, 1) == 2  # revision
     assert pci.read(0x09, 1) == 0x02  # programming interface: NVMe
     assert pci.read(0x0A, 1) == 0x08  # subclass: NVM
     assert pci.read(0x0B, 1) == 0x01  # base class: mass storage
     assert pci.read(0x08, 4) == 0x01080202
     assert pci.read(0x0E, 1) == 0x00  # header type 0
-    assert pci.read(0x2C, 2) == 0x1AF4
-    assert pci.read(0x2E, 2) == 0x1100
+    assert pci.read(0x2C, 2) == 0x4E58
+    assert pci.read(0x2E, 2) == 0x0001
     assert pci.read(0x3D, 1) == 1  # INTA#
     assert pci.read(0x06, 2) & (1 << 4)  # capabilities list
 
@@ -195,3 +195,12 @@ def test_embedder_managed_msix() -> None:
         assert pci.read(cap + 2, 2) >> 15 == 1  # embedder mode starts enabled
         pci.write(cap + 2, 1 << 14, 2)
         assert c.msix_control() == (False, True)
+
+
+def test_identify_vid_and_ssvid_match_the_config_space(controller: Controller) -> None:
+    from nvmefast.structs import build_identify_controller
+
+    pci = PciConfigSpace(controller)
+    data = build_identify_controller(controller.config)
+    assert int.from_bytes(data[0:2], "little") == pci.read(0x00, 2)
+    assert int.from_bytes(data[2:4], "little") == pci.read(0x2C, 2)

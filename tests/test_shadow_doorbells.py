@@ -229,24 +229,28 @@ def test_interrupt_mode_every_needed_ring_happens(bare_host: Host, controller: C
 
 
 @pytest.mark.nvme_config(polling="adaptive", poll_us=20)
-def test_mmio_and_shadow_stay_in_sync(bare_host: Host, controller: Controller) -> None:
-    """A host switching between shadow writes and plain MMIO writes (as a
-    driver does for the admin queue) never loses a value."""
+def test_late_register_writes_never_rewind_an_io_queue(bare_host: Host, controller: Controller) -> None:
+    """With shadow buffers in force an I/O queue's register write is only a
+    wake-up (as in QEMU): its value may arrive after the host moved the
+    shadow on (a posted vfio-user write does), so it must never replace the
+    shadow's. The admin queue, which Linux rings by MMIO only, keeps working
+    through the register."""
     host = bare_host
     bring_up(host, (1, 2), 8, shadow=True)
     d = host.doorbells
+    assert d.admin_mode == "mmio"
     rng = random.Random(7)
-    for i in range(300):
-        d.set_mode(rng.choice(["shadow", "mmio"]))
-        verified_io(host, 1 + i % 2, range(i % 50 * 10, i % 50 * 10 + rng.randint(1, 12)))
-        if d.mode == "mmio":
-            # The device keeps the shadow buffer the one source of truth.
-            qid = 1 + i % 2
-            assert d.shadow_value(sq(qid)) == host.sq(qid).tail
-            assert d.shadow_value(cq(qid)) == host.cq(qid).head
-    d.set_mode("shadow")
-    # An MMIO write of a value the shadow already holds changes nothing.
-    d.mmio(sq(1), host.sq(1).tail)
+    for i in range(200):
+        qid = 1 + i % 2
+        stale_sq, stale_cq = host.sq(qid).tail, host.cq(qid).head
+        verified_io(host, qid, range(i % 50 * 10, i % 50 * 10 + rng.randint(1, 12)))
+        # The ring for an earlier value lands now, after the host moved on.
+        d.mmio(sq(qid), stale_sq)
+        d.mmio(cq(qid), stale_cq)
+        assert d.shadow_value(sq(qid)) == host.sq(qid).tail, "a late register value replaced the shadow's"
+        assert d.shadow_value(cq(qid)) == host.cq(qid).head
+        if i % 20 == 0:
+            host.identify_controller()  # the admin queue, by MMIO only
     verified_io(host, 1, range(8))
     assert host.csts() & 0b10 == 0 and not host.cq(1).stray and not host.cq(2).stray
 
@@ -284,9 +288,12 @@ def test_reset_drops_shadow(bare_host: Host, controller: Controller) -> None:
     pytest.param(p, marks=pytest.mark.nvme_config(polling=p, max_io_queue_pairs=500)) for p in ("poll", "interrupt")
 ])
 def test_dbbuf_while_mmio_io_runs(bare_host: Host, controller: Controller, polling: str) -> None:
-    """Doorbell Buffer Config while another thread rings MMIO doorbells of a
-    live I/O queue: the device copies the values into the new buffer and must
-    not lose a write that lands meanwhile (a lost SQ tail hangs its command)."""
+    """Doorbell Buffer Config while another thread rings the admin queue's
+    MMIO doorbells (Linux's way: never through the shadow buffer): the device
+    copies the values into the new buffer and must not lose a write that
+    lands meanwhile (a lost SQ tail hangs its command). (An I/O queue's MMIO
+    write after the switch is a wake-up only: see
+    test_late_register_writes_never_rewind_an_io_queue.)"""
     host = bare_host
     bring_up(host, (1,), 32)
     stop = threading.Event()
@@ -296,7 +303,7 @@ def test_dbbuf_while_mmio_io_runs(bare_host: Host, controller: Controller, polli
     def io() -> None:
         try:
             while not stop.is_set():
-                assert host.wait(1, host.submit(build_sqe(FLUSH, nsid=1), 1), timeout=5).ok
+                host.identify_controller()
                 count[0] += 1
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
@@ -316,7 +323,7 @@ def test_dbbuf_while_mmio_io_runs(bare_host: Host, controller: Controller, polli
     assert not thread.is_alive(), "I/O thread hung"
     assert not errors, f"after {count[0]} commands: {errors[0]!r}"
     assert count[0] > 0
-    assert not host.cq(1).stray, f"completions of commands never submitted: {host.cq(1).stray[:3]}"
+    assert not host.cq(0).stray, f"completions of commands never submitted: {host.cq(0).stray[:3]}"
     assert host.csts() & 0b10 == 0
 
 

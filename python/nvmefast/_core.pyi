@@ -100,10 +100,18 @@ class Engine:
     # guest memory
     def map_dma(self, iova: int, size: int, fd: int, offset: int = 0, writable: bool = True) -> None:
         """Map ``size`` bytes of ``fd`` at ``offset`` as guest memory at ``iova``."""
+    def map_dma_remote(self, iova: int, size: int, writable: bool = True) -> None:
+        """Add ``[iova, iova + size)`` as remote guest memory, reached through the DMA transport."""
+    def set_dma_transport(
+        self,
+        read: Callable[[int, int], bytes] | None,
+        write: Callable[[int, bytes], object] | None,
+    ) -> None:
+        """The callables that read/write remote guest memory (run on worker threads); None removes."""
     def unmap_dma(self, iova: int, size: int) -> None:
-        """Remove the mapping that exactly covers ``[iova, iova + size)``."""
+        """Remove the mapping (fd-backed or remote) that exactly covers ``[iova, iova + size)``."""
     def dma_regions(self) -> list[tuple[int, int, bool]]:
-        """The current mappings as ``(iova, size, writable)``, sorted by iova."""
+        """The current mappings, fd-backed and remote, as ``(iova, size, writable)``, sorted by iova."""
     # controller state driven by the register file
     def set_page_size(self, page_size: int) -> None:
         """The memory page size from CC.MPS, used for PRP walking."""
@@ -129,8 +137,12 @@ class Engine:
         an invalid doorbell register, 01h invalid doorbell write value) of an
         Error event the caller must report through AER.
         """
-    def doorbell_page_fd(self) -> tuple[int, int]:
-        """A new fd of the doorbell page (caller closes it) and its length."""
+    def doorbell_page_fd(self) -> tuple[int, int, int]:
+        """A new fd of the doorbell page (caller closes it), the doorbells' file offset (1000h) and length."""
+    def set_doorbell_scan(self, us: int) -> None:
+        """Sleeping workers look at the doorbells every ``us`` microseconds (backing off to 16x); 0: never."""
+    def doorbell_scan(self) -> int:
+        """The interval set by :meth:`set_doorbell_scan`."""
     def set_doorbell_eventfd(self, index: int, fd: int | None) -> None:
         """An ioeventfd for doorbell ``index`` (duplicated); None detaches."""
     def set_shadow_doorbells(self, db: int, ei: int) -> int:
@@ -257,7 +269,7 @@ def bench_io(
     ring_each: bool = False,
     doorbell: str = "mmio",
     shadow: tuple[int, int] | None = None,
-    page_fd: tuple[int, int] | None = None,
+    page_fd: tuple[int, int, int] | None = None,
     doorbell_eventfds: tuple[int, int] | None = None,
     doorbell_stride: int = 4,
 ) -> dict[str, float]:

@@ -128,7 +128,7 @@ class BenchSession:
             polling=polling,
         )
         self.controller = Controller(ccfg)
-        self._page: tuple[int, int] | None = None
+        self._page: tuple[int, int, int] | None = None
         self._shadow: tuple[int, int] | None = None
         try:
             self.host = Host(self.controller, memory_bytes=32 << 20)

@@ -73,7 +73,123 @@ def _parser() -> argparse.ArgumentParser:
         help="instead: the cost of one interrupt by eventfd, KVM irqfd, KVM_SIGNAL_MSI and a Python "
         "callback, its end-to-end effect at QD 1 and 64, and interrupt coalescing",
     )
+    _serve_parser(sub)
     return p
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = sub.add_parser(
+        "serve",
+        help="serve the controller to a vfio-user client (QEMU's vfio-user-pci)",
+        description="Listen on a UNIX socket and serve an emulated NVMe controller over vfio-user, "
+        "one client at a time; namespace data lives as long as the server. Attach QEMU with "
+        "-device '{\"driver\":\"vfio-user-pci\",\"socket\":{\"path\":\"PATH\",\"type\":\"unix\"}}' "
+        "and share guest RAM (-object memory-backend-memfd,id=mem,size=1G,share=on "
+        "-machine q35,memory-backend=mem). Stop with Ctrl-C or SIGTERM.",
+    )
+    s.add_argument("--socket", required=True, metavar="PATH", help="UNIX socket path to listen on")
+    s.add_argument(
+        "--namespace",
+        action="append",
+        type=_namespace,
+        metavar="KIND:SIZE[:LBA]",
+        help="a namespace: ram or null, a size like 64M or 1G, optionally the LBA size 512 or 4096; "
+        "repeat for more (default: one ram:1G)",
+    )
+    s.add_argument("--iothreads", type=int, default=1, help="I/O worker threads (default 1)")
+    s.add_argument("--queues", type=int, default=8, help="I/O queue pairs offered (default 8)")
+    s.add_argument("--serial", default="NVMEFAST0001", help="Identify serial number (default NVMEFAST0001)")
+    s.add_argument("--model", default="nvmefast emulated NVMe", help="Identify model number")
+    s.add_argument(
+        "--doorbells",
+        choices=("mmap", "trap"),
+        default="mmap",
+        help="mmap: the client maps the doorbell page and idle workers scan it; trap: every doorbell "
+        "write is a message (no idle CPU use, more latency) (default mmap)",
+    )
+    s.add_argument(
+        "--doorbell-scan-us",
+        type=int,
+        default=100,
+        help="with --doorbells mmap, how often an idle worker looks at the doorbells, in us; it backs "
+        "off to 16x while idle (default 100)",
+    )
+    s.add_argument(
+        "--polling",
+        choices=("adaptive", "interrupt", "poll"),
+        default="adaptive",
+        help="I/O worker polling after work (default adaptive)",
+    )
+    s.add_argument(
+        "--multi-controller",
+        action="store_true",
+        help="claim CMIC/NMIC (more controllers, shared namespaces): Linux then adds a multipath layer",
+    )
+    s.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="what to log to stderr: connects, DMA maps, IRQ setup, resets, disconnects at info (default)",
+    )
+
+
+def _namespace(text: str) -> tuple[str, int, int]:
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in ("ram", "null"):
+        raise argparse.ArgumentTypeError(f"{text!r}: use ram:SIZE or null:SIZE, e.g. ram:64M, optionally :4096")
+    size = parse_size(parts[1])
+    lba = 512
+    if len(parts) == 3:
+        if parts[2] not in ("512", "4096"):
+            raise argparse.ArgumentTypeError(f"{text!r}: the LBA size must be 512 or 4096")
+        lba = int(parts[2])
+    if size < lba or size % lba:
+        raise argparse.ArgumentTypeError(f"{text!r}: the size must be a positive multiple of the {lba}-byte LBA")
+    return parts[0], size, lba
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from nvmefast.config import ControllerConfig, NamespaceConfig
+    from nvmefast.vfio_user import VfioUserServer
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s.%(msecs)03d nvmefast %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    specs = args.namespace or [("ram", 1 << 30, 512)]
+    config = ControllerConfig(
+        namespaces=tuple(NamespaceConfig(size_bytes=size, lba_size=lba, backend=kind) for kind, size, lba in specs),
+        serial=args.serial,
+        model=args.model,
+        iothreads=args.iothreads,
+        max_io_queue_pairs=args.queues,
+        polling=args.polling,
+        multi_controller=args.multi_controller,
+    )
+    server = VfioUserServer(
+        args.socket, config, doorbells=args.doorbells, doorbell_scan_us=args.doorbell_scan_us
+    )
+
+    def _stop(signum: int, frame: object) -> None:
+        logging.getLogger("nvmefast.vfio_user").info("signal %d: stopping", signum)
+        server.request_stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    server.start()
+    names = ", ".join(f"{kind}:{size >> 20}M" for kind, size, _ in specs)
+    print(f"nvmefast serve: listening on {args.socket} ({names}; {args.iothreads} iothread(s))", file=sys.stderr, flush=True)
+    try:
+        while not server.wait(0.5):
+            pass
+    finally:
+        server.stop()
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -123,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "bench":
             return _bench(args)
+        if args.command == "serve":
+            return _serve(args)
     except NvmeFastError as e:
         print(f"nvmefast {args.command}: {e}", file=sys.stderr)
         return 1

@@ -149,11 +149,50 @@ class Controller:
         engine.map_dma(iova, size, fd, offset, writable)
 
     def unmap_dma(self, iova: int, size: int) -> None:
-        """Remove the mapping that exactly covers ``[iova, iova + size)``."""
+        """Remove the mapping (fd-backed or remote) that exactly covers ``[iova, iova + size)``."""
         engine = self._live()
         _check_u64("iova", iova)
         _check_u64("size", size)
         engine.unmap_dma(iova, size)
+
+    def map_dma_remote(self, iova: int, size: int, writable: bool = True) -> None:
+        """Add ``[iova, iova + size)`` as remote guest memory: no fd, reached by messages.
+
+        For a vfio-user client's DMA_MAP without an fd: every device access
+        to the range (queue entries, PRP and SGL lists, data, completions)
+        calls the transport set with :meth:`set_dma_transport`. Same rules as
+        :meth:`map_dma`: a range overlapping any mapping, of size 0 or
+        wrapping past 2**64 raises :class:`DmaMapError`; :meth:`unmap_dma`
+        removes it. ``writable=False`` makes device writes to it fail (Data
+        Transfer Error). Shadow doorbells cannot live there: Doorbell Buffer
+        Config on remote memory fails with Data Transfer Error.
+        """
+        engine = self._live()
+        _check_u64("iova", iova)
+        _check_u64("size", size)
+        engine.map_dma_remote(iova, size, writable)
+
+    def set_dma_transport(
+        self,
+        read: Callable[[int, int], bytes] | None,
+        write: Callable[[int, bytes], object] | None,
+    ) -> None:
+        """Set the callables that move the bytes of remote guest memory.
+
+        ``read(iova, length)`` returns exactly ``length`` bytes (``bytes`` or
+        ``bytearray``); ``write(iova, data)`` stores ``data``. Each call lies
+        inside one region added by :meth:`map_dma_remote`. They run on the
+        controller's worker threads, which take the GIL for the call only,
+        and may block (a vfio-user DMA_READ/DMA_WRITE round trip) as long as
+        whatever they wait for does not itself wait for the controller (queue
+        creation, reset): the worker holds its queues meanwhile. An
+        exception (printed, as an admin handler's is) or a result of the
+        wrong length fails the command with Data Transfer Error; the
+        controller keeps going. ``None`` for either makes that direction
+        fail; ``(None, None)`` removes the transport. Raises
+        :class:`ConfigError` for an argument that is not callable.
+        """
+        self._live().set_dma_transport(read, write)
 
     # -- BAR0 ------------------------------------------------------------------
 
@@ -167,19 +206,54 @@ class Controller:
         self._live()
         self._registers.write(offset, value, size)
 
+    def function_reset(self) -> None:
+        """Reset the function as a PCI FLR (or a vfio-user DEVICE_RESET) does.
+
+        The controller resets (queues deleted, commands in flight dropped,
+        CSTS.RDY clear), every BAR0 register returns to its power-on value,
+        and the MSI-X state to that of a new controller (vector masks and
+        pending bits clear; enabled when the embedder manages the table, as
+        at construction).
+        DMA mappings and interrupt eventfds are the embedder's wiring, not
+        device state: they stay. Namespace data stays too.
+        """
+        engine = self._live()
+        self._registers.function_reset()
+        engine.msix_reset()
+
     # -- doorbells ---------------------------------------------------------------
 
-    def doorbell_page_fd(self) -> tuple[int, int]:
-        """A new fd of the doorbell page and its length; the caller closes the fd.
+    def doorbell_page_fd(self) -> tuple[int, int, int]:
+        """A new fd of the doorbell page, the doorbells' offset in it and their length.
 
-        The page holds the doorbell registers as BAR0 lays them out from
-        1000h (SQ y tail at ``2y * stride``, CQ y head at ``(2y+1) * stride``,
-        stride ``4 << doorbell_stride``). A vfio-user server offers it to the
-        client as a sparse-mmap area at BAR0 offset 1000h: the client's
-        doorbell writes then land here with no message, and the workers pick
-        them up (poll with ``polling="poll"``, or pair it with ioeventfds).
+        The caller closes the fd. File offsets mirror BAR0: the doorbells
+        start at file offset 1000h, their BAR0 offset (SQ y tail at
+        ``1000h + 2y * stride``, CQ y head at ``1000h + (2y+1) * stride``,
+        stride ``4 << doorbell_stride``), and the first 4 KiB of the file is
+        an unused hole. A vfio-user server therefore offers the fd as BAR0's
+        region fd at offset 0 with a sparse-mmap area at 1000h: the client's
+        doorbell writes land here with no message. Nothing wakes a sleeping
+        worker then: poll (``polling="poll"``), attach ioeventfds, or set
+        :meth:`set_doorbell_scan`.
         """
         return self._live().doorbell_page_fd()
+
+    def set_doorbell_scan(self, microseconds: int) -> None:
+        """Make sleeping workers look at the doorbells every ``microseconds``.
+
+        For doorbells that change with nothing to wake a worker (a doorbell
+        page a vfio-user client maps): the interval doubles with each look
+        that finds nothing, up to 16x, and returns to ``microseconds`` once
+        work arrives. 0 (the default) sleeps until woken.
+        """
+        if not isinstance(microseconds, int) or not 0 <= microseconds <= 10_000_000:
+            raise ConfigError(f"doorbell scan interval must be an int in 0..10000000 microseconds, got {microseconds!r}")
+        self._live().set_doorbell_scan(microseconds)
+
+    @property
+    def doorbell_scan(self) -> int:
+        """The interval set by :meth:`set_doorbell_scan` (0: none)."""
+        return self._live().doorbell_scan()
 
     def set_doorbell_eventfd(self, index: int, fd: int | None) -> None:
         """Wake the worker when ``fd`` is written: an ioeventfd for doorbell ``index``

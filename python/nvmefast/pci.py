@@ -36,18 +36,18 @@ __all__ = [
     "PciConfigSpace",
 ]
 
-# Placeholder identity: QEMU's (Red Hat 1b36:0010, subsystem Red Hat/Qumranet
-# 1af4:1100). Issue 6 must choose the final IDs: Linux applies quirks keyed on
-# 1b36:0010 (drivers/nvme/host/pci.c), so borrowing QEMU's ID also borrows
-# workarounds for QEMU's bugs, not ours.
-VENDOR_ID = 0x1B36
-"""PCI Vendor ID (placeholder, see issue 6)."""
-DEVICE_ID = 0x0010
-"""PCI Device ID (placeholder, see issue 6)."""
-SUBSYSTEM_VENDOR_ID = 0x1AF4
-"""Subsystem Vendor ID (placeholder, see issue 6)."""
-SUBSYSTEM_ID = 0x1100
-"""Subsystem ID (placeholder, see issue 6)."""
+# Identity: the one vfio-user NVMe targets already present (SPDK's, through
+# libvfio-user: Nutanix 4e58, device 0001). Linux binds NVMe by class code
+# 01/08/02 and applies no quirk to 4e58:0001; QEMU's 1b36:0010 would bring
+# QEMU's workarounds (NVME_QUIRK_BOGUS_NID: our namespace IDs ignored) with it.
+VENDOR_ID = 0x4E58
+"""PCI Vendor ID."""
+DEVICE_ID = 0x0001
+"""PCI Device ID."""
+SUBSYSTEM_VENDOR_ID = 0x4E58
+"""Subsystem Vendor ID."""
+SUBSYSTEM_ID = 0x0001
+"""Subsystem ID."""
 REVISION_ID = 2
 """Revision ID, as QEMU's nvme device reports."""
 CLASS_CODE = 0x010802

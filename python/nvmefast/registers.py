@@ -301,6 +301,16 @@ class Registers:
         self.admin.reset()
         self.csts &= ~(CSTS_RDY | 0x3 << CSTS_SHST_SHIFT)
 
+    def function_reset(self) -> None:
+        """A PCI function-level reset: a controller reset, then every register
+        back to its power-on value (AQA, ASQ, ACQ and INTMS included, which a
+        controller reset keeps)."""
+        with self._lock:
+            self._write_cc(0)
+            self.csts = 0
+            self.aqa = self.asq = self.acq = 0
+            self.engine.set_interrupt_mask(0)
+
     @property
     def ready(self) -> bool:
         """CSTS.RDY."""

@@ -65,9 +65,9 @@ FIRMWARE_SLOT_LOG_SIZE = 512
 NVME_VERSION = 0x00020000
 """NVMe 2.0.0, as reported in VS and Identify Controller VER."""
 
-PCI_VENDOR_ID = 0x1B36
+PCI_VENDOR_ID = 0x4E58
 """Identify VID. The PCI face (vfio-user config space) must report the same."""
-PCI_SUBSYSTEM_VENDOR_ID = 0x1AF4
+PCI_SUBSYSTEM_VENDOR_ID = 0x4E58
 """Identify SSVID. The PCI face must report the same."""
 IEEE_OUI = 0x525400
 """The OUI in Identify IEEE and the top of every EUI-64 (locally administered)."""
@@ -173,6 +173,12 @@ def namespace_ids(serial: str, nsid: int) -> NamespaceIds:
     return NamespaceIds(eui64=eui64, nguid=nguid, uuid=ns_uuid)
 
 
+CMIC_MULTI_CONTROLLER = 1 << 1
+"""Identify Controller CMIC bit 1: the NVM subsystem may contain two or more controllers."""
+NMIC_SHARED = 1 << 0
+"""Identify Namespace NMIC bit 0: the namespace may be attached to two or more controllers."""
+
+
 def _ascii(value: str, width: int) -> bytes:
     return value.encode("ascii").ljust(width, b" ")
 
@@ -186,7 +192,8 @@ def build_identify_controller(config: ControllerConfig) -> bytes:
     buf[64:72] = _ascii(config.firmware, 8)
     buf[72] = 6  # RAB: 2**6 commands per arbitration burst, as QEMU
     buf[73:76] = IEEE_OUI.to_bytes(3, "little")
-    buf[76] = 0  # CMIC: one port, one controller
+    # CMIC bit 1 only when configured: one port, one controller otherwise.
+    buf[76] = CMIC_MULTI_CONTROLLER if config.multi_controller else 0
     buf[77] = config.mdts
     struct.pack_into("<H", buf, 78, 0)  # CNTLID
     struct.pack_into("<I", buf, 80, NVME_VERSION)
@@ -227,7 +234,7 @@ def lba_format_index(lba_size: int) -> int:
 
 
 def build_identify_namespace(
-    ns: NamespaceConfig | None, ids: NamespaceIds | None, lba_size: int
+    ns: NamespaceConfig | None, ids: NamespaceIds | None, lba_size: int, *, shared: bool = False
 ) -> bytes:
     """The Identify Namespace data structure (CNS 00h) of a namespace whose
     current LBA data size is ``lba_size`` (it changes with Format NVM).
@@ -245,6 +252,7 @@ def build_identify_namespace(
     buf[24] = 0
     buf[25] = len(LBA_FORMATS) - 1  # NLBAF, 0's based
     buf[26] = lba_format_index(lba_size)  # FLBAS: bits 3:0, no metadata
+    buf[30] = NMIC_SHARED if shared else 0  # NMIC
     buf[33] = DLFEAT
     struct.pack_into("<HIB", buf, 74, MSSRL, MCL, MSRC)
     if ids is not None:
@@ -545,6 +553,7 @@ class IdentifyNamespace:
     eui64: bytes
     lbaf: tuple[int, ...]
     """LBA formats 0..NLBAF as raw dwords."""
+    nmic: int = 0
 
     @property
     def lba_size(self) -> int:
@@ -567,6 +576,7 @@ class IdentifyNamespace:
             nguid=bytes(data[104:120]),
             eui64=bytes(data[120:128]),
             lbaf=tuple(lbaf),
+            nmic=data[30],
         )
 
 

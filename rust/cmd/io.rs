@@ -3,10 +3,11 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use super::prp::{self, Segment};
+use super::prp;
+use super::segment::{self, Segment, Target};
 use super::{nvm, sgl};
 use crate::backend::Backend;
-use crate::mem::MemoryMap;
+use crate::mem::{MemError, MemoryMap};
 use crate::spec::opcode::io as op;
 use crate::spec::{Sqe, Status};
 
@@ -84,7 +85,8 @@ pub struct IoContext<'a> {
     pub mdts_bytes: u64,
     /// Reused segment buffer: no allocation per command once warm.
     pub segs: &'a mut Vec<Segment>,
-    /// Reused byte buffer for range lists (DSM, Copy).
+    /// Reused byte buffer for range lists (DSM, Copy) and for bouncing
+    /// remote segments' data.
     pub scratch: &'a mut Vec<u8>,
     pub smart: &'a mut Smart,
 }
@@ -200,13 +202,39 @@ pub(super) fn data_pointer(
 pub(super) fn read_buffer(ctx: &mut IoContext<'_>, sqe: &Sqe, len: usize) -> Result<(), Failure> {
     data_pointer(ctx, sqe, len as u64, false, 0)?;
     ctx.scratch.clear();
-    for s in ctx.segs.iter() {
-        // SAFETY: translated (readable) against ctx.mem, alive for this call;
-        // a host-to-device walk never yields bit bucket (null) segments.
-        ctx.scratch
-            .extend_from_slice(unsafe { std::slice::from_raw_parts(s.ptr, s.len) });
+    // SAFETY: the segments were translated (readable) against ctx.mem,
+    // alive for this call.
+    unsafe { segment::gather(ctx.mem, ctx.segs, ctx.scratch) }
+        .map_err(|_| transfer_failure(0, sqe.nsid()))
+}
+
+/// A transport failure while data moved: Data Transfer Error.
+#[cold]
+pub(super) fn transfer_failure(lba: u64, nsid: u32) -> Failure {
+    fail(Status::DATA_TRANSFER_ERROR.dnr(), loc::DPTR, lba, nsid)
+}
+
+/// Device-to-host through a remote segment: namespace bytes bounced
+/// through `buf` into the client's memory. The null backend moves no data,
+/// as it leaves fd-backed memory untouched.
+#[cold]
+fn bounce_out(
+    ns: &Namespace,
+    mem: &MemoryMap,
+    off: u64,
+    iova: u64,
+    len: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), MemError> {
+    if !ns.backend.transfers_data() {
+        return Ok(());
     }
-    Ok(())
+    buf.clear();
+    buf.resize(len, 0);
+    // SAFETY: buf holds len bytes; the caller's LBA range check keeps
+    // off + len inside the namespace.
+    unsafe { ns.backend.read(off, buf.as_mut_ptr(), len) };
+    mem.remote_write(iova, buf)
 }
 
 /// The common part of a command that moves LBAs through a data pointer
@@ -238,18 +266,40 @@ pub(super) fn lba_transfer<'a>(
 #[inline]
 fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, read: bool) -> Result<u32, Failure> {
     let (ns, mut off, len) = lba_transfer(ctx, sqe, read)?;
+    let slba = off >> ns.lba_shift();
+    if !read && ctx.segs.iter().any(Segment::is_remote) {
+        // Every remote byte is fetched before any byte reaches the namespace.
+        segment::fetch_remote(ctx.mem, ctx.segs, ctx.scratch)
+            .map_err(|_| transfer_failure(slba, sqe.nsid()))?;
+    }
+    // Where the next remote segment's fetched bytes start in ctx.scratch.
+    let mut fetched = 0usize;
     for s in ctx.segs.iter() {
-        // SAFETY: each segment was translated against the snapshot in
-        // ctx.mem, which keeps its region mapped for this call; the LBA range
-        // check above keeps off + len inside the namespace. A null segment is
-        // an SGL bit bucket: the host does not want those bytes.
-        unsafe {
-            if s.ptr.is_null() {
-            } else if read {
-                ns.backend.read(off, s.ptr, s.len);
-            } else {
-                ns.backend.write(off, s.ptr, s.len);
+        match s.target {
+            // SAFETY: each segment was translated against the snapshot in
+            // ctx.mem, which keeps its region mapped for this call; the LBA
+            // range check above keeps off + len inside the namespace.
+            Target::Host(p) => unsafe {
+                if read {
+                    ns.backend.read(off, p, s.len);
+                } else {
+                    ns.backend.write(off, p, s.len);
+                }
+            },
+            Target::Remote(iova) if read => {
+                bounce_out(ns, ctx.mem, off, iova, s.len, ctx.scratch)
+                    .map_err(|_| transfer_failure(slba, sqe.nsid()))?;
             }
+            Target::Remote(_) => {
+                let piece = &ctx.scratch[fetched..fetched + s.len];
+                // SAFETY: piece holds s.len bytes (fetch_remote appended
+                // exactly the remote segments' lengths, in this order); the
+                // range check keeps off + len inside the namespace.
+                unsafe { ns.backend.write(off, piece.as_ptr(), s.len) };
+                fetched += s.len;
+            }
+            // An SGL bit bucket: the host does not want those bytes.
+            Target::BitBucket => {}
         }
         off += s.len as u64;
     }

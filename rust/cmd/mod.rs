@@ -3,4 +3,5 @@
 pub mod io;
 pub mod nvm;
 pub mod prp;
+pub mod segment;
 pub mod sgl;

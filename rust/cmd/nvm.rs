@@ -1,7 +1,11 @@
 //! The rest of the NVM command set (NVM Command Set 2.0, 3.3): Compare,
 //! Write Zeroes, Dataset Management, Verify, Copy.
 
-use super::io::{fail, lba_range, lba_transfer, loc, namespace, read_buffer, Failure, IoContext};
+use super::io::{
+    fail, lba_range, lba_transfer, loc, namespace, read_buffer, transfer_failure, Failure,
+    IoContext,
+};
+use super::segment::{self, Segment, Target};
 use crate::spec::{Sqe, Status};
 
 /// Copy limits advertised in Identify Namespace (and enforced here):
@@ -16,12 +20,27 @@ pub const MSRC: u32 = 127;
 pub fn compare(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
     let (ns, mut off, len) = lba_transfer(ctx, sqe, false)?;
     let slba = off >> ns.lba_shift();
+    if ctx.segs.iter().any(Segment::is_remote) {
+        segment::fetch_remote(ctx.mem, ctx.segs, ctx.scratch)
+            .map_err(|_| transfer_failure(slba, sqe.nsid()))?;
+    }
+    let mut fetched = 0usize;
     let mut equal = true;
     for s in ctx.segs.iter() {
-        // SAFETY: translated against ctx.mem (alive for this call), readable,
-        // never null for a host-to-device walk; the range check keeps
-        // off + len in the namespace.
-        equal &= unsafe { ns.backend.compare(off, s.ptr, s.len) };
+        let src = match s.target {
+            Target::Host(p) => p.cast_const(),
+            Target::Remote(_) => {
+                let piece = &ctx.scratch[fetched..fetched + s.len];
+                fetched += s.len;
+                piece.as_ptr()
+            }
+            // A host-to-device walk never yields one.
+            Target::BitBucket => continue,
+        };
+        // SAFETY: src is s.len readable bytes: a host pointer translated
+        // against ctx.mem (alive for this call) or the fetched copy in
+        // ctx.scratch; the range check keeps off + len in the namespace.
+        equal &= unsafe { ns.backend.compare(off, src, s.len) };
         off += s.len as u64;
     }
     ctx.smart.bytes_read += len;

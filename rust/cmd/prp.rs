@@ -1,24 +1,12 @@
 //! Physical Region Page walking (NVMe Base 2.0, 4.1.1), translated to host
-//! pointers against one guest memory snapshot.
+//! pointers (or remote IOVAs) against one guest memory snapshot.
 //!
 //! Every entry is checked before any data moves, so a bad entry half-way
 //! through a write never leaves a half-written range behind.
 
+pub use super::segment::{Segment, Target};
 use crate::mem::{MemError, MemoryMap};
 use crate::spec::Status;
-
-/// A contiguous host buffer a transfer uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Segment {
-    pub ptr: *mut u8,
-    pub len: usize,
-}
-
-// SAFETY: a Segment is scratch data valid only while the memory snapshot it
-// was translated against is held; the worker keeps a reusable Vec of them
-// that moves with the engine's state between threads, never dereferenced
-// outside that window.
-unsafe impl Send for Segment {}
 
 /// Why a PRP walk failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -50,21 +38,12 @@ fn push(
     len: u64,
     write: bool,
 ) -> Result<(), PrpError> {
-    let ptr = mem.translate(iova, len, write)?;
-    let len = len as usize; // <= page size
-    if let Some(last) = out.last_mut() {
-        // Physically contiguous pages become one copy.
-        if last.ptr.wrapping_add(last.len) == ptr {
-            last.len += len;
-            return Ok(());
-        }
-    }
-    out.push(Segment { ptr, len });
-    Ok(())
+    // Contiguous pages become one copy (or one transport message).
+    Ok(Segment::push(mem, out, iova, len, write)?)
 }
 
 /// Walks `prp1`/`prp2` for a transfer of `len` bytes with memory page size
-/// `page` (a power of two), filling `out` with host segments. `write` is
+/// `page` (a power of two), filling `out` with segments. `write` is
 /// true when the device writes guest memory (a Read command).
 pub fn walk(
     mem: &MemoryMap,
@@ -239,6 +218,38 @@ mod tests {
         walk(&s, 0x10_4000, list, 4 * P, P, true, &mut out).unwrap();
         assert_eq!(out.len(), 1, "four adjacent pages are one segment");
         assert_eq!(out[0].len as u64, 4 * P);
+    }
+
+    #[test]
+    fn remote_lists_and_pages_become_remote_segments() {
+        let m = GuestMemory::new();
+        m.map_remote(0x10_0000, 16 * P, true).unwrap();
+        let c = crate::mem::tests::FakeClient::new(0x10_0000, 16 * P as usize);
+        m.set_transport(Some(c.clone()));
+        let s = m.snapshot();
+        let list: u64 = 0x10_1000;
+        for (i, page) in [0x10_5000u64, 0x10_6000, 0x10_9000].iter().enumerate() {
+            s.write(list + i as u64 * 8, &page.to_le_bytes()).unwrap();
+        }
+        let mut out = Vec::new();
+        walk(&s, 0x10_4000, list, 4 * P, P, true, &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![
+                Segment {
+                    target: Target::Remote(0x10_4000),
+                    len: 3 * P as usize
+                },
+                Segment {
+                    target: Target::Remote(0x10_9000),
+                    len: P as usize
+                },
+            ]
+        );
+        // A list the client cannot deliver is a transfer error.
+        c.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        let e = walk(&s, 0x10_4000, list, 4 * P, P, true, &mut out).unwrap_err();
+        assert_eq!(e.status(), Status::DATA_TRANSFER_ERROR.dnr());
     }
 
     proptest::proptest! {

@@ -1,10 +1,10 @@
 //! Scatter Gather Lists (NVMe Base 2.0, 4.3.2), translated to host pointers
-//! against one guest memory snapshot. Data Block, Bit Bucket, Segment and
+//! (or remote IOVAs) against one guest memory snapshot. Data Block, Bit Bucket, Segment and
 //! Last Segment descriptors; keyed and transport descriptors are refused
 //! (Identify SGLS advertises neither). Every descriptor is checked before
 //! any data moves, like the PRP walk.
 
-use super::prp::Segment;
+use super::segment::{Segment, Target};
 use crate::mem::{MemError, MemoryMap};
 use crate::spec::Status;
 
@@ -105,21 +105,13 @@ impl Walk<'_> {
         if take == 0 {
             return Ok(());
         }
-        let ptr = if d.kind == BIT_BUCKET {
-            std::ptr::null_mut()
+        if d.kind == BIT_BUCKET {
+            self.out.push(Segment {
+                target: Target::BitBucket,
+                len: take as usize, // from a u32
+            });
         } else {
-            self.mem.translate(d.addr, take, self.write)?
-        };
-        let len = take as usize;
-        match self.out.last_mut() {
-            Some(last)
-                if !ptr.is_null()
-                    && !last.ptr.is_null()
-                    && last.ptr.wrapping_add(last.len) == ptr =>
-            {
-                last.len += len;
-            }
-            _ => self.out.push(Segment { ptr, len }),
+            Segment::push(self.mem, self.out, d.addr, take, self.write)?;
         }
         self.have += take;
         Ok(())
@@ -128,7 +120,7 @@ impl Walk<'_> {
 
 /// Walks the SGL whose first descriptor is `sgl1` (SQE bytes 24-39) for a
 /// transfer of `len` bytes; `write` is true when the device writes guest
-/// memory (a Read). Bit bucket bytes become segments with a null pointer.
+/// memory (a Read). Bit bucket bytes become `Target::BitBucket` segments.
 pub fn walk(
     mem: &MemoryMap,
     sgl1: &[u8; 16],
@@ -249,7 +241,7 @@ mod tests {
         walk(&s, &desc(l1, 64, SEGMENT), 4096, true, &mut out).unwrap();
         let total: usize = out.iter().map(|x| x.len).sum();
         assert_eq!(total, 4096);
-        assert!(out[1].ptr.is_null(), "the bit bucket discards");
+        assert_eq!(out[1].target, Target::BitBucket, "the bit bucket discards");
         // A write may not use a bit bucket.
         assert_eq!(
             walk(&s, &desc(l1, 64, SEGMENT), 4096, false, &mut out),
@@ -262,6 +254,43 @@ mod tests {
                 .status(),
             Status::DATA_SGL_LENGTH_INVALID.dnr()
         );
+    }
+
+    #[test]
+    fn remote_lists_and_data() {
+        let m = GuestMemory::new();
+        m.map_remote(0x20_0000, 0x4000, true).unwrap();
+        let c = crate::mem::tests::FakeClient::new(0x20_0000, 0x4000);
+        m.set_transport(Some(c.clone()));
+        let s = m.snapshot();
+        let l = 0x20_3000;
+        s.write(l, &desc(0x20_0000, 512, DATA_BLOCK)).unwrap();
+        s.write(l + 16, &desc(0, 512, BIT_BUCKET)).unwrap();
+        s.write(l + 32, &desc(0x20_0200, 1024, DATA_BLOCK)).unwrap();
+        let mut out = Vec::new();
+        walk(&s, &desc(l, 48, LAST_SEGMENT), 2048, true, &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![
+                Segment {
+                    target: Target::Remote(0x20_0000),
+                    len: 512
+                },
+                Segment {
+                    target: Target::BitBucket,
+                    len: 512
+                },
+                Segment {
+                    target: Target::Remote(0x20_0200),
+                    len: 1024
+                },
+            ]
+        );
+        c.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(
+            walk(&s, &desc(l, 48, LAST_SEGMENT), 2048, true, &mut out),
+            Err(SglError::Transfer(MemError::Transport { .. }))
+        ));
     }
 
     #[test]

@@ -35,8 +35,14 @@ impl HostMemory {
 
     /// Maps an existing memory fd (duplicated) of `len` bytes placed at `iova`.
     pub fn from_fd(fd: RawFd, len: usize, iova: u64) -> std::io::Result<Self> {
+        Self::from_fd_at(fd, 0, len, iova)
+    }
+
+    /// As [`HostMemory::from_fd`], mapping `len` bytes from file offset
+    /// `offset` (page aligned).
+    pub fn from_fd_at(fd: RawFd, offset: usize, len: usize, iova: u64) -> std::io::Result<Self> {
         Ok(HostMemory {
-            shm: SharedMemory::from_fd(fd, len)?,
+            shm: SharedMemory::from_fd_at(fd, offset, len)?,
             iova,
         })
     }

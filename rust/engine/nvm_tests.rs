@@ -7,7 +7,9 @@ use crate::spec::opcode::io as op;
 use crate::spec::Cqe;
 use std::time::{Duration, Instant};
 
-fn engine() -> Engine {
+/// A 1 MiB RAM namespace, two vectors, one I/O queue pair: the engine the
+/// command-set and remote-memory tests share.
+pub(super) fn engine() -> Engine {
     Engine::new(EngineConfig {
         namespaces: vec![NamespaceSpec {
             size_bytes: 1 << 20,

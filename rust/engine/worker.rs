@@ -412,6 +412,8 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
     let mut out = Signals::default();
     let mut last_work = Instant::now();
     let mut idle_spins = 0u32;
+    // Scans in a row that found nothing: the scan interval doubles with each.
+    let mut empty_scans = 0u32;
     while !s.stop.load(Ordering::Relaxed) {
         let gen = s.generation.load(Ordering::SeqCst);
         let n = s.process(w, &mut admin, &mut out);
@@ -421,6 +423,7 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
         }
         if n > 0 {
             idle_spins = 0;
+            empty_scans = 0;
             continue;
         }
         idle_spins += 1;
@@ -452,13 +455,19 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
         // Sleep until a doorbell write, an ioeventfd, a coalescing deadline
         // or an INTx resample check.
         waker.prepare_sleep();
-        let (work, nap) = s.sleep_plan(w, &mut out);
+        let (work, mut nap) = s.sleep_plan(w, &mut out);
         s.deliver(&mut out);
+        let scan = s.doorbell_scan_us.load(Ordering::Relaxed);
+        if scan > 0 {
+            nap = nap.min(Duration::from_micros(scan << empty_scans.min(4)));
+        }
         if work || s.stop.load(Ordering::SeqCst) {
             waker.cancel_sleep();
+            empty_scans = 0;
         } else {
             lock(&s.workers[w].queues).stats.sleeps += 1;
             waker.sleep(nap);
+            empty_scans = empty_scans.saturating_add(1);
         }
         idle_spins = 0;
     }

@@ -1,11 +1,13 @@
 //! The pyo3 bindings: thin, typed, one error mapping. Everything that waits
-//! for the worker releases the GIL (`py.detach`), or it would deadlock with
-//! a worker that needs the GIL to run an admin handler.
+//! for the worker, or takes a worker's queue lock, releases the GIL
+//! (`py.detach`), or it would deadlock with a worker that needs the GIL to
+//! run an admin handler or a DMA transport callback under that lock.
 
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
 
@@ -14,6 +16,7 @@ use crate::engine::{
     AdminHandler, AdminOutcome, Engine, EngineConfig, EngineError, NamespaceSpec, Polling,
 };
 use crate::irq::{dup_fd, IrqMode, Notifier};
+use crate::mem::DmaTransport;
 use crate::spec::{Sqe, Status};
 
 /// The exception classes, created at import so that `ConfigError` can also
@@ -158,6 +161,59 @@ impl AdminHandler for PyAdminHandler {
     }
 }
 
+/// Remote guest memory through Python callables, called on worker threads.
+///
+/// Workers run detached from Python; each call attaches for the callable
+/// only. The callable may block (a vfio-user round trip) and releases the
+/// GIL while it waits, as any blocking Python call does; the bindings that
+/// take a worker's queue lock detach first, so a worker holding its lock
+/// and waiting for the GIL cannot deadlock against them. An exception is
+/// printed, like the admin handler's, and fails the access.
+struct PyDmaTransport {
+    read: Option<Py<PyAny>>,
+    write: Option<Py<PyAny>>,
+}
+
+impl DmaTransport for PyDmaTransport {
+    fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), String> {
+        let f = self.read.as_ref().ok_or("no DMA read callback is set")?;
+        Python::attach(|py| {
+            let data = f
+                .bind(py)
+                .call1((iova, buf.len()))
+                .and_then(|r| r.extract::<PyBackedBytes>().map_err(PyErr::from))
+                .map_err(|e| {
+                    let msg = e.to_string();
+                    e.print(py);
+                    msg
+                })?;
+            if data.len() != buf.len() {
+                return Err(format!(
+                    "DMA read callback returned {} bytes for {} at {iova:#x}",
+                    data.len(),
+                    buf.len()
+                ));
+            }
+            buf.copy_from_slice(&data);
+            Ok(())
+        })
+    }
+
+    fn write(&self, iova: u64, data: &[u8]) -> Result<(), String> {
+        let f = self.write.as_ref().ok_or("no DMA write callback is set")?;
+        Python::attach(|py| {
+            f.bind(py)
+                .call1((iova, PyBytes::new(py, data)))
+                .map(drop)
+                .map_err(|e| {
+                    let msg = e.to_string();
+                    e.print(py);
+                    msg
+                })
+        })
+    }
+}
+
 /// The device's hot path (see `_core.pyi`).
 #[pyclass(frozen, module = "nvmefast._core", name = "Engine")]
 struct PyEngine {
@@ -241,6 +297,7 @@ impl PyEngine {
         });
         self.inner.set_admin_handler(None);
         self.inner.set_event_handler(None);
+        self.inner.set_dma_transport(None);
     }
 
     #[getter]
@@ -267,6 +324,38 @@ impl PyEngine {
         self.inner
             .map_dma(iova, size, fd, offset, writable)
             .map_err(|e| to_py(py, e))
+    }
+
+    #[pyo3(signature = (iova, size, writable=true))]
+    fn map_dma_remote(&self, py: Python<'_>, iova: u64, size: u64, writable: bool) -> PyResult<()> {
+        self.inner
+            .map_dma_remote(iova, size, writable)
+            .map_err(|e| to_py(py, e))
+    }
+
+    fn set_dma_transport(
+        &self,
+        py: Python<'_>,
+        read: Option<Py<PyAny>>,
+        write: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        for (name, f) in [("read", &read), ("write", &write)] {
+            if f.as_ref().is_some_and(|f| !f.bind(py).is_callable()) {
+                return Err(config_err(
+                    py,
+                    format!("DMA {name} callback is not callable"),
+                ));
+            }
+        }
+        let t = match (read, write) {
+            (None, None) => None,
+            (read, write) => {
+                Some(Arc::new(PyDmaTransport { read, write }) as Arc<dyn DmaTransport>)
+            }
+        };
+        // The old transport's callables may be dropped here: keep the GIL.
+        self.inner.set_dma_transport(t);
+        Ok(())
     }
 
     fn unmap_dma(&self, py: Python<'_>, iova: u64, size: u64) -> PyResult<()> {
@@ -302,43 +391,44 @@ impl PyEngine {
         ien: bool,
     ) -> PyResult<()> {
         let (qid, vector) = (u16_arg(py, "qid", qid)?, u16_arg(py, "vector", vector)?);
-        self.inner
-            .create_cq(qid, iova, size, vector, ien)
+        py.detach(|| self.inner.create_cq(qid, iova, size, vector, ien))
             .map_err(|e| to_py(py, e))
     }
 
     fn create_sq(&self, py: Python<'_>, qid: u64, iova: u64, size: u32, cqid: u64) -> PyResult<()> {
         let (qid, cqid) = (u16_arg(py, "qid", qid)?, u16_arg(py, "cqid", cqid)?);
-        self.inner
-            .create_sq(qid, iova, size, cqid)
+        py.detach(|| self.inner.create_sq(qid, iova, size, cqid))
             .map_err(|e| to_py(py, e))
     }
 
     fn delete_sq(&self, py: Python<'_>, qid: u64) -> PyResult<()> {
         let qid = u16_arg(py, "qid", qid)?;
-        self.inner.delete_sq(qid).map_err(|e| to_py(py, e))
+        py.detach(|| self.inner.delete_sq(qid))
+            .map_err(|e| to_py(py, e))
     }
 
     fn delete_cq(&self, py: Python<'_>, qid: u64) -> PyResult<()> {
         let qid = u16_arg(py, "qid", qid)?;
-        self.inner.delete_cq(qid).map_err(|e| to_py(py, e))
+        py.detach(|| self.inner.delete_cq(qid))
+            .map_err(|e| to_py(py, e))
     }
 
-    fn sq_exists(&self, qid: u64) -> bool {
-        u16::try_from(qid).is_ok_and(|q| self.inner.sq_exists(q))
+    fn sq_exists(&self, py: Python<'_>, qid: u64) -> bool {
+        u16::try_from(qid).is_ok_and(|q| py.detach(|| self.inner.sq_exists(q)))
     }
 
-    fn cq_exists(&self, qid: u64) -> bool {
-        u16::try_from(qid).is_ok_and(|q| self.inner.cq_exists(q))
+    fn cq_exists(&self, py: Python<'_>, qid: u64) -> bool {
+        u16::try_from(qid).is_ok_and(|q| py.detach(|| self.inner.cq_exists(q)))
     }
 
-    fn cq_in_use(&self, qid: u64) -> bool {
-        u16::try_from(qid).is_ok_and(|q| self.inner.cq_in_use(q))
+    fn cq_in_use(&self, py: Python<'_>, qid: u64) -> bool {
+        u16::try_from(qid).is_ok_and(|q| py.detach(|| self.inner.cq_in_use(q)))
     }
 
-    fn abort_command(&self, sqid: u64, cid: u64) -> bool {
+    fn abort_command(&self, py: Python<'_>, sqid: u64, cid: u64) -> bool {
         match (u16::try_from(sqid), u16::try_from(cid)) {
-            (Ok(s), Ok(c)) => self.inner.abort_command(s, c),
+            // Detached: the SQ scan may go through the DMA transport.
+            (Ok(s), Ok(c)) => py.detach(|| self.inner.abort_command(s, c)),
             _ => false,
         }
     }
@@ -354,11 +444,19 @@ impl PyEngine {
             .ok_or_else(|| config_err(py, format!("namespace {nsid} does not exist")))
     }
 
-    fn doorbell_page_fd(&self, py: Python<'_>) -> PyResult<(i32, usize)> {
+    fn doorbell_page_fd(&self, py: Python<'_>) -> PyResult<(i32, usize, usize)> {
         use std::os::fd::IntoRawFd;
-        let (fd, len) = self.inner.doorbell_page();
+        let (fd, offset, len) = self.inner.doorbell_page();
         let owned = dup_fd(fd).map_err(|e| raise(py, |x| &x.state, e.to_string()))?;
-        Ok((owned.into_raw_fd(), len))
+        Ok((owned.into_raw_fd(), offset, len))
+    }
+
+    fn set_doorbell_scan(&self, us: u64) {
+        self.inner.set_doorbell_scan(us);
+    }
+
+    fn doorbell_scan(&self) -> u64 {
+        self.inner.doorbell_scan()
     }
 
     fn set_doorbell_eventfd(&self, py: Python<'_>, index: u32, fd: Option<i32>) -> PyResult<()> {
@@ -426,13 +524,15 @@ impl PyEngine {
     #[pyo3(signature = (cid, status, dw0=0))]
     fn complete_admin(&self, py: Python<'_>, cid: u64, status: u16, dw0: u32) -> PyResult<()> {
         let cid = u16_arg(py, "cid", cid)?;
-        self.inner
-            .complete_admin(cid, Status::from_field(status), dw0)
-            .map_err(|e| to_py(py, e))
+        py.detach(|| {
+            self.inner
+                .complete_admin(cid, Status::from_field(status), dw0)
+        })
+        .map_err(|e| to_py(py, e))
     }
 
-    fn drop_deferred(&self) -> usize {
-        self.inner.drop_deferred()
+    fn drop_deferred(&self, py: Python<'_>) -> usize {
+        py.detach(|| self.inner.drop_deferred())
     }
 
     fn set_vector_eventfd(&self, py: Python<'_>, vector: u32, fd: Option<i32>) -> PyResult<()> {
@@ -590,30 +690,29 @@ impl PyEngine {
         self.inner.intx_asserted()
     }
 
-    fn set_coalescing(&self, thr: u8, time: u8) {
-        self.inner.set_coalescing(thr, time);
+    fn set_coalescing(&self, py: Python<'_>, thr: u8, time: u8) {
+        py.detach(|| self.inner.set_coalescing(thr, time));
     }
 
-    fn coalescing(&self) -> (u8, u8) {
-        self.inner.coalescing()
+    fn coalescing(&self, py: Python<'_>) -> (u8, u8) {
+        py.detach(|| self.inner.coalescing())
     }
 
     fn set_coalescing_disabled(&self, py: Python<'_>, vector: u32, disabled: bool) -> PyResult<()> {
-        self.inner
-            .set_coalescing_disabled(vector, disabled)
+        py.detach(|| self.inner.set_coalescing_disabled(vector, disabled))
             .map_err(|e| to_py(py, e))
     }
 
     fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for (k, v) in self.inner.counters() {
+        for (k, v) in py.detach(|| self.inner.counters()) {
             d.set_item(k, v)?;
         }
         Ok(d)
     }
 
     fn smart<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.inner.smart();
+        let s = py.detach(|| self.inner.smart());
         let d = PyDict::new(py);
         d.set_item("bytes_read", s.bytes_read)?;
         d.set_item("bytes_written", s.bytes_written)?;
@@ -626,9 +725,8 @@ impl PyEngine {
         Ok(d)
     }
 
-    fn take_errors(&self) -> Vec<(u16, u16, u16, u16, u64, u32)> {
-        self.inner
-            .take_errors()
+    fn take_errors(&self, py: Python<'_>) -> Vec<(u16, u16, u16, u16, u64, u32)> {
+        py.detach(|| self.inner.take_errors())
             .into_iter()
             .map(|e| {
                 (
@@ -671,7 +769,7 @@ fn bench_io<'py>(
     ring_each: bool,
     doorbell: &str,
     shadow: Option<(u64, u64)>,
-    page_fd: Option<(i32, usize)>,
+    page_fd: Option<(i32, usize, usize)>,
     doorbell_eventfds: Option<(i32, i32)>,
     doorbell_stride: usize,
 ) -> PyResult<Bound<'py, PyDict>> {
@@ -699,7 +797,7 @@ fn bench_io<'py>(
     )?;
     need(
         !matches!(doorbell, "page" | "ioeventfd") || page_fd.is_some(),
-        "page_fd=(fd, length)",
+        "page_fd=(fd, offset, length)",
     )?;
     need(
         doorbell != "ioeventfd" || doorbell_eventfds.is_some(),
@@ -749,7 +847,10 @@ fn bench_io<'py>(
     let r = py.detach(|| -> Result<bench::Outcome, String> {
         let mem = HostMemory::from_fd(mem_fd, mem_size, mem_iova).map_err(|e| e.to_string())?;
         let page = match page_fd {
-            Some((fd, len)) => Some(HostMemory::from_fd(fd, len, 0).map_err(|e| e.to_string())?),
+            Some((fd, offset, len)) => {
+                let m = HostMemory::from_fd_at(fd, offset, len, 0).map_err(|e| e.to_string())?;
+                Some(m)
+            }
             None => None,
         };
         let mut q = HostQueue::new(&mem, sqid, qsize, sq_iova, cq_iova);

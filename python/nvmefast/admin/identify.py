@@ -95,7 +95,9 @@ def identify(admin: Admin, cmd: AdminCommand) -> Result:
                 ns = config.namespaces[namespace_index(admin, cmd.nsid)]
                 ids = namespace_ids(config.serial, cmd.nsid)
                 # The core owns the current format: Format NVM changes it.
-                data = build_identify_namespace(ns, ids, admin.engine.namespace_lba_size(cmd.nsid))
+                data = build_identify_namespace(
+                    ns, ids, admin.engine.namespace_lba_size(cmd.nsid), shared=config.multi_controller
+                )
         case Cns.CONTROLLER:
             data = build_identify_controller(config)
         case Cns.ACTIVE_NAMESPACE_IDS:
@@ -115,7 +117,7 @@ def identify(admin: Admin, cmd: AdminCommand) -> Result:
             data = _active_list(admin, cmd)
         case Cns.INDEPENDENT_NAMESPACE:
             namespace_index(admin, cmd.nsid)
-            data = build_identify_ns_independent()
+            data = build_identify_ns_independent(shared=config.multi_controller)
         case Cns.IO_COMMAND_SETS:
             data = build_iocs_combinations()
         case _:

@@ -9,6 +9,11 @@ A real host reaches an NVMe controller's doorbells in one of these ways, and
   published says it is waiting for it (Linux ``nvme_dbbuf_update_and_check_event``).
 - ``"page"``: write the value into the device's doorbell page (a vfio-user
   client's sparse-mmap of BAR0 from 1000h); no MMIO, the device polls it.
+- ``"shadow-page"``: shadow doorbells whose ring, when EventIdx asks for
+  one, is a store to the doorbell page instead of MMIO: Linux in a guest
+  whose vfio-user client mapped the page (QEMU's ``vfio-user-pci``). With
+  shadow buffers in force, ``"page"`` is how that guest rings the admin
+  queue (Linux never shadows it).
 - ``"ioeventfd"``: write the value where the device reads it (the page, or
   the shadow buffer once one is configured) and then the doorbell's
   ioeventfd, which is what KVM does for a guest MMIO write it caught.
@@ -51,7 +56,7 @@ ADMIN_DOORBELL_BUFFER_CONFIG = 0x7C
 """Doorbell Buffer Config admin opcode (NVMe Base 2.0, Figure 28)."""
 OACS_DBBUF = 1 << 8
 """Identify Controller OACS bit 8: Doorbell Buffer Config supported."""
-MODES = ("mmio", "shadow", "page", "ioeventfd")
+MODES = ("mmio", "shadow", "page", "shadow-page", "ioeventfd")
 """The ways the host can ring a doorbell."""
 
 # The device reads doorbells as native u32 loads; the host's stores must be
@@ -144,18 +149,17 @@ class HostDoorbells:
     def set_mode(self, mode: str, *, admin: bool = False) -> None:
         """Ring I/O queue doorbells (and with ``admin`` the admin queue's) by ``mode``.
 
-        ``"shadow"`` needs shadow buffers in force (:func:`dbbuf_set`);
-        ``"page"`` needs their absence (the device reads the shadow buffer
-        then, not the page) and a polling worker (``polling="poll"``): the
-        admin worker never polls, so use ``"ioeventfd"`` for the admin queue.
+        ``"shadow"`` and ``"shadow-page"`` need shadow buffers in force
+        (:func:`dbbuf_set`). ``"page"`` writes reach a sleeping worker only
+        through a polling worker (``polling="poll"``) or the controller's
+        doorbell scan (``Controller.set_doorbell_scan``): the admin worker
+        never polls, so use ``"ioeventfd"`` or the scan for the admin queue.
         """
         if mode not in MODES:
             raise StateError(f"doorbell mode must be one of {MODES}, got {mode!r}")
-        if mode == "shadow" and self.shadow is None:
-            raise StateError("doorbell mode 'shadow' needs Doorbell Buffer Config first (enable_shadow_doorbells)")
-        if mode == "page" and self.shadow is not None:
-            raise StateError("doorbell mode 'page': the controller reads the shadow buffer now, not the page")
-        if mode in ("page", "ioeventfd"):
+        if mode in ("shadow", "shadow-page") and self.shadow is None:
+            raise StateError(f"doorbell mode {mode!r} needs Doorbell Buffer Config first (enable_shadow_doorbells)")
+        if mode in ("page", "shadow-page", "ioeventfd"):
             self._open_page()
         with self._lock:
             self._mode = mode
@@ -177,10 +181,10 @@ class HostDoorbells:
         so shadow modes fall back to MMIO; the pages stay allocated."""
         with self._lock:
             self.shadow = None
-            if self._mode == "shadow":
-                self._mode = "mmio"
-            if self._admin_mode == "shadow":
-                self._admin_mode = "mmio"
+            if self._mode in ("shadow", "shadow-page"):
+                self._mode = "mmio" if self._mode == "shadow" else "page"
+            if self._admin_mode in ("shadow", "shadow-page"):
+                self._admin_mode = "mmio" if self._admin_mode == "shadow" else "page"
 
     # -- reading the buffers (for tests) -------------------------------------------
 
@@ -221,6 +225,9 @@ class HostDoorbells:
                 self.mmio(index, value)
         elif mode == "page":
             self._page_store(index, value)
+        elif mode == "shadow-page":
+            if shadow is None or self._shadow_update(shadow, index, value):
+                self._page_store(index, value)
         elif shadow is not None:  # ioeventfd, value in the shadow buffer
             if self._shadow_update(shadow, index, value):
                 self.signal(index)
@@ -277,9 +284,11 @@ class HostDoorbells:
     def _open_page(self) -> mmap.mmap:
         with self._lock:
             if self._page is None:
-                fd, length = self.controller.doorbell_page_fd()
+                fd, offset, length = self.controller.doorbell_page_fd()
                 try:
-                    self._page = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+                    self._page = mmap.mmap(
+                        fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=offset
+                    )
                 finally:
                     os.close(fd)
             return self._page

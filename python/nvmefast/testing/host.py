@@ -44,7 +44,10 @@ def command_error(completion: Completion, opcode: int, what: str) -> CommandErro
 class Host:
     """A host driver for an in-process :class:`nvmefast.Controller`.
 
-    ``memory_bytes`` of guest RAM (a memfd) is mapped at ``iova``. With
+    ``memory_bytes`` of guest RAM (a memfd) is mapped at ``iova``; with
+    ``remote_memory`` it is remote instead (no fd: the controller reaches it
+    through DMA transport callbacks the host serves, as a vfio-user client
+    does for DMA_READ/DMA_WRITE). With
     ``irq`` the host waits for completions on per-vector eventfds, as Linux
     does with MSI-X; without it every CQ is polled by phase tag. Use
     :meth:`enable` to bring the controller up like ``nvme_pci_enable`` does.
@@ -58,6 +61,7 @@ class Host:
         iova: int = 0x1_0000_0000,
         admin_entries: int = 32,
         irq: bool = True,
+        remote_memory: bool = False,
     ) -> None:
         self.controller = controller
         self.irq = irq
@@ -75,7 +79,7 @@ class Host:
         self.cap: int = controller.bar0_read(REG_CAP, 8)
         self.dstrd: int = (self.cap >> 32) & 0xF
         self.mqes: int = self.cap & 0xFFFF
-        self.add_region(iova, memory_bytes)
+        self.add_region(iova, memory_bytes, remote=remote_memory)
         self.doorbells = HostDoorbells(controller, self.mem)
         """How doorbells are rung (``doorbells.set_mode``): MMIO, shadow, page, ioeventfd."""
 
@@ -103,6 +107,9 @@ class Host:
         for region in self.mem.regions:
             with contextlib.suppress(NvmeFastError):
                 self.controller.unmap_dma(region.iova, region.size)
+        if any(region.fd < 0 for region in self.mem.regions):
+            with contextlib.suppress(NvmeFastError):
+                self.controller.set_dma_transport(None, None)
         for vector in self._vectors.values():
             if vector.eventfd is not None:
                 with contextlib.suppress(NvmeFastError):
@@ -113,11 +120,19 @@ class Host:
 
     # guest memory
 
-    def add_region(self, iova: int, size: int) -> int:
-        """Add a memfd of ``size`` bytes and map it for DMA at ``iova``; returns ``iova``."""
-        region = self.mem.add_region(iova, size)
+    def add_region(self, iova: int, size: int, *, remote: bool = False) -> int:
+        """Add a memfd of ``size`` bytes and map it for DMA at ``iova``; returns ``iova``.
+
+        ``remote``: anonymous memory mapped with ``map_dma_remote``, served by
+        this host's memory as the controller's DMA transport.
+        """
+        region = self.mem.add_region(iova, size, remote=remote)
         try:
-            self.controller.map_dma(iova, size, region.fd, 0, True)
+            if remote:
+                self.controller.map_dma_remote(iova, size, True)
+                self.controller.set_dma_transport(self.mem.read, self.mem.write)
+            else:
+                self.controller.map_dma(iova, size, region.fd, 0, True)
         except BaseException:
             self.mem.remove_region(iova)
             raise

@@ -29,6 +29,7 @@ class IdentifyController:
     sn: str
     mn: str
     fr: str
+    cmic: int
     mdts: int
     cntlid: int
     ver: int
@@ -58,6 +59,7 @@ class IdentifyController:
             sn=_ascii(raw[4:24]),
             mn=_ascii(raw[24:64]),
             fr=_ascii(raw[64:72]),
+            cmic=raw[76],
             mdts=raw[77],
             cntlid=struct.unpack_from("<H", raw, 78)[0],
             ver=struct.unpack_from("<I", raw, 80)[0],
@@ -101,6 +103,7 @@ class IdentifyNamespace:
     nsfeat: int
     nlbaf: int
     flbas: int
+    nmic: int
     lbaf: tuple[LbaFormat, ...]
 
     @classmethod
@@ -123,6 +126,7 @@ class IdentifyNamespace:
             nsfeat=raw[24],
             nlbaf=nlbaf,
             flbas=raw[26],
+            nmic=raw[30],
             lbaf=tuple(formats),
         )
 

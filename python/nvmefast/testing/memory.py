@@ -31,7 +31,11 @@ class GuestMemoryError(NvmeFastError):
 
 @dataclass
 class Region:
-    """One memfd-backed range of guest memory mapped into the controller."""
+    """One memfd-backed range of guest memory mapped into the controller.
+
+    ``fd`` is -1 for a remote region: anonymous memory the controller has no
+    fd for, which it reaches through its DMA transport instead.
+    """
 
     iova: int
     size: int
@@ -64,8 +68,12 @@ class GuestMemory:
         """The regions, in the order they were added."""
         return list(self._regions)
 
-    def add_region(self, iova: int, size: int, name: str = "nvmefast-guest") -> Region:
-        """Create a memfd of ``size`` bytes and mmap it; the caller maps it for DMA."""
+    def add_region(self, iova: int, size: int, name: str = "nvmefast-guest", *, remote: bool = False) -> Region:
+        """Create a memfd of ``size`` bytes and mmap it; the caller maps it for DMA.
+
+        With ``remote`` the memory is anonymous (no fd): the caller maps it
+        with ``map_dma_remote`` and serves the transport from it.
+        """
         if size <= 0 or size % PAGE_SIZE or iova % PAGE_SIZE:
             raise GuestMemoryError(
                 f"region iova {iova:#x} size {size:#x}: both must be positive multiples of {PAGE_SIZE}"
@@ -77,6 +85,10 @@ class GuestMemory:
                         f"region [{iova:#x}, {iova + size:#x}) overlaps [{region.iova:#x}, "
                         f"{region.iova + region.size:#x})"
                     )
+            if remote:
+                region = Region(iova, size, -1, mmap.mmap(-1, size), free_runs=[(0, size // PAGE_SIZE)])
+                self._regions.append(region)
+                return region
             fd = os.memfd_create(name, os.MFD_CLOEXEC)
             try:
                 os.ftruncate(fd, size)
@@ -94,7 +106,8 @@ class GuestMemory:
             region = self._find_start(iova)
             self._regions.remove(region)
         region.map.close()
-        os.close(region.fd)
+        if region.fd >= 0:
+            os.close(region.fd)
         return region
 
     def close(self) -> None:
@@ -103,7 +116,8 @@ class GuestMemory:
             regions, self._regions = self._regions, []
         for region in regions:
             region.map.close()
-            os.close(region.fd)
+            if region.fd >= 0:
+                os.close(region.fd)
 
     # allocation
 
