@@ -101,6 +101,13 @@ class Controller:
             engine.set_admin_handler(None)
         except NvmeFastError:
             log.debug("engine refused to drop the admin handler after close", exc_info=True)
+        # The register file, admin layer and MSI-X registers hold the engine
+        # too: drop them, so the engine (and its doorbell memfd, epoll and
+        # eventfds) goes now rather than whenever this Controller does.
+        self._bar0_size = self._registers.size
+        del self._registers, self._admin
+        self._msix_layout = self._msix.layout if self._msix is not None else None
+        self._msix = None
 
     def __del__(self) -> None:
         # A forgotten close() must not leave the worker running: the engine is
@@ -131,6 +138,8 @@ class Controller:
     @property
     def bar0_size(self) -> int:
         """BAR0 size in bytes: registers, then doorbells, rounded up to a power of two."""
+        if self._engine is None:
+            return self._bar0_size
         return self._registers.size
 
     @property
@@ -331,6 +340,8 @@ class Controller:
     @property
     def msix_layout(self) -> MsixLayout | None:
         """Where the device's MSI-X table and PBA sit (None: the embedder's)."""
+        if self._engine is None:
+            return self._msix_layout
         return None if self._msix is None else self._msix.layout
 
     def _msix_regs(self, what: str) -> MsixRegisters:

@@ -324,8 +324,8 @@ class _Connection:
         if not 0 < n <= p.WRITE_MULTI_MAX:
             raise ProtocolError(errno.EINVAL, f"REGION_WRITE_MULTI wr_cnt {n} is not in 1..{p.WRITE_MULTI_MAX}")
         need = p.WRITE_MULTI_COUNT.size + n * p.WRITE_MULTI_ENTRY.size
-        if len(payload) < need:
-            raise ProtocolError(errno.EINVAL, f"REGION_WRITE_MULTI of {n} writes needs {need} bytes, got {len(payload)}")
+        if len(payload) != need:
+            raise ProtocolError(errno.EINVAL, f"REGION_WRITE_MULTI of {n} writes is {need} bytes, got {len(payload)}")
         writes = []
         for i in range(n):
             offset, region, count, data = p.WRITE_MULTI_ENTRY.unpack_from(payload, p.WRITE_MULTI_COUNT.size + i * p.WRITE_MULTI_ENTRY.size)

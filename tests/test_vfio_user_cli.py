@@ -1,0 +1,69 @@
+"""``nvmefast serve``: the command line server, driven through its socket by
+the raw vfio-user client, then stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from vfio_user_client import (
+    VFIO_PCI_BAR0_REGION_INDEX,
+    connect,
+)
+from vfio_user_host import (
+    NvmeHost,
+    short_socket_path,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def serve() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    directory, path = short_socket_path("cli")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nvmefast.cli", "serve", "--socket", path,
+         "--namespace", "ram:8M", "--namespace", "null:1G:4096", "--iothreads", "2",
+         "--serial", "CLI-SERIAL-7", "--model", "cli model", "--doorbells", "trap",
+         "--log-level", "warning"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not os.path.exists(path):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _, err = proc.communicate(timeout=5)
+                pytest.fail(f"nvmefast serve did not listen (exit {proc.returncode}): {err}")
+            time.sleep(0.05)
+        yield proc, path
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_serve_brings_up_and_stops_on_sigterm(serve: tuple[subprocess.Popen[str], str]) -> None:
+    proc, path = serve
+    with connect(path) as client, NvmeHost(client) as host:
+        bar0 = client.region_info(VFIO_PCI_BAR0_REGION_INDEX)
+        assert not bar0.sparse_areas, "--doorbells trap must not offer the doorbells for mmap"
+        host.enable()
+        ident = host.identify_controller()
+        assert (ident.sn, ident.mn) == ("CLI-SERIAL-7", "cli model")
+        assert host.identify_namespace(2).lba_size == 4096
+        host.create_io_queue_pair(1, 16)
+        host.create_io_queue_pair(2, 16)
+        data = bytes(range(256)) * 4
+        assert host.write(1, 3, data).ok
+        assert host.read(2, 3, 2) == data  # another queue, maybe another iothread
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    assert not os.path.exists(path), "the socket file is left behind"
