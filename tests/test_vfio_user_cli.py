@@ -67,3 +67,39 @@ def test_serve_brings_up_and_stops_on_sigterm(serve: tuple[subprocess.Popen[str]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0
     assert not os.path.exists(path), "the socket file is left behind"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--namespace", "disk:64M"], "use ram:SIZE or null:SIZE"),
+        (["--namespace", "ram:lots"], "is not a size"),
+        (["--namespace", "ram:1000:4096"], "multiple of the 4096-byte LBA"),
+        (["--doorbells", "ring"], "invalid choice"),
+    ],
+)
+def test_serve_rejects_bad_arguments_with_a_message(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nvmefast.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--socket", "/tmp/nvmefast-never.sock", *args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists("/tmp/nvmefast-never.sock")
+
+
+def test_serve_refuses_a_socket_path_that_is_a_file(
+    tmp_path: os.PathLike[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nvmefast.cli import main
+
+    path = os.path.join(os.fspath(tmp_path), "not-a-socket")
+    with open(path, "w") as f:
+        f.write("keep me")
+    assert main(["serve", "--socket", path, "--namespace", "null:1M"]) == 1
+    err = capsys.readouterr().err
+    assert "exists and is not a socket" in err
+    with open(path) as f:
+        assert f.read() == "keep me"

@@ -179,9 +179,13 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("nvmefast.vfio_user").info("signal %d: stopping", signum)
         server.request_stop()
 
+    try:
+        server.start()
+    except BaseException:
+        server.controller.close()
+        raise
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    server.start()
     names = ", ".join(f"{kind}:{size >> 20}M" for kind, size, _ in specs)
     print(f"nvmefast serve: listening on {args.socket} ({names}; {args.iothreads} iothread(s))", file=sys.stderr, flush=True)
     try:
