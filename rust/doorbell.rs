@@ -375,12 +375,19 @@ mod tests {
         assert_eq!(u32::from_le_bytes(b), 7, "MMIO writes land in the page");
     }
 
-    #[test]
-    fn a_page_write_under_shadow_buffers_is_seen_and_copied_to_the_shadow() {
+    /// Guest memory of 3 pages at 10_0000h (shadow doorbells at 10_0000h,
+    /// EventIdx at 10_1000h in the tests); keep the fd alive with it.
+    fn host_memory() -> (GuestMemory, std::os::fd::OwnedFd) {
         use std::os::fd::AsRawFd;
         let m = GuestMemory::new();
         let fd = crate::mem::tests::memfd(0x3000);
         m.map(0x10_0000, 0x3000, fd.as_raw_fd(), 0, true).unwrap();
+        (m, fd)
+    }
+
+    #[test]
+    fn a_page_write_under_shadow_buffers_is_seen_and_copied_to_the_shadow() {
+        let (m, _fd) = host_memory();
         let s = m.snapshot();
         let d = Doorbells::new(1, 4).unwrap();
         d.set_queue(&s, 0, 32);
@@ -409,10 +416,7 @@ mod tests {
         // Linux: shadow 1 and ring, then shadow 8 without ringing (EventIdx
         // not yet moved). The ring's value 1 reaches the device late: as a
         // posted vfio-user write, or in the mapped page found by a scan.
-        use std::os::fd::AsRawFd;
-        let m = GuestMemory::new();
-        let fd = crate::mem::tests::memfd(0x3000);
-        m.map(0x10_0000, 0x3000, fd.as_raw_fd(), 0, true).unwrap();
+        let (m, _fd) = host_memory();
         let s = m.snapshot();
         let d = Doorbells::new(1, 4).unwrap();
         d.set_queue(&s, 2, 32);
@@ -434,10 +438,7 @@ mod tests {
 
     #[test]
     fn shadow_buffers_take_over_and_reset_drops_them() {
-        use std::os::fd::AsRawFd;
-        let m = GuestMemory::new();
-        let fd = crate::mem::tests::memfd(0x3000);
-        m.map(0x10_0000, 0x3000, fd.as_raw_fd(), 0, true).unwrap();
+        let (m, _fd) = host_memory();
         let s = m.snapshot();
         let d = Doorbells::new(1, 4).unwrap();
         d.set_queue(&s, 2, 32);
