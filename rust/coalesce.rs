@@ -87,6 +87,14 @@ impl Coalescing {
     /// `n` completions were posted on CQs of `vector`: true to signal now.
     pub fn on_post(&mut self, vector: u16, n: u32) -> bool {
         if !self.applies(vector) {
+            // Signalling now also sends what was held (coalescing was
+            // turned off meanwhile): the held deadline must not send it again.
+            if let Some(a) = self.agg.get_mut(usize::from(vector)) {
+                a.count = 0;
+                if a.deadline.take().is_some() {
+                    self.armed -= 1;
+                }
+            }
             return true;
         }
         let thr = u32::from(self.thr) + 1;
@@ -181,5 +189,22 @@ mod tests {
         let mut out = Vec::new();
         c.expire(&mut out);
         assert_eq!(out, vec![1]);
+    }
+
+    #[test]
+    fn a_vector_whose_cd_bit_was_set_while_held_signals_once() {
+        let mut c = Coalescing::new(2);
+        c.set(7, 255);
+        assert!(!c.on_post(1, 1), "held");
+        c.set_disabled(1, true);
+        assert!(
+            c.on_post(1, 1),
+            "CD set: signals now, the held entry with it"
+        );
+        let mut out = Vec::new();
+        std::thread::sleep(Duration::from_millis(30));
+        c.expire(&mut out);
+        assert!(out.is_empty(), "the held deadline fired a second interrupt");
+        assert!(c.next_deadline().is_none());
     }
 }

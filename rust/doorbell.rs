@@ -73,10 +73,10 @@ pub struct Doorbells {
     count: usize,
     /// Entries of the queue behind each doorbell; 0 means no queue.
     limits: Box<[AtomicU32]>,
-    /// The page value of each doorbell when last looked at with shadow
-    /// buffers in force: a page that differs was written since, by a client
-    /// that maps the page (Linux rings the admin queue only there).
-    page_seen: Box<[AtomicU32]>,
+    /// The page value of each admin doorbell when last looked at with
+    /// shadow buffers in force: a page that differs was written since, by a
+    /// client that maps the page (Linux rings the admin queue only there).
+    page_seen: [AtomicU32; ADMIN_DOORBELLS],
     /// Shadow buffers (0, 0 = none). Written only under `shadow_lock`.
     shadow_db: AtomicU64,
     shadow_ei: AtomicU64,
@@ -103,7 +103,7 @@ impl Doorbells {
             stride,
             count,
             limits: (0..count).map(|_| AtomicU32::new(0)).collect(),
-            page_seen: (0..count).map(|_| AtomicU32::new(0)).collect(),
+            page_seen: [AtomicU32::new(0), AtomicU32::new(0)],
             shadow_db: AtomicU64::new(0),
             shadow_ei: AtomicU64::new(0),
             shadow_lock: RwLock::new(()),
@@ -209,11 +209,14 @@ impl Doorbells {
 
     /// The raw value of doorbell `index`, unvalidated (the page or the
     /// shadow buffer may hold anything a client wrote there). Acquire: SQEs
-    /// written before the doorbell are visible after this load.
+    /// written before the doorbell are visible after this load. None when
+    /// the shadow slot is not in readable guest memory (unmapped since, or
+    /// remote): the caller keeps the value it had, since any value, 0
+    /// included, could be a valid doorbell and replay old commands.
     #[inline]
-    pub fn read(&self, mem: &MemoryMap, shadow: Option<Shadow>, index: usize) -> u32 {
+    pub fn read(&self, mem: &MemoryMap, shadow: Option<Shadow>, index: usize) -> Option<u32> {
         let Some(s) = shadow else {
-            return self.slot(index).load(Ordering::Acquire);
+            return Some(self.slot(index).load(Ordering::Acquire));
         };
         if index < ADMIN_DOORBELLS {
             // Linux rings the admin queue through the register only, even
@@ -226,19 +229,19 @@ impl Doorbells {
             let page = self.slot(index).load(Ordering::Acquire);
             let seen = &self.page_seen[index];
             if page != seen.load(Ordering::Relaxed) {
-                seen.store(page, Ordering::Relaxed);
+                // The shadow slot first, then `seen`: a reader in between
+                // still finds the page changed and takes its value.
                 if let Some(slot) = self.shadow_slot(mem, s.db, index, true) {
                     slot.store(page.to_le(), Ordering::Release);
                 }
-                return page;
+                seen.store(page, Ordering::Relaxed);
+                return Some(page);
             }
         }
-        match self.shadow_slot(mem, s.db, index, false) {
-            // Little endian in guest memory (QEMU shipped without the
-            // conversion once).
-            Some(slot) => u32::from_le(slot.load(Ordering::Acquire)),
-            None => 0,
-        }
+        // Little endian in guest memory (QEMU shipped without the
+        // conversion once).
+        self.shadow_slot(mem, s.db, index, false)
+            .map(|slot| u32::from_le(slot.load(Ordering::Acquire)))
     }
 
     /// Publishes EventIdx for doorbell `index`: the host rings MMIO for a
@@ -259,7 +262,9 @@ impl Doorbells {
     /// A queue appeared (size > 0) or vanished (size 0): its doorbell starts at 0.
     pub fn set_queue(&self, mem: &MemoryMap, index: usize, size: u32) {
         self.slot(index).store(0, Ordering::Release);
-        self.page_seen[index].store(0, Ordering::Relaxed);
+        if let Some(seen) = self.page_seen.get(index) {
+            seen.store(0, Ordering::Relaxed);
+        }
         if let Some(s) = self.shadow() {
             if let Some(slot) = self.shadow_slot(mem, s.db, index, true) {
                 slot.store(0, Ordering::Release);
@@ -285,17 +290,31 @@ impl Doorbells {
                 return Err(ShadowError::Unaligned { iova, page });
             }
         }
-        let span = (self.count * self.stride) as u64;
-        mem.translate(db, span, true)?;
-        mem.translate(ei, span, true)?;
+        // The host sizes the buffers for its own queues (Linux: its queue
+        // count times 8 times the stride), so only the slots of queues that
+        // exist are touched; later queues are set up by set_queue. Check
+        // every slot that will be written first (doorbell 0's at least, so
+        // an unmapped buffer is refused before any queue exists).
+        let live: Vec<usize> = (0..self.count)
+            .filter(|&i| i == 0 || self.limits[i].load(Ordering::Acquire) != 0)
+            .collect();
+        for base in [db, ei] {
+            for &i in &live {
+                let at = base
+                    .checked_add((i * self.stride) as u64)
+                    .ok_or(MemError::Overflow { iova: base, len: 4 })?;
+                mem.translate(at, 4, true)?;
+            }
+        }
         let _g = self.shadow_lock.write().unwrap_or_else(|e| e.into_inner());
         let old = self.shadow();
-        for i in 0..self.count {
-            let v = self.read(mem, old, i);
+        let s = Shadow { db, ei };
+        for (i, seen) in self.page_seen.iter().enumerate() {
             // The page as it is now is not a new write.
-            let page = self.slot(i).load(Ordering::Acquire);
-            self.page_seen[i].store(page, Ordering::Relaxed);
-            let s = Shadow { db, ei };
+            seen.store(self.slot(i).load(Ordering::Acquire), Ordering::Relaxed);
+        }
+        for &i in &live {
+            let v = self.read(mem, old, i).unwrap_or(0);
             if let Some(slot) = self.shadow_slot(mem, db, i, true) {
                 slot.store(v.to_le(), Ordering::Relaxed);
             }
@@ -316,7 +335,9 @@ impl Doorbells {
         for i in 0..self.count {
             self.limits[i].store(0, Ordering::Release);
             self.slot(i).store(0, Ordering::Release);
-            self.page_seen[i].store(0, Ordering::Relaxed);
+        }
+        for seen in &self.page_seen {
+            seen.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -339,7 +360,7 @@ mod tests {
         assert_eq!(d.write(&s, 99, 0).unwrap_err().aer_info(), 0x00);
         d.set_queue(&s, 2, 16);
         d.write(&s, 2, 15).unwrap();
-        assert_eq!(d.read(&s, None, 2), 15);
+        assert_eq!(d.read(&s, None, 2), Some(15));
         let e = d.write(&s, 2, 16).unwrap_err();
         assert_eq!(
             e,
@@ -350,7 +371,11 @@ mod tests {
             }
         );
         assert_eq!(e.aer_info(), 0x01);
-        assert_eq!(d.read(&s, None, 2), 15, "an invalid write changes nothing");
+        assert_eq!(
+            d.read(&s, None, 2),
+            Some(15),
+            "an invalid write changes nothing"
+        );
         d.clear();
         assert!(d.write(&s, 2, 1).is_err());
         assert_eq!(d.invalid_writes.load(Ordering::Relaxed), 4);
@@ -368,7 +393,7 @@ mod tests {
         other.map(0, len as u64, fd, offset as u64, true).unwrap();
         // A client writes CQ 2's head (doorbell 5) at 5 * stride.
         other.snapshot().write(5 * 8, &33u32.to_le_bytes()).unwrap();
-        assert_eq!(d.read(&s, None, 5), 33);
+        assert_eq!(d.read(&s, None, 5), Some(33));
         d.write(&s, 5, 7).unwrap();
         let mut b = [0u8; 4];
         other.snapshot().read(40, &mut b).unwrap();
@@ -396,19 +421,19 @@ mod tests {
         d.set_shadow(&s, 0x10_0000, 0x10_1000, 4096).unwrap();
         let sh = d.shadow();
         // The page still says 3 (copied at the switch): not a new write.
-        assert_eq!(d.read(&s, sh, 0), 3);
+        assert_eq!(d.read(&s, sh, 0), Some(3));
         // A client that maps the page rings the admin SQ there only (Linux).
         d.slot(0).store(5, Ordering::SeqCst);
-        assert_eq!(d.read(&s, sh, 0), 5, "a changed page value wins");
+        assert_eq!(d.read(&s, sh, 0), Some(5), "a changed page value wins");
         let mut b = [0u8; 4];
         s.read(0x10_0000, &mut b).unwrap();
         assert_eq!(u32::from_le_bytes(b), 5, "and is copied to the shadow slot");
         // The host then moves on in the shadow buffer only: that wins again.
         s.write(0x10_0000, &7u32.to_le_bytes()).unwrap();
-        assert_eq!(d.read(&s, sh, 0), 7);
+        assert_eq!(d.read(&s, sh, 0), Some(7));
         // An I/O queue rung in the shadow buffer with an unchanged page.
         s.write(0x10_0000 + 8, &4u32.to_le_bytes()).unwrap();
-        assert_eq!(d.read(&s, sh, 2), 4);
+        assert_eq!(d.read(&s, sh, 2), Some(4));
     }
 
     #[test]
@@ -424,9 +449,17 @@ mod tests {
         let sh = d.shadow();
         s.write(0x10_0000 + 8, &8u32.to_le_bytes()).unwrap();
         d.write(&s, 2, 1).unwrap();
-        assert_eq!(d.read(&s, sh, 2), 8, "a late MMIO value rewound the tail");
+        assert_eq!(
+            d.read(&s, sh, 2),
+            Some(8),
+            "a late MMIO value rewound the tail"
+        );
         d.slot(2).store(1, Ordering::SeqCst);
-        assert_eq!(d.read(&s, sh, 2), 8, "a late page value rewound the tail");
+        assert_eq!(
+            d.read(&s, sh, 2),
+            Some(8),
+            "a late page value rewound the tail"
+        );
         let mut b = [0u8; 4];
         s.read(0x10_0000 + 8, &mut b).unwrap();
         assert_eq!(
@@ -434,6 +467,51 @@ mod tests {
             8,
             "the host's shadow value was overwritten"
         );
+    }
+
+    #[test]
+    fn doorbell_buffer_config_touches_only_the_slots_of_existing_queues() {
+        // 1024 queue pairs span 8 KiB of slots; the host gave two pages and
+        // has one queue: the guest word after them is not the device's.
+        let (m, _fd) = host_memory();
+        let s = m.snapshot();
+        let d = Doorbells::new(1023, 4).unwrap();
+        d.set_queue(&s, 0, 32);
+        d.set_queue(&s, 1, 32);
+        s.write(0x10_2000, &0xdead_beefu32.to_le_bytes()).unwrap();
+        d.set_shadow(&s, 0x10_0000, 0x10_1000, 4096).unwrap();
+        let mut b = [0u8; 4];
+        s.read(0x10_2000, &mut b).unwrap();
+        assert_eq!(
+            u32::from_le_bytes(b),
+            0xdead_beef,
+            "guest memory past the buffers was written"
+        );
+        // An unmapped buffer is still refused before any queue exists.
+        let e = Doorbells::new(1023, 4).unwrap();
+        assert!(matches!(
+            e.set_shadow(&s, 0x90_0000, 0x10_1000, 4096),
+            Err(ShadowError::Memory(_))
+        ));
+    }
+
+    #[test]
+    fn an_unreadable_shadow_slot_reads_as_unknown_not_as_zero() {
+        use std::os::fd::AsRawFd;
+        let (m, _fd) = host_memory();
+        let other = crate::mem::tests::memfd(0x1000);
+        m.map(0x20_0000, 0x1000, other.as_raw_fd(), 0, true)
+            .unwrap();
+        let d = Doorbells::new(1, 4).unwrap();
+        let s = m.snapshot();
+        d.set_queue(&s, 2, 32);
+        d.set_shadow(&s, 0x20_0000, 0x10_1000, 4096).unwrap();
+        s.write(0x20_0000 + 8, &5u32.to_le_bytes()).unwrap();
+        assert_eq!(d.read(&s, d.shadow(), 2), Some(5));
+        // The client unmaps the shadow buffer: 0 would be a valid tail that
+        // replays every command since the ring's start.
+        m.unmap(0x20_0000, 0x1000).unwrap();
+        assert_eq!(d.read(&m.snapshot(), d.shadow(), 2), None);
     }
 
     #[test]
@@ -458,7 +536,7 @@ mod tests {
         let sh = d.shadow().unwrap();
         assert_eq!(
             d.read(&s, Some(sh), 2),
-            9,
+            Some(9),
             "the current value was copied over"
         );
         let mut b = [0u8; 4];
@@ -470,13 +548,13 @@ mod tests {
         );
         // The host writes the shadow buffer directly; the device reads it there.
         s.write(0x10_0000 + 8, &12u32.to_le_bytes()).unwrap();
-        assert_eq!(d.read(&s, Some(sh), 2), 12);
+        assert_eq!(d.read(&s, Some(sh), 2), Some(12));
         // An I/O queue's MMIO write is a wake-up only: the shadow stays
         // the one source of truth.
         d.write(&s, 2, 13).unwrap();
         s.read(0x10_0000 + 8, &mut b).unwrap();
         assert_eq!(u32::from_le_bytes(b), 12);
-        assert_eq!(d.read(&s, Some(sh), 2), 12);
+        assert_eq!(d.read(&s, Some(sh), 2), Some(12));
         d.clear();
         assert!(d.shadow().is_none());
     }

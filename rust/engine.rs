@@ -703,12 +703,12 @@ impl Engine {
     /// Requested instead of running. False when it is not queued (I/O runs
     /// as soon as it is fetched, so a fetched command has completed).
     pub fn abort_command(&self, sqid: u16, cid: u16) -> bool {
-        let Some(w) = self.sq_owner(sqid) else {
-            return false;
-        };
         if sqid == 0 {
             return false;
         }
+        let Some(w) = self.sq_owner(sqid) else {
+            return false;
+        };
         let mut q = lock(&self.shared.workers[w].queues);
         let mem = self.shared.mem.snapshot();
         let shadow = self.shared.doorbells.shadow();
@@ -719,10 +719,9 @@ impl Engine {
         let Some(sq) = q.sqs[usize::from(sqid)].as_mut() else {
             return false;
         };
-        let tail = if raw_tail < sq.size {
-            raw_tail
-        } else {
-            sq.tail
+        let tail = match raw_tail {
+            Some(t) if t < sq.size => t,
+            _ => sq.tail,
         };
         let mut i = sq.head;
         while i != tail {
@@ -730,7 +729,11 @@ impl Engine {
             let at = sq.iova + u64::from(i) * Sqe::SIZE as u64;
             let mut b = [0u8; 4];
             if mem.read(at, &mut b).is_ok() && u16::from_le_bytes([b[2], b[3]]) == cid {
-                sq.aborts.push(cid);
+                // Once per slot: a second Abort of the same queued command
+                // must not outlive it and abort the next use of its CID.
+                if !sq.aborts.contains(&i) {
+                    sq.aborts.push(i);
+                }
                 return true;
             }
             i = if i + 1 == sq.size { 0 } else { i + 1 };

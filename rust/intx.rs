@@ -76,13 +76,14 @@ impl IntxLine {
     /// Reads the resample eventfd; when the guest acknowledged while the
     /// level is still high, asserts again.
     pub fn poll_resample(&mut self) {
+        // Only a high line can need asserting again; a resample token left
+        // while it was low costs at most one extra trigger later.
+        if !self.asserted {
+            return;
+        }
         let Some(r) = &self.resample else {
             return;
         };
-        let mut v: u64 = 0;
-        // SAFETY: 8-byte read into a valid u64; the fd is ours (duplicated)
-        // and non-blocking reads are made so by the caller's fd flags or
-        // return EAGAIN harmlessly (we only read when poll says readable).
         let mut p = libc::pollfd {
             fd: r.as_raw_fd(),
             events: libc::POLLIN,
@@ -90,11 +91,11 @@ impl IntxLine {
         };
         // SAFETY: one valid pollfd, zero timeout.
         if unsafe { libc::poll(&mut p, 1, 0) } == 1 {
-            // SAFETY: as above; poll said the read will not block.
+            let mut v: u64 = 0;
+            // SAFETY: an 8-byte read into a valid u64 from our own
+            // (duplicated) fd; poll said it is readable, so it does not block.
             unsafe { libc::read(r.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-            if self.asserted {
-                self.trigger();
-            }
+            self.trigger();
         }
     }
 

@@ -128,7 +128,8 @@ impl Drop for Region {
     }
 }
 
-fn page_size() -> u64 {
+/// The host's page size (what mmap offsets and madvise ranges align to).
+pub(crate) fn page_size() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if p > 0 {
@@ -361,7 +362,17 @@ impl MemoryMap {
     /// callers then fall back to plain copies.
     #[inline]
     pub fn atomic_u64(&self, iova: u64, write: bool) -> Result<Option<&AtomicU64>, MemError> {
-        let p = match self.translate(iova, 8, write) {
+        Ok(self.atomic_u64s::<1>(iova, write)?.map(|[a]| a))
+    }
+
+    /// `N` adjacent u64s at `iova` translated once (a CQE's two halves), or
+    /// None as for [`MemoryMap::atomic_u64`].
+    pub fn atomic_u64s<const N: usize>(
+        &self,
+        iova: u64,
+        write: bool,
+    ) -> Result<Option<[&AtomicU64; N]>, MemError> {
+        let p = match self.translate(iova, 8 * N as u64, write) {
             Ok(p) => p,
             Err(MemError::Remote { .. }) => return Ok(None),
             Err(e) => return Err(e),
@@ -369,10 +380,13 @@ impl MemoryMap {
         if (p as usize) % 8 != 0 {
             return Ok(None);
         }
-        // SAFETY: 8 mapped, aligned bytes that live as long as this snapshot
-        // (the region is kept mapped by the Arc in self.regions); all device
-        // accesses to it are atomic or raw copies, never references.
-        Ok(Some(unsafe { AtomicU64::from_ptr(p as *mut u64) }))
+        // SAFETY: 8 * N mapped, aligned bytes that live as long as this
+        // snapshot (the region is kept mapped by the Arc in self.regions);
+        // all device accesses to them are atomic or raw copies, never
+        // references.
+        Ok(Some(std::array::from_fn(|i| unsafe {
+            AtomicU64::from_ptr((p as *mut u64).add(i))
+        })))
     }
 
     /// An atomic view of a u32 in guest memory (shadow doorbells, polling);
@@ -387,7 +401,7 @@ impl MemoryMap {
         if (p as usize) % 4 != 0 {
             return Ok(None);
         }
-        // SAFETY: as in atomic_u64, for 4 aligned bytes.
+        // SAFETY: as in atomic_u64s, for 4 aligned bytes.
         Ok(Some(unsafe { AtomicU32::from_ptr(p as *mut u32) }))
     }
 

@@ -123,14 +123,18 @@ impl Waker {
     /// after this and before `sleep`.
     pub fn prepare_sleep(&self) {
         self.sleeping.store(true, Ordering::SeqCst);
+        // SeqCst fence: the worker's re-check of the doorbells after this
+        // uses Acquire loads, which alone could be ordered before the store
+        // above; the fence keeps the Dekker pairing with wake_if_sleeping
+        // (doorbell store SeqCst, then this flag's load) without relying on
+        // a lock taken in between.
+        std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     /// Sleeps until a wake, an ioeventfd write, or `timeout`.
     pub fn sleep(&self, timeout: Duration) {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 8];
-        let ms = timeout.as_millis().clamp(0, i32::MAX as u128) as i32;
-        // SAFETY: a valid epoll fd and a buffer of 8 events.
-        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 8, ms) };
+        let n = wait(self.epoll.as_raw_fd(), &mut events, timeout);
         for ev in events.iter().take(n.max(0) as usize) {
             if ev.u64 == self.internal.as_raw_fd() as u64 {
                 let mut v: u64 = 0;
@@ -147,11 +151,66 @@ impl Waker {
     }
 }
 
+/// epoll_pwait2 refused (a kernel before 5.11, or a seccomp filter):
+/// epoll_wait from then on.
+static NO_PWAIT2: AtomicBool = AtomicBool::new(false);
+
+/// epoll_wait with the timeout's sub-millisecond part kept: a doorbell scan
+/// or coalescing deadline of 100 us must not become a 0 ms busy poll (nor
+/// a 1 ms sleep). epoll_pwait2 takes a timespec; it is called as a raw
+/// syscall so the module loads against any glibc. Returns the number of
+/// events (negative on error, as the syscalls do).
+fn wait(epoll: RawFd, events: &mut [libc::epoll_event; 8], timeout: Duration) -> i32 {
+    if !NO_PWAIT2.load(Ordering::Relaxed) {
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+        };
+        // SAFETY: a valid epoll fd, a buffer of 8 events, a valid timespec,
+        // no signal mask (null) of size 0.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_epoll_pwait2,
+                epoll,
+                events.as_mut_ptr(),
+                8,
+                &ts as *const libc::timespec,
+                std::ptr::null::<libc::sigset_t>(),
+                0usize,
+            )
+        };
+        if n >= 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            return n as i32;
+        }
+        // ENOSYS, or EPERM from a seccomp filter that predates the call:
+        // either way it will never work here, and retrying would spin.
+        NO_PWAIT2.store(true, Ordering::Relaxed);
+    }
+    // Rounded up: sleeping a little long beats spinning.
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    // SAFETY: a valid epoll fd and a buffer of 8 events.
+    unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), 8, ms) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::irq::tests::eventfd;
     use std::time::Instant;
+
+    #[test]
+    fn sub_millisecond_sleeps_sleep() {
+        let w = Waker::new().unwrap();
+        let t = Instant::now();
+        for _ in 0..10 {
+            w.sleep(Duration::from_micros(300));
+        }
+        assert!(
+            t.elapsed() >= Duration::from_micros(3000),
+            "300 us sleeps returned at once: {:?} for 10",
+            t.elapsed()
+        );
+    }
 
     #[test]
     fn wakes_on_internal_and_ioeventfd() {

@@ -73,7 +73,9 @@ impl RamBackend {
         debug_assert!(off + len <= self.size);
         // Whole pages go back to the kernel (they read as zero again and stop
         // costing memory); the ragged edges are cleared by hand.
-        let page = 4096usize;
+        // The host's page: madvise refuses a range not aligned to it (16 or
+        // 64 KiB on some arm64 hosts), and a refusal would leave data behind.
+        let page = crate::mem::page_size() as usize;
         let first = off.div_ceil(page) * page;
         let last = (off + len) / page * page;
         // SAFETY: every range below is inside [off, off + len), which the
@@ -81,11 +83,14 @@ impl RamBackend {
         unsafe {
             if first < last {
                 std::ptr::write_bytes(self.base.add(off), 0, first - off);
-                libc::madvise(
+                let dropped = libc::madvise(
                     self.base.add(first).cast(),
                     last - first,
                     libc::MADV_DONTNEED,
                 );
+                if dropped != 0 {
+                    std::ptr::write_bytes(self.base.add(first), 0, last - first);
+                }
                 std::ptr::write_bytes(self.base.add(last), 0, off + len - last);
             } else {
                 std::ptr::write_bytes(self.base.add(off), 0, len);

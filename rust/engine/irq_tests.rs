@@ -99,6 +99,32 @@ fn coalescing_fires_at_threshold_or_time() {
 }
 
 #[test]
+fn a_held_interrupt_fires_after_its_worker_lost_its_last_sq() {
+    let e = engine(true);
+    e.start().unwrap();
+    let fd = eventfd();
+    e.set_vector_eventfd(1, Some(fd.as_raw_fd())).unwrap();
+    let mut h = MockHost::new(&e, 1 << 20).unwrap();
+    let mut q = h.create_queue_pair(&e, 1, 64, 1, true).unwrap();
+    let buf = h.alloc(4096);
+    // 8 entries or 10 ms: one completion is held for the time.
+    e.set_coalescing(7, 100);
+    run_one(&e, &mut q, 0, buf);
+    q.ring_cq(&e);
+    e.delete_sq(1).unwrap();
+    wait_until("the held interrupt of a worker with no SQ", || {
+        drain(&fd) == 1
+    });
+    // And the worker then sleeps rather than spinning on a past deadline.
+    let sleeps = counter(&e, "worker_sleeps");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        counter(&e, "worker_sleeps") - sleeps < 300,
+        "the idle worker kept waking"
+    );
+}
+
+#[test]
 fn ien_zero_never_signals() {
     let e = engine(true);
     e.start().unwrap();

@@ -146,6 +146,7 @@ fn abort_a_queued_command_and_format() {
     q.push(&cmd(op::WRITE, 2, 1, 1, buf));
     q.ring_sq(&e);
     assert!(e.abort_command(1, 2));
+    assert!(e.abort_command(1, 2), "a second Abort of it still finds it");
     assert!(!e.abort_command(1, 9), "nothing queued with CID 9");
     e.start().unwrap();
     let t = Instant::now();
@@ -160,6 +161,11 @@ fn abort_a_queued_command_and_format() {
     assert_eq!(
         seen,
         vec![(1, Status::SUCCESS), (2, Status::ABORT_REQUESTED)]
+    );
+    // CID 2 used again: the doubled Abort ended with the command it named.
+    assert_eq!(
+        run(&e, &mut q, cmd(op::WRITE, 2, 1, 1, buf)).status(),
+        Status::SUCCESS
     );
     // Format to 4096-byte LBAs: 256 LBAs, all zero.
     e.format_namespace(1, 4096).unwrap();

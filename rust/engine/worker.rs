@@ -50,9 +50,11 @@ impl Shared {
         qid: u16,
         out: &mut Signals,
     ) -> u32 {
-        let raw = self.doorbells.read(mem, shadow, usize::from(qid) * 2);
         let Some(sq) = q.sqs[usize::from(qid)].as_mut() else {
             return 0;
+        };
+        let Some(raw) = self.doorbells.read(mem, shadow, usize::from(qid) * 2) else {
+            return sq.tail;
         };
         if raw < sq.size {
             sq.tail = raw;
@@ -78,9 +80,11 @@ impl Shared {
         cqid: u16,
         out: &mut Signals,
     ) -> u32 {
-        let raw = self.doorbells.read(mem, shadow, usize::from(cqid) * 2 + 1);
         let Some(cq) = q.cqs[usize::from(cqid)].as_mut() else {
             return 0;
+        };
+        let Some(raw) = self.doorbells.read(mem, shadow, usize::from(cqid) * 2 + 1) else {
+            return cq.head;
         };
         if raw < cq.size {
             cq.head = raw;
@@ -159,7 +163,11 @@ impl Shared {
             let shadow = self.doorbells.shadow();
             let level = self.cq_tails.iter().enumerate().any(|(cqid, t)| {
                 let t = t.load(Ordering::SeqCst);
-                t != NO_TAIL && self.doorbells.read(&mem, shadow, cqid * 2 + 1) != t
+                t != NO_TAIL
+                    && self
+                        .doorbells
+                        .read(&mem, shadow, cqid * 2 + 1)
+                        .is_some_and(|head| head != t)
             });
             q.intx_level = level;
             let line = unmasked && level;
@@ -192,6 +200,10 @@ impl Shared {
         let mut guard = lock(&self.workers[w].queues);
         let q = &mut *guard;
         if self.fatal.load(Ordering::Relaxed) || q.active_sqs.is_empty() {
+            // Nothing to fetch, but an interrupt held by coalescing is still
+            // due (its SQ may have been deleted since): send it, or the
+            // deadline sleep_plan sleeps towards stays in the past.
+            q.coalesce.expire(&mut out.vectors);
             return 0;
         }
         let mem = self.mem.snapshot();
@@ -230,11 +242,12 @@ impl Shared {
                     break;
                 }
                 let sqe = Sqe::from_bytes(&raw);
+                let slot = sq.head;
                 sq.advance();
                 burst += 1;
                 done += 1;
                 if !sq.aborts.is_empty() {
-                    if let Some(pos) = sq.aborts.iter().position(|&c| c == sqe.cid()) {
+                    if let Some(pos) = sq.aborts.iter().position(|&s| s == slot) {
                         // Aborted while still queued: complete it unexecuted.
                         sq.aborts.swap_remove(pos);
                         let cqe = Cqe::new(qid, sqe.cid(), Status::ABORT_REQUESTED, 0);
@@ -334,9 +347,9 @@ impl Shared {
             // either the host sees our EventIdx and rings, or we see its value.
             fence(Ordering::SeqCst);
         }
-        let ids: Vec<u16> = q.active_sqs.clone();
         let mut work = false;
-        for qid in ids {
+        for k in 0..q.active_sqs.len() {
+            let qid = q.active_sqs[k];
             let tail = self.sq_tail(&mem, shadow, q, qid, out);
             let Some(cqid) = q.sqs[usize::from(qid)].as_ref().map(|s| s.cqid) else {
                 continue;

@@ -781,6 +781,26 @@ fn bench_io<'py>(
             ),
         ));
     }
+    // The host loop builds atomics on these addresses and divides by the
+    // LBA size: refuse what would make that undefined or panic.
+    if sq_iova % 64 != 0 || cq_iova % 16 != 0 || buf_iova % 4096 != 0 {
+        return Err(config_err(
+            py,
+            "sq_iova, cq_iova and buf_iova must be 64-, 16- and 4096-byte aligned".to_string(),
+        ));
+    }
+    if !doorbell_stride.is_power_of_two() || doorbell_stride < 4 {
+        return Err(config_err(
+            py,
+            format!("doorbell_stride {doorbell_stride} must be a power of two of at least 4"),
+        ));
+    }
+    if !matches!(lba_size, 512 | 4096) || block_size == 0 || block_size % lba_size != 0 {
+        return Err(config_err(
+            py,
+            format!("lba_size {lba_size} must be 512 or 4096 and divide block_size {block_size}"),
+        ));
+    }
     let need = |ok: bool, what: &str| -> PyResult<()> {
         if ok {
             Ok(())

@@ -92,16 +92,14 @@ impl CompletionQueue {
         cqe.sqhd = sqhd;
         // Cannot overflow: checked in new().
         let slot = self.iova + u64::from(self.tail) * Cqe::SIZE as u64;
-        let lo = mem.atomic_u64(slot, true)?;
-        let hi = mem.atomic_u64(slot + 8, true)?;
-        match (lo, hi) {
-            (Some(lo), Some(hi)) => {
+        match mem.atomic_u64s::<2>(slot, true)? {
+            Some([lo, hi]) => {
                 lo.store(cqe.low(), Ordering::Relaxed);
                 // Release: DW0-1 above become visible before the phase tag in
                 // DW3 (a host polling the phase then reads DW0-1).
                 hi.store(cqe.high(self.phase), Ordering::Release);
             }
-            _ => {
+            None => {
                 // Host mapping not 8-aligned (odd fd offset): plain copies
                 // around a release fence keep the same order.
                 mem.write(slot, &cqe.low().to_le_bytes())?;

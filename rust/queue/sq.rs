@@ -19,8 +19,10 @@ pub struct SubmissionQueue {
     pub tail: u32,
     /// An invalid tail already reported (so it is reported once).
     pub bad_tail: Option<u32>,
-    /// CIDs of queued commands an Abort asked to complete unexecuted.
-    pub aborts: Vec<u16>,
+    /// Ring slots of queued commands an Abort asked to complete unexecuted
+    /// (slots, not CIDs: a CID may be reused once its command completes,
+    /// a slot's entry cannot change before it is fetched).
+    pub aborts: Vec<u32>,
 }
 
 impl SubmissionQueue {
