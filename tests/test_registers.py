@@ -275,6 +275,32 @@ def test_enable_with_bad_config_stays_not_ready(
     assert csts(controller) & CSTS_RDY
 
 
+@pytest.mark.nvme_config(max_queue_entries=1024)
+@pytest.mark.parametrize("which", [ASQ, ACQ])
+@pytest.mark.parametrize("fault", ["past-2**64", "not-mps-aligned"])
+def test_enable_with_an_admin_queue_base_it_cannot_use(
+    bare_host: Host, controller: Controller, which: int, fault: str
+) -> None:
+    """A guest's bad ASQ/ACQ leaves RDY clear and is counted; the register
+    write never raises into the embedder."""
+    # 1024 entries: 64 KiB of SQ, 16 KiB of CQ, neither fits below 2**64 - 4 KiB.
+    setup_admin_queues(controller, bare_host, entries=1024)
+    cc = CC_LINUX
+    if fault == "past-2**64":
+        controller.bar0_write(which, (1 << 64) - 4096, 8)
+    else:
+        cc |= 1 << 7  # CC.MPS 1: 8 KiB pages
+        base = controller.bar0_read(which, 8)
+        controller.bar0_write(which, base | 0x1000 if base % 0x2000 == 0 else base, 8)
+    invalid0 = controller.counters().get("ub_cc_enable_invalid", 0)
+    controller.bar0_write(CC, cc | CC_EN, 4)
+    assert not wait_csts(controller, CSTS_RDY, CSTS_RDY, timeout=0.2)
+    assert controller.counters().get("ub_cc_enable_invalid", 0) == invalid0 + 1
+    controller.bar0_write(CC, 0, 4)
+    bare_host.enable()
+    assert csts(controller) & CSTS_RDY
+
+
 @pytest.mark.nvme_config(max_queue_entries=64)
 def test_enable_with_largest_admin_queues(bare_host: Host, controller: Controller) -> None:
     setup_admin_queues(controller, bare_host, entries=64)

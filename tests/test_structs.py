@@ -1,8 +1,6 @@
-"""nvmefast.structs parsers and nvmefast.status helpers.
-
-The structs parsers are public (users' tests read Identify and log data with
-them); here they are checked against bytes the controller really transferred
-and against the testing package's independent parsers.
+"""nvmefast.structs log parsers, nvmefast.status helpers, and the Identify
+parsers users' tests get from nvmefast.testing, checked against bytes the
+controller really transferred.
 """
 
 from __future__ import annotations
@@ -11,18 +9,9 @@ import pytest
 
 from nvmefast import CommandError, ControllerConfig, NvmeFastError, Status
 from nvmefast.status import DNR, describe, dnr_of, sc_of, sct_of, with_dnr
-from nvmefast.structs import (
-    ErrorLogEntry,
-    FirmwareSlotLog,
-    IdentifyController,
-    IdentifyNamespace,
-    SmartLog,
-    parse_active_ns_list,
-    parse_ns_id_descriptors,
-)
-from nvmefast.testing import Host
-from nvmefast.testing import IdentifyController as HostIdentifyController
-from nvmefast.testing import IdentifyNamespace as HostIdentifyNamespace
+from nvmefast.structs import ErrorLogEntry, FirmwareSlotLog, SmartLog, namespace_ids
+from nvmefast.testing import Host, IdentifyController, IdentifyNamespace
+from nvmefast.testing.identify import parse_ns_descriptors, parse_nsid_list
 
 
 def test_status_layout() -> None:
@@ -44,17 +33,14 @@ def test_command_error() -> None:
 
 @pytest.mark.nvme_config(serial="XS-1", model="model x", firmware="FW9")
 def test_identify_parsers(host: Host, config: ControllerConfig) -> None:
-    raw = host.identify(0x01)
-    ours, theirs = IdentifyController.parse(raw), HostIdentifyController.parse(raw)
-    assert (ours.sn, ours.mn, ours.fr) == ("XS-1", "model x", "FW9")
-    for name in ("vid", "ssvid", "sn", "mn", "fr", "mdts", "ver", "aerl", "elpe", "nn", "vwc", "oncs"):
-        assert getattr(ours, name) == getattr(theirs, name), name
-    ns_raw = host.identify(0x00, 1)
-    ns, host_ns = IdentifyNamespace.parse(ns_raw), HostIdentifyNamespace.parse(ns_raw)
-    assert (ns.nsze, ns.lba_size) == (host_ns.nsze, host_ns.lba_size) == (config.namespaces[0].lbas, 512)
-    assert parse_active_ns_list(host.identify(0x02)) == [1]
-    descriptors = dict(parse_ns_id_descriptors(host.identify(0x03, 1)))
-    assert descriptors[0x02] == ns.nguid
+    ctrl = IdentifyController.parse(host.identify(0x01))
+    assert (ctrl.sn, ctrl.mn, ctrl.fr) == ("XS-1", "model x", "FW9")
+    assert (ctrl.mdts, ctrl.ver, ctrl.aerl, ctrl.nn) == (config.mdts, 0x00020000, config.aerl, 1)
+    ns = IdentifyNamespace.parse(host.identify(0x00, 1))
+    assert (ns.nsze, ns.lba_size) == (config.namespaces[0].lbas, 512)
+    assert parse_nsid_list(host.identify(0x02)) == [1]
+    descriptors = dict(parse_ns_descriptors(host.identify(0x03, 1)))
+    assert descriptors[0x02] == namespace_ids(config.serial, 1).nguid
 
 
 def test_log_parsers(host: Host, config: ControllerConfig) -> None:

@@ -24,8 +24,7 @@ from typing import Any
 from nvmefast import _core
 from nvmefast.config import ControllerConfig, NamespaceConfig
 from nvmefast.controller import Controller
-from nvmefast.errors import StateError
-from nvmefast.testing import Host, build_sqe
+from nvmefast.testing import Host
 
 __all__ = ["BenchConfig", "BenchSession", "Floors", "Point", "format_table", "measure_floors", "point_from", "run_bench"]
 
@@ -135,11 +134,8 @@ class BenchSession:
             self.host.enable()
             self.host.set_num_queues(pairs, pairs)
             if cfg.doorbell == "shadow":
-                db, ei = self.host.alloc(4096), self.host.alloc(4096)
-                c = self.host.admin(build_sqe(0x7C, prp1=db, prp2=ei))
-                if not c.ok:
-                    raise StateError(f"Doorbell Buffer Config failed: {c}")
-                self._shadow = (db, ei)
+                pages = self.host.enable_shadow_doorbells()
+                self._shadow = (pages.db, pages.ei)
             if cfg.doorbell in ("page", "ioeventfd"):
                 self._page = self.controller.doorbell_page_fd()
         except BaseException:

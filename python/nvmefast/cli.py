@@ -7,6 +7,7 @@ import re
 import sys
 from collections.abc import Sequence
 
+from nvmefast.config import BACKENDS, LBA_SIZES
 from nvmefast.errors import NvmeFastError
 
 __all__ = ["main", "parse_size"]
@@ -49,9 +50,9 @@ def _parser() -> argparse.ArgumentParser:
         default="both",
         help="completions by interrupt (eventfd), by polling the CQ, or both (default)",
     )
-    b.add_argument("--backend", choices=("ram", "null"), default="ram", help="namespace backend (default ram)")
+    b.add_argument("--backend", choices=BACKENDS, default="ram", help="namespace backend (default ram)")
     b.add_argument("--size", type=parse_size, default=1 << 30, help="namespace size, e.g. 256M or 1G (default 1G)")
-    b.add_argument("--lba-size", type=int, choices=(512, 4096), default=512, help="LBA size (default 512)")
+    b.add_argument("--lba-size", type=int, choices=LBA_SIZES, default=512, help="LBA size (default 512)")
     b.add_argument("--poll-us", type=int, default=50, help="worker polling window after work, in us (default 50)")
     b.add_argument(
         "--doorbell",
@@ -135,12 +136,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def _namespace(text: str) -> tuple[str, int, int]:
     parts = text.split(":")
-    if len(parts) not in (2, 3) or parts[0] not in ("ram", "null"):
+    if len(parts) not in (2, 3) or parts[0] not in BACKENDS:
         raise argparse.ArgumentTypeError(f"{text!r}: use ram:SIZE or null:SIZE, e.g. ram:64M, optionally :4096")
     size = parse_size(parts[1])
     lba = 512
     if len(parts) == 3:
-        if parts[2] not in ("512", "4096"):
+        if parts[2] not in {str(n) for n in LBA_SIZES}:
             raise argparse.ArgumentTypeError(f"{text!r}: the LBA size must be 512 or 4096")
         lba = int(parts[2])
     if size < lba or size % lba:

@@ -19,7 +19,7 @@ from nvmefast._core import Engine
 from nvmefast.admin import Admin
 from nvmefast.config import ControllerConfig
 from nvmefast.errors import ConfigError, DmaMapError, NvmeFastError, RegisterAccessError, StateError, VectorError
-from nvmefast.msix import MsixLayout, MsixRegisters, layout_after
+from nvmefast.msix import MsixLayout, MsixRegisters, bar_size, layout_after
 from nvmefast.registers import Registers
 
 __all__ = ["Controller"]
@@ -69,6 +69,9 @@ class Controller:
             self._msix = MsixRegisters(self._engine, layout_after(cfg.msix_bar, 0, cfg.vectors))
         else:
             self._msix = None
+        # Kept apart from the objects close() drops: both hold after close.
+        self._bar0_size = self._registers.size
+        self._msix_layout = None if self._msix is None else self._msix.layout
         self._engine.set_admin_handler(self._admin.handle)
         # Invalid values a worker finds in the doorbell page or the shadow
         # buffer (no MMIO write to refuse) are reported like refused writes.
@@ -104,9 +107,7 @@ class Controller:
         # The register file, admin layer and MSI-X registers hold the engine
         # too: drop them, so the engine (and its doorbell memfd, epoll and
         # eventfds) goes now rather than whenever this Controller does.
-        self._bar0_size = self._registers.size
         del self._registers, self._admin
-        self._msix_layout = self._msix.layout if self._msix is not None else None
         self._msix = None
 
     def __del__(self) -> None:
@@ -138,9 +139,7 @@ class Controller:
     @property
     def bar0_size(self) -> int:
         """BAR0 size in bytes: registers, then doorbells, rounded up to a power of two."""
-        if self._engine is None:
-            return self._bar0_size
-        return self._registers.size
+        return self._bar0_size
 
     @property
     def engine(self) -> Engine:
@@ -340,9 +339,7 @@ class Controller:
     @property
     def msix_layout(self) -> MsixLayout | None:
         """Where the device's MSI-X table and PBA sit (None: the embedder's)."""
-        if self._engine is None:
-            return self._msix_layout
-        return None if self._msix is None else self._msix.layout
+        return self._msix_layout
 
     def _msix_regs(self, what: str) -> MsixRegisters:
         self._live()
@@ -376,10 +373,7 @@ class Controller:
         """Size of the MSI-X BAR when it is separate (``msix_bar`` 1..5), else 0."""
         if self._msix is None or self._msix.layout.bar == 0:
             return 0
-        size = 0x1000
-        while size < self._msix.layout.end:
-            size <<= 1
-        return size
+        return bar_size(self._msix.layout.end, 0x1000)
 
     def _msix_bar(self, what: str) -> MsixRegisters:
         regs = self._msix_regs(what)

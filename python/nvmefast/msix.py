@@ -16,9 +16,18 @@ from dataclasses import dataclass
 
 from nvmefast._core import Engine
 
-__all__ = ["ENTRY_SIZE", "MsixLayout", "MsixRegisters", "layout_after"]
+__all__ = ["ENTRY_SIZE", "MsixLayout", "MsixRegisters", "bar_size", "layout_after"]
 
 ENTRY_SIZE = 16
+
+
+def bar_size(needed: int, floor: int) -> int:
+    """The smallest power of two, at least ``floor``, that holds ``needed`` bytes:
+    a memory BAR's size (PCI sizes BARs by powers of two)."""
+    size = floor
+    while size < needed:
+        size <<= 1
+    return size
 
 
 def _align(value: int, to: int) -> int:

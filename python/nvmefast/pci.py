@@ -24,6 +24,7 @@ from nvmefast.controller import Controller
 from nvmefast.errors import ConfigError, RegisterAccessError
 from nvmefast.msix import MsixLayout, layout_after
 from nvmefast.registers import bar0_size_for, doorbells_end
+from nvmefast.structs import PCI_SUBSYSTEM_VENDOR_ID, PCI_VENDOR_ID
 
 __all__ = [
     "CLASS_CODE",
@@ -40,12 +41,12 @@ __all__ = [
 # libvfio-user: Nutanix 4e58, device 0001). Linux binds NVMe by class code
 # 01/08/02 and applies no quirk to 4e58:0001; QEMU's 1b36:0010 would bring
 # QEMU's workarounds (NVME_QUIRK_BOGUS_NID: our namespace IDs ignored) with it.
-VENDOR_ID = 0x4E58
-"""PCI Vendor ID."""
+VENDOR_ID = PCI_VENDOR_ID
+"""PCI Vendor ID (Identify Controller's VID is the same value)."""
 DEVICE_ID = 0x0001
 """PCI Device ID."""
-SUBSYSTEM_VENDOR_ID = 0x4E58
-"""Subsystem Vendor ID."""
+SUBSYSTEM_VENDOR_ID = PCI_SUBSYSTEM_VENDOR_ID
+"""Subsystem Vendor ID (Identify Controller's SSVID is the same value)."""
 SUBSYSTEM_ID = 0x0001
 """Subsystem ID."""
 REVISION_ID = 2
@@ -117,13 +118,6 @@ EXP_LINK_X1_2_5GT = 0x0011  # x1 at 2.5 GT/s, as QEMU fills in for endpoints
 EXP_LNKCTL_WRITABLE = 0x00C3  # ASPM Control, Common Clock, Extended Synch
 EXP_LNKCAP2_2_5GT = 1 << 1
 EXP_CAP_SIZE = 0x3C  # a version 2 capability structure
-
-
-def _pow2_at_least(value: int, floor: int) -> int:
-    size = floor
-    while size < value:
-        size <<= 1
-    return size
 
 
 class PciConfigSpace:

@@ -19,7 +19,7 @@ from nvmefast._core import Engine
 from nvmefast.admin import Admin
 from nvmefast.config import ControllerConfig
 from nvmefast.errors import RegisterAccessError
-from nvmefast.msix import MsixRegisters, layout_after
+from nvmefast.msix import MsixRegisters, bar_size, layout_after
 from nvmefast.structs import NVME_VERSION
 
 __all__ = ["Registers", "bar0_size_for", "doorbells_end"]
@@ -74,10 +74,7 @@ def bar0_size_for(config: ControllerConfig) -> int:
     needed = doorbells_end(config)
     if config.msix_bar == 0:
         needed = layout_after(0, needed, config.vectors).end
-    size = 0x2000
-    while size < needed:
-        size <<= 1
-    return size
+    return bar_size(needed, 0x2000)
 
 
 class Registers:
@@ -271,6 +268,12 @@ class Registers:
             return "ACQ is 0"
         if (cc >> CC_MPS_SHIFT) & 0xF > CAP_MPSMAX:
             return f"CC.MPS {(cc >> CC_MPS_SHIFT) & 0xF} > CAP.MPSMAX {CAP_MPSMAX}"
+        page = 4096 << ((cc >> CC_MPS_SHIFT) & 0xF)
+        for name, base, entries, entry_size in (("ASQ", self.asq, asqs + 1, 64), ("ACQ", self.acq, acqs + 1, 16)):
+            if base % page:
+                return f"{name} {base:#x} is not aligned to the {page}-byte memory page (CC.MPS)"
+            if base + entries * entry_size >= 1 << 64:
+                return f"{name} {base:#x} with {entries} entries runs past the top of the address space"
         if (cc >> CC_CSS_SHIFT) & 0x7:
             return f"CC.CSS {(cc >> CC_CSS_SHIFT) & 0x7} is not the NVM command set (0)"
         if (cc >> CC_AMS_SHIFT) & 0x7:

@@ -36,8 +36,6 @@ __all__ = [
     "SGLS",
     "ErrorLogEntry",
     "FirmwareSlotLog",
-    "IdentifyController",
-    "IdentifyNamespace",
     "NamespaceIds",
     "SmartLog",
     "build_active_ns_list",
@@ -49,8 +47,6 @@ __all__ = [
     "build_smart_log",
     "lba_format_index",
     "namespace_ids",
-    "parse_active_ns_list",
-    "parse_ns_id_descriptors",
 ]
 
 IDENTIFY_SIZE = 4096
@@ -453,151 +449,3 @@ def build_firmware_slot_log(firmware: str) -> bytes:
     buf[0] = 1  # AFI: running from slot 1, no pending activation
     buf[8:16] = _ascii(firmware, 8)
     return bytes(buf)
-
-
-@dataclasses.dataclass(frozen=True)
-class IdentifyController:
-    """The Identify Controller fields the host driver and tests use."""
-
-    vid: int
-    ssvid: int
-    sn: str
-    mn: str
-    fr: str
-    rab: int
-    ieee: int
-    cmic: int
-    mdts: int
-    cntlid: int
-    ver: int
-    oaes: int
-    cntrltype: int
-    oacs: int
-    acl: int
-    aerl: int
-    frmw: int
-    lpa: int
-    elpe: int
-    npss: int
-    wctemp: int
-    cctemp: int
-    sqes: int
-    cqes: int
-    nn: int
-    oncs: int
-    vwc: int
-    sgls: int
-    subnqn: str
-    psd0_mp: int
-
-    @classmethod
-    def parse(cls, data: bytes) -> IdentifyController:
-        """Read the 4096-byte structure."""
-
-        def text(lo: int, hi: int) -> str:
-            return data[lo:hi].decode("ascii", "replace").rstrip(" \0")
-
-        u8 = data.__getitem__
-
-        def u16(o: int) -> int:
-            return int(struct.unpack_from("<H", data, o)[0])
-
-        def u32(o: int) -> int:
-            return int(struct.unpack_from("<I", data, o)[0])
-
-        return cls(
-            vid=u16(0),
-            ssvid=u16(2),
-            sn=text(4, 24),
-            mn=text(24, 64),
-            fr=text(64, 72),
-            rab=u8(72),
-            ieee=int.from_bytes(data[73:76], "little"),
-            cmic=u8(76),
-            mdts=u8(77),
-            cntlid=u16(78),
-            ver=u32(80),
-            oaes=u32(92),
-            cntrltype=u8(111),
-            oacs=u16(256),
-            acl=u8(258),
-            aerl=u8(259),
-            frmw=u8(260),
-            lpa=u8(261),
-            elpe=u8(262),
-            npss=u8(263),
-            wctemp=u16(266),
-            cctemp=u16(268),
-            sqes=u8(512),
-            cqes=u8(513),
-            nn=u32(516),
-            oncs=u16(520),
-            vwc=u8(525),
-            sgls=u32(536),
-            subnqn=text(768, 1024),
-            psd0_mp=u16(2048),
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class IdentifyNamespace:
-    """The Identify Namespace fields the host driver and tests use."""
-
-    nsze: int
-    ncap: int
-    nuse: int
-    nsfeat: int
-    nlbaf: int
-    flbas: int
-    nguid: bytes
-    eui64: bytes
-    lbaf: tuple[int, ...]
-    """LBA formats 0..NLBAF as raw dwords."""
-    nmic: int = 0
-
-    @property
-    def lba_size(self) -> int:
-        """Bytes per LBA of the format FLBAS selects."""
-        return 1 << ((self.lbaf[self.flbas & 0xF] >> 16) & 0xFF)
-
-    @classmethod
-    def parse(cls, data: bytes) -> IdentifyNamespace:
-        """Read the 4096-byte structure."""
-        nsze, ncap, nuse = struct.unpack_from("<QQQ", data, 0)
-        nlbaf = data[25]
-        lbaf = struct.unpack_from(f"<{nlbaf + 1}I", data, 128)
-        return cls(
-            nsze=nsze,
-            ncap=ncap,
-            nuse=nuse,
-            nsfeat=data[24],
-            nlbaf=nlbaf,
-            flbas=data[26],
-            nguid=bytes(data[104:120]),
-            eui64=bytes(data[120:128]),
-            lbaf=tuple(lbaf),
-            nmic=data[30],
-        )
-
-
-def parse_active_ns_list(data: bytes) -> list[int]:
-    """NSIDs of an Active Namespace ID list, up to the first zero entry."""
-    out: list[int] = []
-    for (nsid,) in struct.iter_unpack("<I", data[: len(data) - len(data) % 4]):
-        if nsid == 0:
-            break
-        out.append(nsid)
-    return out
-
-
-def parse_ns_id_descriptors(data: bytes) -> list[tuple[int, bytes]]:
-    """``(NIDT, NID)`` pairs of a Namespace Identification Descriptor list."""
-    out: list[tuple[int, bytes]] = []
-    offset = 0
-    while offset + 4 <= len(data):
-        nidt, nidl = data[offset], data[offset + 1]
-        if nidt == 0:  # the list ends with a zero-filled descriptor
-            break
-        out.append((nidt, bytes(data[offset + 4 : offset + 4 + nidl])))
-        offset += 4 + nidl
-    return out

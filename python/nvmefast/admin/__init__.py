@@ -132,10 +132,9 @@ class Admin:
         """Outstanding AERs and queued asynchronous events."""
         self.errors = ErrorLog()
         """The Error Information log."""
-        self.io_sqs: set[int] = set()
-        """I/O submission queues created since the last reset."""
-        self.io_cqs: set[int] = set()
-        """I/O completion queues created since the last reset."""
+        self.queues_created = False
+        """An I/O queue was created since the last reset (Number of Queues is
+        then a Command Sequence Error, even once they are deleted)."""
         self.changed_nsids: set[int] = set()
         """NSIDs for the Changed Namespace List log, until it is read with RAE=0."""
         self.last_keep_alive = 0.0
@@ -262,8 +261,7 @@ class Admin:
         with self.lock:
             self.events.reset()
             self.features.reset()
-            self.io_sqs.clear()
-            self.io_cqs.clear()
+            self.queues_created = False
             self.page_size = 4096
 
     def counters(self) -> dict[str, int]:

@@ -347,8 +347,8 @@ def _set_from_buffer(admin: Admin, cmd: AdminCommand, fid: int) -> Result:
 
 def _set_number_of_queues(admin: Admin, dw11: int) -> Result:
     # Called with admin.lock held.
-    if admin.io_sqs or admin.io_cqs:
-        # 5.27.1.5: only before any I/O queue is created.
+    if admin.queues_created:
+        # 5.27.1.5: only before any I/O queue is created (since reset).
         raise Reject(Status.COMMAND_SEQUENCE_ERROR)
     nsqr, ncqr = dw11 & 0xFFFF, dw11 >> 16
     if nsqr == 0xFFFF:

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 __all__ = ["create_io_cq", "create_io_sq", "delete_io_cq", "delete_io_sq"]
 
+SQE_SIZE = 64
+CQE_SIZE = 16
+
 
 def _check_qsize(admin: Admin, qsize: int) -> None:
     # QSIZE is 0-based; a one-entry queue (QSIZE 0) can never hold a command.
@@ -26,8 +29,10 @@ def _check_qsize(admin: Admin, qsize: int) -> None:
         raise Reject(Status.INVALID_QSIZE, param_location(CDW10 + 2))
 
 
-def _check_base(admin: Admin, prp1: int) -> None:
-    if prp1 == 0:
+def _check_base(admin: Admin, prp1: int, entries: int, entry_size: int) -> None:
+    # A ring that runs past the top of the address space is an invalid base
+    # (the core would refuse it too, as an internal error rather than a status).
+    if prp1 == 0 or prp1 + entries * entry_size >= 1 << 64:
         raise Reject(Status.INVALID_FIELD, param_location(PRP1))
     # A contiguous queue starts on a memory page boundary (CC.MPS).
     if prp1 & (admin.page_size - 1):
@@ -47,10 +52,10 @@ def create_io_cq(admin: Admin, cmd: AdminCommand) -> Result:
         raise Reject(Status.INVALID_VECTOR, param_location(CDW11 + 2))
     if not pc:
         raise Reject(Status.INVALID_FIELD, param_location(CDW11))
-    _check_base(admin, cmd.prp1)
+    _check_base(admin, cmd.prp1, qsize + 1, CQE_SIZE)
     admin.engine.create_cq(qid, cmd.prp1, qsize + 1, vector=iv, ien=ien)
     with admin.lock:
-        admin.io_cqs.add(qid)
+        admin.queues_created = True
     return (Status.SUCCESS, 0)
 
 
@@ -68,10 +73,10 @@ def create_io_sq(admin: Admin, cmd: AdminCommand) -> Result:
     _check_qsize(admin, qsize)
     if not pc:
         raise Reject(Status.INVALID_FIELD, param_location(CDW11))
-    _check_base(admin, cmd.prp1)
+    _check_base(admin, cmd.prp1, qsize + 1, SQE_SIZE)
     admin.engine.create_sq(qid, cmd.prp1, qsize + 1, cqid=cqid)
     with admin.lock:
-        admin.io_sqs.add(qid)
+        admin.queues_created = True
     return (Status.SUCCESS, 0)
 
 
@@ -81,8 +86,6 @@ def delete_io_sq(admin: Admin, cmd: AdminCommand) -> Result:
     if qid == 0 or not admin.engine.sq_exists(qid):
         raise Reject(Status.INVALID_QID, param_location(CDW10))
     admin.engine.delete_sq(qid)
-    with admin.lock:
-        admin.io_sqs.discard(qid)
     return (Status.SUCCESS, 0)
 
 
@@ -95,6 +98,4 @@ def delete_io_cq(admin: Admin, cmd: AdminCommand) -> Result:
         # 5.4: every SQ that posts to it must be deleted first.
         raise Reject(Status.INVALID_QUEUE_DELETION, param_location(CDW10))
     admin.engine.delete_cq(qid)
-    with admin.lock:
-        admin.io_cqs.discard(qid)
     return (Status.SUCCESS, 0)

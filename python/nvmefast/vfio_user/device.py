@@ -25,7 +25,7 @@ import threading
 from nvmefast.controller import Controller
 from nvmefast.errors import NvmeFastError
 from nvmefast.pci import CONFIG_SPACE_SIZE, PciConfigSpace
-from nvmefast.registers import DOORBELLS, doorbells_end
+from nvmefast.registers import DOORBELLS
 from nvmefast.vfio_user import protocol as p
 from nvmefast.vfio_user.protocol import ProtocolError
 
@@ -66,23 +66,20 @@ class Device:
         self._table_image = bytearray(layout.vectors * 16)
         for v in range(layout.vectors):
             self._table_image[v * 16 + 12] = 1
-        self._doorbells = (DOORBELLS, doorbells_end(controller.config) - DOORBELLS)
+        self._sizes = {i: 0 for i in range(p.PCI_NUM_REGIONS)}
+        self._sizes.update(self.pci.bar_sizes)
+        self._sizes[p.PCI_CONFIG_REGION_INDEX] = CONFIG_SPACE_SIZE
         self.msix_fds: dict[int, int] = {}
         """Our duplicate of each MSI-X vector's trigger eventfd (the core keeps its own)."""
         self._intx_trigger: int | None = None
         self._intx_resample: int | None = None  # our own eventfd, written on UNMASK
         self._intx_masked = False
-        self._msi_enabled = False
 
     # -- regions -------------------------------------------------------------------
 
     def region_sizes(self) -> dict[int, int]:
         """Size of every region by index (0 for absent ones)."""
-        sizes = {i: 0 for i in range(p.PCI_NUM_REGIONS)}
-        for bar, size in self.pci.bar_sizes.items():
-            sizes[bar] = size
-        sizes[p.PCI_CONFIG_REGION_INDEX] = CONFIG_SPACE_SIZE
-        return sizes
+        return dict(self._sizes)
 
     def region_info(self, index: int) -> tuple[int, int, int, bytes, int | None]:
         """(flags, size, fd offset, capability chain, fd or None) of region ``index``.
@@ -91,7 +88,7 @@ class Device:
         """
         if not 0 <= index < p.PCI_NUM_REGIONS:
             raise ProtocolError(errno.EINVAL, f"region index {index} is not in 0..{p.PCI_NUM_REGIONS - 1}")
-        size = self.region_sizes()[index]
+        size = self._sizes[index]
         if size == 0:
             return 0, 0, 0, b"", None
         flags = p.REGION_INFO_FLAG_READ | p.REGION_INFO_FLAG_WRITE
@@ -109,7 +106,7 @@ class Device:
     def _check_range(self, index: int, offset: int, count: int) -> None:
         if not 0 <= index < p.PCI_NUM_REGIONS:
             raise ProtocolError(errno.EINVAL, f"region index {index} is not in 0..{p.PCI_NUM_REGIONS - 1}")
-        size = self.region_sizes()[index]
+        size = self._sizes[index]
         if count == 0 or count > p.MAX_DATA_XFER or offset + count > size:
             raise ProtocolError(
                 errno.EINVAL,
@@ -269,14 +266,7 @@ class Device:
             # Attach (or, with no fds, leave detached: QEMU's "fd -1 on
             # vector 0" that only enables MSI-X) and enable.
             for i in range(count):
-                v = start + i
-                fd = fds[i] if fds else None
-                c.set_vector_eventfd(v, fd)
-                old = self.msix_fds.pop(v, None)
-                if old is not None:
-                    os.close(old)
-                if fd is not None:
-                    self.msix_fds[v] = os.dup(fd)
+                self._attach_vector(start + i, fds[i] if fds else None)
             enabled, fmask = c.msix_control()
             if not enabled:
                 c.set_msix_control(True, fmask)
@@ -303,11 +293,18 @@ class Device:
         if fd is not None:
             os.eventfd_write(fd, 1)
 
+    def _attach_vector(self, vector: int, fd: int | None) -> None:
+        """Route ``vector`` to eventfd ``fd`` (borrowed), or detach it (None)."""
+        self.controller.set_vector_eventfd(vector, fd)
+        old = self.msix_fds.pop(vector, None)
+        if old is not None:
+            os.close(old)
+        if fd is not None:
+            self.msix_fds[vector] = os.dup(fd)
+
     def _drop_msix_fds(self) -> None:
-        for v, fd in self.msix_fds.items():
-            self.controller.set_vector_eventfd(v, None)
-            os.close(fd)
-        self.msix_fds.clear()
+        for v in list(self.msix_fds):
+            self._attach_vector(v, None)
 
     def _set_intx(self, kind: int, action: int, data: bytes, fds: list[int], disable: bool) -> None:
         c = self.controller
@@ -354,18 +351,12 @@ class Device:
     def _set_msi(self, kind: int, action: int, data: bytes, fds: list[int], disable: bool) -> None:
         c = self.controller
         if disable or (action == p.IRQ_SET_ACTION_TRIGGER and kind == p.IRQ_SET_DATA_EVENTFD and not fds):
-            c.set_vector_eventfd(0, None)
-            self._msi_enabled = False
+            self._attach_vector(0, None)
             log.info("MSI disabled")
             return
         if action == p.IRQ_SET_ACTION_TRIGGER and kind == p.IRQ_SET_DATA_EVENTFD:
-            c.set_vector_eventfd(0, fds[0])
-            old = self.msix_fds.pop(0, None)
-            if old is not None:
-                os.close(old)
-            self.msix_fds[0] = os.dup(fds[0])
+            self._attach_vector(0, fds[0])
             c.set_irq_mode("msi")
-            self._msi_enabled = True
             log.info("MSI eventfd attached")
             return
         if action == p.IRQ_SET_ACTION_TRIGGER:
@@ -373,16 +364,22 @@ class Device:
         else:
             raise ProtocolError(errno.EINVAL, "MSI is not maskable through SET_IRQS (INTMS/INTMC mask it)")
 
-    # -- teardown ------------------------------------------------------------------
+    # -- reset and teardown ----------------------------------------------------------
+
+    def function_reset(self) -> None:
+        """DEVICE_RESET (and a client leaving): the controller's function-level
+        reset, MSI-X disabled until the client enables it, and the config
+        space as out of reset (Command cleared, BARs unprogrammed)."""
+        with self.lock:
+            self.controller.function_reset()
+            self.controller.set_msix_control(False, False)
+            self.pci = PciConfigSpace(self.controller)
 
     def detach(self) -> None:
         """Drop every interrupt route this connection attached."""
-        c = self.controller
         with self.lock:
-            self._drop_msix_fds()
-            if self._msi_enabled:
-                c.set_vector_eventfd(0, None)
-            c.set_intx_eventfds(None, None)
+            self._drop_msix_fds()  # MSI's vector 0 too
+            self.controller.set_intx_eventfds(None, None)
             self._close_intx()
 
 

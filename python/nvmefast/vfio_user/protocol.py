@@ -12,6 +12,7 @@ from __future__ import annotations
 import array
 import dataclasses
 import errno
+import os
 import socket
 import struct
 
@@ -278,8 +279,6 @@ def send_message(
 
 def close_fds(fds: list[int]) -> None:
     """Close every fd in ``fds`` (received and not kept), ignoring ones already closed."""
-    import os
-
     for fd in fds:
         try:
             os.close(fd)

@@ -338,7 +338,7 @@ class _Connection:
 
     def _reset(self, hdr: Header, payload: bytes, fds: list[int]) -> Result:
         log.info("client %d: device reset", self.number)
-        self.server._function_reset(self.device)
+        self.device.function_reset()
         return b"", None
 
     _handlers: dict[int, Callable[[_Connection, Header, bytes, list[int]], Result]] = {
@@ -369,7 +369,7 @@ class _Connection:
     def _teardown(self) -> None:
         self.closed.set()
         try:
-            self.server._function_reset(self.device)
+            self.device.function_reset()
         except NvmeFastError:
             log.exception("client %d: reset after disconnect failed", self.number)
         self.device.detach()
@@ -494,12 +494,6 @@ class VfioUserServer:
             if self._current is conn:
                 self._current = None
             self._idle.notify_all()
-
-    def _function_reset(self, device: Device) -> None:
-        self.controller.function_reset()
-        _, _ = self.controller.msix_control()
-        # A client sees MSI-X disabled until it enables it (SET_IRQS or config).
-        self.controller.set_msix_control(False, False)
 
     def request_stop(self) -> None:
         """Ask :meth:`wait` to return (safe from a signal handler); :meth:`stop` still has to run."""
