@@ -64,15 +64,22 @@ fn wait_until(what: &str, f: impl Fn() -> bool) {
     }
 }
 
-#[test]
-fn coalescing_fires_at_threshold_or_time() {
+/// A started engine with queue pair 1 on vector 1 (its eventfd returned),
+/// and a 4 KiB buffer: what the coalescing tests start from.
+fn vector_1_queue() -> (Engine, std::os::fd::OwnedFd, MockHost, HostQueue, u64) {
     let e = engine(true);
     e.start().unwrap();
     let fd = eventfd();
     e.set_vector_eventfd(1, Some(fd.as_raw_fd())).unwrap();
     let mut h = MockHost::new(&e, 1 << 20).unwrap();
-    let mut q = h.create_queue_pair(&e, 1, 64, 1, true).unwrap();
+    let q = h.create_queue_pair(&e, 1, 64, 1, true).unwrap();
     let buf = h.alloc(4096);
+    (e, fd, h, q, buf)
+}
+
+#[test]
+fn coalescing_fires_at_threshold_or_time() {
+    let (e, fd, _h, mut q, buf) = vector_1_queue();
     // 8 entries or 25.5 ms, whichever first.
     e.set_coalescing(7, 255);
     for cid in 0..8 {
@@ -100,13 +107,7 @@ fn coalescing_fires_at_threshold_or_time() {
 
 #[test]
 fn a_held_interrupt_fires_after_its_worker_lost_its_last_sq() {
-    let e = engine(true);
-    e.start().unwrap();
-    let fd = eventfd();
-    e.set_vector_eventfd(1, Some(fd.as_raw_fd())).unwrap();
-    let mut h = MockHost::new(&e, 1 << 20).unwrap();
-    let mut q = h.create_queue_pair(&e, 1, 64, 1, true).unwrap();
-    let buf = h.alloc(4096);
+    let (e, fd, _h, mut q, buf) = vector_1_queue();
     // 8 entries or 10 ms: one completion is held for the time.
     e.set_coalescing(7, 100);
     run_one(&e, &mut q, 0, buf);

@@ -53,21 +53,8 @@ impl Shared {
         let Some(sq) = q.sqs[usize::from(qid)].as_mut() else {
             return 0;
         };
-        let Some(raw) = self.doorbells.read(mem, shadow, usize::from(qid) * 2) else {
-            return sq.tail;
-        };
-        if raw < sq.size {
-            sq.tail = raw;
-            // Repaired: the same bad value written again is a new event.
-            sq.bad_tail = None;
-        } else if sq.bad_tail != Some(raw) {
-            sq.bad_tail = Some(raw);
-            self.doorbells
-                .invalid_writes
-                .fetch_add(1, Ordering::Relaxed);
-            out.events.push(INVALID_DOORBELL_VALUE);
-        }
-        sq.tail
+        let raw = self.doorbells.read(mem, shadow, usize::from(qid) * 2);
+        self.accept(raw, sq.size, &mut sq.tail, &mut sq.bad_tail, out)
     }
 
     /// The CQ head the host published, checked like `sq_tail`.
@@ -83,20 +70,39 @@ impl Shared {
         let Some(cq) = q.cqs[usize::from(cqid)].as_mut() else {
             return 0;
         };
-        let Some(raw) = self.doorbells.read(mem, shadow, usize::from(cqid) * 2 + 1) else {
-            return cq.head;
-        };
-        if raw < cq.size {
-            cq.head = raw;
-            cq.bad_head = None;
-        } else if cq.bad_head != Some(raw) {
-            cq.bad_head = Some(raw);
-            self.doorbells
-                .invalid_writes
-                .fetch_add(1, Ordering::Relaxed);
-            out.events.push(INVALID_DOORBELL_VALUE);
+        let raw = self.doorbells.read(mem, shadow, usize::from(cqid) * 2 + 1);
+        self.accept(raw, cq.size, &mut cq.head, &mut cq.bad_head, out)
+    }
+
+    /// Takes `raw` (None: unreadable, keep the last value) as the queue's
+    /// new doorbell value when it is below `size`; an out-of-range value is
+    /// reported once (`bad` remembers it) and ignored. Returns the value in
+    /// force.
+    #[inline]
+    fn accept(
+        &self,
+        raw: Option<u32>,
+        size: u32,
+        value: &mut u32,
+        bad: &mut Option<u32>,
+        out: &mut Signals,
+    ) -> u32 {
+        match raw {
+            Some(v) if v < size => {
+                *value = v;
+                // Repaired: the same bad value written again is a new event.
+                *bad = None;
+            }
+            Some(v) if *bad != Some(v) => {
+                *bad = Some(v);
+                self.doorbells
+                    .invalid_writes
+                    .fetch_add(1, Ordering::Relaxed);
+                out.events.push(INVALID_DOORBELL_VALUE);
+            }
+            _ => {}
         }
-        cq.head
+        *value
     }
 
     /// Posts an admin completion to CQ 0 unless a reset intervened.
