@@ -19,6 +19,8 @@ use crate::irq::{dup_fd, IrqMode, Notifier};
 use crate::mem::DmaTransport;
 use crate::spec::{Sqe, Status};
 
+mod lifecycle;
+
 /// The exception classes, created at import so that `ConfigError` can also
 /// be a `ValueError` (pyo3's create_exception! takes one base).
 struct Exceptions {
@@ -138,9 +140,11 @@ impl AdminHandler for PyAdminHandler {
             status: Status::INTERNAL_ERROR.dnr(),
             dw0: 0,
         };
-        Python::attach(|py| {
+        // The interpreter is exiting: leave the command outstanding, as a
+        // controller losing power would.
+        lifecycle::call_python(|py| {
             let bytes = PyBytes::new(py, &sqe.to_bytes());
-            match self.0.bind(py).call1((bytes,)) {
+            match lifecycle::call(self.0.bind(py), (bytes,)) {
                 Ok(r) if r.is_none() => AdminOutcome::Deferred,
                 Ok(r) => match r.extract::<(u16, u32)>() {
                     Ok((status, dw0)) => AdminOutcome::Complete {
@@ -158,8 +162,12 @@ impl AdminHandler for PyAdminHandler {
                 }
             }
         })
+        .unwrap_or(AdminOutcome::Deferred)
     }
 }
+
+/// Why a DMA access failed once the interpreter is finalizing.
+const EXITING: &str = "the Python interpreter is exiting";
 
 /// Remote guest memory through Python callables, called on worker threads.
 ///
@@ -177,10 +185,8 @@ struct PyDmaTransport {
 impl DmaTransport for PyDmaTransport {
     fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), String> {
         let f = self.read.as_ref().ok_or("no DMA read callback is set")?;
-        Python::attach(|py| {
-            let data = f
-                .bind(py)
-                .call1((iova, buf.len()))
+        lifecycle::call_python(|py| {
+            let data = lifecycle::call(f.bind(py), (iova, buf.len()))
                 .and_then(|r| r.extract::<PyBackedBytes>().map_err(PyErr::from))
                 .map_err(|e| {
                     let msg = e.to_string();
@@ -197,13 +203,13 @@ impl DmaTransport for PyDmaTransport {
             buf.copy_from_slice(&data);
             Ok(())
         })
+        .unwrap_or_else(|| Err(EXITING.to_string()))
     }
 
     fn write(&self, iova: u64, data: &[u8]) -> Result<(), String> {
         let f = self.write.as_ref().ok_or("no DMA write callback is set")?;
-        Python::attach(|py| {
-            f.bind(py)
-                .call1((iova, PyBytes::new(py, data)))
+        lifecycle::call_python(|py| {
+            lifecycle::call(f.bind(py), (iova, PyBytes::new(py, data)))
                 .map(drop)
                 .map_err(|e| {
                     let msg = e.to_string();
@@ -211,13 +217,23 @@ impl DmaTransport for PyDmaTransport {
                     msg
                 })
         })
+        .unwrap_or_else(|| Err(EXITING.to_string()))
     }
 }
 
 /// The device's hot path (see `_core.pyi`).
 #[pyclass(frozen, module = "nvmefast._core", name = "Engine")]
 struct PyEngine {
-    inner: Engine,
+    inner: Arc<Engine>,
+}
+
+impl Drop for PyEngine {
+    fn drop(&mut self) {
+        // Dealloc holds the GIL, which a worker on its way out needs.
+        if self.inner.running() {
+            Python::attach(|py| lifecycle::stop(py, &self.inner));
+        }
+    }
 }
 
 #[pymethods]
@@ -270,31 +286,29 @@ impl PyEngine {
             affinity,
             doorbell_stride,
         };
-        Ok(PyEngine {
-            inner: Engine::new(cfg).map_err(|e| to_py(py, e))?,
-        })
+        let inner = Arc::new(Engine::new(cfg).map_err(|e| to_py(py, e))?);
+        lifecycle::register(&inner);
+        Ok(PyEngine { inner })
     }
 
     fn start(&self, py: Python<'_>) -> PyResult<()> {
-        // The worker attaches once and detaches for its whole life: it keeps
-        // a thread state, so each admin handler or Python notifier call only
-        // re-takes the GIL (a fresh thread state per call costs ~20 us).
-        let wrap: crate::engine::WorkerWrapper = Arc::new(|body| {
-            Python::attach(|py| py.detach(body));
-        });
-        self.inner.start_with(Some(wrap)).map_err(|e| to_py(py, e))
+        self.inner
+            .start_with(Some(lifecycle::worker_wrapper()))
+            .map_err(|e| to_py(py, e))
     }
 
     fn stop(&self, py: Python<'_>) {
-        py.detach(|| self.inner.stop());
+        lifecycle::stop(py, &self.inner);
     }
 
     fn close(&self, py: Python<'_>) {
-        py.detach(|| {
-            self.inner.stop();
-            self.inner.reset();
-            self.inner.clear_dma();
-        });
+        // Reset takes locks a worker stuck in Python at exit may hold.
+        if lifecycle::stop(py, &self.inner) {
+            py.detach(|| {
+                self.inner.reset();
+                self.inner.clear_dma();
+            });
+        }
         self.inner.set_admin_handler(None);
         self.inner.set_event_handler(None);
         self.inner.set_dma_transport(None);
@@ -478,11 +492,11 @@ impl PyEngine {
     fn set_event_handler(&self, handler: Option<Py<PyAny>>) {
         let cb = handler.map(|h| {
             Arc::new(move |info: u8| {
-                Python::attach(|py| {
-                    if let Err(e) = h.call1(py, (info,)) {
+                lifecycle::call_python(|py| {
+                    if let Err(e) = lifecycle::call(h.bind(py), (info,)) {
                         e.print(py);
                     }
-                })
+                });
             }) as crate::engine::EventCallback
         });
         self.inner.set_event_handler(cb);
@@ -567,11 +581,11 @@ impl PyEngine {
             None => self.inner.set_vector_eventfd(vector, None),
             Some(cb) => {
                 let f = move |v: u32| {
-                    Python::attach(|py| {
-                        if let Err(e) = cb.call1(py, (v,)) {
+                    lifecycle::call_python(|py| {
+                        if let Err(e) = lifecycle::call(cb.bind(py), (v,)) {
                             e.print(py);
                         }
-                    })
+                    });
                 };
                 self.inner.set_vector_callback(vector, Arc::new(f))
             }
@@ -675,11 +689,11 @@ impl PyEngine {
     fn set_intx_callback(&self, callback: Option<Py<PyAny>>) {
         let cb = callback.map(|cb| {
             Arc::new(move |level: bool| {
-                Python::attach(|py| {
-                    if let Err(e) = cb.call1(py, (level,)) {
+                lifecycle::call_python(|py| {
+                    if let Err(e) = lifecycle::call(cb.bind(py), (level,)) {
                         e.print(py);
                     }
-                })
+                });
             }) as crate::intx::LevelCallback
         });
         self.inner.set_intx_callback(cb);
@@ -956,11 +970,11 @@ fn measure_irq_delivery(
         "callback" => {
             let cb = target.unbind();
             Notifier::Callback(Arc::new(move |v: u32| {
-                Python::attach(|py| {
-                    if let Err(e) = cb.call1(py, (v,)) {
+                lifecycle::call_python(|py| {
+                    if let Err(e) = lifecycle::call(cb.bind(py), (v,)) {
                         e.print(py);
                     }
-                })
+                });
             }))
         }
         other => {
@@ -992,5 +1006,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(floor_shm_pingpong, m)?)?;
     m.add_function(wrap_pyfunction!(floor_memcpy_4k, m)?)?;
     m.add_function(wrap_pyfunction!(measure_irq_delivery, m)?)?;
+    lifecycle::install_exit_hook(m)?;
     Ok(())
 }
