@@ -5,7 +5,7 @@
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use super::{HostMemory, HostQueue};
+use super::{HostMemory, HostQueue, Rng};
 use crate::engine::Engine;
 use crate::spec::opcode::io;
 use crate::spec::Sqe;
@@ -135,17 +135,6 @@ impl Histogram {
     }
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*: cheap and good enough to scatter LBAs.
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 fn wait_eventfd(fd: RawFd, timeout: Duration) -> Result<u64, String> {
     let mut p = libc::pollfd {
         fd,
@@ -209,7 +198,7 @@ pub fn run(
         let prp2 = if p.block_size > 4096 { buf + 4096 } else { 0 };
         s.set_prps(buf, prp2);
         let block = match p.workload {
-            Workload::RandRead => rng.next() % blocks,
+            Workload::RandRead => rng.next_u64() % blocks,
             Workload::Fill => {
                 next_block += 1;
                 next_block - 1

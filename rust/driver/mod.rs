@@ -6,6 +6,9 @@
 //! into guest memory, doorbells rung, CQEs consumed by phase tag.
 
 pub mod bench;
+pub mod exactly_once;
+#[cfg(test)]
+mod exactly_once_tests;
 pub mod floor;
 pub mod irqcost;
 pub mod ring;
@@ -16,6 +19,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::engine::{Engine, EngineError};
 use crate::shm::SharedMemory;
 use crate::spec::{Cqe, Sqe};
+
+/// xorshift64*: cheap, deterministic, good enough to scatter LBAs and
+/// pauses (the benchmark, the exactly-once harness, the fuzz targets).
+#[derive(Clone, Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A generator from any `seed` (0 included).
+    pub fn seeded(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    /// The next value.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform enough in 0..n (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
 
 /// Guest memory as the host side sees it: a shared memfd mapping.
 pub struct HostMemory {
@@ -137,6 +165,25 @@ impl HostQueue {
             )
         };
         self.sq_tail = (self.sq_tail + 1) % self.size;
+    }
+
+    /// Overwrites SQ slot `slot` (one the device has consumed) with `sqe`.
+    pub fn write_slot(&mut self, slot: u32, sqe: &Sqe) {
+        assert!(
+            slot < self.size,
+            "slot {slot} outside a ring of {}",
+            self.size
+        );
+        let b = sqe.to_bytes();
+        // SAFETY: slot < size, inside the ring mapped in new().
+        unsafe {
+            std::ptr::copy_nonoverlapping(b.as_ptr(), self.sq.add(slot as usize * Sqe::SIZE), 64)
+        };
+    }
+
+    /// The SQ tail as the host last wrote it (pushed, rung or not).
+    pub fn sq_tail(&self) -> u32 {
+        self.sq_tail
     }
 
     /// Rings the SQ tail doorbell.

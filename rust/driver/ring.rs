@@ -46,6 +46,11 @@ pub struct Ringer {
     pub mmio: u64,
     /// ioeventfd writes this host made.
     pub eventfd_writes: u64,
+    /// Called inside a ring, between publishing the value and notifying
+    /// (between the shadow store and the EventIdx load; between the page
+    /// store and the ioeventfd write): a hostile host's pause lands where
+    /// the EventIdx protocol is most fragile. None in the benchmark.
+    pub between: Option<Box<dyn FnMut() + Send>>,
     old: [u32; 2],
 }
 
@@ -68,6 +73,7 @@ impl Ringer {
             ring,
             mmio: 0,
             eventfd_writes: 0,
+            between: None,
             old: [0, 0],
         }
     }
@@ -85,6 +91,9 @@ impl Ringer {
             }
             Ring::Shadow { db, ei, stride } => {
                 slot(db, stride, index).store(value.to_le(), Ordering::Release);
+                if let Some(f) = self.between.as_mut() {
+                    f();
+                }
                 // Full barrier between the shadow store and the EventIdx load
                 // (Linux: mb()), pairing with the device's fence between its
                 // EventIdx store and its doorbell re-read.
@@ -107,6 +116,9 @@ impl Ringer {
                 cq_fd,
             } => {
                 slot(page, stride, index).store(value, Ordering::SeqCst);
+                if let Some(f) = self.between.as_mut() {
+                    f();
+                }
                 let fd = if cq { cq_fd } else { sq_fd };
                 let one: u64 = 1;
                 // SAFETY: 8-byte write from a valid u64 to the caller's eventfd.

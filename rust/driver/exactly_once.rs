@@ -1,0 +1,523 @@
+//! The exactly-once oracle: a host faster and meaner than a real driver,
+//! checking that the queue path runs every submitted command once.
+//!
+//! One host thread per queue pair keeps `qd` reads in flight and checks
+//! every completion against what it submitted:
+//!
+//! - each CQE's CID is one the host has outstanding on that queue (a
+//!   replayed old command or a never-written slot is a [`Fault::Stray`]);
+//! - each succeeds (a zeroed slot fetched past the tail completes with
+//!   Invalid Namespace: still a stray, caught by its CID or its status);
+//! - SQHD never passes the tail the host wrote ([`Fault::HeadPastTail`]);
+//! - every command completes ([`Fault::Lost`] when nothing arrives within
+//!   the timeout).
+//!
+//! Slots the device reports consumed (by SQHD) are overwritten with a
+//! poison entry (CID [`POISON_CID`]) so a re-fetch is seen even when the
+//! old CID happens to be in flight again. Random pauses (`Plan::pause_*`)
+//! land between every step, inside the doorbell ring too (between the
+//! shadow store and the EventIdx load), so the workers fall asleep and wake
+//! at every point of the EventIdx protocol.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use super::ring::{Ring, Ringer};
+use super::{HostMemory, HostQueue, MockHost, Rng};
+use crate::engine::{Engine, EngineConfig, NamespaceSpec, Polling};
+use crate::spec::opcode::io;
+use crate::spec::{Cqe, Sqe, Status};
+
+/// The CID of the entry written over consumed slots.
+pub const POISON_CID: u16 = 0xFFFF;
+
+/// How the host rings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Doorbell {
+    /// An MMIO write per ring.
+    Mmio,
+    /// Doorbell Buffer Config before the queues exist (as Linux), then the
+    /// shadow buffer with Linux's EventIdx check.
+    Shadow,
+    /// Stores into the doorbell page; idle workers find them by scanning.
+    Page,
+    /// Stores into the page, then the doorbell's ioeventfd.
+    Ioeventfd,
+}
+
+impl Doorbell {
+    /// Every mode.
+    pub const ALL: [Doorbell; 4] = [
+        Doorbell::Mmio,
+        Doorbell::Shadow,
+        Doorbell::Page,
+        Doorbell::Ioeventfd,
+    ];
+}
+
+/// How the host learns of completions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reap {
+    /// Spin on the phase tag (IEN = 0).
+    Poll,
+    /// Wait for the vector's eventfd, then drain (IEN = 1).
+    Irq,
+}
+
+/// One run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub doorbell: Doorbell,
+    pub polling: Polling,
+    pub iothreads: u16,
+    /// Commands kept in flight per queue pair: 1..entries.
+    pub qd: u32,
+    /// Ring size of each SQ and CQ.
+    pub entries: u32,
+    /// Commands per queue pair.
+    pub commands: u64,
+    /// Chance in 1000 of a pause at each step.
+    pub pause_per_mille: u32,
+    /// Longest pause; short ones spin, long ones sleep (and so let the
+    /// device's workers fall asleep).
+    pub max_pause_us: u32,
+    pub seed: u64,
+    pub reap: Reap,
+    /// Give up on a command after this long without any completion.
+    pub timeout: Duration,
+    /// With [`Doorbell::Page`] and a worker that sleeps: how often it looks
+    /// at the page (0: never, so page stores are lost on a sleeping worker).
+    pub page_scan_us: u64,
+}
+
+impl Plan {
+    /// A plan with everything but the axes the caller sets at defaults.
+    pub fn new(doorbell: Doorbell, polling: Polling, iothreads: u16, qd: u32) -> Self {
+        Plan {
+            doorbell,
+            polling,
+            iothreads,
+            qd,
+            entries: 32,
+            commands: 2000,
+            pause_per_mille: 0,
+            max_pause_us: 200,
+            seed: 1,
+            reap: Reap::Poll,
+            timeout: Duration::from_secs(5),
+            page_scan_us: 20,
+        }
+    }
+}
+
+/// A broken promise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// A completion for a CID not in flight on this queue (a replay, or a
+    /// slot fetched that the host never filled).
+    Stray {
+        qid: u16,
+        cid: u16,
+        status: u16,
+        sqhd: u16,
+        after: u64,
+    },
+    /// A completion for a command in flight, with an error status.
+    Failed { qid: u16, cid: u16, status: u16 },
+    /// The completion names another SQ.
+    WrongSq { qid: u16, cid: u16, sqid: u16 },
+    /// SQHD moved past the tail the host wrote.
+    HeadPastTail {
+        qid: u16,
+        sqhd: u16,
+        consumed: u32,
+        tail: u32,
+    },
+    /// Nothing arrived within the timeout for these CIDs.
+    Lost {
+        qid: u16,
+        cids: Vec<u16>,
+        after: u64,
+    },
+    /// The run could not be set up (not a device fault; a harness error).
+    Setup(String),
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub submitted: u64,
+    pub completed: u64,
+    pub mmio_doorbells: u64,
+    pub pauses: u64,
+    pub faults: Vec<Fault>,
+}
+
+impl Report {
+    fn merge(&mut self, o: Report) {
+        self.submitted += o.submitted;
+        self.completed += o.completed;
+        self.mmio_doorbells += o.mmio_doorbells;
+        self.pauses += o.pauses;
+        self.faults.extend(o.faults);
+    }
+}
+
+/// Pauses at random: mostly a short spin, sometimes a sleep long enough for
+/// an adaptive worker to stop polling.
+pub struct Pauser {
+    rng: Rng,
+    per_mille: u32,
+    max_us: u32,
+    pub count: u64,
+}
+
+impl Pauser {
+    /// A pauser pausing `per_mille` times in 1000 for up to `max_us`.
+    pub fn new(seed: u64, per_mille: u32, max_us: u32) -> Self {
+        Pauser {
+            rng: Rng::seeded(seed),
+            per_mille,
+            max_us,
+            count: 0,
+        }
+    }
+
+    /// Maybe pause here.
+    pub fn maybe(&mut self) {
+        if self.per_mille == 0 || self.rng.below(1000) >= u64::from(self.per_mille) {
+            return;
+        }
+        self.count += 1;
+        let us = self.rng.below(u64::from(self.max_us.max(1)) + 1);
+        if self.rng.below(2) == 0 {
+            let until = Instant::now() + Duration::from_nanos(us * 50);
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::sleep(Duration::from_micros(us));
+        }
+    }
+}
+
+const NS_BYTES: u64 = 1 << 20;
+const LBA: u32 = 512;
+
+fn eventfd() -> Result<OwnedFd, String> {
+    // SAFETY: eventfd returns a new fd we own, or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is fresh and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits up to `timeout` for `fd` to be readable and drains it.
+fn wait_irq(fd: &OwnedFd, timeout: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd for the duration of the call.
+    let r = unsafe { libc::poll(&mut p, 1, ms) };
+    if r <= 0 {
+        return false;
+    }
+    let mut v: u64 = 0;
+    // SAFETY: 8-byte read into a valid u64 from a non-blocking eventfd.
+    unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    true
+}
+
+/// The engine a plan runs on: one 1 MiB RAM namespace, one vector per
+/// queue pair.
+pub fn engine_for(plan: &Plan) -> Result<Engine, String> {
+    Engine::new(EngineConfig {
+        namespaces: vec![NamespaceSpec {
+            size_bytes: NS_BYTES,
+            lba_size: LBA,
+            backend: "ram".into(),
+        }],
+        msix_vectors: plan.iothreads + 1,
+        max_qid: plan.iothreads,
+        max_queue_entries: 4096,
+        mdts_bytes: 0,
+        poll_us: 50,
+        msix_embedder_managed: true,
+        polling: plan.polling,
+        iothreads: plan.iothreads,
+        affinity: Vec::new(),
+        doorbell_stride: 4,
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// Runs `plan` on a fresh engine; every fault found is in the report.
+pub fn run(plan: &Plan) -> Report {
+    let mut report = Report::default();
+    if let Err(e) = run_into(plan, &mut report) {
+        report.faults.push(Fault::Setup(e));
+    }
+    report
+}
+
+fn run_into(plan: &Plan, report: &mut Report) -> Result<(), String> {
+    if plan.qd == 0 || plan.qd >= plan.entries || plan.iothreads == 0 {
+        return Err(format!(
+            "qd {} must be in 1..{} and iothreads at least 1",
+            plan.qd, plan.entries
+        ));
+    }
+    let e = engine_for(plan)?;
+    e.start().map_err(|x| x.to_string())?;
+    let pairs = usize::from(plan.iothreads);
+    let mem_bytes = 0x4000 + pairs * (plan.entries as usize * 80 + 8192 + plan.qd as usize * 4096);
+    let mut host =
+        MockHost::new(&e, mem_bytes.div_ceil(4096) * 4096 + 0x4000).map_err(|x| x.to_string())?;
+    let stride = 4usize;
+    let span = 2 * (pairs + 1) * stride;
+    let shadow = if plan.doorbell == Doorbell::Shadow {
+        let (db, ei) = (host.alloc(4096), host.alloc(4096));
+        let st = e.set_shadow_doorbells(db, ei);
+        if st != Status::SUCCESS {
+            return Err(format!("Doorbell Buffer Config refused: {st:?}"));
+        }
+        Some((host.mem.ptr(db, span), host.mem.ptr(ei, span)))
+    } else {
+        None
+    };
+    let page = match plan.doorbell {
+        Doorbell::Page | Doorbell::Ioeventfd => {
+            let (fd, off, len) = e.doorbell_page();
+            Some(HostMemory::from_fd_at(fd, off, len, 0).map_err(|x| x.to_string())?)
+        }
+        _ => None,
+    };
+    if plan.doorbell == Doorbell::Page && plan.polling != Polling::Poll {
+        // Nothing wakes a worker for a page store: it must look.
+        e.set_doorbell_scan(plan.page_scan_us);
+    }
+    let mut fds = Vec::new();
+    let mut queues = Vec::new();
+    for k in 0..pairs {
+        let qid = k as u16 + 1;
+        let irq = if plan.reap == Reap::Irq {
+            let fd = eventfd()?;
+            e.set_vector_eventfd(u32::from(qid), Some(fd.as_raw_fd()))
+                .map_err(|x| x.to_string())?;
+            Some(fd)
+        } else {
+            None
+        };
+        let mut q = host
+            .create_queue_pair(&e, qid, plan.entries, qid, irq.is_some())
+            .map_err(|x| x.to_string())?;
+        let ring = match (plan.doorbell, shadow, &page) {
+            (Doorbell::Shadow, Some((db, ei)), _) => Ring::Shadow { db, ei, stride },
+            (Doorbell::Page, _, Some(p)) => Ring::Page {
+                page: p.ptr(0, span),
+                stride,
+            },
+            (Doorbell::Ioeventfd, _, Some(p)) => {
+                let (sq_fd, cq_fd) = (eventfd()?, eventfd()?);
+                let i = u32::from(qid) * 2;
+                e.set_doorbell_eventfd(i, Some(sq_fd.as_raw_fd()))
+                    .map_err(|x| x.to_string())?;
+                e.set_doorbell_eventfd(i + 1, Some(cq_fd.as_raw_fd()))
+                    .map_err(|x| x.to_string())?;
+                let r = Ring::Ioeventfd {
+                    page: p.ptr(0, span),
+                    stride,
+                    sq_fd: sq_fd.as_raw_fd(),
+                    cq_fd: cq_fd.as_raw_fd(),
+                };
+                fds.push(sq_fd);
+                fds.push(cq_fd);
+                r
+            }
+            _ => Ring::Mmio,
+        };
+        q.ringer = Ringer::new(ring);
+        let bufs = host.alloc(plan.qd as usize * 4096);
+        queues.push((q, irq, bufs));
+    }
+    let results: Vec<Report> = std::thread::scope(|s| {
+        let handles: Vec<_> = queues
+            .iter_mut()
+            .enumerate()
+            .map(|(k, (q, irq, bufs))| {
+                let e = &e;
+                let seed = plan.seed.wrapping_add(k as u64 * 0x1000_0001);
+                s.spawn(move || drive(e, q, irq.as_ref(), *bufs, plan, seed))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    for r in results {
+        report.merge(r);
+    }
+    e.stop();
+    drop(fds);
+    drop(page);
+    Ok(())
+}
+
+/// One host thread: keeps `plan.qd` reads in flight on `q`.
+fn drive(
+    e: &Engine,
+    q: &mut HostQueue,
+    irq: Option<&OwnedFd>,
+    bufs: u64,
+    plan: &Plan,
+    seed: u64,
+) -> Report {
+    let mut r = Report::default();
+    let mut rng = Rng::seeded(seed);
+    let mut pause = Pauser::new(seed ^ 0x5555, plan.pause_per_mille, plan.max_pause_us);
+    let mut inner = Pauser::new(seed ^ 0xaaaa, plan.pause_per_mille, plan.max_pause_us);
+    q.ringer.between = Some(Box::new(move || inner.maybe()));
+    let lbas = NS_BYTES / u64::from(LBA);
+    let mut poison = Sqe::new(io::READ, POISON_CID, 1);
+    poison.set_lba_range(0, 1);
+    // CID -> buffer index of every command in flight.
+    let mut inflight: HashMap<u16, u32> = HashMap::new();
+    let mut free_bufs: Vec<u32> = (0..plan.qd).collect();
+    let mut next_cid: u16 = 0;
+    // The first slot the device has not yet reported consumed.
+    let mut consumed: u32 = 0;
+    let size = q.size;
+    let dist = |from: u32, to: u32| (to + size - from) % size;
+    let mut last_progress = Instant::now();
+    while r.completed < plan.commands {
+        // Submit up to the queue depth, ringing once per batch (a burst at
+        // deep queues, every command at QD1).
+        let mut pushed = false;
+        while r.submitted < plan.commands && !free_bufs.is_empty() {
+            let Some(buf) = free_bufs.pop() else { break };
+            while inflight.contains_key(&next_cid) || next_cid == POISON_CID {
+                next_cid = next_cid.wrapping_add(1);
+            }
+            let cid = next_cid;
+            next_cid = next_cid.wrapping_add(1);
+            let mut sqe = Sqe::new(io::READ, cid, 1);
+            sqe.set_prps(bufs + u64::from(buf) * 4096, 0);
+            sqe.set_lba_range(rng.below(lbas), 1);
+            q.push(&sqe);
+            inflight.insert(cid, buf);
+            r.submitted += 1;
+            pushed = true;
+            pause.maybe();
+            if rng.below(4) == 0 {
+                q.ring_sq(e);
+                pushed = false;
+                pause.maybe();
+            }
+        }
+        if pushed {
+            q.ring_sq(e);
+            pause.maybe();
+        }
+        // Reap what is there; wait for at least one.
+        let mut got = 0;
+        loop {
+            match q.pop() {
+                Some(c) => {
+                    got += 1;
+                    last_progress = Instant::now();
+                    check(&mut r, q.qid, &c, &mut inflight, &mut free_bufs);
+                    let sqhd = u32::from(c.sqhd);
+                    let tail = q.sq_tail();
+                    if sqhd >= size || dist(consumed, sqhd) > dist(consumed, tail) {
+                        r.faults.push(Fault::HeadPastTail {
+                            qid: q.qid,
+                            sqhd: c.sqhd,
+                            consumed,
+                            tail,
+                        });
+                    } else {
+                        while consumed != sqhd {
+                            q.write_slot(consumed, &poison);
+                            consumed = (consumed + 1) % size;
+                        }
+                    }
+                    if r.faults.len() > 16 {
+                        break;
+                    }
+                }
+                None if got > 0 => break,
+                None => {
+                    if last_progress.elapsed() > plan.timeout {
+                        let mut cids: Vec<u16> = inflight.keys().copied().collect();
+                        cids.sort_unstable();
+                        r.faults.push(Fault::Lost {
+                            qid: q.qid,
+                            cids,
+                            after: r.completed,
+                        });
+                        break;
+                    }
+                    match irq {
+                        Some(fd) => {
+                            wait_irq(fd, Duration::from_millis(100));
+                        }
+                        None => std::hint::spin_loop(),
+                    }
+                }
+            }
+        }
+        if !r.faults.is_empty() {
+            break;
+        }
+        pause.maybe();
+        q.ring_cq(e);
+        pause.maybe();
+    }
+    r.mmio_doorbells = q.ringer.mmio;
+    r.pauses = pause.count;
+    q.ringer.between = None;
+    r
+}
+
+fn check(
+    r: &mut Report,
+    qid: u16,
+    c: &Cqe,
+    inflight: &mut HashMap<u16, u32>,
+    free_bufs: &mut Vec<u32>,
+) {
+    let status = c.status();
+    let Some(buf) = inflight.remove(&c.cid) else {
+        r.faults.push(Fault::Stray {
+            qid,
+            cid: c.cid,
+            status: status.field(),
+            sqhd: c.sqhd,
+            after: r.completed,
+        });
+        return;
+    };
+    free_bufs.push(buf);
+    r.completed += 1;
+    if c.sqid != qid {
+        r.faults.push(Fault::WrongSq {
+            qid,
+            cid: c.cid,
+            sqid: c.sqid,
+        });
+    }
+    if status != Status::SUCCESS {
+        r.faults.push(Fault::Failed {
+            qid,
+            cid: c.cid,
+            status: status.field(),
+        });
+    }
+}
