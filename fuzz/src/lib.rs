@@ -1,0 +1,11 @@
+//! Harnesses of nvmefast's fuzz targets, kept in a library so that the
+//! libFuzzer binaries in `fuzz_targets/` stay one line each and `cargo test`
+//! in this crate can replay the committed corpus without libFuzzer.
+//!
+//! - [`sqe`]: one guest-written SQE plus guest memory (PRP lists, SGL
+//!   segments, data) through the whole I/O path of a running engine.
+
+pub mod guard;
+pub mod model;
+pub mod rig;
+pub mod sqe;

@@ -1,0 +1,310 @@
+//! The `sqe` target's device and host: one running engine per process with
+//! the namespaces and guest memory layout of [`crate::model`], one I/O queue
+//! pair driven through the driver mock, and a fake vfio-user client behind
+//! the remote region.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nvmefast::driver::{HostMemory, HostQueue};
+use nvmefast::mem::DmaTransport;
+use nvmefast::shm::SharedMemory;
+use nvmefast::spec::opcode::io as op;
+use nvmefast::spec::{Cqe, Sqe, Status};
+use nvmefast::{Engine, EngineConfig, NamespaceSpec, Polling};
+
+use crate::guard;
+use crate::model::{self, GuestView, Region, PAGE};
+
+/// I/O queue entries (SQ and CQ).
+pub const ENTRIES: u32 = 16;
+/// Region D layout: SQ, CQ, the read-back PRP list, the read-back buffer.
+const SQ_IOVA: u64 = model::D_IOVA;
+const CQ_IOVA: u64 = model::D_IOVA + 0x1000;
+const LIST_IOVA: u64 = model::D_IOVA + 0x2000;
+const BUF_IOVA: u64 = model::D_IOVA + 0x1_0000;
+/// A completion later than this is a hang (a finding, not a slow input).
+const CQE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The client behind region C: its memory, and a check that the device
+/// never asks for bytes outside the region it mapped.
+pub struct Remote {
+    pub bytes: Mutex<Vec<u8>>,
+}
+
+impl Remote {
+    fn span(iova: u64, len: usize) -> std::ops::Range<usize> {
+        let off = iova
+            .checked_sub(model::C_IOVA)
+            .expect("transport asked for memory below the remote region");
+        let end = (off as usize)
+            .checked_add(len)
+            .filter(|&e| e <= model::C_LEN)
+            .expect("transport asked for memory past the remote region");
+        off as usize..end
+    }
+}
+
+impl DmaTransport for Remote {
+    fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), String> {
+        let r = Self::span(iova, buf.len());
+        buf.copy_from_slice(&self.bytes.lock().unwrap()[r]);
+        Ok(())
+    }
+
+    fn write(&self, iova: u64, data: &[u8]) -> Result<(), String> {
+        let r = Self::span(iova, data.len());
+        self.bytes.lock().unwrap()[r].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// Engine, guest memory and queue, built once per process.
+pub struct Rig {
+    pub engine: Engine,
+    pub a: HostMemory,
+    pub b: HostMemory,
+    pub d: HostMemory,
+    pub c: Arc<Remote>,
+    pub q: HostQueue,
+    /// Commands submitted so far (the SQ tail and CQ head follow it).
+    pub submitted: u64,
+    /// Namespace images the harness restores before each input (1 and 3).
+    pub patterns: Vec<(u32, u64, Vec<u8>)>,
+    /// Guard pages placed around the engine's mappings (reported once).
+    pub guards: Vec<guard::Guarded>,
+}
+
+/// A memfd named `name` of `len` bytes, mapped into `engine` at `iova`
+/// between guard pages, and viewed by the host.
+fn region(
+    engine: &Engine,
+    name: &'static std::ffi::CStr,
+    iova: u64,
+    len: usize,
+    writable: bool,
+    guards: &mut Vec<guard::Guarded>,
+) -> HostMemory {
+    let shm = SharedMemory::new(name, len).expect("memfd");
+    let host = HostMemory::from_fd(shm.fd(), len, iova).expect("host view");
+    let tag = name.to_str().expect("ASCII name");
+    guards.push(guard::map_guarded(
+        tag,
+        host.ptr(iova, 0) as usize,
+        len,
+        || {
+            engine
+                .map_dma(iova, len as u64, host.fd(), 0, writable)
+                .expect("map_dma")
+        },
+        || engine.unmap_dma(iova, len as u64).expect("unmap_dma"),
+    ));
+    host
+}
+
+impl Rig {
+    /// Builds and starts the engine, maps A-D and creates I/O queue 1.
+    pub fn new() -> Rig {
+        let engine = Engine::new(EngineConfig {
+            namespaces: model::NAMESPACES
+                .iter()
+                .map(|&(_, backend, size_bytes, lba_size)| NamespaceSpec {
+                    size_bytes,
+                    lba_size,
+                    backend: backend.into(),
+                })
+                .collect(),
+            msix_vectors: 2,
+            max_qid: 1,
+            max_queue_entries: 64,
+            mdts_bytes: model::MDTS_BYTES,
+            poll_us: 200,
+            msix_embedder_managed: true,
+            polling: Polling::Poll,
+            iothreads: 1,
+            affinity: Vec::new(),
+            doorbell_stride: 4,
+        })
+        .expect("engine");
+        let mut guards = Vec::new();
+        let a = region(
+            &engine,
+            c"nvmefast-fuzz-a",
+            model::A_IOVA,
+            model::A_LEN,
+            true,
+            &mut guards,
+        );
+        let b = region(
+            &engine,
+            c"nvmefast-fuzz-b",
+            model::B_IOVA,
+            model::B_LEN,
+            false,
+            &mut guards,
+        );
+        let d = region(
+            &engine,
+            c"nvmefast-fuzz-d",
+            model::D_IOVA,
+            model::D_LEN,
+            true,
+            &mut guards,
+        );
+        let c = Arc::new(Remote {
+            bytes: Mutex::new(vec![0; model::C_LEN]),
+        });
+        engine
+            .map_dma_remote(model::C_IOVA, model::C_LEN as u64, true)
+            .expect("remote region");
+        engine.set_dma_transport(Some(c.clone()));
+        engine
+            .create_cq(1, CQ_IOVA, ENTRIES, 1, false)
+            .expect("create CQ");
+        engine.create_sq(1, SQ_IOVA, ENTRIES, 1).expect("create SQ");
+        engine.start().expect("start");
+        let q = HostQueue::new(&d, 1, ENTRIES, SQ_IOVA, CQ_IOVA);
+        let patterns = model::NAMESPACES
+            .iter()
+            .filter(|n| n.1 == "ram")
+            .map(|&(nsid, _, size, lbs)| {
+                let bytes = (0..size)
+                    .map(|i| ((i * 131 + u64::from(nsid) * 17) % 251 + 1) as u8)
+                    .collect();
+                (nsid, u64::from(lbs), bytes)
+            })
+            .collect();
+        let mut rig = Rig {
+            engine,
+            a,
+            b,
+            d,
+            c,
+            q,
+            submitted: 0,
+            patterns,
+            guards,
+        };
+        rig.restore_namespaces();
+        rig
+    }
+
+    /// Submits `sqe` and waits for its completion (panics on a hang).
+    pub fn submit(&mut self, sqe: &Sqe) -> Cqe {
+        let slot = (self.submitted % u64::from(ENTRIES)) as usize;
+        // The command may DMA into the rings (a Read aimed at region D):
+        // keep the CQ as it was so later completions are read correctly.
+        let mut ring = vec![0u8; ENTRIES as usize * Cqe::SIZE];
+        self.d.read(CQ_IOVA, &mut ring);
+        self.q.push(sqe);
+        self.q.ring_sq(&self.engine);
+        let cqe = self
+            .q
+            .wait(CQE_TIMEOUT)
+            .unwrap_or_else(|| panic!("no completion for {sqe:?} within {CQE_TIMEOUT:?}"));
+        self.submitted += 1;
+        let mut now = vec![0u8; ring.len()];
+        self.d.read(CQ_IOVA, &mut now);
+        let posted = slot * Cqe::SIZE..(slot + 1) * Cqe::SIZE;
+        ring[posted.clone()].copy_from_slice(&now[posted]);
+        self.d.write(CQ_IOVA, &ring);
+        self.q.ring_cq(&self.engine);
+        cqe
+    }
+
+    /// Expected SQ head in the completion of the command just submitted.
+    pub fn sqhd(&self) -> u16 {
+        (self.submitted % u64::from(ENTRIES)) as u16
+    }
+
+    /// Points PRP1/PRP2 of `s` at the read-back buffer for `len` bytes.
+    fn buffer_prps(&self, s: &mut Sqe, len: u64) {
+        let pages = len.div_ceil(PAGE);
+        let list: Vec<u8> = (1..pages)
+            .flat_map(|i| (BUF_IOVA + i * PAGE).to_le_bytes())
+            .collect();
+        self.d.write(LIST_IOVA, &list);
+        let prp2 = match pages {
+            0 | 1 => 0,
+            2 => BUF_IOVA + PAGE,
+            _ => LIST_IOVA,
+        };
+        s.set_prps(BUF_IOVA, prp2);
+    }
+
+    /// The whole of namespace `nsid` (`len` bytes of `lbs`-byte LBAs), read
+    /// through the device.
+    pub fn read_namespace(&mut self, nsid: u32, lbs: u64, len: usize) -> Vec<u8> {
+        let mut s = Sqe::new(op::READ, 0xfff0, nsid);
+        s.set_lba_range(0, (len as u64 / lbs) as u32);
+        self.buffer_prps(&mut s, len as u64);
+        let c = self.submit(&s);
+        assert_eq!(c.status(), Status::SUCCESS, "read-back of namespace {nsid}");
+        let mut out = vec![0u8; len];
+        self.d.read(BUF_IOVA, &mut out);
+        out
+    }
+
+    /// Writes every RAM namespace back to its pattern.
+    pub fn restore_namespaces(&mut self) {
+        for i in 0..self.patterns.len() {
+            let (nsid, lbs, ref bytes) = self.patterns[i];
+            self.d.write(BUF_IOVA, bytes);
+            let mut s = Sqe::new(op::WRITE, 0xfff1, nsid);
+            s.set_lba_range(0, (bytes.len() as u64 / lbs) as u32);
+            self.buffer_prps(&mut s, bytes.len() as u64);
+            let c = self.submit(&s);
+            assert_eq!(c.status(), Status::SUCCESS, "restore of namespace {nsid}");
+        }
+    }
+
+    /// Lays the input's guest bytes out: A gets them all (zero padded), B
+    /// and C their first bytes, so a PRP list or SGL segment can sit in any
+    /// kind of region.
+    pub fn load(&self, data: &[u8]) -> Images {
+        let fill = |len: usize| {
+            let mut v = vec![0u8; len];
+            let n = data.len().min(len);
+            v[..n].copy_from_slice(&data[..n]);
+            v
+        };
+        let images = Images {
+            a: fill(model::A_LEN),
+            b: fill(model::B_LEN),
+            c: fill(model::C_LEN),
+        };
+        self.a.write(model::A_IOVA, &images.a);
+        self.b.write(model::B_IOVA, &images.b);
+        self.c.bytes.lock().unwrap().copy_from_slice(&images.c);
+        images
+    }
+}
+
+impl Default for Rig {
+    fn default() -> Self {
+        Rig::new()
+    }
+}
+
+/// Guest memory as loaded before the command: what the model walks.
+/// Region D (rings, read-back buffer) changes under the command, so the
+/// model does not claim to know it.
+pub struct Images {
+    pub a: Vec<u8>,
+    pub b: Vec<u8>,
+    pub c: Vec<u8>,
+}
+
+impl GuestView for Images {
+    fn read(&self, r: Region, off: usize, out: &mut [u8]) -> bool {
+        let n = out.len();
+        let src = match r {
+            Region::A => &self.a,
+            Region::B => &self.b,
+            Region::C => &self.c,
+            Region::D => return false,
+        };
+        out.copy_from_slice(&src[off..off + n]);
+        true
+    }
+}

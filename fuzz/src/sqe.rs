@@ -1,0 +1,240 @@
+//! The `sqe` target: input bytes 0-63 are an SQE submitted on I/O queue 1
+//! of a running engine, the rest is guest memory (PRP lists, SGL segments,
+//! data, range lists) laid out by [`Rig::load`]. After the completion the
+//! oracle checks, and panics (a libFuzzer crash) on any breach:
+//!
+//! - the CQE names the command (CID, SQ ID, SQ head) and its status is one
+//!   the spec allows for the opcode ([`model::status_allowed`]);
+//! - with PRPs, the status is the one the reference walk
+//!   ([`model::prp_pieces`]) predicts, and a successful Read put exactly the
+//!   namespace's bytes where the PRPs point;
+//! - guest memory changes only under a Read, the read-only region never;
+//! - each RAM namespace, read back through the device, equals what the
+//!   command may have made of it ([`model::namespace_after`]): unchanged
+//!   after any failure or any command that does not write, a Write only
+//!   inside [SLBA, SLBA+NLB) (with PRPs: exactly the host's data);
+//! - nothing panics, no access leaves guest memory (guard pages around the
+//!   fd-backed regions, a bounds-checking fake client behind the remote
+//!   one), and every command completes within five seconds.
+
+use std::sync::{Mutex, OnceLock};
+
+use nvmefast::spec::opcode::io as op;
+use nvmefast::spec::{Cqe, Sqe, Status};
+
+use crate::model::{self, Region};
+use crate::rig::{Images, Rig};
+
+fn rig() -> &'static Mutex<Rig> {
+    static RIG: OnceLock<Mutex<Rig>> = OnceLock::new();
+    RIG.get_or_init(|| {
+        let rig = Rig::new();
+        for g in &rig.guards {
+            if !g.fenced {
+                eprintln!("sqe: no guard pages around {g:x?}: overruns there are not caught");
+            }
+        }
+        Mutex::new(rig)
+    })
+}
+
+/// LBA size and byte size of namespace `nsid`, if it exists.
+fn namespace(nsid: u32) -> Option<(u64, u64, &'static str)> {
+    model::NAMESPACES
+        .iter()
+        .find(|n| n.0 == nsid)
+        .map(|&(_, backend, size, lbs)| (u64::from(lbs), size, backend))
+}
+
+/// Runs one input; panics when the device breaks the oracle.
+pub fn run_one(data: &[u8]) {
+    let Some((raw, guest)) = data.split_first_chunk::<64>() else {
+        return;
+    };
+    let sqe = Sqe::from_bytes(raw);
+    let mut rig = rig().lock().unwrap_or_else(|e| e.into_inner());
+    let images = rig.load(guest);
+    let cqe = rig.submit(&sqe);
+    let fail = |why: String| -> ! { panic!("{why}\n  {sqe:?}\n  {cqe:?}") };
+    if let Err(why) = check_completion(&rig, &sqe, &cqe) {
+        fail(why);
+    }
+    let status = cqe.status();
+    if let Err(why) = check_status(&images, &rig, &sqe, status) {
+        fail(why);
+    }
+    if let Err(why) = check_guest_memory(&rig, &images, &sqe, status) {
+        fail(why);
+    }
+    let mut changed = false;
+    for i in 0..rig.patterns.len() {
+        let (nsid, lbs, ref before) = rig.patterns[i];
+        let before = before.clone();
+        let after = rig.read_namespace(nsid, lbs, before.len());
+        let expect = if status == Status::SUCCESS {
+            model::namespace_after(&images, &sqe, nsid, lbs, &before)
+        } else {
+            Ok(model::Expect::Exact(before.clone()))
+        };
+        match expect.map(|e| e.violation(&before, &after)) {
+            Ok(None) => {}
+            Ok(Some(why)) => fail(format!("namespace {nsid}: {why}")),
+            Err(why) => fail(format!("namespace {nsid}: {why}")),
+        }
+        changed |= after != before;
+    }
+    if changed {
+        rig.restore_namespaces();
+    }
+}
+
+fn check_completion(rig: &Rig, sqe: &Sqe, cqe: &Cqe) -> Result<(), String> {
+    if cqe.cid != sqe.cid() || cqe.sqid != 1 {
+        return Err(format!("completion names CID {} SQ {}", cqe.cid, cqe.sqid));
+    }
+    if cqe.sqhd != rig.sqhd() {
+        return Err(format!(
+            "SQ head {} in the CQE, expected {}",
+            cqe.sqhd,
+            rig.sqhd()
+        ));
+    }
+    Ok(())
+}
+
+/// The status against the allowed set and, where the model can tell, the
+/// exact status.
+fn check_status(g: &Images, rig: &Rig, sqe: &Sqe, status: Status) -> Result<(), String> {
+    if !model::status_allowed(sqe, status) {
+        return Err(format!(
+            "status {status:?} is not allowed for opcode {:#04x}",
+            sqe.opcode()
+        ));
+    }
+    let known = model::status_allowed(sqe, Status::SUCCESS);
+    let want = |s: Status, why: &str| {
+        if status == s {
+            Ok(())
+        } else {
+            Err(format!("status {status:?}, expected {s:?}: {why}"))
+        }
+    };
+    if sqe.fuse() != 0 {
+        return want(
+            Status::INVALID_FIELD.dnr(),
+            "fused operations are not supported",
+        );
+    }
+    if !known {
+        return Ok(());
+    }
+    let Some((lbs, size, backend)) = namespace(sqe.nsid()) else {
+        return want(Status::INVALID_NAMESPACE.dnr(), "no such namespace");
+    };
+    let (slba, nlb) = model::lba_range(sqe);
+    let ranged = matches!(
+        sqe.opcode(),
+        op::READ | op::WRITE | op::COMPARE | op::WRITE_ZEROES | op::VERIFY
+    );
+    let in_range = slba
+        .checked_add(nlb)
+        .and_then(|e| e.checked_mul(lbs))
+        .is_some_and(|end| end <= size);
+    if ranged && !in_range {
+        return want(
+            Status::LBA_OUT_OF_RANGE.dnr(),
+            "LBA range past the namespace",
+        );
+    }
+    let transfers = matches!(sqe.opcode(), op::READ | op::WRITE | op::COMPARE);
+    let len = nlb * lbs;
+    if !transfers || sqe.psdt() != 0 || len > model::MDTS_BYTES {
+        return Ok(());
+    }
+    let read = sqe.opcode() == op::READ;
+    match model::prp_pieces(g, sqe.prp1(), sqe.prp2(), len, read) {
+        Err(e) => match e.status() {
+            Some(s) => want(s, &format!("reference PRP walk: {e:?}")),
+            None => Ok(()),
+        },
+        Ok(pieces) if sqe.opcode() == op::COMPARE && backend == "ram" => {
+            let data = model::gather(g, &pieces);
+            let (_, _, ref image) = rig.patterns.iter().find(|p| p.0 == sqe.nsid()).unwrap();
+            let off = (slba * lbs) as usize;
+            if data[..] == image[off..off + len as usize] {
+                want(Status::SUCCESS, "the data compares equal")
+            } else {
+                want(Status::COMPARE_FAILURE.dnr(), "the data differs")
+            }
+        }
+        Ok(_) => want(Status::SUCCESS, "the reference PRP walk accepts it"),
+    }
+}
+
+/// Guest memory after the command: B never changes; A and C change only
+/// under a successful Read, and then (with PRPs) exactly as the model says.
+fn check_guest_memory(rig: &Rig, before: &Images, sqe: &Sqe, status: Status) -> Result<(), String> {
+    let mut a = vec![0u8; model::A_LEN];
+    let mut b = vec![0u8; model::B_LEN];
+    rig.a.read(model::A_IOVA, &mut a);
+    rig.b.read(model::B_IOVA, &mut b);
+    let c = rig.c.bytes.lock().unwrap().clone();
+    let diff = |x: &[u8], y: &[u8]| {
+        if x == y {
+            return None;
+        }
+        (0..x.len()).find(|&i| x[i] != y[i])
+    };
+    if let Some(i) = diff(&before.b, &b) {
+        return Err(format!("read-only region B changed at offset {i:#x}"));
+    }
+    let read = sqe.opcode() == op::READ && sqe.fuse() == 0;
+    if read && status != Status::SUCCESS {
+        // A failed Read leaves its data buffer undefined (NVMe Base 4.1.1).
+        return Ok(());
+    }
+    let mut want = Images {
+        a: before.a.clone(),
+        b: before.b.clone(),
+        c: before.c.clone(),
+    };
+    if read {
+        let Some((lbs, _, backend)) = namespace(sqe.nsid()) else {
+            return Err("a Read of a missing namespace succeeded".into());
+        };
+        if sqe.psdt() != 0 {
+            return Ok(());
+        }
+        let (slba, nlb) = model::lba_range(sqe);
+        let Ok(pieces) = model::prp_pieces(before, sqe.prp1(), sqe.prp2(), nlb * lbs, true) else {
+            return Ok(());
+        };
+        if backend == "ram" {
+            let (_, _, ref image) = rig.patterns.iter().find(|p| p.0 == sqe.nsid()).unwrap();
+            let mut off = (slba * lbs) as usize;
+            for (iova, len) in pieces {
+                let (r, at) = model::region_of(iova, len as u64).unwrap();
+                let dst = match r {
+                    Region::A => &mut want.a,
+                    Region::C => &mut want.c,
+                    Region::B | Region::D => unreachable!("the walk refused them"),
+                };
+                dst[at..at + len].copy_from_slice(&image[off..off + len]);
+                off += len;
+            }
+        }
+    }
+    if let Some(i) = diff(&want.a, &a) {
+        return Err(format!(
+            "region A offset {i:#x} is {:#04x}, expected {:#04x}",
+            a[i], want.a[i]
+        ));
+    }
+    if let Some(i) = diff(&want.c, &c) {
+        return Err(format!(
+            "remote region C offset {i:#x} is {:#04x}, expected {:#04x}",
+            c[i], want.c[i]
+        ));
+    }
+    Ok(())
+}
