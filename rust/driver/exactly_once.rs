@@ -266,92 +266,123 @@ pub fn run(plan: &Plan) -> Report {
     report
 }
 
-fn run_into(plan: &Plan, report: &mut Report) -> Result<(), String> {
-    if plan.qd == 0 || plan.qd >= plan.entries || plan.iothreads == 0 {
-        return Err(format!(
-            "qd {} must be in 1..{} and iothreads at least 1",
-            plan.qd, plan.entries
-        ));
-    }
-    let e = engine_for(plan)?;
-    e.start().map_err(|x| x.to_string())?;
-    let pairs = usize::from(plan.iothreads);
-    let mem_bytes = 0x4000 + pairs * (plan.entries as usize * 80 + 8192 + plan.qd as usize * 4096);
-    let mut host =
-        MockHost::new(&e, mem_bytes.div_ceil(4096) * 4096 + 0x4000).map_err(|x| x.to_string())?;
-    let stride = 4usize;
-    let span = 2 * (pairs + 1) * stride;
-    let shadow = if plan.doorbell == Doorbell::Shadow {
-        let (db, ei) = (host.alloc(4096), host.alloc(4096));
-        let st = e.set_shadow_doorbells(db, ei);
-        if st != Status::SUCCESS {
-            return Err(format!("Doorbell Buffer Config refused: {st:?}"));
+/// A started engine with the plan's queue pairs, and the host side of each.
+pub struct Rig {
+    pub engine: Engine,
+    pub host: MockHost,
+    /// (host queue, its vector's eventfd when reaping by interrupt, its
+    /// buffers' IOVA) per queue pair, qid 1 first.
+    pub queues: Vec<(HostQueue, Option<OwnedFd>, u64)>,
+    /// Shadow buffers' host pointers (db, ei), with [`Doorbell::Shadow`].
+    pub shadow: Option<(*mut u8, *mut u8)>,
+    /// The doorbell page mapped by the host, with the page modes.
+    pub page: Option<HostMemory>,
+    _fds: Vec<OwnedFd>,
+}
+
+impl Rig {
+    /// Builds and starts the engine `plan` describes.
+    pub fn new(plan: &Plan) -> Result<Rig, String> {
+        if plan.qd == 0 || plan.qd >= plan.entries || plan.iothreads == 0 {
+            return Err(format!(
+                "qd {} must be in 1..{} and iothreads at least 1",
+                plan.qd, plan.entries
+            ));
         }
-        Some((host.mem.ptr(db, span), host.mem.ptr(ei, span)))
-    } else {
-        None
-    };
-    let page = match plan.doorbell {
-        Doorbell::Page | Doorbell::Ioeventfd => {
-            let (fd, off, len) = e.doorbell_page();
-            Some(HostMemory::from_fd_at(fd, off, len, 0).map_err(|x| x.to_string())?)
-        }
-        _ => None,
-    };
-    if plan.doorbell == Doorbell::Page && plan.polling != Polling::Poll {
-        // Nothing wakes a worker for a page store: it must look.
-        e.set_doorbell_scan(plan.page_scan_us);
-    }
-    let mut fds = Vec::new();
-    let mut queues = Vec::new();
-    for k in 0..pairs {
-        let qid = k as u16 + 1;
-        let irq = if plan.reap == Reap::Irq {
-            let fd = eventfd()?;
-            e.set_vector_eventfd(u32::from(qid), Some(fd.as_raw_fd()))
-                .map_err(|x| x.to_string())?;
-            Some(fd)
+        let e = engine_for(plan)?;
+        e.start().map_err(|x| x.to_string())?;
+        let pairs = usize::from(plan.iothreads);
+        let mem_bytes =
+            0x4000 + pairs * (plan.entries as usize * 80 + 8192 + plan.qd as usize * 4096);
+        let mut host = MockHost::new(&e, mem_bytes.div_ceil(4096) * 4096 + 0x4000)
+            .map_err(|x| x.to_string())?;
+        let stride = 4usize;
+        let span = 2 * (pairs + 1) * stride;
+        let shadow = if plan.doorbell == Doorbell::Shadow {
+            let (db, ei) = (host.alloc(4096), host.alloc(4096));
+            let st = e.set_shadow_doorbells(db, ei);
+            if st != Status::SUCCESS {
+                return Err(format!("Doorbell Buffer Config refused: {st:?}"));
+            }
+            Some((host.mem.ptr(db, span), host.mem.ptr(ei, span)))
         } else {
             None
         };
-        let mut q = host
-            .create_queue_pair(&e, qid, plan.entries, qid, irq.is_some())
-            .map_err(|x| x.to_string())?;
-        let ring = match (plan.doorbell, shadow, &page) {
-            (Doorbell::Shadow, Some((db, ei)), _) => Ring::Shadow { db, ei, stride },
-            (Doorbell::Page, _, Some(p)) => Ring::Page {
-                page: p.ptr(0, span),
-                stride,
-            },
-            (Doorbell::Ioeventfd, _, Some(p)) => {
-                let (sq_fd, cq_fd) = (eventfd()?, eventfd()?);
-                let i = u32::from(qid) * 2;
-                e.set_doorbell_eventfd(i, Some(sq_fd.as_raw_fd()))
+        let page = match plan.doorbell {
+            Doorbell::Page | Doorbell::Ioeventfd => {
+                let (fd, off, len) = e.doorbell_page();
+                Some(HostMemory::from_fd_at(fd, off, len, 0).map_err(|x| x.to_string())?)
+            }
+            _ => None,
+        };
+        if plan.doorbell == Doorbell::Page && plan.polling != Polling::Poll {
+            // Nothing wakes a worker for a page store: it must look.
+            e.set_doorbell_scan(plan.page_scan_us);
+        }
+        let mut fds = Vec::new();
+        let mut queues = Vec::new();
+        for k in 0..pairs {
+            let qid = k as u16 + 1;
+            let irq = if plan.reap == Reap::Irq {
+                let fd = eventfd()?;
+                e.set_vector_eventfd(u32::from(qid), Some(fd.as_raw_fd()))
                     .map_err(|x| x.to_string())?;
-                e.set_doorbell_eventfd(i + 1, Some(cq_fd.as_raw_fd()))
-                    .map_err(|x| x.to_string())?;
-                let r = Ring::Ioeventfd {
+                Some(fd)
+            } else {
+                None
+            };
+            let mut q = host
+                .create_queue_pair(&e, qid, plan.entries, qid, irq.is_some())
+                .map_err(|x| x.to_string())?;
+            let ring = match (plan.doorbell, shadow, &page) {
+                (Doorbell::Shadow, Some((db, ei)), _) => Ring::Shadow { db, ei, stride },
+                (Doorbell::Page, _, Some(p)) => Ring::Page {
                     page: p.ptr(0, span),
                     stride,
-                    sq_fd: sq_fd.as_raw_fd(),
-                    cq_fd: cq_fd.as_raw_fd(),
-                };
-                fds.push(sq_fd);
-                fds.push(cq_fd);
-                r
-            }
-            _ => Ring::Mmio,
-        };
-        q.ringer = Ringer::new(ring);
-        let bufs = host.alloc(plan.qd as usize * 4096);
-        queues.push((q, irq, bufs));
+                },
+                (Doorbell::Ioeventfd, _, Some(p)) => {
+                    let (sq_fd, cq_fd) = (eventfd()?, eventfd()?);
+                    let i = u32::from(qid) * 2;
+                    e.set_doorbell_eventfd(i, Some(sq_fd.as_raw_fd()))
+                        .map_err(|x| x.to_string())?;
+                    e.set_doorbell_eventfd(i + 1, Some(cq_fd.as_raw_fd()))
+                        .map_err(|x| x.to_string())?;
+                    let r = Ring::Ioeventfd {
+                        page: p.ptr(0, span),
+                        stride,
+                        sq_fd: sq_fd.as_raw_fd(),
+                        cq_fd: cq_fd.as_raw_fd(),
+                    };
+                    fds.push(sq_fd);
+                    fds.push(cq_fd);
+                    r
+                }
+                _ => Ring::Mmio,
+            };
+            q.ringer = Ringer::new(ring);
+            let bufs = host.alloc(plan.qd as usize * 4096);
+            queues.push((q, irq, bufs));
+        }
+        Ok(Rig {
+            engine: e,
+            host,
+            queues,
+            shadow,
+            page,
+            _fds: fds,
+        })
     }
+}
+
+fn run_into(plan: &Plan, report: &mut Report) -> Result<(), String> {
+    let mut rig = Rig::new(plan)?;
+    let e = &rig.engine;
     let results: Vec<Report> = std::thread::scope(|s| {
-        let handles: Vec<_> = queues
+        let handles: Vec<_> = rig
+            .queues
             .iter_mut()
             .enumerate()
             .map(|(k, (q, irq, bufs))| {
-                let e = &e;
                 let seed = plan.seed.wrapping_add(k as u64 * 0x1000_0001);
                 s.spawn(move || drive(e, q, irq.as_ref(), *bufs, plan, seed))
             })
@@ -365,9 +396,137 @@ fn run_into(plan: &Plan, report: &mut Report) -> Result<(), String> {
         report.merge(r);
     }
     e.stop();
-    drop(fds);
-    drop(page);
     Ok(())
+}
+
+/// The host's record of one queue pair: what is in flight, what the device
+/// has consumed, and every broken promise so far.
+pub struct Oracle {
+    /// CID -> buffer index of every command in flight.
+    inflight: HashMap<u16, u32>,
+    free_bufs: Vec<u32>,
+    next_cid: u16,
+    /// The first slot the device has not yet reported consumed (by SQHD).
+    consumed: u32,
+    bufs: u64,
+    poison: Sqe,
+    pub report: Report,
+}
+
+impl Oracle {
+    /// Room for `qd` commands, whose 4 KiB buffers start at `bufs`.
+    pub fn new(qd: u32, bufs: u64) -> Self {
+        let mut poison = Sqe::new(io::READ, POISON_CID, 1);
+        poison.set_lba_range(0, 1);
+        Oracle {
+            inflight: HashMap::new(),
+            free_bufs: (0..qd).rev().collect(),
+            next_cid: 0,
+            consumed: 0,
+            bufs,
+            poison,
+            report: Report::default(),
+        }
+    }
+
+    /// True when another command fits.
+    pub fn has_room(&self) -> bool {
+        !self.free_bufs.is_empty()
+    }
+
+    /// Commands in flight.
+    pub fn outstanding(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Pushes a one-block read of `lba` (no doorbell); false when full.
+    pub fn submit(&mut self, q: &mut HostQueue, lba: u64) -> bool {
+        let Some(buf) = self.free_bufs.pop() else {
+            return false;
+        };
+        while self.inflight.contains_key(&self.next_cid) || self.next_cid == POISON_CID {
+            self.next_cid = self.next_cid.wrapping_add(1);
+        }
+        let cid = self.next_cid;
+        self.next_cid = self.next_cid.wrapping_add(1);
+        let mut sqe = Sqe::new(io::READ, cid, 1);
+        sqe.set_prps(self.bufs + u64::from(buf) * 4096, 0);
+        sqe.set_lba_range(lba, 1);
+        q.push(&sqe);
+        self.inflight.insert(cid, buf);
+        self.report.submitted += 1;
+        true
+    }
+
+    /// Takes every completion there is; returns how many.
+    pub fn reap(&mut self, q: &mut HostQueue) -> usize {
+        let mut got = 0;
+        while let Some(c) = q.pop() {
+            got += 1;
+            self.complete(q, &c);
+        }
+        got
+    }
+
+    /// Checks one completion, and poisons the slots it says are consumed.
+    pub fn complete(&mut self, q: &mut HostQueue, c: &Cqe) {
+        let (qid, size) = (q.qid, q.size);
+        let r = &mut self.report;
+        let status = c.status();
+        match self.inflight.remove(&c.cid) {
+            None => r.faults.push(Fault::Stray {
+                qid,
+                cid: c.cid,
+                status: status.field(),
+                sqhd: c.sqhd,
+                after: r.completed,
+            }),
+            Some(buf) => {
+                self.free_bufs.push(buf);
+                r.completed += 1;
+                if c.sqid != qid {
+                    r.faults.push(Fault::WrongSq {
+                        qid,
+                        cid: c.cid,
+                        sqid: c.sqid,
+                    });
+                }
+                if status != Status::SUCCESS {
+                    r.faults.push(Fault::Failed {
+                        qid,
+                        cid: c.cid,
+                        status: status.field(),
+                    });
+                }
+            }
+        }
+        let dist = |from: u32, to: u32| (to + size - from) % size;
+        let (sqhd, tail) = (u32::from(c.sqhd), q.sq_tail());
+        if sqhd >= size || dist(self.consumed, sqhd) > dist(self.consumed, tail) {
+            r.faults.push(Fault::HeadPastTail {
+                qid,
+                sqhd: c.sqhd,
+                consumed: self.consumed,
+                tail,
+            });
+            return;
+        }
+        while self.consumed != sqhd {
+            q.write_slot(self.consumed, &self.poison);
+            self.consumed = (self.consumed + 1) % size;
+        }
+    }
+
+    /// Records every command still in flight as lost.
+    pub fn lost(&mut self, qid: u16) {
+        let mut cids: Vec<u16> = self.inflight.keys().copied().collect();
+        cids.sort_unstable();
+        self.report.faults.push(Fault::Lost {
+            qid,
+            cids,
+            after: self.report.completed,
+        });
+    }
 }
 
 /// One host thread: keeps `plan.qd` reads in flight on `q`.
@@ -379,40 +538,18 @@ fn drive(
     plan: &Plan,
     seed: u64,
 ) -> Report {
-    let mut r = Report::default();
     let mut rng = Rng::seeded(seed);
     let mut pause = Pauser::new(seed ^ 0x5555, plan.pause_per_mille, plan.max_pause_us);
     let mut inner = Pauser::new(seed ^ 0xaaaa, plan.pause_per_mille, plan.max_pause_us);
     q.ringer.between = Some(Box::new(move || inner.maybe()));
     let lbas = NS_BYTES / u64::from(LBA);
-    let mut poison = Sqe::new(io::READ, POISON_CID, 1);
-    poison.set_lba_range(0, 1);
-    // CID -> buffer index of every command in flight.
-    let mut inflight: HashMap<u16, u32> = HashMap::new();
-    let mut free_bufs: Vec<u32> = (0..plan.qd).collect();
-    let mut next_cid: u16 = 0;
-    // The first slot the device has not yet reported consumed.
-    let mut consumed: u32 = 0;
-    let size = q.size;
-    let dist = |from: u32, to: u32| (to + size - from) % size;
+    let mut o = Oracle::new(plan.qd, bufs);
     let mut last_progress = Instant::now();
-    while r.completed < plan.commands {
-        // Submit up to the queue depth, ringing once per batch (a burst at
-        // deep queues, every command at QD1).
+    while o.report.completed < plan.commands && o.report.faults.is_empty() {
+        // Submit up to the queue depth, ringing at random within the batch
+        // and always at its end.
         let mut pushed = false;
-        while r.submitted < plan.commands && !free_bufs.is_empty() {
-            let Some(buf) = free_bufs.pop() else { break };
-            while inflight.contains_key(&next_cid) || next_cid == POISON_CID {
-                next_cid = next_cid.wrapping_add(1);
-            }
-            let cid = next_cid;
-            next_cid = next_cid.wrapping_add(1);
-            let mut sqe = Sqe::new(io::READ, cid, 1);
-            sqe.set_prps(bufs + u64::from(buf) * 4096, 0);
-            sqe.set_lba_range(rng.below(lbas), 1);
-            q.push(&sqe);
-            inflight.insert(cid, buf);
-            r.submitted += 1;
+        while o.report.submitted < plan.commands && o.submit(q, rng.below(lbas)) {
             pushed = true;
             pause.maybe();
             if rng.below(4) == 0 {
@@ -426,98 +563,29 @@ fn drive(
             pause.maybe();
         }
         // Reap what is there; wait for at least one.
-        let mut got = 0;
         loop {
-            match q.pop() {
-                Some(c) => {
-                    got += 1;
-                    last_progress = Instant::now();
-                    check(&mut r, q.qid, &c, &mut inflight, &mut free_bufs);
-                    let sqhd = u32::from(c.sqhd);
-                    let tail = q.sq_tail();
-                    if sqhd >= size || dist(consumed, sqhd) > dist(consumed, tail) {
-                        r.faults.push(Fault::HeadPastTail {
-                            qid: q.qid,
-                            sqhd: c.sqhd,
-                            consumed,
-                            tail,
-                        });
-                    } else {
-                        while consumed != sqhd {
-                            q.write_slot(consumed, &poison);
-                            consumed = (consumed + 1) % size;
-                        }
-                    }
-                    if r.faults.len() > 16 {
-                        break;
-                    }
-                }
-                None if got > 0 => break,
-                None => {
-                    if last_progress.elapsed() > plan.timeout {
-                        let mut cids: Vec<u16> = inflight.keys().copied().collect();
-                        cids.sort_unstable();
-                        r.faults.push(Fault::Lost {
-                            qid: q.qid,
-                            cids,
-                            after: r.completed,
-                        });
-                        break;
-                    }
-                    match irq {
-                        Some(fd) => {
-                            wait_irq(fd, Duration::from_millis(100));
-                        }
-                        None => std::hint::spin_loop(),
-                    }
-                }
+            if o.reap(q) > 0 {
+                last_progress = Instant::now();
+                break;
             }
-        }
-        if !r.faults.is_empty() {
-            break;
+            if last_progress.elapsed() > plan.timeout {
+                o.lost(q.qid);
+                break;
+            }
+            match irq {
+                Some(fd) => {
+                    wait_irq(fd, Duration::from_millis(100));
+                }
+                None => std::hint::spin_loop(),
+            }
         }
         pause.maybe();
         q.ring_cq(e);
         pause.maybe();
     }
+    let mut r = o.report;
     r.mmio_doorbells = q.ringer.mmio;
     r.pauses = pause.count;
     q.ringer.between = None;
     r
-}
-
-fn check(
-    r: &mut Report,
-    qid: u16,
-    c: &Cqe,
-    inflight: &mut HashMap<u16, u32>,
-    free_bufs: &mut Vec<u32>,
-) {
-    let status = c.status();
-    let Some(buf) = inflight.remove(&c.cid) else {
-        r.faults.push(Fault::Stray {
-            qid,
-            cid: c.cid,
-            status: status.field(),
-            sqhd: c.sqhd,
-            after: r.completed,
-        });
-        return;
-    };
-    free_bufs.push(buf);
-    r.completed += 1;
-    if c.sqid != qid {
-        r.faults.push(Fault::WrongSq {
-            qid,
-            cid: c.cid,
-            sqid: c.sqid,
-        });
-    }
-    if status != Status::SUCCESS {
-        r.faults.push(Fault::Failed {
-            qid,
-            cid: c.cid,
-            status: status.field(),
-        });
-    }
 }
