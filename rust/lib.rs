@@ -7,6 +7,7 @@
 //! (`cmd`), storage (`backend`), and the device with its worker (`engine`).
 //! `driver` is the host side, shared by tests and benchmarks.
 
+pub mod aio;
 pub mod backend;
 pub mod cmd;
 pub mod coalesce;

@@ -84,6 +84,18 @@ impl Waker {
         })
     }
 
+    /// Watches a completion eventfd of the worker's file I/O (edge
+    /// triggered, never read, as for ioeventfds). The caller keeps `fd`
+    /// open while watched; closing it removes it from the set.
+    pub fn watch_raw(&self, fd: RawFd) -> Result<(), WakerError> {
+        epoll_add(&self.epoll, fd, (libc::EPOLLIN | libc::EPOLLET) as u32).map_err(|e| {
+            WakerError::BadFd {
+                fd,
+                reason: e.to_string(),
+            }
+        })
+    }
+
     /// Stops watching an ioeventfd (errors ignored: the fd may be gone).
     pub fn unwatch(&self, fd: &OwnedFd) {
         // SAFETY: EPOLL_CTL_DEL ignores the event pointer on modern kernels;

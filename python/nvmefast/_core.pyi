@@ -5,7 +5,7 @@ Checked against the compiled module by ``mypy.stubtest`` (tests/test_stubs.py).
 """
 
 from collections.abc import Callable, Sequence
-from typing import final
+from typing import Any, final
 
 __version__: str
 __all__ = [
@@ -56,8 +56,15 @@ _AdminHandler = Callable[[bytes], tuple[int, int] | None]
 class Engine:
     """The device's hot path: guest memory, queues, doorbells, vectors, the worker.
 
-    ``namespaces`` is a sequence of ``(size_bytes, lba_size, backend)``;
-    namespace IDs are 1-based in that order. ``backend`` is ``"ram"`` or ``"null"``.
+    ``namespaces`` is a sequence of ``(size_bytes, lba_size, backend)`` or
+    ``(size_bytes, lba_size, backend, path, readonly, cache, io)``;
+    namespace IDs are 1-based in that order. ``backend`` is ``"ram"``,
+    ``"null"`` or ``"file"`` (the 7-tuple: ``path`` an image file or block
+    device, ``size_bytes`` 0 for the file's own size or the size to create
+    or extend a sparse file to; ``cache`` ``"auto"``/``"direct"``/
+    ``"buffered"``; ``io`` ``"auto"``/``"io_uring"``/``"threads"``, with
+    ``NVMEFAST_FILE_IO`` overriding ``"auto"``). A file that cannot serve
+    raises ConfigError naming the path and the fix.
     ``max_qid`` is the highest queue ID (admin queue 0 included) the engine
     will accept; ``mdts_bytes`` the largest data transfer (0 = unlimited).
     ``poll_us`` is how long an I/O worker polls after its last work before
@@ -74,7 +81,9 @@ class Engine:
     def __new__(
         cls,
         *,
-        namespaces: Sequence[tuple[int, int, str]],
+        namespaces: Sequence[
+            tuple[int, int, str] | tuple[int, int, str, str | None, bool, str, str]
+        ],
         msix_vectors: int,
         max_qid: int,
         max_queue_entries: int,
@@ -165,6 +174,20 @@ class Engine:
         """Format NVM: namespace ``nsid`` gets ``lba_size`` (512 or 4096) and reads as zeroes."""
     def namespace_lba_size(self, nsid: int) -> int:
         """The current LBA data size of namespace ``nsid``."""
+    def namespace_size(self, nsid: int) -> int:
+        """The size in bytes of namespace ``nsid`` (a file's, as opened)."""
+    def namespace_info(self, nsid: int) -> dict[str, Any]:
+        """How namespace ``nsid`` is served.
+
+        backend ("ram", "null", "file"), size_bytes, path (None for memory),
+        io ("io_uring", "threads", "memory"), cache ("direct", "buffered",
+        "memory"), readonly.
+        """
+    def set_write_cache(self, enabled: bool) -> None:
+        """Volatile Write Cache (Set Features 06h) for the file namespaces:
+        disabled, every write is durable (RWF_DSYNC) before its completion."""
+    def write_cache(self) -> bool:
+        """The Volatile Write Cache setting (initially enabled)."""
     # admin data movement and completion
     def write_prp(self, prp1: int, prp2: int, data: bytes) -> int:
         """Copy ``data`` to the host buffer the PRPs describe; returns an NVMe status."""
@@ -234,7 +257,8 @@ class Engine:
         worker_wakeups, interrupts (deliveries), masked_notifications,
         unrouted_notifications (unmasked vector with no notifier),
         notify_errors, coalesced_completions, coalescing_timeouts,
-        intx_assertions, intx_deassertions.
+        intx_assertions, intx_deassertions; file_ops, file_errors (requests sent to
+        file namespaces and the ones that failed).
         """
     def smart(self) -> dict[str, int]:
         """SMART/Health counters.
@@ -275,7 +299,8 @@ def bench_io(
 ) -> dict[str, float]:
     """Drive one I/O queue pair from a Rust host thread.
 
-    ``workload`` is ``"randread"`` (random block reads until ``seconds``
+    ``workload`` is ``"randread"`` or ``"randwrite"`` (random block reads or
+    writes until ``seconds``
     pass) or ``"fill"`` (write every block once, in order).
 
     The queues must already exist (created through the admin queue); guest

@@ -1,9 +1,11 @@
 //! Namespace storage backends. An enum rather than a trait object: the hot
 //! path dispatches with one match and the copies inline.
 
+pub mod file;
 pub mod null;
 pub mod ram;
 
+pub use file::{CacheMode, FileBackend, FileSpec};
 pub use null::NullBackend;
 pub use ram::RamBackend;
 
@@ -11,27 +13,73 @@ pub use ram::RamBackend;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BackendError {
     /// The backend kind is not one we know.
-    #[error("unknown backend {0:?}; use \"ram\" or \"null\"")]
+    #[error("unknown backend {0:?}; use \"ram\", \"null\" or \"file\"")]
     UnknownKind(String),
     /// The host could not provide the memory.
     #[error("cannot allocate {size} bytes for a RAM namespace: {reason}")]
     Alloc { size: u64, reason: String },
+    /// A file namespace without a path, or a path for a memory one.
+    #[error("{0}")]
+    Spec(String),
+    /// The file cannot serve as a namespace; `reason` says what to change.
+    #[error("namespace file {path}: {reason}")]
+    File { path: String, reason: String },
 }
+
+/// An I/O error from the backing file: the errno.
+pub type Errno = i32;
 
 /// Storage of one namespace.
 pub enum Backend {
     Ram(RamBackend),
     Null(NullBackend),
+    File(FileBackend),
 }
 
 impl Backend {
-    /// Builds a backend of `kind` with `size` bytes.
-    pub fn new(kind: &str, size: u64) -> Result<Backend, BackendError> {
-        match kind {
-            "ram" => Ok(Backend::Ram(RamBackend::new(size)?)),
-            "null" => Ok(Backend::Null(NullBackend::new(size))),
-            other => Err(BackendError::UnknownKind(other.to_string())),
+    /// Builds a backend of `kind` with `size` bytes (for a file, 0: the
+    /// file's size) of `lba_size`-byte LBAs.
+    pub fn new(
+        kind: &str,
+        size: u64,
+        lba_size: u32,
+        file: Option<&FileSpec>,
+    ) -> Result<Backend, BackendError> {
+        match (kind, file) {
+            ("file", Some(spec)) => Ok(Backend::File(FileBackend::open(spec, size, lba_size)?)),
+            ("file", None) => Err(BackendError::Spec(
+                "a file namespace needs a path (the image file or block device)".into(),
+            )),
+            ("ram" | "null", Some(_)) => Err(BackendError::Spec(format!(
+                "a {kind} namespace takes no path; use backend \"file\" to serve a file"
+            ))),
+            ("ram", None) => Ok(Backend::Ram(RamBackend::new(size)?)),
+            ("null", None) => Ok(Backend::Null(NullBackend::new(size))),
+            (other, _) => Err(BackendError::UnknownKind(other.to_string())),
         }
+    }
+
+    /// The size in bytes (a file's as opened).
+    pub fn size(&self, configured: u64) -> u64 {
+        match self {
+            Backend::File(f) => f.size(),
+            _ => configured,
+        }
+    }
+
+    /// The file backend, when this is one.
+    #[inline]
+    pub fn as_file(&self) -> Option<&FileBackend> {
+        match self {
+            Backend::File(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// Writes are refused: Namespace Is Write Protected.
+    #[inline]
+    pub fn readonly(&self) -> bool {
+        matches!(self, Backend::File(f) if f.readonly())
     }
 
     /// Copies `len` bytes at byte `offset` into `dst`.
@@ -40,12 +88,15 @@ impl Backend {
     /// `dst` must be valid for `len` bytes of writes; `offset + len` must be
     /// within the namespace (the caller checked the LBA range).
     #[inline]
-    pub unsafe fn read(&self, offset: u64, dst: *mut u8, len: usize) {
+    pub unsafe fn read(&self, offset: u64, dst: *mut u8, len: usize) -> Result<(), Errno> {
         match self {
             // SAFETY: forwarded contract.
             Backend::Ram(r) => unsafe { r.read(offset, dst, len) },
             Backend::Null(_) => {}
+            // SAFETY: forwarded contract.
+            Backend::File(f) => return unsafe { f.read(offset, dst, len) },
         }
+        Ok(())
     }
 
     /// Copies `len` bytes from `src` to byte `offset`.
@@ -54,12 +105,15 @@ impl Backend {
     /// `src` must be valid for `len` bytes of reads; `offset + len` within
     /// the namespace.
     #[inline]
-    pub unsafe fn write(&self, offset: u64, src: *const u8, len: usize) {
+    pub unsafe fn write(&self, offset: u64, src: *const u8, len: usize) -> Result<(), Errno> {
         match self {
             // SAFETY: forwarded contract.
             Backend::Ram(r) => unsafe { r.write(offset, src, len) },
             Backend::Null(_) => {}
+            // SAFETY: forwarded contract.
+            Backend::File(f) => return unsafe { f.write(offset, src, len) },
         }
+        Ok(())
     }
 
     /// Zeroes (deallocates) `len` bytes at `offset`: Write Zeroes, Dataset
@@ -68,23 +122,34 @@ impl Backend {
     ///
     /// # Safety
     /// `offset + len` within the namespace.
-    pub unsafe fn zero(&self, offset: u64, len: u64) {
-        if let Backend::Ram(r) = self {
+    pub unsafe fn zero(&self, offset: u64, len: u64) -> Result<(), Errno> {
+        match self {
             // SAFETY: forwarded contract.
-            unsafe { r.zero(offset, len) }
+            Backend::Ram(r) => unsafe { r.zero(offset, len) },
+            Backend::Null(_) => {}
+            Backend::File(f) => return f.zero(offset, len),
         }
+        Ok(())
     }
 
     /// True when the `len` bytes at `src` equal the namespace at `offset`.
     ///
     /// # Safety
     /// `src` valid for `len` reads; `offset + len` within the namespace.
-    pub unsafe fn compare(&self, offset: u64, src: *const u8, len: usize) -> bool {
+    pub unsafe fn compare(&self, offset: u64, src: *const u8, len: usize) -> Result<bool, Errno> {
         match self {
             // SAFETY: forwarded contract.
-            Backend::Ram(r) => unsafe { r.compare(offset, src, len) },
+            Backend::Ram(r) => Ok(unsafe { r.compare(offset, src, len) }),
             // Nothing is stored: every compare of the null backend matches.
-            Backend::Null(_) => true,
+            Backend::Null(_) => Ok(true),
+            Backend::File(f) => {
+                let mut buf = vec![0u8; len];
+                // SAFETY: buf holds len writable bytes.
+                unsafe { f.read(offset, buf.as_mut_ptr(), len)? };
+                // SAFETY: the caller vouches for src; guest memory may change
+                // under us, which only changes the answer.
+                Ok(buf.as_slice() == unsafe { std::slice::from_raw_parts(src, len) })
+            }
         }
     }
 
@@ -93,19 +158,35 @@ impl Backend {
     ///
     /// # Safety
     /// Both ranges within the namespace.
-    pub unsafe fn copy(&self, src: u64, dst: u64, len: u64) {
-        if let Backend::Ram(r) = self {
+    pub unsafe fn copy(&self, src: u64, dst: u64, len: u64) -> Result<(), Errno> {
+        match self {
             // SAFETY: forwarded contract.
-            unsafe { r.copy(src, dst, len) }
+            Backend::Ram(r) => unsafe { r.copy(src, dst, len) },
+            Backend::Null(_) => {}
+            Backend::File(f) => {
+                let n = usize::try_from(len).map_err(|_| libc::EINVAL)?;
+                let mut buf = vec![0u8; n];
+                // SAFETY: buf holds n bytes for both transfers.
+                unsafe {
+                    f.read(src, buf.as_mut_ptr(), n)?;
+                    f.write(dst, buf.as_ptr(), n)?;
+                }
+            }
         }
+        Ok(())
     }
 
     /// Makes completed writes durable. RAM and null have nothing to do: a
     /// completed write is already visible to every later read.
-    pub fn flush(&self) {}
+    pub fn flush(&self) -> Result<(), Errno> {
+        match self {
+            Backend::File(f) => f.datasync(),
+            _ => Ok(()),
+        }
+    }
 
-    /// True when reads transfer no data (the null backend).
+    /// True when reads transfer data (not the null backend).
     pub fn transfers_data(&self) -> bool {
-        matches!(self, Backend::Ram(_))
+        !matches!(self, Backend::Null(_))
     }
 }

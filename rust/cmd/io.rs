@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use super::prp;
 use super::segment::{self, Segment, Target};
 use super::{nvm, sgl};
-use crate::backend::Backend;
+use crate::backend::{Backend, Errno};
 use crate::mem::{MemError, MemoryMap};
 use crate::spec::opcode::io as op;
 use crate::spec::{Sqe, Status};
@@ -25,6 +25,7 @@ pub struct Namespace {
 impl Namespace {
     /// A namespace of `size_bytes` formatted with `lba_size`-byte LBAs.
     pub fn new(backend: Backend, size_bytes: u64, lba_size: u32) -> Self {
+        let size_bytes = backend.size(size_bytes);
         Namespace {
             backend,
             lba_shift: AtomicU32::new(lba_size.trailing_zeros()),
@@ -47,12 +48,18 @@ impl Namespace {
 
     /// Format NVM: new LBA size, every block zero. The caller keeps every
     /// worker out of this namespace meanwhile.
-    pub fn format(&self, lba_size: u32) {
+    pub fn format(&self, lba_size: u32) -> Result<(), Errno> {
         // SAFETY: the whole namespace, by construction in range.
-        unsafe { self.backend.zero(0, self.size_bytes) };
+        unsafe { self.backend.zero(0, self.size_bytes)? };
         let shift = lba_size.trailing_zeros();
         self.lba_shift.store(shift, Ordering::Relaxed);
         self.lbas.store(self.size_bytes >> shift, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The size in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
     }
 }
 
@@ -124,7 +131,9 @@ pub fn execute(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
             // VWC bits 2:1 = 10b: broadcast flush (FFFFFFFFh) is not
             // supported, so it is an invalid namespace like any other.
             let ns = namespace(ctx, nsid)?;
-            ns.backend.flush();
+            ns.backend
+                .flush()
+                .map_err(|e| file_failure(e, true, 0, nsid, ctx.smart))?;
             Ok(0)
         }
         op::COMPARE => nvm::compare(ctx, sqe),
@@ -214,6 +223,43 @@ pub(super) fn transfer_failure(lba: u64, nsid: u32) -> Failure {
     fail(Status::DATA_TRANSFER_ERROR.dnr(), loc::DPTR, lba, nsid)
 }
 
+/// An error from the backing file, as QEMU's nvme_aio_err maps it: EIO is
+/// a media error (Unrecovered Read Error on a read, Write Fault on a write,
+/// counted in SMART), ENOSPC is Capacity Exceeded (DNR: retrying cannot
+/// help), a write to a read-only file is Namespace Is Write Protected, and
+/// anything else is Internal Error.
+#[cold]
+pub fn file_failure(errno: Errno, write: bool, lba: u64, nsid: u32, smart: &mut Smart) -> Failure {
+    let status = match errno {
+        libc::EIO | libc::ENXIO | libc::EILSEQ => {
+            smart.media_errors += 1;
+            if write {
+                Status::WRITE_FAULT
+            } else {
+                Status::UNRECOVERED_READ_ERROR
+            }
+        }
+        libc::ENOSPC | libc::EDQUOT | libc::EFBIG => Status::CAPACITY_EXCEEDED.dnr(),
+        libc::EROFS | libc::EBADF if write => Status::NAMESPACE_WRITE_PROTECTED.dnr(),
+        _ => Status::INTERNAL_ERROR,
+    };
+    fail(status, loc::DPTR, lba, nsid)
+}
+
+/// A write to a write-protected (read-only) namespace.
+#[inline]
+pub(super) fn writable(ns: &Namespace, lba: u64, nsid: u32) -> Result<(), Failure> {
+    if ns.backend.readonly() {
+        return Err(fail(
+            Status::NAMESPACE_WRITE_PROTECTED.dnr(),
+            loc::NSID,
+            lba,
+            nsid,
+        ));
+    }
+    Ok(())
+}
+
 /// Device-to-host through a remote segment: namespace bytes bounced
 /// through `buf` into the client's memory. The null backend moves no data,
 /// as it leaves fd-backed memory untouched.
@@ -225,7 +271,7 @@ fn bounce_out(
     iova: u64,
     len: usize,
     buf: &mut Vec<u8>,
-) -> Result<(), MemError> {
+) -> Result<(), Bounce> {
     if !ns.backend.transfers_data() {
         return Ok(());
     }
@@ -233,8 +279,15 @@ fn bounce_out(
     buf.resize(len, 0);
     // SAFETY: buf holds len bytes; the caller's LBA range check keeps
     // off + len inside the namespace.
-    unsafe { ns.backend.read(off, buf.as_mut_ptr(), len) };
+    unsafe { ns.backend.read(off, buf.as_mut_ptr(), len) }.map_err(Bounce::File)?;
     mem.remote_write(iova, buf)
+        .map_err(|_: MemError| Bounce::Mem)
+}
+
+/// Why a bounced read failed.
+enum Bounce {
+    File(Errno),
+    Mem,
 }
 
 /// The common part of a command that moves LBAs through a data pointer
@@ -265,50 +318,168 @@ pub(super) fn lba_transfer<'a>(
 
 #[inline]
 fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, read: bool) -> Result<u32, Failure> {
-    let (ns, mut off, len) = lba_transfer(ctx, sqe, read)?;
+    if !read {
+        writable(namespace(ctx, sqe.nsid())?, 0, sqe.nsid())?;
+    }
+    let (ns, off, len) = lba_transfer(ctx, sqe, read)?;
+    rw_segments(ctx, sqe, ns, off, read)?;
+    count(ctx.smart, read, len);
+    Ok(0)
+}
+
+/// SMART counters of a completed Read or Write of `len` bytes.
+#[inline]
+pub fn count(smart: &mut Smart, read: bool, len: u64) {
+    if read {
+        smart.bytes_read += len;
+        smart.host_read_commands += 1;
+    } else {
+        smart.bytes_written += len;
+        smart.host_write_commands += 1;
+    }
+}
+
+/// Moves the data of a Read or Write between the namespace at byte `off`
+/// and the segments in `ctx.segs`, synchronously.
+#[inline]
+fn rw_segments(
+    ctx: &mut IoContext<'_>,
+    sqe: &Sqe,
+    ns: &Namespace,
+    mut off: u64,
+    read: bool,
+) -> Result<(), Failure> {
     let slba = off >> ns.lba_shift();
+    let nsid = sqe.nsid();
     if !read && ctx.segs.iter().any(Segment::is_remote) {
         // Every remote byte is fetched before any byte reaches the namespace.
         segment::fetch_remote(ctx.mem, ctx.segs, ctx.scratch)
-            .map_err(|_| transfer_failure(slba, sqe.nsid()))?;
+            .map_err(|_| transfer_failure(slba, nsid))?;
     }
     // Where the next remote segment's fetched bytes start in ctx.scratch.
     let mut fetched = 0usize;
     for s in ctx.segs.iter() {
-        match s.target {
+        let r = match s.target {
             // SAFETY: each segment was translated against the snapshot in
             // ctx.mem, which keeps its region mapped for this call; the LBA
-            // range check above keeps off + len inside the namespace.
+            // range check keeps off + len inside the namespace.
             Target::Host(p) => unsafe {
                 if read {
-                    ns.backend.read(off, p, s.len);
+                    ns.backend.read(off, p, s.len)
                 } else {
-                    ns.backend.write(off, p, s.len);
+                    ns.backend.write(off, p, s.len)
                 }
             },
             Target::Remote(iova) if read => {
-                bounce_out(ns, ctx.mem, off, iova, s.len, ctx.scratch)
-                    .map_err(|_| transfer_failure(slba, sqe.nsid()))?;
+                match bounce_out(ns, ctx.mem, off, iova, s.len, ctx.scratch) {
+                    Ok(()) => Ok(()),
+                    Err(Bounce::File(e)) => Err(e),
+                    Err(Bounce::Mem) => return Err(transfer_failure(slba, nsid)),
+                }
             }
             Target::Remote(_) => {
                 let piece = &ctx.scratch[fetched..fetched + s.len];
+                fetched += s.len;
                 // SAFETY: piece holds s.len bytes (fetch_remote appended
                 // exactly the remote segments' lengths, in this order); the
                 // range check keeps off + len inside the namespace.
-                unsafe { ns.backend.write(off, piece.as_ptr(), s.len) };
-                fetched += s.len;
+                unsafe { ns.backend.write(off, piece.as_ptr(), s.len) }
             }
             // An SGL bit bucket: the host does not want those bytes.
-            Target::BitBucket => {}
-        }
+            Target::BitBucket => Ok(()),
+        };
+        r.map_err(|e| file_failure(e, !read, slba, nsid, ctx.smart))?;
         off += s.len as u64;
     }
-    if read {
-        ctx.smart.bytes_read += len;
-        ctx.smart.host_read_commands += 1;
-    } else {
-        ctx.smart.bytes_written += len;
-        ctx.smart.host_write_commands += 1;
+    Ok(())
+}
+
+/// What [`start`] leaves to the worker: a transfer for the backing file to
+/// run asynchronously, with its buffers in `ctx.segs` (host memory only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileOp {
+    /// Index of the namespace (NSID - 1).
+    pub ns: usize,
+    pub kind: FileKind,
+    /// Byte offset in the namespace.
+    pub offset: u64,
+    /// Bytes to move (0 for Flush).
+    pub len: u64,
+    pub slba: u64,
+}
+
+/// The asynchronous commands of a file namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    Read,
+    /// `fua`: Force Unit Access (CDW12 bit 30).
+    Write {
+        fua: bool,
+    },
+    Flush,
+}
+
+/// What [`start`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Started {
+    /// Executed: completion DW0.
+    Done(u32),
+    /// To be submitted to the namespace's file.
+    File(FileOp),
+}
+
+/// Executes an I/O command, or, for a Read, Write or Flush of a file
+/// namespace whose data is all in host memory, checks it and returns the
+/// transfer for the worker to run asynchronously (`ctx.segs` holds its
+/// buffers).
+#[inline]
+pub fn start(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<Started, Failure> {
+    let nsid = sqe.nsid();
+    let opcode = sqe.opcode();
+    let is_file = nsid
+        .checked_sub(1)
+        .and_then(|i| ctx.namespaces.get(i as usize))
+        .is_some_and(|ns| ns.backend.as_file().is_some());
+    if !is_file || sqe.fuse() != 0 || !matches!(opcode, op::READ | op::WRITE | op::FLUSH) {
+        return execute(ctx, sqe).map(Started::Done);
     }
-    Ok(0)
+    let index = (nsid - 1) as usize;
+    if opcode == op::FLUSH {
+        return Ok(Started::File(FileOp {
+            ns: index,
+            kind: FileKind::Flush,
+            offset: 0,
+            len: 0,
+            slba: 0,
+        }));
+    }
+    let read = opcode == op::READ;
+    if !read {
+        writable(namespace(ctx, nsid)?, 0, nsid)?;
+    }
+    let (ns, off, len) = lba_transfer(ctx, sqe, read)?;
+    if ctx
+        .segs
+        .iter()
+        .any(|s| !matches!(s.target, Target::Host(_)))
+    {
+        // Remote segments and bit buckets take the synchronous path.
+        rw_segments(ctx, sqe, ns, off, read)?;
+        count(ctx.smart, read, len);
+        return Ok(Started::Done(0));
+    }
+    let kind = if read {
+        FileKind::Read
+    } else {
+        FileKind::Write {
+            fua: sqe.cdw(12) & (1 << 30) != 0,
+        }
+    };
+    Ok(Started::File(FileOp {
+        ns: index,
+        kind,
+        offset: off,
+        len,
+        slba: off >> ns.lba_shift(),
+    }))
 }

@@ -2,8 +2,8 @@
 //! Write Zeroes, Dataset Management, Verify, Copy.
 
 use super::io::{
-    fail, lba_range, lba_transfer, loc, namespace, read_buffer, transfer_failure, Failure,
-    IoContext,
+    fail, file_failure, lba_range, lba_transfer, loc, namespace, read_buffer, transfer_failure,
+    writable, Failure, IoContext,
 };
 use super::segment::{self, Segment, Target};
 use crate::spec::{Sqe, Status};
@@ -40,7 +40,8 @@ pub fn compare(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
         // SAFETY: src is s.len readable bytes: a host pointer translated
         // against ctx.mem (alive for this call) or the fetched copy in
         // ctx.scratch; the range check keeps off + len in the namespace.
-        equal &= unsafe { ns.backend.compare(off, src, s.len) };
+        equal &= unsafe { ns.backend.compare(off, src, s.len) }
+            .map_err(|e| file_failure(e, false, slba, sqe.nsid(), ctx.smart))?;
         off += s.len as u64;
     }
     ctx.smart.bytes_read += len;
@@ -62,9 +63,11 @@ pub fn compare(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
 pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
     let ns = namespace(ctx, sqe.nsid())?;
     let (slba, nlb) = lba_range(ns, sqe)?;
+    writable(ns, slba, sqe.nsid())?;
     let shift = ns.lba_shift();
     // SAFETY: the range check keeps it inside the namespace.
-    unsafe { ns.backend.zero(slba << shift, nlb << shift) };
+    unsafe { ns.backend.zero(slba << shift, nlb << shift) }
+        .map_err(|e| file_failure(e, true, slba, sqe.nsid(), ctx.smart))?;
     ctx.smart.host_write_commands += 1;
     Ok(0)
 }
@@ -89,10 +92,12 @@ pub fn dataset_management(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Fai
         }
     }
     if deallocate {
+        writable(ns, 0, nsid)?;
         let shift = ns.lba_shift();
         for (slba, len) in ranges {
             // SAFETY: checked against the namespace above.
-            unsafe { ns.backend.zero(slba << shift, len << shift) };
+            unsafe { ns.backend.zero(slba << shift, len << shift) }
+                .map_err(|e| file_failure(e, true, slba, nsid, ctx.smart))?;
         }
     }
     Ok(0)
@@ -169,11 +174,13 @@ pub fn copy(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
             ))
         }
     }
+    writable(ns, sdlba, nsid)?;
     let shift = ns.lba_shift();
     let mut dst = sdlba;
     for (slba, nlb) in ranges {
         // SAFETY: both ranges were checked against the namespace above.
-        unsafe { ns.backend.copy(slba << shift, dst << shift, nlb << shift) };
+        unsafe { ns.backend.copy(slba << shift, dst << shift, nlb << shift) }
+            .map_err(|e| file_failure(e, true, dst, nsid, ctx.smart))?;
         dst += nlb;
     }
     ctx.smart.bytes_written += total << shift;

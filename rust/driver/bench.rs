@@ -24,6 +24,8 @@ pub enum Mode {
 pub enum Workload {
     /// Reads of random block-aligned LBAs until the time is up.
     RandRead,
+    /// Writes of random block-aligned LBAs until the time is up.
+    RandWrite,
     /// Writes of every block once, in order (fills a RAM namespace so later
     /// reads touch real pages, not the shared zero page).
     Fill,
@@ -190,7 +192,7 @@ pub fn run(
     let mut next_block = 0u64;
     let opcode = match p.workload {
         Workload::RandRead => io::READ,
-        Workload::Fill => io::WRITE,
+        Workload::RandWrite | Workload::Fill => io::WRITE,
     };
     let mut make = |cid: u16, rng: &mut Rng| {
         let mut s = Sqe::new(opcode, cid, p.nsid);
@@ -198,7 +200,7 @@ pub fn run(
         let prp2 = if p.block_size > 4096 { buf + 4096 } else { 0 };
         s.set_prps(buf, prp2);
         let block = match p.workload {
-            Workload::RandRead => rng.next_u64() % blocks,
+            Workload::RandRead | Workload::RandWrite => rng.next_u64() % blocks,
             Workload::Fill => {
                 next_block += 1;
                 next_block - 1
@@ -212,7 +214,7 @@ pub fn run(
     let deadline = start + Duration::from_secs_f64(p.seconds);
     // Fill issues each block once: at most `blocks` commands in all.
     let budget = match p.workload {
-        Workload::RandRead => u64::MAX,
+        Workload::RandRead | Workload::RandWrite => u64::MAX,
         Workload::Fill => blocks,
     };
     let first = u64::from(p.qd).min(budget) as u32;

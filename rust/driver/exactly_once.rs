@@ -242,6 +242,7 @@ pub fn engine_for(plan: &Plan) -> Result<Engine, String> {
             size_bytes: NS_BYTES,
             lba_size: LBA,
             backend: "ram".into(),
+            file: None,
         }],
         msix_vectors: plan.iothreads + 1,
         max_qid: plan.iothreads,

@@ -37,6 +37,13 @@ impl Engine {
             .iter()
             .map(|w| w.waker.wakeups.load(Ordering::Relaxed))
             .sum();
+        let (mut file_ops, mut file_errors) = (0, 0);
+        for ns in self.shared.namespaces.iter() {
+            if let Some(f) = ns.backend.as_file() {
+                file_ops += f.ops.load(Ordering::Relaxed);
+                file_errors += f.errors.load(Ordering::Relaxed);
+            }
+        }
         let d = &self.shared.doorbells;
         let v = &self.shared.vectors;
         vec![
@@ -62,6 +69,8 @@ impl Engine {
             ("coalescing_timeouts", expired),
             ("intx_assertions", asserts),
             ("intx_deassertions", deasserts),
+            ("file_ops", file_ops),
+            ("file_errors", file_errors),
         ]
     }
 

@@ -16,11 +16,13 @@ fn engine(poll_us: u64, mdts_bytes: u64) -> Engine {
                 size_bytes: 1 << 20,
                 lba_size: 512,
                 backend: "ram".into(),
+                file: None,
             },
             NamespaceSpec {
                 size_bytes: 1 << 20,
                 lba_size: 4096,
                 backend: "null".into(),
+                file: None,
             },
         ],
         msix_vectors: 4,

@@ -7,10 +7,9 @@
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{
-    lock, AdminOutcome, ErrorEntry, Polling, Queues, Shared, ERROR_RING, NO_TAIL, SQ_BURST,
-};
-use crate::cmd::io::{self, IoContext};
+use super::file_io::{record, FileIo};
+use super::{lock, AdminOutcome, Polling, Queues, Shared, NO_TAIL, SQ_BURST};
+use crate::cmd::io::{self, IoContext, Started};
 use crate::doorbell::Shadow;
 use crate::intx::LevelCallback;
 use crate::irq::IrqMode;
@@ -205,19 +204,29 @@ impl Shared {
     fn process(&self, w: usize, admin: &mut Vec<Sqe>, out: &mut Signals) -> usize {
         let mut guard = lock(&self.workers[w].queues);
         let q = &mut *guard;
+        // Completions of file commands first: they free CQ slots, and an SQ
+        // being deleted (no longer in active_sqs) still waits for them.
+        let reaped = self.reap_files(q);
         if self.fatal.load(Ordering::Relaxed) || q.active_sqs.is_empty() {
             // Nothing to fetch, but an interrupt held by coalescing is still
             // due (its SQ may have been deleted since): send it, or the
             // deadline sleep_plan sleeps towards stays in the past.
+            if reaped > 0 {
+                self.decide_signals(w, q, out);
+            }
             q.coalesce.expire(&mut out.vectors);
-            return 0;
+            return reaped;
         }
         let mem = self.mem.snapshot();
         let shadow = self.doorbells.shadow();
         let page_size = self.page_size.load(Ordering::Relaxed);
+        // Read under the queue lock, which reset takes to bump it: stable
+        // for this pass.
+        let gen = self.generation.load(Ordering::SeqCst);
+        let files = q.file.is_some();
         let mut done = 0usize;
         let mut failed = false;
-        for k in 0..q.active_sqs.len() {
+        'queues: for k in 0..q.active_sqs.len() {
             let qid = q.active_sqs[k];
             let tail = self.sq_tail(&mem, shadow, q, qid, out);
             let Some(cqid) = q.sqs[usize::from(qid)].as_ref().map(|s| s.cqid) else {
@@ -229,6 +238,9 @@ impl Shared {
             };
             let mut burst = 0;
             while burst < SQ_BURST && sq.available(tail) > 0 {
+                if files && q.file.as_ref().is_some_and(FileIo::full) {
+                    break 'queues;
+                }
                 let Some(cq) = q.cqs[usize::from(cqid)].as_mut() else {
                     break;
                 };
@@ -280,22 +292,39 @@ impl Shared {
                     scratch: &mut q.scratch,
                     smart: &mut q.smart,
                 };
-                let (status, dw0) = match io::execute(&mut ctx, &sqe) {
-                    Ok(dw0) => (Status::SUCCESS, dw0),
-                    Err(failure) => {
-                        q.stats.io_errors += 1;
-                        if q.errors.len() == ERROR_RING {
-                            q.errors.pop_front();
+                let started = if files {
+                    io::start(&mut ctx, &sqe)
+                } else {
+                    io::execute(&mut ctx, &sqe).map(Started::Done)
+                };
+                let result = match started {
+                    Ok(Started::Done(dw0)) => Ok(dw0),
+                    Err(failure) => Err(failure),
+                    Ok(Started::File(op)) => {
+                        let begun = match q.file.as_mut() {
+                            Some(f) => f.begin(
+                                &self.namespaces,
+                                &mem,
+                                &q.segs,
+                                op,
+                                gen,
+                                qid,
+                                cqid,
+                                sqe.cid(),
+                            ),
+                            None => unreachable_file(op),
+                        };
+                        match begun {
+                            // Its CQ slot stays reserved until it completes.
+                            Ok(()) => {
+                                sq.inflight += 1;
+                                continue;
+                            }
+                            Err(failure) => Err(failure),
                         }
-                        q.errors.push_back(ErrorEntry {
-                            sqid: qid,
-                            cid: sqe.cid(),
-                            failure,
-                        });
-                        (failure.status, 0)
                     }
                 };
-                q.stats.io_commands += 1;
+                let (status, dw0) = record(&mut q.stats, &mut q.errors, qid, sqe.cid(), result);
                 if cq
                     .post(&mem, Cqe::new(qid, sqe.cid(), status, dw0), sq.head as u16)
                     .is_err()
@@ -309,6 +338,13 @@ impl Shared {
                 break;
             }
         }
+        if let Some(f) = q.file.as_mut() {
+            // One io_uring_enter for the pass; a file in the page cache is
+            // served inline, so the reap below often finds it done.
+            f.submit();
+            done += self.reap_files(q);
+        }
+        done += reaped;
         self.decide_signals(w, q, out);
         if failed {
             self.fatal.store(true, Ordering::SeqCst);
@@ -317,6 +353,28 @@ impl Shared {
             q.stats.batches += 1;
         }
         done
+    }
+
+    /// Completes every file command still in flight (the worker is
+    /// stopping), then drops the worker's rings.
+    fn drain_files(&self, w: usize, out: &mut Signals) {
+        loop {
+            let mut guard = lock(&self.workers[w].queues);
+            let q = &mut *guard;
+            if self.reap_files(q) > 0 {
+                self.decide_signals(w, q, out);
+            }
+            match q.file.as_mut() {
+                Some(f) if f.inflight > 0 => f.wait(),
+                _ => {
+                    q.file = None;
+                    break;
+                }
+            }
+            drop(guard);
+            self.deliver(out);
+        }
+        self.deliver(out);
     }
 
     /// Before sleeping: publish EventIdx (so the host's next doorbell write
@@ -433,6 +491,10 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
     let mut idle_spins = 0u32;
     // Scans in a row that found nothing: the scan interval doubles with each.
     let mut empty_scans = 0u32;
+    if w > 0 {
+        let f = FileIo::new(&s.namespaces, waker);
+        lock(&s.workers[w].queues).file = f;
+    }
     while !s.stop.load(Ordering::Relaxed) {
         let gen = s.generation.load(Ordering::SeqCst);
         let n = s.process(w, &mut admin, &mut out);
@@ -490,4 +552,18 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
         }
         idle_spins = 0;
     }
+    s.drain_files(w, &mut out);
+}
+
+/// A file command on a worker without file I/O: cannot happen (start()
+/// returns File only for a file namespace, and every I/O worker of an
+/// engine with one has a FileIo); completes with Internal Error if it did.
+#[cold]
+fn unreachable_file(op: io::FileOp) -> Result<(), io::Failure> {
+    Err(io::Failure {
+        status: Status::INTERNAL_ERROR,
+        param_loc: 0,
+        lba: op.slba,
+        nsid: op.ns as u32 + 1,
+    })
 }

@@ -22,6 +22,7 @@ const DOORBELLS: &[(&str, ())] = &[
 
 const WORKLOADS: &[(&str, bench::Workload)] = &[
     ("randread", bench::Workload::RandRead),
+    ("randwrite", bench::Workload::RandWrite),
     ("fill", bench::Workload::Fill),
 ];
 

@@ -8,6 +8,8 @@ use pyo3::types::{PyBytes, PyDict};
 use super::callbacks::{notifier, PyAdminHandler, PyDmaTransport};
 use super::errors::{choice, config_err, state_err, to_py, u16_arg};
 use super::lifecycle;
+use crate::aio::Choice;
+use crate::backend::{CacheMode, FileSpec};
 use crate::engine::{AdminHandler, Engine, EngineConfig, NamespaceSpec, Polling};
 use crate::irq::{dup_fd, IrqMode};
 use crate::mem::DmaTransport;
@@ -25,6 +27,50 @@ const IRQ_MODES: &[(&str, IrqMode)] = &[
     ("msi", IrqMode::Msi),
     ("intx", IrqMode::Intx),
 ];
+
+/// One namespace entry: `(size_bytes, lba_size, backend)` or
+/// `(size_bytes, lba_size, backend, path, readonly, cache, io)`.
+fn namespace_spec(py: Python<'_>, ns: &Bound<'_, PyAny>) -> PyResult<NamespaceSpec> {
+    if let Ok((size_bytes, lba_size, backend)) = ns.extract::<(u64, u32, String)>() {
+        return Ok(NamespaceSpec {
+            size_bytes,
+            lba_size,
+            backend,
+            file: None,
+        });
+    }
+    let (size_bytes, lba_size, backend, path, readonly, cache, io) = ns
+        .extract::<(u64, u32, String, Option<String>, bool, String, String)>()
+        .map_err(|_| {
+            config_err(
+                py,
+                "a namespace is (size_bytes, lba_size, backend) or (size_bytes, lba_size, backend, path, readonly, cache, io)".into(),
+            )
+        })?;
+    let cache = CacheMode::parse(&cache).ok_or_else(|| {
+        config_err(
+            py,
+            format!("cache {cache:?} must be \"auto\", \"direct\" or \"buffered\""),
+        )
+    })?;
+    let io = Choice::parse(&io).ok_or_else(|| {
+        config_err(
+            py,
+            format!("io {io:?} must be \"auto\", \"io_uring\" or \"threads\""),
+        )
+    })?;
+    Ok(NamespaceSpec {
+        size_bytes,
+        lba_size,
+        backend,
+        file: path.map(|path| FileSpec {
+            path,
+            readonly,
+            cache,
+            io,
+        }),
+    })
+}
 
 /// The device's hot path (see `_core.pyi`).
 #[pyclass(frozen, module = "nvmefast._core", name = "Engine")]
@@ -48,7 +94,7 @@ impl PyEngine {
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
-        namespaces: Vec<(u64, u32, String)>,
+        namespaces: Vec<Bound<'_, PyAny>>,
         msix_vectors: u64,
         max_qid: u64,
         max_queue_entries: u32,
@@ -63,13 +109,9 @@ impl PyEngine {
         let polling = choice(py, "polling", polling, POLLING)?;
         let cfg = EngineConfig {
             namespaces: namespaces
-                .into_iter()
-                .map(|(size_bytes, lba_size, backend)| NamespaceSpec {
-                    size_bytes,
-                    lba_size,
-                    backend,
-                })
-                .collect(),
+                .iter()
+                .map(|ns| namespace_spec(py, ns))
+                .collect::<PyResult<_>>()?,
             msix_vectors: u16_arg(py, "msix_vectors", msix_vectors)?,
             max_qid: u16_arg(py, "max_qid", max_qid)?,
             max_queue_entries,
@@ -499,6 +541,35 @@ impl PyEngine {
         d.set_item("host_write_commands", s.host_write_commands)?;
         d.set_item("media_errors", s.media_errors)?;
         Ok(d)
+    }
+
+    fn namespace_size(&self, py: Python<'_>, nsid: u32) -> PyResult<u64> {
+        self.inner
+            .namespace_size(nsid)
+            .ok_or_else(|| config_err(py, format!("namespace {nsid} does not exist")))
+    }
+
+    fn namespace_info<'py>(&self, py: Python<'py>, nsid: u32) -> PyResult<Bound<'py, PyDict>> {
+        let i = self
+            .inner
+            .namespace_info(nsid)
+            .ok_or_else(|| config_err(py, format!("namespace {nsid} does not exist")))?;
+        let d = PyDict::new(py);
+        d.set_item("backend", i.backend)?;
+        d.set_item("size_bytes", i.size_bytes)?;
+        d.set_item("path", i.path)?;
+        d.set_item("io", i.io)?;
+        d.set_item("cache", i.cache)?;
+        d.set_item("readonly", i.readonly)?;
+        Ok(d)
+    }
+
+    fn set_write_cache(&self, enabled: bool) {
+        self.inner.set_write_cache(enabled);
+    }
+
+    fn write_cache(&self) -> bool {
+        self.inner.write_cache()
     }
 
     fn take_errors(&self, py: Python<'_>) -> Vec<(u16, u16, u16, u16, u64, u32)> {

@@ -23,6 +23,9 @@ pub struct SubmissionQueue {
     /// (slots, not CIDs: a CID may be reused once its command completes,
     /// a slot's entry cannot change before it is fetched).
     pub aborts: Vec<u32>,
+    /// Commands fetched and still running asynchronously (file I/O): the
+    /// SQ is not deleted until they complete.
+    pub inflight: u32,
 }
 
 impl SubmissionQueue {
@@ -41,6 +44,7 @@ impl SubmissionQueue {
             tail: 0,
             bad_tail: None,
             aborts: Vec::new(),
+            inflight: 0,
         })
     }
 

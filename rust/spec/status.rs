@@ -32,6 +32,12 @@ impl Status {
     pub const COMMAND_SIZE_LIMIT_EXCEEDED: Status = Status::new(SCT_COMMAND_SPECIFIC, 0x83);
     /// Compare found a difference (Media and Data Integrity Errors).
     pub const COMPARE_FAILURE: Status = Status::new(SCT_MEDIA, 0x85);
+    /// Media and data integrity: Write Fault (an EIO from the backing file on a write).
+    pub const WRITE_FAULT: Status = Status::new(SCT_MEDIA, 0x80);
+    /// Media and data integrity: Unrecovered Read Error (an EIO on a read).
+    pub const UNRECOVERED_READ_ERROR: Status = Status::new(SCT_MEDIA, 0x81);
+    /// Generic: Namespace is Write Protected (a read-only file namespace).
+    pub const NAMESPACE_WRITE_PROTECTED: Status = Status::new(SCT_GENERIC, 0x20);
 
     /// A status from its type and code.
     pub const fn new(sct: u16, sc: u16) -> Status {
