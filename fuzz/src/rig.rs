@@ -112,6 +112,7 @@ impl Rig {
                     size_bytes,
                     lba_size,
                     backend: backend.into(),
+            file: None,
                 })
                 .collect(),
             msix_vectors: 2,
