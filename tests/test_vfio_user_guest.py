@@ -34,6 +34,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -116,13 +117,15 @@ def short_dir(base: Path) -> Path:
 class Server:
     """`nvmefast serve` as a subprocess, its stdout and stderr in a log file."""
 
-    def __init__(self, directory: Path, name: str, extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, directory: Path, name: str, extra: tuple[str, ...] = (), namespace: str = f"ram:{NAMESPACE_BYTES >> 20}M"
+    ) -> None:
         self.socket = short_dir(directory) / f"{name}.sock"
         self.log_path = directory / f"{name}-server.log"
         self.args = [
             "serve",
             "--socket", str(self.socket),
-            "--namespace", f"ram:{NAMESPACE_BYTES >> 20}M",
+            "--namespace", namespace,
             "--serial", SERIAL,
             "--model", MODEL,
             "--iothreads", str(IOTHREADS),
@@ -205,8 +208,8 @@ def initrd(tool: Path, workdir: Path) -> Path:
     return out
 
 
-def start_server(directory: Path, name: str, extra: tuple[str, ...] = ()) -> Server:
-    server = Server(directory, name, extra)
+def start_server(directory: Path, name: str, extra: tuple[str, ...] = (), namespace: str | None = None) -> Server:
+    server = Server(directory, name, extra) if namespace is None else Server(directory, name, extra, namespace)
     try:
         server.wait_for_socket()
     except BaseException:
@@ -398,3 +401,80 @@ def test_guest_with_trapped_doorbells(
         srv.stop()
     report(capsys, b)
     assert_guest_ok(b)
+
+
+def boot_killing_the_server_after_flush(tool: Path, server: Server, initrd: Path, label: str) -> Boot:
+    """Boot, and SIGKILL the server the moment the guest reports that its
+    writes and their Flushes completed (``CHECK flushed_at``); then stop QEMU."""
+    cmd = ["bash", str(tool), "run", str(server.socket), str(initrd), "-smp", str(GUEST_CPUS)]
+    env = {**os.environ, "GUEST_TIMEOUT": str(BOOT_TIMEOUT)}
+    t0 = time.monotonic()
+    lines: list[str] = []
+    killed = threading.Event()
+    with subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, errors="replace", env=env, start_new_session=True,
+    ) as proc:  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if line.replace("\r", "").startswith("CHECK flushed_at=") and not killed.is_set():
+                    server.proc.send_signal(signal.SIGKILL)
+                    killed.set()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            killed.wait(BOOT_TIMEOUT)
+        finally:
+            # The guest cannot finish without its device: stop QEMU either way.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        reader.join(30)
+        err = proc.stderr.read()
+        rc = proc.wait()
+    server.proc.wait(10)
+    b = Boot(label, rc, time.monotonic() - t0, "".join(lines), err, server)
+    b.server_alive_after = server.alive()
+    (server.log_path.parent / f"{label.replace(' ', '-')}.console.log").write_text(b.diagnostics())
+    assert killed.is_set(), f"{label}: the guest never reported its flushed writes{b.diagnostics()}"
+    return b
+
+
+def test_file_namespace_keeps_flushed_data_across_a_killed_server(
+    tool: Path, workdir: Path, initrd: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--namespace file:disk.img``: the guest writes and flushes, the server
+    dies by SIGKILL right after the Flush completes, and a new server on the
+    same image serves the data back to a new boot."""
+    image = workdir / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(NAMESPACE_BYTES)
+    first = start_server(workdir, "file-1", namespace=f"file:{image}")
+    try:
+        b1 = boot_killing_the_server_after_flush(tool, first, initrd, "file boot 1")
+    finally:
+        first.stop()
+    assert first.exit_status == -signal.SIGKILL, f"server 1 ended with {first.exit_status}{b1.diagnostics()}"
+    regions = b1.regions()
+    assert len(regions) == 4 and all(f"written_{n}" in b1.checks for n in regions), (
+        f"file boot 1: the guest did not write every region{b1.diagnostics()}"
+    )
+    for name, size in regions.items():
+        assert b1.checks[f"before_{name}"] == zero_md5(size), f"file boot 1: a fresh image is not zeroes{b1.diagnostics()}"
+    second = start_server(workdir, "file-2", namespace=f"file:{image}")
+    try:
+        b2 = boot(tool, second, initrd, "file boot 2")
+    finally:
+        second.stop()
+    report(capsys, b1, b2)
+    assert_guest_ok(b2)
+    for name in regions:
+        assert b2.checks.get(f"before_{name}") == b1.checks[f"written_{name}"], (
+            f"file boot 2: region {name} lost what boot 1 flushed before the kill{b2.diagnostics()}"
+        )

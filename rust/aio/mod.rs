@@ -21,7 +21,9 @@ pub enum AioError {
     #[error("io_uring is unavailable here ({0}); use io=\"threads\" (or \"auto\")")]
     Unavailable(String),
     /// NVMEFAST_FILE_IO holds something else than a known path.
-    #[error("NVMEFAST_FILE_IO={0:?} is not one of \"auto\", \"io_uring\", \"threads\"")]
+    #[error(
+        "NVMEFAST_FILE_IO={0:?} is not one of \"auto\", \"io_uring\", \"threads\", \"inline\""
+    )]
     BadEnv(String),
     /// The ring, the threads or the eventfd could not be created.
     #[error("cannot set up file I/O: {0}")]
@@ -36,6 +38,8 @@ pub enum Choice {
     Auto,
     IoUring,
     Threads,
+    /// Synchronous `preadv2`/`pwritev2` on the worker thread.
+    Inline,
 }
 
 impl Choice {
@@ -45,6 +49,7 @@ impl Choice {
             "auto" => Some(Choice::Auto),
             "io_uring" | "uring" => Some(Choice::IoUring),
             "threads" => Some(Choice::Threads),
+            "inline" => Some(Choice::Inline),
             _ => None,
         }
     }
@@ -55,6 +60,11 @@ impl Choice {
 pub enum IoPath {
     IoUring,
     Threads,
+    /// Synchronous calls on the worker: for files with no asynchronous path
+    /// in the kernel (tmpfs refuses RWF_NOWAIT, so io_uring would hand every
+    /// request to one of its io-wq threads), where a call that copies from
+    /// the page cache beats any hand-off.
+    Inline,
 }
 
 impl IoPath {
@@ -63,6 +73,7 @@ impl IoPath {
         match self {
             IoPath::IoUring => "io_uring",
             IoPath::Threads => "threads",
+            IoPath::Inline => "inline",
         }
     }
 }
@@ -74,14 +85,17 @@ fn uring_probe() -> &'static Result<(), String> {
     PROBE.get_or_init(uring::probe)
 }
 
-/// Resolves a namespace's choice (and NVMEFAST_FILE_IO) to the path used.
-pub fn choose(c: Choice) -> Result<IoPath, AioError> {
+/// Resolves a namespace's choice (and NVMEFAST_FILE_IO) to the path used;
+/// `nowait`: the file takes RWF_NOWAIT (it has an asynchronous path).
+pub fn choose(c: Choice, nowait: bool) -> Result<IoPath, AioError> {
     let c = match (c, std::env::var("NVMEFAST_FILE_IO")) {
         (Choice::Auto, Ok(v)) if !v.is_empty() => Choice::parse(&v).ok_or(AioError::BadEnv(v))?,
         (c, _) => c,
     };
     match c {
         Choice::Threads => Ok(IoPath::Threads),
+        Choice::Inline => Ok(IoPath::Inline),
+        Choice::Auto if !nowait => Ok(IoPath::Inline),
         Choice::IoUring => match uring_probe() {
             Ok(()) => Ok(IoPath::IoUring),
             Err(e) => Err(AioError::Unavailable(e.clone())),
@@ -139,7 +153,9 @@ impl Aio {
             IoPath::IoUring => {
                 Aio::Uring(Box::new(uring::Uring::new(depth).map_err(AioError::Setup)?))
             }
-            IoPath::Threads => Aio::Threads(threads::Pool::new(8).map_err(AioError::Setup)?),
+            IoPath::Threads | IoPath::Inline => {
+                Aio::Threads(threads::Pool::new(8).map_err(AioError::Setup)?)
+            }
         })
     }
 

@@ -113,7 +113,7 @@ fn path_roundtrip(path: IoPath) {
 
 #[test]
 fn io_uring_roundtrip() {
-    if choose(Choice::IoUring).is_err() {
+    if choose(Choice::IoUring, true).is_err() {
         eprintln!("io_uring unavailable here: skipped");
         return;
     }

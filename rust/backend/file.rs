@@ -123,6 +123,20 @@ impl Drop for Aligned {
     }
 }
 
+/// True when the file takes RWF_NOWAIT reads: the kernel has a way to
+/// serve it without blocking, which io_uring uses to complete requests
+/// inline. tmpfs and character devices refuse it (EOPNOTSUPP).
+fn takes_nowait(f: &File) -> bool {
+    let mut b = [0u8; 1];
+    let iov = libc::iovec {
+        iov_base: b.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: one iovec over a 1-byte buffer we own.
+    let r = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) };
+    r >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EOPNOTSUPP)
+}
+
 impl FileBackend {
     /// Opens `spec.path` for a namespace of `lba_size`-byte LBAs; `want` is
     /// the size asked for (0: the file's own size).
@@ -243,8 +257,12 @@ impl FileBackend {
                 "is {size} bytes, not a multiple of the LBA size {lba}; extend it (truncate -s {fixed} PATH) or use lba_size=512"
             )));
         }
+        // A file refusing RWF_NOWAIT is memory (tmpfs) or a character
+        // device: there is no cache to bypass, and no asynchronous path.
+        let nowait = takes_nowait(&buffered);
         let (file, direct) = match spec.cache {
             CacheMode::Buffered => (None, false),
+            CacheMode::Auto if !nowait => (None, false),
             CacheMode::Auto | CacheMode::Direct if !regular && !block => (None, false),
             mode => match Self::open_direct(path, flags & !(libc::O_CREAT | libc::O_EXCL), lba) {
                 Ok(f) => (Some(f), true),
@@ -256,7 +274,7 @@ impl FileBackend {
                 Err(_) => (None, false),
             },
         };
-        let io = aio::choose(spec.io).map_err(|e| err(e.to_string()))?;
+        let io = aio::choose(spec.io, nowait).map_err(|e| err(e.to_string()))?;
         let file = match file {
             Some(f) => f,
             None => buffered

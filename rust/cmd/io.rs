@@ -323,6 +323,12 @@ fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, read: bool) -> Result<u32, Failure> {
     }
     let (ns, off, len) = lba_transfer(ctx, sqe, read)?;
     rw_segments(ctx, sqe, ns, off, read)?;
+    if !read && sqe.cdw(12) & (1 << 30) != 0 {
+        // FUA on the synchronous path: durable before the completion.
+        ns.backend
+            .flush()
+            .map_err(|e| file_failure(e, true, off >> ns.lba_shift(), sqe.nsid(), ctx.smart))?;
+    }
     count(ctx.smart, read, len);
     Ok(0)
 }
@@ -439,7 +445,11 @@ pub fn start(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<Started, Failure> {
     let is_file = nsid
         .checked_sub(1)
         .and_then(|i| ctx.namespaces.get(i as usize))
-        .is_some_and(|ns| ns.backend.as_file().is_some());
+        .is_some_and(|ns| {
+            ns.backend
+                .as_file()
+                .is_some_and(|f| f.io_path() != crate::aio::IoPath::Inline)
+        });
     if !is_file || sqe.fuse() != 0 || !matches!(opcode, op::READ | op::WRITE | op::FLUSH) {
         return execute(ctx, sqe).map(Started::Done);
     }

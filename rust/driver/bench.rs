@@ -248,8 +248,7 @@ pub fn run(
                 .ok_or("device returned an unknown CID")?;
             hist.record(now.duration_since(*t0).as_nanos() as u64);
             out.ios += 1;
-            if !draining
-                && (issued >= budget || (p.workload == Workload::RandRead && now >= deadline))
+            if !draining && (issued >= budget || (p.workload != Workload::Fill && now >= deadline))
             {
                 draining = true;
             }

@@ -56,6 +56,7 @@ impl FileIo {
         let paths: Vec<IoPath> = namespaces
             .iter()
             .filter_map(|ns| ns.backend.as_file().map(|f| f.io_path()))
+            .filter(|&p| p != IoPath::Inline)
             .collect();
         if paths.is_empty() {
             return None;
@@ -114,7 +115,7 @@ impl FileIo {
             .ok_or_else(internal)?;
         let aio = match file.io_path() {
             IoPath::IoUring => self.uring.as_mut().or(self.threads.as_mut()),
-            IoPath::Threads => self.threads.as_mut().or(self.uring.as_mut()),
+            IoPath::Threads | IoPath::Inline => self.threads.as_mut().or(self.uring.as_mut()),
         }
         .ok_or_else(internal)?;
         let index = match self.free.pop() {

@@ -152,8 +152,11 @@ fn roundtrip(dir: &str, io: Choice, cache: CacheMode, qd: usize) {
     }
     let info = e.namespace_info(1).unwrap();
     assert_eq!(info.size_bytes, SIZE);
-    if io == Choice::Threads {
-        assert_eq!(info.io, "threads");
+    match io {
+        Choice::Threads => assert_eq!(info.io, "threads"),
+        Choice::IoUring => assert_eq!(info.io, "io_uring"),
+        Choice::Inline => assert_eq!(info.io, "inline"),
+        Choice::Auto => {}
     }
     e.stop();
 }
@@ -367,13 +370,19 @@ fn file_quick_bench() {
     let path = std::env::var("NVMEFAST_FILE_BENCH").unwrap_or("/dev/shm/nvmefast-qb.img".into());
     let io = Choice::parse(&std::env::var("NVMEFAST_FILE_IO").unwrap_or("auto".into())).unwrap();
     let size = 1u64 << 30;
-    let e = file_engine(&path, size, io, CacheMode::Auto, false).unwrap();
+    let cache = CacheMode::parse(&std::env::var("QB_CACHE").unwrap_or("auto".into())).unwrap();
+    let e = file_engine(&path, size, io, cache, false).unwrap();
     println!("{:?}", e.namespace_info(1).unwrap());
     e.start().unwrap();
     let mut h = MockHost::new(&e, 8 << 20).unwrap();
     let mut q = h.create_queue_pair(&e, 1, 128, 1, false).unwrap();
     let buf = h.alloc(64 * 4096);
-    for w in [Workload::RandRead, Workload::RandWrite] {
+    let order = if std::env::var("QB_WRITE_FIRST").is_ok() {
+        [Workload::RandWrite, Workload::RandRead]
+    } else {
+        [Workload::RandRead, Workload::RandWrite]
+    };
+    for w in order {
         for qd in [1u32, 4, 16, 64] {
             let p = Params {
                 workload: w,
@@ -400,4 +409,25 @@ fn file_quick_bench() {
         }
     }
     e.stop();
+}
+
+#[test]
+fn roundtrip_direct_tmpfs_io_uring() {
+    roundtrip("/dev/shm", Choice::IoUring, CacheMode::Auto, 32);
+}
+
+#[test]
+fn roundtrip_inline() {
+    roundtrip("/var/tmp", Choice::Inline, CacheMode::Auto, 8);
+}
+
+#[test]
+fn tmpfs_files_are_served_inline_by_default() {
+    let p = TempPath::new("/dev/shm", "inline");
+    let e = file_engine(&p.0, 1 << 20, Choice::Auto, CacheMode::Auto, false).unwrap();
+    // tmpfs refuses RWF_NOWAIT: io_uring would hand every request to a thread.
+    assert_eq!(e.namespace_info(1).unwrap().io, "inline");
+    let q = TempPath::new("/var/tmp", "uring");
+    let e = file_engine(&q.0, 1 << 20, Choice::Auto, CacheMode::Auto, false).unwrap();
+    assert_ne!(e.namespace_info(1).unwrap().io, "inline");
 }

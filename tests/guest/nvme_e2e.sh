@@ -132,6 +132,10 @@ while read -r name off size; do
 done <<EOF
 $REGIONS
 EOF
+# Every write above ended in fsync, so in a Flush the device completed: a host
+# test may kill the server the moment it sees this line, and a new server on
+# the same image must still serve the patterns.
+check flushed_at "$(uptime_s)"
 
 drop_caches
 while read -r name off size; do
