@@ -258,7 +258,9 @@ class Engine:
         unrouted_notifications (unmasked vector with no notifier),
         notify_errors, coalesced_completions, coalescing_timeouts,
         intx_assertions, intx_deassertions; file_ops, file_errors (requests sent to
-        file namespaces and the ones that failed).
+        file namespaces and the ones that failed), file_ops_io_uring,
+        file_ops_threads, file_ops_inline (the same requests by the path that
+        served them).
         """
     def smart(self) -> dict[str, int]:
         """SMART/Health counters.

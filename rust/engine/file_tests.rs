@@ -152,6 +152,13 @@ fn roundtrip(dir: &str, io: Choice, cache: CacheMode, qd: usize) {
     }
     let info = e.namespace_info(1).unwrap();
     assert_eq!(info.size_bytes, SIZE);
+    let counters: std::collections::HashMap<_, _> = e.counters().into_iter().collect();
+    let key = format!("file_ops_{}", info.io);
+    assert!(
+        counters[key.as_str()] >= written.len() as u64 * 2,
+        "{key}: {counters:?}"
+    );
+    assert_eq!(counters["file_ops"], counters[key.as_str()]);
     match io {
         Choice::Threads => assert_eq!(info.io, "threads"),
         Choice::IoUring => assert_eq!(info.io, "io_uring"),

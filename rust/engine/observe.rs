@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::{lock, Engine, ErrorEntry, Stats};
+use crate::aio::IoPath;
 use crate::cmd::io::Smart;
 
 impl Engine {
@@ -38,10 +39,18 @@ impl Engine {
             .map(|w| w.waker.wakeups.load(Ordering::Relaxed))
             .sum();
         let (mut file_ops, mut file_errors) = (0, 0);
+        // Requests by the path that served them: which one is in use.
+        let mut by_path = [0u64; 3];
         for ns in self.shared.namespaces.iter() {
             if let Some(f) = ns.backend.as_file() {
-                file_ops += f.ops.load(Ordering::Relaxed);
+                let ops = f.ops.load(Ordering::Relaxed);
+                file_ops += ops;
                 file_errors += f.errors.load(Ordering::Relaxed);
+                by_path[match f.io_path() {
+                    IoPath::IoUring => 0,
+                    IoPath::Threads => 1,
+                    IoPath::Inline => 2,
+                }] += ops;
             }
         }
         let d = &self.shared.doorbells;
@@ -71,6 +80,9 @@ impl Engine {
             ("intx_deassertions", deasserts),
             ("file_ops", file_ops),
             ("file_errors", file_errors),
+            ("file_ops_io_uring", by_path[0]),
+            ("file_ops_threads", by_path[1]),
+            ("file_ops_inline", by_path[2]),
         ]
     }
 
