@@ -89,6 +89,18 @@ pub struct Plan {
     /// With [`Doorbell::Page`] and a worker that sleeps: how often it looks
     /// at the page (0: never, so page stores are lost on a sleeping worker).
     pub page_scan_us: u64,
+    /// Where the namespace keeps its data: RAM (commands complete in the
+    /// pass that fetched them) or a file through an asynchronous path
+    /// (they complete later, in any order).
+    pub storage: Storage,
+}
+
+/// The namespace of a plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    Ram,
+    /// A file in /dev/shm served by this path.
+    File(crate::aio::Choice),
 }
 
 impl Plan {
@@ -107,6 +119,7 @@ impl Plan {
             reap: Reap::Poll,
             timeout: Duration::from_secs(5),
             page_scan_us: 20,
+            storage: Storage::Ram,
         }
     }
 }
@@ -234,15 +247,30 @@ fn wait_irq(fd: &OwnedFd, timeout: Duration) -> bool {
     true
 }
 
-/// The engine a plan runs on: one 1 MiB RAM namespace, one vector per
-/// queue pair.
+/// The engine a plan runs on: one 1 MiB namespace (RAM, or a file in
+/// /dev/shm, unlinked once open), one vector per queue pair.
 pub fn engine_for(plan: &Plan) -> Result<Engine, String> {
-    Engine::new(EngineConfig {
+    static FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let (backend, file, path) = match plan.storage {
+        Storage::Ram => ("ram", None, None),
+        Storage::File(io) => {
+            let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = format!("/dev/shm/nvmefast-eo-{}-{n}.img", std::process::id());
+            let spec = crate::backend::FileSpec {
+                path: path.clone(),
+                readonly: false,
+                cache: crate::backend::CacheMode::Buffered,
+                io,
+            };
+            ("file", Some(spec), Some(path))
+        }
+    };
+    let e = Engine::new(EngineConfig {
         namespaces: vec![NamespaceSpec {
             size_bytes: NS_BYTES,
             lba_size: LBA,
-            backend: "ram".into(),
-            file: None,
+            backend: backend.into(),
+            file,
         }],
         msix_vectors: plan.iothreads + 1,
         max_qid: plan.iothreads,
@@ -254,8 +282,11 @@ pub fn engine_for(plan: &Plan) -> Result<Engine, String> {
         iothreads: plan.iothreads,
         affinity: Vec::new(),
         doorbell_stride: 4,
-    })
-    .map_err(|e| e.to_string())
+    });
+    if let Some(p) = path {
+        let _ = std::fs::remove_file(p);
+    }
+    e.map_err(|e| e.to_string())
 }
 
 /// Runs `plan` on a fresh engine; every fault found is in the report.

@@ -3,8 +3,9 @@
 //! host flat out and with random pauses. `NVMEFAST_SOAK=seconds` turns
 //! [`soak`] into a long randomised run over the same axes.
 
-use super::exactly_once::{run, Doorbell, Fault, Plan, Reap};
+use super::exactly_once::{run, Doorbell, Fault, Plan, Reap, Storage};
 use super::Rng;
+use crate::aio::Choice;
 use crate::engine::Polling;
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,30 @@ fn run_all(doorbell: Doorbell) {
         total += r.completed;
     }
     eprintln!("{doorbell:?}: {total} commands, each completed exactly once");
+}
+
+/// File namespaces complete commands asynchronously and out of order
+/// (io_uring, the thread pool): the same oracle over MMIO and shadow
+/// doorbells, every polling mode, one and two iothreads.
+#[test]
+fn exactly_once_with_file_namespaces() {
+    let mut total = 0;
+    for io in [Choice::IoUring, Choice::Threads, Choice::Inline] {
+        for doorbell in [Doorbell::Mmio, Doorbell::Shadow] {
+            for mut p in plans(doorbell) {
+                if p.qd == 2 {
+                    continue;
+                }
+                p.storage = Storage::File(io);
+                p.commands = 400;
+                let r = run(&p);
+                assert!(r.faults.is_empty(), "{p:?}: {:?}", r.faults);
+                assert_eq!(r.completed, p.commands * u64::from(p.iothreads), "{p:?}");
+                total += r.completed;
+            }
+        }
+    }
+    eprintln!("file namespaces: {total} commands, each completed exactly once");
 }
 
 #[test]
@@ -130,6 +155,11 @@ fn soak() {
             Reap::Irq
         };
         p.seed = rng.next_u64();
+        p.storage = [
+            Storage::Ram,
+            Storage::File(Choice::IoUring),
+            Storage::File(Choice::Threads),
+        ][rng.below(3) as usize];
         let r = run(&p);
         assert!(r.faults.is_empty(), "{p:?}: {:?}", r.faults);
         runs += 1;
