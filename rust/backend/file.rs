@@ -204,9 +204,22 @@ impl FileBackend {
             } else {
                 libc::LOCK_EX
             };
-            // SAFETY: flock on an fd we own.
-            if unsafe { libc::flock(buffered.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+            // A killed server's lock can outlive it by a moment (its file
+            // stays open until the kernel tears its io_uring down): a
+            // restart right after a crash waits up to a second for it.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            let locked = loop {
+                // SAFETY: flock on an fd we own.
+                if unsafe { libc::flock(buffered.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
+                    break Ok(());
+                }
                 let e = std::io::Error::last_os_error();
+                if errno_of(&e) != libc::EWOULDBLOCK || std::time::Instant::now() >= deadline {
+                    break Err(e);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            };
+            if let Err(e) = locked {
                 return Err(err(if errno_of(&e) == libc::EWOULDBLOCK {
                     "is in use: another process (an nvmefast server, a VM) holds a lock on it; stop it or serve a copy".into()
                 } else {
