@@ -11,6 +11,8 @@ use nvmefast::mem::DmaTransport;
 use nvmefast::shm::SharedMemory;
 use nvmefast::spec::opcode::io as op;
 use nvmefast::spec::{Cqe, Sqe, Status};
+use nvmefast::aio::Choice;
+use nvmefast::backend::{CacheMode, FileSpec};
 use nvmefast::{Engine, EngineConfig, NamespaceSpec, Polling};
 
 use crate::guard;
@@ -102,17 +104,31 @@ fn region(
     host
 }
 
+/// Where a file namespace of rig number `rig` lives while the engine opens it.
+fn file_path(rig: u64, nsid: u32) -> String {
+    format!("/dev/shm/nvmefast-fuzz-{}-{rig}-{nsid}.img", std::process::id())
+}
+
+/// Rigs built in this process (several run at once under `cargo test`).
+static RIGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Rig {
     /// Builds and starts the engine, maps A-D and creates I/O queue 1.
     pub fn new() -> Rig {
+        let n = RIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let engine = Engine::new(EngineConfig {
             namespaces: model::NAMESPACES
                 .iter()
-                .map(|&(_, backend, size_bytes, lba_size)| NamespaceSpec {
+                .map(|&(nsid, backend, size_bytes, lba_size)| NamespaceSpec {
                     size_bytes,
                     lba_size,
                     backend: backend.into(),
-            file: None,
+                    file: (backend == "file").then(|| FileSpec {
+                        path: file_path(n, nsid),
+                        readonly: false,
+                        cache: CacheMode::Buffered,
+                        io: Choice::IoUring,
+                    }),
                 })
                 .collect(),
             msix_vectors: 2,
@@ -127,6 +143,12 @@ impl Rig {
             doorbell_stride: 4,
         })
         .expect("engine");
+        for &(nsid, backend, ..) in model::NAMESPACES.iter() {
+            if backend == "file" {
+                // Open now: the name is not needed again.
+                let _ = std::fs::remove_file(file_path(n, nsid));
+            }
+        }
         let mut guards = Vec::new();
         let a = region(
             &engine,
@@ -167,7 +189,7 @@ impl Rig {
         let q = HostQueue::new(&d, 1, ENTRIES, SQ_IOVA, CQ_IOVA);
         let patterns = model::NAMESPACES
             .iter()
-            .filter(|n| n.1 == "ram")
+            .filter(|n| n.1 != "null")
             .map(|&(nsid, _, size, lbs)| {
                 let bytes = (0..size)
                     .map(|i| ((i * 131 + u64::from(nsid) * 17) % 251 + 1) as u8)

@@ -157,7 +157,7 @@ fn check_status(g: &Images, rig: &Rig, sqe: &Sqe, status: Status) -> Result<(), 
             Some(s) => want(s, &format!("reference PRP walk: {e:?}")),
             None => Ok(()),
         },
-        Ok(pieces) if sqe.opcode() == op::COMPARE && backend == "ram" => {
+        Ok(pieces) if sqe.opcode() == op::COMPARE && backend != "null" => {
             let data = model::gather(g, &pieces);
             let (_, _, ref image) = rig.patterns.iter().find(|p| p.0 == sqe.nsid()).unwrap();
             let off = (slba * lbs) as usize;
@@ -209,7 +209,7 @@ fn check_guest_memory(rig: &Rig, before: &Images, sqe: &Sqe, status: Status) -> 
         let Ok(pieces) = model::prp_pieces(before, sqe.prp1(), sqe.prp2(), nlb * lbs, true) else {
             return Ok(());
         };
-        if backend == "ram" {
+        if backend != "null" {
             let (_, _, ref image) = rig.patterns.iter().find(|p| p.0 == sqe.nsid()).unwrap();
             let mut off = (slba * lbs) as usize;
             for (iova, len) in pieces {
