@@ -228,6 +228,34 @@ pub unsafe fn transfer_all(
     iov: &[libc::iovec],
     flags: i32,
 ) -> Result<(), i32> {
+    let total: usize = iov.iter().map(|v| v.iov_len).sum();
+    if iov.len() <= 1024 {
+        // The common case, in one call on the caller's iovecs (no copy).
+        let Ok(at) = libc::off_t::try_from(offset) else {
+            return Err(libc::EINVAL);
+        };
+        // SAFETY: iov names buffers the caller vouches for.
+        let n = unsafe {
+            if write {
+                libc::pwritev2(fd, iov.as_ptr(), iov.len() as i32, at, flags)
+            } else {
+                libc::preadv2(fd, iov.as_ptr(), iov.len() as i32, at, flags)
+            }
+        };
+        if n >= 0 && n as usize == total {
+            return Ok(());
+        }
+        if n < 0 {
+            let e = std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO);
+            if e != libc::EINTR {
+                return Err(e);
+            }
+        }
+    }
+    // Short or interrupted: again from the start, resuming after short
+    // transfers (moving bytes already moved again is harmless).
     let mut rest: Vec<libc::iovec> = iov.to_vec();
     let mut first = 0usize;
     let mut off = offset;
