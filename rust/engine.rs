@@ -866,6 +866,18 @@ impl Engine {
         })
     }
 
+    /// Stops the workers and lets go of every file namespace's file (its
+    /// lock and descriptors), for an engine that will not run again; I/O to
+    /// a file namespace afterwards reads zeroes and writes nothing.
+    pub fn release_files(&self) {
+        self.stop();
+        for ns in self.shared.namespaces.iter() {
+            if let Some(f) = ns.backend.as_file() {
+                f.release();
+            }
+        }
+    }
+
     /// Volatile Write Cache (Set Features 06h) for every file namespace:
     /// off, each write is durable (RWF_DSYNC) before its completion.
     pub fn set_write_cache(&self, on: bool) {

@@ -72,6 +72,8 @@ pub struct FileBackend {
     write_cache: AtomicBool,
     /// Hole punching works on this file (cleared at its first refusal).
     punch: AtomicBool,
+    /// `release` ran: the descriptors name /dev/null.
+    released: AtomicBool,
     /// Requests sent to the file and the ones that failed.
     pub ops: AtomicU64,
     pub errors: AtomicU64,
@@ -304,6 +306,7 @@ impl FileBackend {
             io,
             write_cache: AtomicBool::new(true),
             punch: AtomicBool::new(true),
+            released: AtomicBool::new(false),
             ops: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         })
@@ -473,6 +476,29 @@ impl FileBackend {
             done += n as u64;
         }
         Ok(())
+    }
+
+    /// Lets go of the file while this value lives on (the engine was
+    /// closed, and Python may keep the object a while): both descriptors
+    /// are pointed at /dev/null, which drops the image lock and a block
+    /// device's exclusive claim, so the same file can be opened again at
+    /// once. Only called with no I/O in flight (the workers are stopped).
+    pub fn release(&self) {
+        if self.released.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(null) = open_raw("/dev/null", libc::O_RDWR) else {
+            return;
+        };
+        // Written back first: closing must not lose what a Flush would keep.
+        // SAFETY: fdatasync on an fd we own.
+        unsafe { libc::fdatasync(self.buffered.as_raw_fd()) };
+        for fd in [self.file.as_raw_fd(), self.buffered.as_raw_fd()] {
+            // SAFETY: dup2 onto descriptors this value owns: the numbers stay
+            // valid (and are closed by the Files' drop), only what they name
+            // changes.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
     }
 
     /// Makes completed writes durable (Flush).

@@ -307,6 +307,10 @@ fn opening_errors_name_the_path_and_the_fix() {
     let first = file_engine(&q.0, 1 << 20, Choice::Auto, CacheMode::Auto, false).unwrap();
     let m = msg(file_engine(&q.0, 0, Choice::Auto, CacheMode::Auto, false));
     assert!(m.contains("in use"), "{m}");
+    // release_files (close()) lets go of the lock while the engine lives on.
+    first.release_files();
+    let second = file_engine(&q.0, 0, Choice::Auto, CacheMode::Auto, false).unwrap();
+    drop(second);
     drop(first);
     assert!(file_engine(&q.0, 0, Choice::Auto, CacheMode::Auto, false).is_ok());
     // size_bytes creates a sparse file and extends a smaller one.

@@ -144,6 +144,9 @@ impl PyEngine {
             py.detach(|| {
                 self.inner.reset();
                 self.inner.clear_dma();
+                // The image lock goes with close(), not with the last
+                // Python reference: the file can be served again at once.
+                self.inner.release_files();
             });
         }
         self.inner.set_admin_handler(None);
