@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from nvmefast.config import BACKENDS, LBA_SIZES
+from nvmefast.config import BACKENDS, CACHE_MODES, IO_PATHS, LBA_SIZES, NamespaceConfig
 from nvmefast.errors import NvmeFastError
 
-__all__ = ["main", "parse_size"]
+__all__ = ["NamespaceSpec", "describe_namespace", "main", "parse_size"]
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -93,9 +94,24 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--namespace",
         action="append",
         type=_namespace,
-        metavar="KIND:SIZE[:LBA]",
-        help="a namespace: ram or null, a size like 64M or 1G, optionally the LBA size 512 or 4096; "
-        "repeat for more (default: one ram:1G)",
+        metavar="SPEC",
+        help="a namespace: ram:SIZE[:LBA] or null:SIZE[:LBA] (SIZE like 64M or 1G, LBA 512 or 4096), "
+        "or file:PATH[:LBA][:ro], a raw image file or block device of its own size (create an image "
+        "with truncate -s 1G disk.img), :ro for read-only; repeat for more (default: one ram:1G)",
+    )
+    s.add_argument(
+        "--cache",
+        choices=CACHE_MODES,
+        default="auto",
+        help="file namespaces: direct (O_DIRECT), buffered (page cache) or auto: direct where the file "
+        "allows it (default auto)",
+    )
+    s.add_argument(
+        "--io",
+        choices=IO_PATHS,
+        default="auto",
+        help="file namespaces: io_uring, threads (preadv2/pwritev2 thread pool) or auto: io_uring unless "
+        "the kernel or seccomp refuses it (default auto; NVMEFAST_FILE_IO=threads overrides auto)",
     )
     s.add_argument("--iothreads", type=int, default=1, help="I/O worker threads (default 1)")
     s.add_argument("--queues", type=int, default=8, help="I/O queue pairs offered (default 8)")
@@ -134,26 +150,90 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
 
 
-def _namespace(text: str) -> tuple[str, int, int]:
+@dataclasses.dataclass(frozen=True)
+class NamespaceSpec:
+    """One ``--namespace`` argument, parsed."""
+
+    backend: str
+    size_bytes: int | None
+    lba_size: int
+    path: str | None = None
+    readonly: bool = False
+
+
+_LBA_TEXT = {str(n): n for n in LBA_SIZES}
+
+
+def _namespace(text: str) -> NamespaceSpec:
+    kind, _, rest = text.partition(":")
+    if kind == "file":
+        return _file_namespace(text, rest)
     parts = text.split(":")
-    if len(parts) not in (2, 3) or parts[0] not in BACKENDS:
-        raise argparse.ArgumentTypeError(f"{text!r}: use ram:SIZE or null:SIZE, e.g. ram:64M, optionally :4096")
+    if len(parts) not in (2, 3) or kind not in BACKENDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use ram:SIZE or null:SIZE, e.g. ram:64M, optionally :4096, or file:PATH[:LBA][:ro]"
+        )
     size = parse_size(parts[1])
     lba = 512
     if len(parts) == 3:
-        if parts[2] not in {str(n) for n in LBA_SIZES}:
+        if parts[2] not in _LBA_TEXT:
             raise argparse.ArgumentTypeError(f"{text!r}: the LBA size must be 512 or 4096")
         lba = int(parts[2])
     if size < lba or size % lba:
         raise argparse.ArgumentTypeError(f"{text!r}: the size must be a positive multiple of the {lba}-byte LBA")
-    return parts[0], size, lba
+    return NamespaceSpec(kind, size, lba)
+
+
+def _file_namespace(text: str, rest: str) -> NamespaceSpec:
+    # file:PATH[:LBA][:ro], read from the right so that a path may hold ':'.
+    path, readonly, lba = rest, False, 512
+    head, _, last = path.rpartition(":")
+    if head and last == "ro":
+        path, readonly = head, True
+    head, _, last = path.rpartition(":")
+    if head and last.isdigit():
+        if last not in _LBA_TEXT:
+            raise argparse.ArgumentTypeError(f"{text!r}: the LBA size must be 512 or 4096, got {last}")
+        path, lba = head, _LBA_TEXT[last]
+    if not path:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: name the image file or block device, e.g. file:disk.img, file:disk.img:4096 or file:/dev/sdb:ro"
+        )
+    return NamespaceSpec("file", None, lba, path, readonly)
+
+
+def _namespace_config(spec: NamespaceSpec, args: argparse.Namespace) -> NamespaceConfig:
+    if spec.backend != "file":
+        return NamespaceConfig(size_bytes=spec.size_bytes, lba_size=spec.lba_size, backend=spec.backend)
+    return NamespaceConfig(
+        backend="file", path=spec.path, lba_size=spec.lba_size, readonly=spec.readonly,
+        cache=args.cache, io=args.io,
+    )
+
+
+def describe_namespace(nsid: int, info: Mapping[str, object]) -> str:
+    """One line saying how namespace ``nsid`` is served (the serve log's)."""
+    size = info["size_bytes"]
+    assert isinstance(size, int)
+    text = f"namespace {nsid}: {info['backend']} {_format_size(size)}"
+    if info["backend"] == "file":
+        mode = "read-only" if info["readonly"] else "read-write"
+        text += f" {info['path']}, io {info['io']}, cache {info['cache']}, {mode}"
+    return text
+
+
+def _format_size(size: int) -> str:
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return f"{size} bytes"
 
 
 def _serve(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from nvmefast.config import ControllerConfig, NamespaceConfig
+    from nvmefast.config import ControllerConfig
     from nvmefast.vfio_user import VfioUserServer
 
     logging.basicConfig(
@@ -162,9 +242,9 @@ def _serve(args: argparse.Namespace) -> int:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    specs = args.namespace or [("ram", 1 << 30, 512)]
+    specs: list[NamespaceSpec] = args.namespace or [NamespaceSpec("ram", 1 << 30, 512)]
     config = ControllerConfig(
-        namespaces=tuple(NamespaceConfig(size_bytes=size, lba_size=lba, backend=kind) for kind, size, lba in specs),
+        namespaces=tuple(_namespace_config(spec, args) for spec in specs),
         serial=args.serial,
         model=args.model,
         iothreads=args.iothreads,
@@ -187,8 +267,13 @@ def _serve(args: argparse.Namespace) -> int:
         raise
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    names = ", ".join(f"{kind}:{size >> 20}M" for kind, size, _ in specs)
-    print(f"nvmefast serve: listening on {args.socket} ({names}; {args.iothreads} iothread(s))", file=sys.stderr, flush=True)
+    print(
+        f"nvmefast serve: listening on {args.socket} ({len(specs)} namespace(s); {args.iothreads} iothread(s))",
+        file=sys.stderr, flush=True,
+    )
+    for nsid in range(1, len(specs) + 1):
+        print(f"nvmefast serve: {describe_namespace(nsid, server.controller.namespace_info(nsid))}",
+              file=sys.stderr, flush=True)
     try:
         while not server.wait(0.5):
             pass

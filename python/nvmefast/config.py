@@ -9,6 +9,8 @@ working controller with one 64 MiB RAM namespace.
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 from collections.abc import Sequence
 
 from nvmefast.errors import ConfigError
@@ -20,8 +22,14 @@ MIB = 1 << 20
 
 LBA_SIZES = (512, 4096)
 """LBA data sizes a namespace may use."""
-BACKENDS = ("ram", "null")
+BACKENDS = ("ram", "null", "file")
 """Namespace backends the core implements."""
+CACHE_MODES = ("auto", "direct", "buffered")
+"""``NamespaceConfig.cache`` values: O_DIRECT, the page cache, or whichever the file allows."""
+IO_PATHS = ("auto", "io_uring", "threads")
+"""``NamespaceConfig.io`` values: io_uring, a preadv2/pwritev2 thread pool, or io_uring when allowed."""
+DEFAULT_SIZE = 64 * MIB
+"""The size of a ``ram`` or ``null`` namespace given no ``size_bytes``."""
 MAX_NAMESPACES = 256
 """The most namespaces one controller exposes (NN)."""
 MAX_MSIX_VECTORS = 2048
@@ -54,16 +62,48 @@ def _check_ascii(name: str, value: object, max_len: int) -> None:
 class NamespaceConfig:
     """One namespace: its size, LBA data size and backend.
 
-    ``size_bytes`` must be a positive multiple of ``lba_size``; ``lba_size``
-    is 512 or 4096; ``backend`` is ``"ram"`` (data kept in memory) or
-    ``"null"`` (like SPDK's null bdev: writes are discarded and reads transfer
-    no data, leaving the host's buffer as it was; for measuring the
-    controller's own cost per command).
+    ``backend`` is ``"ram"`` (data kept in memory, the default), ``"null"``
+    (like SPDK's null bdev: writes are discarded and reads transfer no data,
+    leaving the host's buffer as it was; for measuring the controller's own
+    cost per command) or ``"file"`` (a raw image file or a block device at
+    ``path``, whose data outlives the process). ``lba_size`` is 512 or 4096.
+
+    ``size_bytes`` is a positive multiple of ``lba_size``. For ``ram`` and
+    ``null`` it defaults to 64 MiB. For ``file``, ``None`` (the default)
+    means the size of the file or block device, which must then exist; a
+    size creates a missing regular file or extends a shorter one (sparse,
+    as ``qemu-img create -f raw`` does), and a file longer than it is an
+    error. :attr:`nvmefast.Controller.config` holds the resolved size.
+
+    File namespaces only:
+
+    - ``path``: the image file or block device (``str`` or path-like).
+    - ``readonly``: open it read-only (shared lock, so several read-only
+      controllers may share it); Identify reports the namespace write
+      protected and writes fail with Namespace Is Write Protected.
+    - ``cache``: ``"direct"`` (O_DIRECT: no page cache), ``"buffered"``
+      (through the page cache) or ``"auto"`` (direct when the file system
+      accepts it and ``lba_size`` is at least the device's logical block
+      size, else buffered).
+    - ``io``: ``"io_uring"``, ``"threads"`` (a ``preadv2``/``pwritev2``
+      thread pool) or ``"auto"`` (io_uring unless the kernel or a seccomp
+      filter refuses it; the environment variable
+      ``NVMEFAST_FILE_IO=threads|io_uring`` overrides ``auto``).
+
+    What can be checked without opening the file is checked here (a path
+    that is a directory, a missing file without a size, a regular file
+    whose length is not a multiple of ``lba_size`` or exceeds
+    ``size_bytes``); the core checks again, and the rest (permission,
+    another process holding the file), when a Controller opens it.
     """
 
-    size_bytes: int = 64 * MIB
+    size_bytes: int | None = None
     lba_size: int = 512
     backend: str = "ram"
+    path: str | os.PathLike[str] | None = None
+    readonly: bool = False
+    cache: str = "auto"
+    io: str = "auto"
 
     def __post_init__(self) -> None:
         _check_int("NamespaceConfig.lba_size", self.lba_size, 1, None)
@@ -71,21 +111,149 @@ class NamespaceConfig:
             raise ConfigError(
                 f"NamespaceConfig.lba_size must be one of {LBA_SIZES}, got {self.lba_size}"
             )
-        _check_int("NamespaceConfig.size_bytes", self.size_bytes, 1, None)
-        if self.size_bytes % self.lba_size:
-            raise ConfigError(
-                f"NamespaceConfig.size_bytes must be a multiple of lba_size {self.lba_size}, "
-                f"got {self.size_bytes} (try {self.size_bytes - self.size_bytes % self.lba_size or self.lba_size})"
-            )
         if self.backend not in BACKENDS:
             raise ConfigError(
                 f"NamespaceConfig.backend must be one of {BACKENDS}, got {self.backend!r}"
             )
+        if self.size_bytes is None and self.backend != "file":
+            # frozen: object.__setattr__ is the documented way to normalise
+            # in __post_init__.
+            object.__setattr__(self, "size_bytes", DEFAULT_SIZE)
+        if self.size_bytes is not None:
+            hint = " (or None for the size of the file)" if self.backend == "file" else ""
+            if not isinstance(self.size_bytes, int) or isinstance(self.size_bytes, bool) or self.size_bytes < 1:
+                raise ConfigError(
+                    f"NamespaceConfig.size_bytes must be a positive int{hint}, "
+                    f"got {type(self.size_bytes).__name__} {self.size_bytes!r}"
+                )
+            if self.size_bytes % self.lba_size:
+                raise ConfigError(
+                    f"NamespaceConfig.size_bytes must be a multiple of lba_size {self.lba_size}, "
+                    f"got {self.size_bytes} (try {self.size_bytes - self.size_bytes % self.lba_size or self.lba_size})"
+                )
+        if not isinstance(self.readonly, bool):
+            raise ConfigError(f"NamespaceConfig.readonly must be a bool, got {type(self.readonly).__name__}")
+        for name, value, choices in (("cache", self.cache, CACHE_MODES), ("io", self.io, IO_PATHS)):
+            if value not in choices:
+                raise ConfigError(f"NamespaceConfig.{name} must be one of {choices}, got {value!r}")
+        if self.backend == "file":
+            self._check_file()
+            return
+        if self.path is not None:
+            raise ConfigError(
+                f"NamespaceConfig.path is for backend 'file'; a {self.backend!r} namespace has no file "
+                f"(drop path={self.path!r}, or set backend='file')"
+            )
+        given = [name for name, value in (("readonly", self.readonly), ("cache", self.cache != "auto"),
+                                          ("io", self.io != "auto")) if value]
+        if given:
+            raise ConfigError(
+                f"NamespaceConfig.{given[0]} applies to backend 'file' only; drop it for a {self.backend!r} namespace"
+            )
+
+    def _check_file(self) -> None:
+        if self.path is None:
+            raise ConfigError(
+                "NamespaceConfig.path is required for backend 'file': "
+                "give the image file or block device, e.g. path='disk.img'"
+            )
+        if not isinstance(self.path, (str, os.PathLike)) or isinstance(self.path, bytes):
+            raise ConfigError(
+                f"NamespaceConfig.path must be a str or os.PathLike, got {type(self.path).__name__} {self.path!r}"
+            )
+        path = os.fspath(self.path)
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"NamespaceConfig.path must name a file, got {self.path!r}")
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if self.size_bytes is None:
+                raise ConfigError(
+                    f"{path}: no such file; create it (truncate -s 1G {path}, or qemu-img create -f raw "
+                    f"{path} 1G) or give NamespaceConfig.size_bytes to have it created"
+                ) from None
+            if self.readonly:
+                raise ConfigError(
+                    f"{path}: no such file, and a read-only namespace cannot create it; create it first "
+                    "or drop readonly=True"
+                ) from None
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise ConfigError(f"{path}: directory {parent} does not exist; create it or choose another path")
+            return
+        except OSError as e:
+            # Permission on a parent, a loop of links, ...: the core says
+            # more when it opens the file; say what stat said.
+            raise ConfigError(f"{path}: cannot stat it ({e.strerror}); fix the path or its permissions") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(
+                f"{path} is a directory; give an image file or a block device, "
+                f"e.g. path={os.path.join(path, 'disk.img')!r}"
+            )
+        if not stat.S_ISREG(st.st_mode):
+            return  # a block device (or /dev/full): its size is the core's to find
+        if st.st_size == 0 and self.size_bytes is None:
+            raise ConfigError(
+                f"{path} is empty; give size_bytes to extend it (sparse), or extend it yourself "
+                f"(truncate -s 1G {path})"
+            )
+        if st.st_size % self.lba_size:
+            fixed = st.st_size - st.st_size % self.lba_size + self.lba_size
+            other = " or use lba_size=512" if st.st_size % 512 == 0 else ""
+            raise ConfigError(
+                f"{path}: size {st.st_size} is not a multiple of the {self.lba_size}-byte LBA size; "
+                f"extend it to {fixed} bytes (truncate -s {fixed} {path}){other}"
+            )
+        if self.size_bytes is not None and st.st_size > self.size_bytes:
+            raise ConfigError(
+                f"{path}: the file holds {st.st_size} bytes, more than size_bytes {self.size_bytes}; "
+                "nvmefast never truncates an image: give size_bytes >= the file's size, or None for its size"
+            )
+        if self.size_bytes is not None and self.readonly and st.st_size < self.size_bytes:
+            raise ConfigError(
+                f"{path}: the file holds {st.st_size} bytes, less than size_bytes {self.size_bytes}, and a "
+                "read-only namespace cannot extend it; drop size_bytes or readonly=True"
+            )
 
     @property
     def lbas(self) -> int:
-        """The namespace size in logical blocks (NSZE)."""
-        return self.size_bytes // self.lba_size
+        """The namespace size in logical blocks (NSZE).
+
+        Raises :class:`ConfigError` for a file namespace whose size comes
+        from the file and is not known yet: read it from
+        :attr:`nvmefast.Controller.config`, where it is resolved.
+        """
+        return self.size // self.lba_size
+
+    @property
+    def size(self) -> int:
+        """``size_bytes`` as an int; see :attr:`lbas` for when it is not known."""
+        if self.size_bytes is None:
+            raise ConfigError(
+                f"the size of file namespace {os.fspath(self.path or '')!r} is that of the file, known once a "
+                "Controller opened it: use Controller.config.namespaces[i].size_bytes"
+            )
+        return self.size_bytes
+
+
+def _check_shared_files(namespaces: Sequence[NamespaceConfig]) -> None:
+    # Two writable namespaces on one file would each lock it and the second
+    # would fail in the core with a message about "another process"; say
+    # what is really wrong. Read-only ones share the file as they may.
+    seen: dict[str, int] = {}
+    for i, ns in enumerate(namespaces):
+        if ns.backend != "file" or ns.path is None:
+            continue
+        key = os.path.realpath(os.fspath(ns.path))
+        if key in seen:
+            j = seen[key]
+            if not (ns.readonly and namespaces[j].readonly):
+                raise ConfigError(
+                    f"ControllerConfig.namespaces[{j}] and [{i}] both use {key}; give each namespace a "
+                    "file of its own, or make both read-only (readonly=True; file:PATH:ro on the command line)"
+                )
+        else:
+            seen[key] = i
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +261,8 @@ class ControllerConfig:
     """A controller: its namespaces, identity strings, queue and interrupt limits.
 
     - ``namespaces``: 1..256 :class:`NamespaceConfig`, NSIDs 1.. in order
-      (a list is accepted and stored as a tuple).
+      (a list is accepted and stored as a tuple). A file may back two
+      namespaces only when both are read-only.
     - ``serial`` (<= 20), ``model`` (<= 40), ``firmware`` (<= 8): printable
       ASCII for Identify Controller SN, MN and FR.
     - ``max_io_queue_pairs``: I/O SQ/CQ pairs the host may create (1..65535).
@@ -106,7 +275,11 @@ class ControllerConfig:
       bytes apart.
     - ``poll_us``: how long the worker polls for more work before sleeping.
     - ``aerl``: Asynchronous Event Request Limit, 0-based (0..255).
-    - ``volatile_write_cache``: report a volatile write cache (VWC).
+    - ``volatile_write_cache``: report a volatile write cache (VWC) and
+      start with it enabled: writes to a file namespace complete once the
+      kernel has them and a Flush (or FUA) makes them durable. ``False``,
+      or the host turning the Volatile Write Cache feature off, makes every
+      write durable before its completion (RWF_DSYNC).
     - ``msix_bar``: where the device emulates the MSI-X table and PBA.
       ``None`` (default): the embedder owns the MSI-X capability and table
       (a vfio-user client such as QEMU, or a test): vectors start enabled
@@ -171,6 +344,7 @@ class ControllerConfig:
                     f"ControllerConfig.namespaces[{i}] must be a NamespaceConfig, "
                     f"got {type(ns).__name__}"
                 )
+        _check_shared_files(self.namespaces)
         _check_ascii("ControllerConfig.serial", self.serial, 20)
         _check_ascii("ControllerConfig.model", self.model, 40)
         _check_ascii("ControllerConfig.firmware", self.firmware, 8)

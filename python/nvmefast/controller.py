@@ -11,13 +11,15 @@ layer executes admin commands.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from collections.abc import Callable
 from types import TracebackType
 
 from nvmefast._core import Engine
 from nvmefast.admin import Admin
-from nvmefast.config import ControllerConfig
+from nvmefast.config import ControllerConfig, NamespaceConfig
 from nvmefast.errors import ConfigError, DmaMapError, NvmeFastError, RegisterAccessError, StateError, VectorError
 from nvmefast.msix import MsixLayout, MsixRegisters, bar_size, layout_after
 from nvmefast.registers import Registers
@@ -26,12 +28,36 @@ __all__ = ["Controller"]
 
 log = logging.getLogger(__name__)
 
+NamespaceSpec = tuple[int, int, str] | tuple[int, int, str, str, bool, str, str]
+"""A namespace as ``_core.Engine`` takes it: (size_bytes, lba_size, backend)
+for ram/null, plus (path, readonly, cache, io) for a file."""
+
 
 def _check_u64(name: str, value: int) -> None:
     # Same reason as _check_vector: keep OverflowError/TypeError from the
     # binding out of the embedder's way.
     if not isinstance(value, int) or not 0 <= value < 1 << 64:
         raise DmaMapError(f"{name} must be an int in 0..2**64-1, got {value!r}")
+
+
+def _engine_namespace(ns: NamespaceConfig) -> NamespaceSpec:
+    # The core's namespace entry: the 3-tuple ram/null always had, the
+    # 7-tuple for a file (size 0: the file's own).
+    if ns.backend != "file":
+        return (ns.size, ns.lba_size, ns.backend)
+    assert ns.path is not None  # NamespaceConfig guarantees it for "file"
+    return (ns.size_bytes or 0, ns.lba_size, ns.backend, os.fspath(ns.path), ns.readonly, ns.cache, ns.io)
+
+
+def _resolve_sizes(cfg: ControllerConfig, engine: Engine) -> ControllerConfig:
+    if all(ns.backend != "file" for ns in cfg.namespaces):
+        return cfg
+    namespaces = []
+    for nsid, ns in enumerate(cfg.namespaces, start=1):
+        if ns.backend == "file":
+            ns = dataclasses.replace(ns, size_bytes=engine.namespace_size(nsid))
+        namespaces.append(ns)
+    return dataclasses.replace(cfg, namespaces=tuple(namespaces))
 
 
 class Controller:
@@ -44,10 +70,9 @@ class Controller:
     """
 
     def __init__(self, config: ControllerConfig | None = None) -> None:
-        self._config = config if config is not None else ControllerConfig()
-        cfg = self._config
+        cfg = config if config is not None else ControllerConfig()
         self._engine: Engine | None = Engine(
-            namespaces=[(ns.size_bytes, ns.lba_size, ns.backend) for ns in cfg.namespaces],
+            namespaces=[_engine_namespace(ns) for ns in cfg.namespaces],
             msix_vectors=cfg.vectors,
             max_qid=cfg.max_io_queue_pairs,
             max_queue_entries=cfg.max_queue_entries,
@@ -59,6 +84,14 @@ class Controller:
             affinity=list(cfg.iothread_affinity),
             doorbell_stride=4 << cfg.doorbell_stride,
         )
+        # A file namespace's size is the file's unless the config gave one:
+        # from here on the config carries the size the core opened, so
+        # Identify (NSZE/NCAP/NUSE) and every user see the real one.
+        try:
+            self._config = cfg = _resolve_sizes(cfg, self._engine)
+        except BaseException:
+            self._engine.close()
+            raise
         self._admin = Admin(cfg, self._engine)
         self._registers = Registers(cfg, self._engine, self._admin)
         # The MSI-X table/PBA: in BAR0 (the register file routes it), in a
@@ -133,8 +166,23 @@ class Controller:
 
     @property
     def config(self) -> ControllerConfig:
-        """The configuration the controller was built with."""
+        """The configuration the controller was built with, every namespace's
+        ``size_bytes`` resolved (a file namespace's is the file's size when
+        the config left it None)."""
         return self._config
+
+    def namespace_info(self, nsid: int) -> dict[str, object]:
+        """How namespace ``nsid`` is served: ``backend``, ``path`` (None
+        unless a file), ``io`` (``"io_uring"``, ``"threads"`` or
+        ``"memory"``), ``cache`` (``"direct"``, ``"buffered"`` or
+        ``"memory"``), ``readonly``, and ``size_bytes``."""
+        engine = self._live()
+        n = len(self._config.namespaces)
+        if not isinstance(nsid, int) or not 1 <= nsid <= n:
+            raise ConfigError(f"nsid must be an int in 1..{n} (this controller has {n} namespaces), got {nsid!r}")
+        info: dict[str, object] = dict(engine.namespace_info(nsid))
+        info["size_bytes"] = self._config.namespaces[nsid - 1].size
+        return info
 
     @property
     def bar0_size(self) -> int:

@@ -92,11 +92,12 @@ def build_identify_ctrl_nvm() -> bytes:
     return bytes(buf)
 
 
-def build_identify_ns_independent(*, shared: bool = False) -> bytes:
+def build_identify_ns_independent(*, shared: bool = False, write_protected: bool = False) -> bytes:
     """I/O Command Set Independent Identify Namespace (CNS 08h) of an active namespace."""
     buf = bytearray(IDENTIFY_SIZE)
-    # NSFEAT, RESCAP, FPI, ANAGRPID, NSATTR, NVMSETID, ENDGID all 0.
+    # NSFEAT, RESCAP, FPI, ANAGRPID, NVMSETID, ENDGID all 0.
     buf[1] = 1 if shared else 0  # NMIC bit 0: shared namespace
+    buf[8] = 1 if write_protected else 0  # NSATTR bit 0: write protected
     buf[14] = 0x01  # NSTAT bit 0: the namespace is ready
     return bytes(buf)
 

@@ -69,6 +69,8 @@ class Status(enum.IntEnum):
     """Command Sequence Error."""
     INVALID_PRP_OFFSET = _code(SCT_GENERIC, 0x13)
     """PRP Offset Invalid."""
+    NAMESPACE_WRITE_PROTECTED = _code(SCT_GENERIC, 0x20)
+    """Namespace is Write Protected."""
     LBA_RANGE = _code(SCT_GENERIC, 0x80)
     """LBA Out of Range."""
     CAPACITY_EXCEEDED = _code(SCT_GENERIC, 0x81)
@@ -100,6 +102,12 @@ class Status(enum.IntEnum):
     FEATURE_NOT_NS_SPECIFIC = _code(SCT_COMMAND_SPECIFIC, 0x0F)
     """Feature Not Namespace Specific."""
 
+    # Media and Data Integrity Errors (SCT 2h)
+    WRITE_FAULT = _code(SCT_MEDIA, 0x80)
+    """Write Fault: the backing file failed a write (EIO)."""
+    UNRECOVERED_READ_ERROR = _code(SCT_MEDIA, 0x81)
+    """Unrecovered Read Error: the backing file failed a read (EIO)."""
+
 
 _NAMES: dict[int, str] = {
     Status.SUCCESS: "Successful Completion",
@@ -113,6 +121,7 @@ _NAMES: dict[int, str] = {
     Status.INVALID_NSID: "Invalid Namespace or Format",
     Status.COMMAND_SEQUENCE_ERROR: "Command Sequence Error",
     Status.INVALID_PRP_OFFSET: "PRP Offset Invalid",
+    Status.NAMESPACE_WRITE_PROTECTED: "Namespace is Write Protected",
     Status.LBA_RANGE: "LBA Out of Range",
     Status.CAPACITY_EXCEEDED: "Capacity Exceeded",
     Status.INVALID_CQ: "Completion Queue Invalid",
@@ -127,6 +136,8 @@ _NAMES: dict[int, str] = {
     Status.INVALID_FORMAT: "Invalid Format",
     Status.FEATURE_NOT_CHANGEABLE: "Feature Not Changeable",
     Status.FEATURE_NOT_NS_SPECIFIC: "Feature Not Namespace Specific",
+    Status.WRITE_FAULT: "Write Fault",
+    Status.UNRECOVERED_READ_ERROR: "Unrecovered Read Error",
 }
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "MCL",
     "MSRC",
     "MSSRL",
+    "NSATTR_WRITE_PROTECTED",
     "NVME_VERSION",
     "ONCS",
     "SGLS",
@@ -169,6 +170,8 @@ def namespace_ids(serial: str, nsid: int) -> NamespaceIds:
     return NamespaceIds(eui64=eui64, nguid=nguid, uuid=ns_uuid)
 
 
+NSATTR_WRITE_PROTECTED = 1 << 0
+"""Identify Namespace NSATTR bit 0: the namespace is currently write protected."""
 CMIC_MULTI_CONTROLLER = 1 << 1
 """Identify Controller CMIC bit 1: the NVM subsystem may contain two or more controllers."""
 NMIC_SHARED = 1 << 0
@@ -241,7 +244,7 @@ def build_identify_namespace(
     buf = bytearray(IDENTIFY_SIZE)
     # A namespace keeps its bytes across Format NVM; a 4 KiB format of a size
     # that is no multiple of 4 KiB loses the tail.
-    lbas = ns.size_bytes // lba_size if ns is not None else 0
+    lbas = ns.size // lba_size if ns is not None else 0
     struct.pack_into("<QQQ", buf, 0, lbas, lbas, lbas)  # NSZE, NCAP, NUSE
     # NSFEAT 0: NUSE is NCAP (no thin provisioning reporting), no DULBE
     # (Error Recovery rejects it), no namespace atomicity or I/O hints.
@@ -250,6 +253,9 @@ def build_identify_namespace(
     buf[26] = lba_format_index(lba_size)  # FLBAS: bits 3:0, no metadata
     buf[30] = NMIC_SHARED if shared else 0  # NMIC
     buf[33] = DLFEAT
+    # NSATTR (byte 99) bit 0: write protected. The core fails writes to a
+    # read-only namespace with Namespace Is Write Protected (20h).
+    buf[99] = NSATTR_WRITE_PROTECTED if ns is not None and ns.readonly else 0
     struct.pack_into("<HIB", buf, 74, MSSRL, MCL, MSRC)
     if ids is not None:
         buf[104:120] = ids.nguid

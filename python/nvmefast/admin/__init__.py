@@ -128,6 +128,9 @@ class Admin:
         """When the controller was powered on, for SMART Power On Hours."""
         self.features = Features(config)
         """Current feature values."""
+        # The core starts with its write cache on; without a volatile write
+        # cache (VWC 0) every write must be durable at once.
+        engine.set_write_cache(self.features.write_cache_enabled)
         self.events = AsyncEvents(config.aerl)
         """Outstanding AERs and queued asynchronous events."""
         self.errors = ErrorLog()
@@ -263,6 +266,8 @@ class Admin:
             self.features.reset()
             self.queues_created = False
             self.page_size = 4096
+            write_cache = self.features.write_cache_enabled
+        self.engine.set_write_cache(write_cache)
 
     def counters(self) -> dict[str, int]:
         """Admin event counters, merged into ``Controller.counters()``."""

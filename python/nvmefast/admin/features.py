@@ -324,6 +324,12 @@ def set_features(admin: Admin, cmd: AdminCommand) -> Result:
             case FeatureId.KEEP_ALIVE_TIMER:
                 f.keep_alive_timeout = dw11
         warning = f.critical_warning() if fid == FeatureId.TEMPERATURE_THRESHOLD else 0
+        write_cache = f.write_cache_enabled
+    if fid == FeatureId.VOLATILE_WRITE_CACHE:
+        # WCE (bit 0) off makes the core write file namespaces with
+        # RWF_DSYNC: every write durable before its completion. Outside the
+        # lock, as the core may wait for writes in flight.
+        admin.engine.set_write_cache(write_cache)
     if warning:
         admin.smart_event(warning)
     return (Status.SUCCESS, 0)

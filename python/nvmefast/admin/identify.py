@@ -116,8 +116,8 @@ def identify(admin: Admin, cmd: AdminCommand) -> Result:
             _check_csi(cmd)
             data = _active_list(admin, cmd)
         case Cns.INDEPENDENT_NAMESPACE:
-            namespace_index(admin, cmd.nsid)
-            data = build_identify_ns_independent(shared=config.multi_controller)
+            ns = config.namespaces[namespace_index(admin, cmd.nsid)]
+            data = build_identify_ns_independent(shared=config.multi_controller, write_protected=ns.readonly)
         case Cns.IO_COMMAND_SETS:
             data = build_iocs_combinations()
         case _:

@@ -28,6 +28,7 @@ from nvmefast.testing.doorbells import HostDoorbells, ShadowBuffers, dbbuf_set
 from nvmefast.testing.identify import IdentifyController, IdentifyNamespace
 from nvmefast.testing.memory import PAGE_SIZE, GuestMemory
 from nvmefast.testing.msix import enable_msix
+from nvmefast.testing.nvm import CDW12_FUA
 from nvmefast.testing.prp import PrpSet, build_prps, data_pointers
 from nvmefast.testing.queues import CompletionQueue, QueuePair, SubmissionQueue, Vector
 from nvmefast.testing.sgl import DESCRIPTORS_PER_PAGE, SglDescriptor, SglSet, build_sgl
@@ -567,11 +568,12 @@ class Host:
         return self._lba_sizes[nsid]
 
     def _rw(self, opcode: int, nsid: int, slba: int, nlb: int, qid: int, entries: Sequence[int],
-            timeout: float) -> Completion:
+            timeout: float, cdw12_flags: int = 0) -> Completion:
         prps = self.build_prps(entries)
         try:
             sqe = build_sqe(opcode, nsid=nsid, prp1=prps.prp1, prp2=prps.prp2,
-                            cdw10=slba & 0xFFFF_FFFF, cdw11=slba >> 32, cdw12=(nlb - 1) & 0xFFFF)
+                            cdw10=slba & 0xFFFF_FFFF, cdw11=slba >> 32,
+                            cdw12=((nlb - 1) & 0xFFFF) | cdw12_flags)
             return self.io(sqe, qid, timeout)
         finally:
             self.free_prps(prps)
@@ -598,8 +600,12 @@ class Host:
                 self.free(entries[0])
 
     def write(self, nsid: int, slba: int, data: bytes, qid: int = 1, *, buf_iova: int | None = None,
-              entries: Sequence[int] | None = None, timeout: float = 5) -> None:
-        """Write ``data`` (a whole number of blocks) at ``slba``; raises CommandError on failure."""
+              entries: Sequence[int] | None = None, timeout: float = 5, fua: bool = False) -> None:
+        """Write ``data`` (a whole number of blocks) at ``slba``; raises CommandError on failure.
+
+        ``fua`` sets Force Unit Access (CDW12 bit 30): the data is durable
+        before the command completes.
+        """
         lba = self.lba_size(nsid)
         if not data or len(data) % lba:
             raise ValueError(f"write of {len(data)} bytes is not a whole number of {lba}-byte blocks")
@@ -609,7 +615,8 @@ class Host:
             entries = data_pointers(buf_iova, len(data))
         try:
             self.mem.scatter(entries, data)
-            completion = self._rw(op.IO_WRITE, nsid, slba, len(data) // lba, qid, entries, timeout)
+            completion = self._rw(op.IO_WRITE, nsid, slba, len(data) // lba, qid, entries, timeout,
+                                  CDW12_FUA if fua else 0)
             if not completion.ok:
                 what = f"Write nsid {nsid} slba {slba} nlb {len(data) // lba}"
                 raise command_error(completion, op.IO_WRITE, what)

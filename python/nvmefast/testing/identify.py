@@ -165,6 +165,16 @@ class IdentifyNamespace:
         """Maximum Source Range Count of Copy, 0's based (byte 80)."""
         return self.raw[80]
 
+    @property
+    def nsattr(self) -> int:
+        """Namespace Attributes (byte 99); bit 0: the namespace is write protected."""
+        return self.raw[99]
+
+    @property
+    def write_protected(self) -> bool:
+        """NSATTR bit 0."""
+        return bool(self.nsattr & 1)
+
 
 def parse_nsid_list(raw: bytes) -> list[int]:
     """Parse an Active Namespace ID list (CNS 02h): NSIDs until the first zero."""
