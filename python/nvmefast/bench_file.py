@@ -287,21 +287,32 @@ class FileBench:
         """Tear down the controller."""
         self.session.close()
 
-    def point(self, workload: str, mode: str, qd: int, seconds: float) -> FilePoint:
-        """``workload`` at ``qd`` through the device, then its floor on the same file."""
+    def ours(self, workload: str, mode: str, qd: int, seconds: float) -> tuple[dict[str, float], float | None]:
+        """The device's side of a point: ``bench_io``'s figures, and file operations per command."""
         ops0 = _file_ops(self.engine)
         r = self.session.drive(mode, qd, seconds, workload)
         ops1 = _file_ops(self.engine)
+        per_io = None if ops0 is None or ops1 is None else (ops1 - ops0) / max(1.0, r["ios"])
+        return r, per_io
+
+    def with_floor(
+        self, workload: str, mode: str, qd: int, seconds: float, r: dict[str, float], file_ops_per_io: float | None
+    ) -> FilePoint:
+        """Measures the floor of a point :meth:`ours` just ran, and the point."""
         ours = figures_from(r)
-        ops_per_io = None if ops0 is None or ops1 is None else (ops1 - ops0) / max(1, ours.ios)
         fl = self.floor.measure(workload, qd, seconds)
         p = FilePoint(
             workload=workload, mode=mode, qd=qd, ours=ours,
-            interrupts_per_io=r["interrupts"] / max(1, ours.ios), file_ops_per_io=ops_per_io, floor=fl,
+            interrupts_per_io=r["interrupts"] / max(1, ours.ios), file_ops_per_io=file_ops_per_io, floor=fl,
         )
         if fl is not None and fl.kiops > 0 and fl.mean_us > 0:
             p.ratios = {"iops_vs_floor": ours.kiops / fl.kiops, "latency_vs_floor": ours.mean_us / fl.mean_us}
         return p
+
+    def point(self, workload: str, mode: str, qd: int, seconds: float) -> FilePoint:
+        """``workload`` at ``qd`` through the device, then its floor on the same file."""
+        r, per_io = self.ours(workload, mode, qd, seconds)
+        return self.with_floor(workload, mode, qd, seconds, r, per_io)
 
     def verify(self) -> tuple[bool, str]:
         """:func:`verify_data` on this namespace (writes only if ``cfg`` writes)."""
