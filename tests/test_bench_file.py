@@ -48,7 +48,7 @@ def check_points(data: dict[str, Any], workloads: set[str], qds: set[int], floor
         assert fl["kind"] == floor
         assert fl["errors"] == 0
         assert fl["ios"] > 0 and fl["kiops"] > 0 and fl["mean_us"] > 0
-        assert set(p["ratios"]) == {"iops_vs_floor", "latency_vs_floor"}
+        assert set(p["ratios"]) == {"iops_vs_floor", "latency_vs_floor", "latency_p50_vs_floor"}
 
 
 @needs_fio
