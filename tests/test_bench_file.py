@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from nvmefast.cli import main
-from nvmefast.file_floor import fio_command, parse_fio_json
+from nvmefast.file_floor import Figures, combine, fio_command, parse_fio_json
 
 needs_fio = pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed")
 
@@ -66,8 +66,9 @@ def test_bench_file_without_fio(tmp_path: Path, capsys: pytest.CaptureFixture[st
     empty = tmp_path / "bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
-    data, out = bench(tmp_path, capsys, "--rw", "randread", qds="2")
+    data, out = bench(tmp_path, capsys, "--rw", "randread", "--rounds", "2", qds="2")
     check_points(data, {"randread"}, {2}, "raw_io_uring")
+    assert [p["rounds"] for p in data["points"]] == [2]
     assert "raw loop" in out and "fio not on PATH" in out
 
 
@@ -111,3 +112,13 @@ def test_fio_command_and_parse() -> None:
     text = "note: a warning line\n" + json.dumps({"jobs": [{"error": 0, "write": side, "read": {}}]})
     p = parse_fio_json(text, "randwrite")
     assert (p.kind, p.kiops, p.mean_us, p.p50_us, p.p99_us, p.ios, p.seconds) == ("fio", 50.0, 20.0, 18.0, 40.0, 12_500, 0.25)
+
+
+def test_combine_rounds() -> None:
+    a = Figures(kiops=10, mean_us=10, p50_us=9, p99_us=30, ios=1000, errors=0, seconds=0.1)
+    b = Figures(kiops=30, mean_us=2, p50_us=1, p99_us=10, ios=3000, errors=1, seconds=0.1)
+    c = combine([a, b, b])
+    assert c.ios == 7000 and c.errors == 2 and c.seconds == pytest.approx(0.3)
+    assert c.kiops == pytest.approx(7000 / 0.3 / 1000)
+    assert c.mean_us == pytest.approx((10 * 1000 + 2 * 6000) / 7000)
+    assert (c.p50_us, c.p99_us) == (1, 10)

@@ -26,7 +26,7 @@ from nvmefast import _core
 from nvmefast.bench import BLOCK, BenchConfig, BenchSession
 from nvmefast.config import NamespaceConfig
 from nvmefast.errors import ConfigError
-from nvmefast.file_floor import Figures, FloorPoint, FloorRunner, figures_from
+from nvmefast.file_floor import Figures, FloorPoint, FloorRunner, combine, figures_from
 
 __all__ = [
     "FileBench",
@@ -68,6 +68,8 @@ class FileBenchConfig:
     cache: str = "auto"
     io: str = "auto"
     poll_us: int = 50
+    rounds: int = 1
+    """Each point is this many alternations of (ours, its floor), ``seconds`` each, combined."""
 
 
 @dataclass
@@ -77,6 +79,8 @@ class FilePoint:
     workload: str
     mode: str
     qd: int
+    rounds: int
+    """Rounds of (ours, floor) combined in the figures."""
     ours: Figures
     interrupts_per_io: float
     file_ops_per_io: float | None
@@ -301,24 +305,49 @@ class FileBench:
         """Measures the floor of a point :meth:`ours` just ran, and the point."""
         ours = figures_from(r)
         fl = self.floor.measure(workload, qd, seconds)
-        p = FilePoint(
-            workload=workload, mode=mode, qd=qd, ours=ours,
-            interrupts_per_io=r["interrupts"] / max(1, ours.ios), file_ops_per_io=file_ops_per_io, floor=fl,
-        )
-        if fl is not None and fl.kiops > 0 and fl.mean_us > 0:
-            p.ratios = {"iops_vs_floor": ours.kiops / fl.kiops, "latency_vs_floor": ours.mean_us / fl.mean_us}
-            if fl.p50_us > 0:
-                p.ratios["latency_p50_vs_floor"] = ours.p50_us / fl.p50_us
-        return p
+        return _point(workload, mode, qd, ours, r["interrupts"], file_ops_per_io, fl, 1)
 
-    def point(self, workload: str, mode: str, qd: int, seconds: float) -> FilePoint:
-        """``workload`` at ``qd`` through the device, then its floor on the same file."""
-        r, per_io = self.ours(workload, mode, qd, seconds)
-        return self.with_floor(workload, mode, qd, seconds, r, per_io)
+    def point(self, workload: str, mode: str, qd: int, seconds: float, rounds: int = 1) -> FilePoint:
+        """``rounds`` times: ``workload`` at ``qd`` through the device for
+        ``seconds``, then its floor on the same file for as long; the rounds
+        combined (:func:`nvmefast.file_floor.combine`)."""
+        ours: list[Figures] = []
+        floors: list[FloorPoint] = []
+        interrupts = 0.0
+        ops: float | None = 0.0
+        for _ in range(rounds):
+            r, per_io = self.ours(workload, mode, qd, seconds)
+            ours.append(figures_from(r))
+            interrupts += r["interrupts"]
+            ops = None if ops is None or per_io is None else ops + per_io * r["ios"]
+            fl = self.floor.measure(workload, qd, seconds)
+            if fl is not None:
+                floors.append(fl)
+        o = combine(ours)
+        floor = None
+        if floors and len(floors) == rounds:
+            floor = FloorPoint(**asdict(combine(floors)), kind=floors[-1].kind)
+        per_io_all = None if ops is None else ops / max(1, o.ios)
+        return _point(workload, mode, qd, o, interrupts, per_io_all, floor, rounds)
 
     def verify(self) -> tuple[bool, str]:
         """:func:`verify_data` on this namespace (writes only if ``cfg`` writes)."""
         return verify_data(self.session, self.cfg.path, self.size, "randwrite" in self.cfg.workloads)
+
+
+def _point(
+    workload: str, mode: str, qd: int, ours: Figures, interrupts: float, file_ops_per_io: float | None,
+    floor: FloorPoint | None, rounds: int,
+) -> FilePoint:
+    p = FilePoint(
+        workload=workload, mode=mode, qd=qd, rounds=rounds, ours=ours, interrupts_per_io=interrupts / max(1, ours.ios),
+        file_ops_per_io=file_ops_per_io, floor=floor,
+    )
+    if floor is not None and floor.kiops > 0 and floor.mean_us > 0:
+        p.ratios = {"iops_vs_floor": ours.kiops / floor.kiops, "latency_vs_floor": ours.mean_us / floor.mean_us}
+        if floor.p50_us > 0:
+            p.ratios["latency_p50_vs_floor"] = ours.p50_us / floor.p50_us
+    return p
 
 
 def run_file_bench(cfg: FileBenchConfig, progress: Callable[[str], None] | None = None) -> FileBenchResult:
@@ -333,8 +362,11 @@ def run_file_bench(cfg: FileBenchConfig, progress: Callable[[str], None] | None 
             for workload in cfg.workloads:
                 for mode in cfg.modes:
                     n += 1
-                    say(f"[{n}/{total}] {workload} {mode} QD{qd} for {cfg.seconds:g} s, then its floor ({fb.floor.kind})")
-                    points.append(fb.point(workload, mode, qd, cfg.seconds))
+                    say(
+                        f"[{n}/{total}] {workload} {mode} QD{qd}: {cfg.rounds} x ({cfg.seconds:g} s ours, "
+                        f"{cfg.seconds:g} s {fb.floor.kind})"
+                    )
+                    points.append(fb.point(workload, mode, qd, cfg.seconds, cfg.rounds))
         say("verifying data through the device against the file")
         verified, detail = fb.verify()
         info = dict(fb.engine.namespace_info(1))
@@ -361,10 +393,10 @@ def format_file_table(res: FileBenchResult) -> str:
     lines = [
         f"nvmefast bench: 4 KiB random {' and '.join(w[4:] + 's' for w in cfg.workloads)}, file namespace "
         f"{cfg.path} ({res.filesystem}, {res.size_bytes >> 20} MiB, LBA {cfg.lba_size} B), "
-        f"{cfg.seconds:g} s per point",
+        f"{cfg.seconds:g} s per point" + (f", {cfg.rounds} rounds of (ours, floor) per point" if cfg.rounds > 1 else ""),
         f"I/O path: {_io_path(res.namespace)}; cache: {cache} ({'O_DIRECT' if res.direct else 'page cache'}); "
         f"asked --io {cfg.io} --cache {cfg.cache}",
-        f"floor, measured right after each point: {res.floor}",
+        f"floor, measured right after each point{' (each round)' if cfg.rounds > 1 else ''}: {res.floor}",
         f"data: {'verified' if res.verified else 'NOT VERIFIED'}: {res.verify_detail}",
         "",
         f"{'rw':<10}{'mode':<5}{'QD':>4}  {'who':<9}{'KIOPS':>9}{'mean us':>10}{'p50 us':>9}{'p99 us':>9}  vs floor",

@@ -99,6 +99,13 @@ def _bench_file_arguments(b: argparse.ArgumentParser) -> None:
         default="auto",
         help="io_uring or the preadv2/pwritev2 thread pool (default auto)",
     )
+    f.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="alternate ours and the floor this many times per point, --seconds each, and combine "
+        "(noisy machines; default 1)",
+    )
 
 
 def _bench_file(args: argparse.Namespace) -> int:
@@ -110,6 +117,9 @@ def _bench_file(args: argparse.Namespace) -> int:
 
     if not args.file:
         print("nvmefast bench: --backend file needs --file PATH", file=sys.stderr)
+        return 2
+    if not 1 <= args.rounds <= 100:
+        print("nvmefast bench: --rounds must be in 1..100", file=sys.stderr)
         return 2
     mode = args.mode or "irq"
     cfg = FileBenchConfig(
@@ -123,6 +133,7 @@ def _bench_file(args: argparse.Namespace) -> int:
         cache=args.cache,
         io=args.io,
         poll_us=args.poll_us,
+        rounds=args.rounds,
     )
     res = run_file_bench(cfg, progress)
     print(format_file_table(res))

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from nvmefast import _core
 from nvmefast.errors import NvmeFastError
 
-__all__ = ["Figures", "FloorPoint", "figures_from", "FloorRunner", "FloorUnavailable", "fio_command", "parse_fio_json"]
+__all__ = ["Figures", "FloorPoint", "combine", "figures_from", "FloorRunner", "FloorUnavailable", "fio_command", "parse_fio_json"]
 
 WORKLOADS = ("randread", "randwrite")
 
@@ -50,6 +52,24 @@ def figures_from(r: dict[str, float]) -> Figures:
         ios=int(r["ios"]),
         errors=int(r["errors"]),
         seconds=r["seconds"],
+    )
+
+
+def combine(runs: Sequence[Figures]) -> Figures:
+    """Rounds of one point as one: IOPS over all their time, the I/O-weighted
+    mean latency, the median of their p50s and of their p99s."""
+    if not runs:
+        raise ValueError("combine needs at least one run")
+    ios = sum(f.ios for f in runs)
+    seconds = sum(f.seconds for f in runs)
+    return Figures(
+        kiops=ios / max(seconds, 1e-9) / 1000,
+        mean_us=sum(f.mean_us * f.ios for f in runs) / max(ios, 1),
+        p50_us=statistics.median(f.p50_us for f in runs),
+        p99_us=statistics.median(f.p99_us for f in runs),
+        ios=ios,
+        errors=sum(f.errors for f in runs),
+        seconds=seconds,
     )
 
 
