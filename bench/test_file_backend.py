@@ -43,14 +43,15 @@ def file_bench(request: pytest.FixtureRequest) -> Iterator[tuple[str, FileBench]
 def test_file(benchmark: BenchmarkFixture, file_bench: tuple[str, FileBench], workload: str, qd: int) -> None:
     where, fb = file_bench
     # The timed round is the device's side alone; its floor runs right after.
-    r, per_io = benchmark.pedantic(fb.ours, args=(workload, "irq", qd, SECONDS), rounds=1, iterations=1)
-    p = fb.with_floor(workload, "irq", qd, SECONDS, r, per_io)
+    r, ops = benchmark.pedantic(fb.ours, args=(workload, "irq", qd, SECONDS), rounds=1, iterations=1)
+    p = fb.with_floor(workload, "irq", qd, SECONDS, r, ops)
     verified, detail = fb.verify()
     ok = verified and p.ours.errors == 0 and (p.floor is None or p.floor.errors == 0)
     benchmark.extra_info.update(
         where=where,
         io=fb.info.get("io"),
         cache=fb.info.get("cache"),
+        served_by=p.served_by,
         kiops=p.ours.kiops,
         mean_us=p.ours.mean_us,
         p50_us=p.ours.p50_us,

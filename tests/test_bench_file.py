@@ -50,7 +50,7 @@ def check_points(data: dict[str, Any], workloads: set[str], qds: set[int], floor
     assert data["kind"] == "file"
     assert data["verified"] is True, data["verify_detail"]
     assert data["floor"]["kind"] == floor
-    assert data["namespace"]["io"] in ("io_uring", "threads")
+    assert data["namespace"]["io"] in ("io_uring", "threads", "inline")
     assert data["namespace"]["cache"] in ("direct", "buffered")
     pts = {(p["workload"], p["qd"]): p for p in data["points"]}
     assert set(pts) == {(w, q) for w in workloads for q in qds}
@@ -61,6 +61,8 @@ def check_points(data: dict[str, Any], workloads: set[str], qds: set[int], floor
         assert 0 < ours["p50_us"] <= ours["p99_us"]
         if p["file_ops_per_io"] is not None:
             assert p["file_ops_per_io"] >= 0.9, "every 4 KiB command went to the file"
+            if p["served_by"]:
+                assert set(p["served_by"]) == {data["namespace"]["io"]}, "the path the core reports served them"
         fl = p["floor"]
         if floor == "none":
             assert fl is None and p["ratios"] == {}
@@ -99,6 +101,7 @@ def test_bench_file_threads_and_buffered(tmp_path: Path, capsys: pytest.CaptureF
     data, out = bench(tmp_path, capsys, "--io", "threads", "--cache", "buffered", "--rw", "randwrite", qds="4")
     assert data["namespace"]["io"] == "threads"
     assert data["namespace"]["cache"] == "buffered"
+    assert all(set(p["served_by"]) <= {"threads"} for p in data["points"])
     assert "I/O path: threads" in out
     assert data["verified"] is True, data["verify_detail"]
     assert "--direct=1" not in data["floor"]["description"]

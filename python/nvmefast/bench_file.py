@@ -84,6 +84,9 @@ class FilePoint:
     ours: Figures
     interrupts_per_io: float
     file_ops_per_io: float | None
+    """Requests the core sent to the file per command (None: the core does not count them)."""
+    served_by: dict[str, float]
+    """Share of those requests per I/O path ("io_uring", "threads", "inline")."""
     floor: FloorPoint | None
     ratios: dict[str, float] = field(default_factory=dict)
 
@@ -245,9 +248,22 @@ def verify_data(session: BenchSession, path: str, size: int, writes: bool, block
         host.delete_io_queue_pair(1)
 
 
-def _file_ops(engine: _core.Engine) -> int | None:
-    ops = engine.counters().get("file_ops")
-    return None if ops is None else int(ops)
+def _file_ops(engine: _core.Engine) -> dict[str, int]:
+    """The core's file_ops counters: all requests, and by the path that served them."""
+    return {k: int(v) for k, v in engine.counters().items() if k.startswith("file_ops")}
+
+
+def _ops_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items()}
+
+
+def _ops_summary(ops: dict[str, int], ios: int) -> tuple[float | None, dict[str, float]]:
+    """Requests per command, and the share each I/O path served."""
+    total = ops.get("file_ops")
+    if total is None:
+        return None, {}
+    served = {k.removeprefix("file_ops_"): v / max(1, total) for k, v in ops.items() if k != "file_ops" and v > 0}
+    return total / max(1, ios), served
 
 
 class FileBench:
@@ -291,21 +307,19 @@ class FileBench:
         """Tear down the controller."""
         self.session.close()
 
-    def ours(self, workload: str, mode: str, qd: int, seconds: float) -> tuple[dict[str, float], float | None]:
-        """The device's side of a point: ``bench_io``'s figures, and file operations per command."""
+    def ours(self, workload: str, mode: str, qd: int, seconds: float) -> tuple[dict[str, float], dict[str, int]]:
+        """The device's side of a point: ``bench_io``'s figures, and the file requests it made (by path)."""
         ops0 = _file_ops(self.engine)
         r = self.session.drive(mode, qd, seconds, workload)
-        ops1 = _file_ops(self.engine)
-        per_io = None if ops0 is None or ops1 is None else (ops1 - ops0) / max(1.0, r["ios"])
-        return r, per_io
+        return r, _ops_delta(ops0, _file_ops(self.engine))
 
     def with_floor(
-        self, workload: str, mode: str, qd: int, seconds: float, r: dict[str, float], file_ops_per_io: float | None
+        self, workload: str, mode: str, qd: int, seconds: float, r: dict[str, float], ops: dict[str, int]
     ) -> FilePoint:
         """Measures the floor of a point :meth:`ours` just ran, and the point."""
         ours = figures_from(r)
         fl = self.floor.measure(workload, qd, seconds)
-        return _point(workload, mode, qd, ours, r["interrupts"], file_ops_per_io, fl, 1)
+        return _point(workload, mode, qd, ours, r["interrupts"], ops, fl, 1)
 
     def point(self, workload: str, mode: str, qd: int, seconds: float, rounds: int = 1) -> FilePoint:
         """``rounds`` times: ``workload`` at ``qd`` through the device for
@@ -314,12 +328,12 @@ class FileBench:
         ours: list[Figures] = []
         floors: list[FloorPoint] = []
         interrupts = 0.0
-        ops: float | None = 0.0
+        ops: dict[str, int] = {}
         for _ in range(rounds):
-            r, per_io = self.ours(workload, mode, qd, seconds)
+            r, round_ops = self.ours(workload, mode, qd, seconds)
             ours.append(figures_from(r))
             interrupts += r["interrupts"]
-            ops = None if ops is None or per_io is None else ops + per_io * r["ios"]
+            ops = {k: ops.get(k, 0) + v for k, v in round_ops.items()}
             fl = self.floor.measure(workload, qd, seconds)
             if fl is not None:
                 floors.append(fl)
@@ -327,8 +341,7 @@ class FileBench:
         floor = None
         if floors and len(floors) == rounds:
             floor = FloorPoint(**asdict(combine(floors)), kind=floors[-1].kind)
-        per_io_all = None if ops is None else ops / max(1, o.ios)
-        return _point(workload, mode, qd, o, interrupts, per_io_all, floor, rounds)
+        return _point(workload, mode, qd, o, interrupts, ops, floor, rounds)
 
     def verify(self) -> tuple[bool, str]:
         """:func:`verify_data` on this namespace (writes only if ``cfg`` writes)."""
@@ -336,12 +349,13 @@ class FileBench:
 
 
 def _point(
-    workload: str, mode: str, qd: int, ours: Figures, interrupts: float, file_ops_per_io: float | None,
+    workload: str, mode: str, qd: int, ours: Figures, interrupts: float, ops: dict[str, int],
     floor: FloorPoint | None, rounds: int,
 ) -> FilePoint:
+    per_io, served = _ops_summary(ops, ours.ios)
     p = FilePoint(
         workload=workload, mode=mode, qd=qd, rounds=rounds, ours=ours, interrupts_per_io=interrupts / max(1, ours.ios),
-        file_ops_per_io=file_ops_per_io, floor=floor,
+        file_ops_per_io=per_io, served_by=served, floor=floor,
     )
     if floor is not None and floor.kiops > 0 and floor.mean_us > 0:
         p.ratios = {"iops_vs_floor": ours.kiops / floor.kiops, "latency_vs_floor": ours.mean_us / floor.mean_us}
@@ -383,7 +397,23 @@ def _io_path(info: dict[str, Any]) -> str:
         return "io_uring"
     if io == "threads":
         return "threads (preadv2/pwritev2 pool: io_uring refused or not chosen)"
+    if io == "inline":
+        return "inline (preadv2/pwritev2 on the worker: the file has no asynchronous path, e.g. tmpfs)"
     return str(io)
+
+
+def _served(points: list[FilePoint]) -> str:
+    """Which paths served the run's requests, as shares of them."""
+    total: dict[str, float] = {}
+    n = 0.0
+    for p in points:
+        weight = (p.file_ops_per_io or 0.0) * p.ours.ios
+        n += weight
+        for path, share in p.served_by.items():
+            total[path] = total.get(path, 0.0) + share * weight
+    if n <= 0 or not total:
+        return ""
+    return "; requests served by " + ", ".join(f"{k} {100 * v / n:.0f}%" for k, v in sorted(total.items()))
 
 
 def format_file_table(res: FileBenchResult) -> str:
@@ -395,7 +425,7 @@ def format_file_table(res: FileBenchResult) -> str:
         f"{cfg.path} ({res.filesystem}, {res.size_bytes >> 20} MiB, LBA {cfg.lba_size} B), "
         f"{cfg.seconds:g} s per point" + (f", {cfg.rounds} rounds of (ours, floor) per point" if cfg.rounds > 1 else ""),
         f"I/O path: {_io_path(res.namespace)}; cache: {cache} ({'O_DIRECT' if res.direct else 'page cache'}); "
-        f"asked --io {cfg.io} --cache {cfg.cache}",
+        f"asked --io {cfg.io} --cache {cfg.cache}{_served(res.points)}",
         f"floor, measured right after each point{' (each round)' if cfg.rounds > 1 else ''}: {res.floor}",
         f"data: {'verified' if res.verified else 'NOT VERIFIED'}: {res.verify_detail}",
         "",

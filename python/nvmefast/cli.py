@@ -95,9 +95,10 @@ def _bench_file_arguments(b: argparse.ArgumentParser) -> None:
     )
     f.add_argument(
         "--io",
-        choices=("auto", "io_uring", "threads"),
+        choices=("auto", "io_uring", "threads", "inline"),
         default="auto",
-        help="io_uring or the preadv2/pwritev2 thread pool (default auto)",
+        help="io_uring, the preadv2/pwritev2 thread pool, or those calls on the worker itself "
+        "(default auto: inline for files with no asynchronous path, such as tmpfs)",
     )
     f.add_argument(
         "--rounds",
