@@ -20,6 +20,7 @@ __all__ = [
     "VectorError",
     "bench_io",
     "floor_eventfd_pingpong",
+    "floor_file_uring",
     "floor_memcpy_4k",
     "floor_shm_pingpong",
     "measure_irq_delivery",
@@ -322,6 +323,16 @@ def floor_shm_pingpong(iterations: int, max_seconds: float = 2.0) -> float:
 
 def floor_memcpy_4k(buffer_bytes: int, seconds: float) -> float:
     """Random 4 KiB memcpys per second out of a buffer of ``buffer_bytes``."""
+
+def floor_file_uring(
+    path: str, *, rw: str, qd: int, block_size: int, direct: bool, seconds: float
+) -> dict[str, float]:
+    """The file backend's floor without fio: ``rw`` ("randread" or
+    "randwrite") of ``block_size`` bytes at random aligned offsets, ``qd``
+    in flight, on ``path`` (O_DIRECT if ``direct``) through a raw io_uring
+    loop. Keys: ios, errors, seconds, iops, mean_ns, p50_ns, p99_ns.
+    ConfigError for bad arguments or an unopenable file; StateError when
+    io_uring refuses."""
 
 def measure_irq_delivery(
     kind: str,

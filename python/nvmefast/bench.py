@@ -107,14 +107,15 @@ def _queue_entries(qd: int, mqes: int) -> int:
 class BenchSession:
     """A controller brought up through its admin queue, ready to drive points.
 
-    Use as a context manager; :meth:`drive` creates a fresh I/O queue pair
+    ``ns`` (default: one of ``cfg``'s size, LBA size and backend) is the
+    namespace. Use as a context manager; :meth:`drive` creates a fresh I/O queue pair
     for each point (so the Rust host loop starts from an empty ring) and
     deletes it afterwards.
     """
 
-    def __init__(self, cfg: BenchConfig) -> None:
+    def __init__(self, cfg: BenchConfig, ns: NamespaceConfig | None = None) -> None:
         self.cfg = cfg
-        self.ns = NamespaceConfig(size_bytes=cfg.size_bytes, lba_size=cfg.lba_size, backend=cfg.backend)
+        self.ns = ns or NamespaceConfig(size_bytes=cfg.size_bytes, lba_size=cfg.lba_size, backend=cfg.backend)
         pairs = max(1, cfg.iothreads)
         # A doorbell page written with no ioeventfd wakes nobody: workers
         # must poll. Everything else keeps the adaptive default.

@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser(
         "bench",
         help="measure KIOPS and latency at several queue depths",
-        description="4 KiB random reads against an in-memory namespace, driven by a Rust host thread; "
+        description="4 KiB random reads against an in-memory namespace (or, with --backend file, random "
+        "reads and writes on a file beside fio on the same file), driven by a Rust host thread; "
         "prints KIOPS, mean/p50/p99 latency and the floors measured in the same run.",
     )
     b.add_argument("--qd", type=_int_list, default=(1, 4, 16, 64), help="queue depths, comma separated (default 1,4,16,64)")
@@ -48,10 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--mode",
         choices=("irq", "poll", "both"),
-        default="both",
-        help="completions by interrupt (eventfd), by polling the CQ, or both (default)",
+        help="completions by interrupt (eventfd), by polling the CQ, or both (default: both; irq with --backend file)",
     )
-    b.add_argument("--backend", choices=BACKENDS, default="ram", help="namespace backend (default ram)")
+    b.add_argument(
+        "--backend", choices=tuple(dict.fromkeys((*BACKENDS, "file"))), default="ram", help="namespace backend (default ram)"
+    )
+    _bench_file_arguments(b)
     b.add_argument("--size", type=parse_size, default=1 << 30, help="namespace size, e.g. 256M or 1G (default 1G)")
     b.add_argument("--lba-size", type=int, choices=LBA_SIZES, default=512, help="LBA size (default 512)")
     b.add_argument("--poll-us", type=int, default=50, help="worker polling window after work, in us (default 50)")
@@ -77,6 +80,69 @@ def _parser() -> argparse.ArgumentParser:
     )
     _serve_parser(sub)
     return p
+
+
+def _bench_file_arguments(b: argparse.ArgumentParser) -> None:
+    f = b.add_argument_group("--backend file")
+    f.add_argument(
+        "--file",
+        metavar="PATH",
+        help="the image file or block device; a missing or empty file is created at --size and filled with "
+        "random data; the write points overwrite its blocks (block devices: --rw randread only)",
+    )
+    f.add_argument("--rw", choices=("randread", "randwrite", "both"), default="both", help="default both")
+    f.add_argument(
+        "--cache", choices=("auto", "direct", "buffered"), default="auto", help="O_DIRECT or the page cache (default auto)"
+    )
+    f.add_argument(
+        "--io",
+        choices=("auto", "io_uring", "threads", "inline"),
+        default="auto",
+        help="io_uring, the preadv2/pwritev2 thread pool, or those calls on the worker itself "
+        "(default auto: inline for files with no asynchronous path, such as tmpfs)",
+    )
+    f.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="alternate ours and the floor this many times per point, --seconds each, and combine "
+        "(noisy machines; default 1)",
+    )
+
+
+def _bench_file(args: argparse.Namespace) -> int:
+    from nvmefast.bench import write_json
+    from nvmefast.bench_file import FileBenchConfig, failed, file_json, format_file_table, parse_workloads, run_file_bench
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    if not args.file:
+        print("nvmefast bench: --backend file needs --file PATH", file=sys.stderr)
+        return 2
+    if not 1 <= args.rounds <= 100:
+        print("nvmefast bench: --rounds must be in 1..100", file=sys.stderr)
+        return 2
+    mode = args.mode or "irq"
+    cfg = FileBenchConfig(
+        path=args.file,
+        qds=args.qd,
+        workloads=parse_workloads(args.rw),
+        modes=("irq", "poll") if mode == "both" else (mode,),
+        seconds=args.seconds,
+        size_bytes=args.size,
+        lba_size=args.lba_size,
+        cache=args.cache,
+        io=args.io,
+        poll_us=args.poll_us,
+        rounds=args.rounds,
+    )
+    res = run_file_bench(cfg, progress)
+    print(format_file_table(res))
+    if args.json:
+        write_json(args.json, file_json(res))
+        progress(f"wrote {args.json}")
+    return 1 if failed(res) else 0
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -303,7 +369,13 @@ def _bench(args: argparse.Namespace) -> int:
             write_json(args.json, irq_json(result))
             progress(f"wrote {args.json}")
         return 1 if any(r["errors"] for r in result.end_to_end + result.coalescing) else 0
-    modes = ("irq", "poll") if args.mode == "both" else (args.mode,)
+    if args.backend == "file":
+        return _bench_file(args)
+    if args.file:
+        print("nvmefast bench: --file needs --backend file", file=sys.stderr)
+        return 2
+    mode = args.mode or "both"
+    modes = ("irq", "poll") if mode == "both" else (mode,)
     cfg = BenchConfig(
         qds=args.qd,
         modes=modes,

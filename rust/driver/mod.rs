@@ -10,6 +10,7 @@ pub mod doorbell_fuzz;
 pub mod exactly_once;
 #[cfg(test)]
 mod exactly_once_tests;
+pub mod file_floor;
 pub mod floor;
 pub mod irqcost;
 pub mod ring;

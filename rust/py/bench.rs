@@ -9,7 +9,7 @@ use pyo3::types::PyDict;
 use super::callbacks::notifier;
 use super::engine::PyEngine;
 use super::errors::{choice, config_err, state_err, u16_arg, vector_err};
-use crate::driver::{bench, floor, irqcost, ring, HostMemory, HostQueue};
+use crate::driver::{bench, file_floor, floor, irqcost, ring, HostMemory, HostQueue};
 use crate::irq::{dup_fd, Notifier};
 
 /// The ways `bench_io` rings doorbells (matched by name in the host loop).
@@ -27,6 +27,11 @@ const WORKLOADS: &[(&str, bench::Workload)] = &[
 ];
 
 const MODES: &[(&str, bench::Mode)] = &[("irq", bench::Mode::Irq), ("poll", bench::Mode::Poll)];
+
+const FILE_RW: &[(&str, file_floor::Rw)] = &[
+    ("randread", file_floor::Rw::Read),
+    ("randwrite", file_floor::Rw::Write),
+];
 
 /// What `measure_irq_delivery` delivers through.
 #[derive(Clone, Copy)]
@@ -171,14 +176,7 @@ fn bench_io<'py>(
         bench::run(eng, &mem, &mut q, &params)
     });
     let o = r.map_err(|m| state_err(py, format!("benchmark failed: {m}")))?;
-    let d = PyDict::new(py);
-    d.set_item("ios", o.ios)?;
-    d.set_item("errors", o.errors)?;
-    d.set_item("seconds", o.seconds)?;
-    d.set_item("iops", o.ios as f64 / o.seconds.max(1e-9))?;
-    d.set_item("mean_ns", o.mean_ns)?;
-    d.set_item("p50_ns", o.p50_ns)?;
-    d.set_item("p99_ns", o.p99_ns)?;
+    let d = figures(py, &o)?;
     d.set_item("interrupts", o.interrupts)?;
     d.set_item("doorbells", o.doorbells)?;
     d.set_item("mmio_doorbells", o.mmio_doorbells)?;
@@ -204,6 +202,51 @@ fn floor_shm_pingpong(py: Python<'_>, iterations: u32, max_seconds: f64) -> f64 
 #[pyfunction]
 fn floor_memcpy_4k(py: Python<'_>, buffer_bytes: usize, seconds: f64) -> f64 {
     py.detach(|| floor::memcpy_4k(buffer_bytes, seconds))
+}
+
+/// ios, errors, seconds, iops and the latencies of a host loop's outcome.
+fn figures<'py>(py: Python<'py>, o: &bench::Outcome) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("ios", o.ios)?;
+    d.set_item("errors", o.errors)?;
+    d.set_item("seconds", o.seconds)?;
+    d.set_item("iops", o.ios as f64 / o.seconds.max(1e-9))?;
+    d.set_item("mean_ns", o.mean_ns)?;
+    d.set_item("p50_ns", o.p50_ns)?;
+    d.set_item("p99_ns", o.p99_ns)?;
+    Ok(d)
+}
+
+/// The file backend's floor without fio: `rw` ("randread"/"randwrite") of
+/// `block_size` bytes at `qd` on `path` through a raw io_uring loop.
+#[pyfunction]
+#[pyo3(signature = (path, *, rw, qd, block_size, direct, seconds))]
+fn floor_file_uring<'py>(
+    py: Python<'py>,
+    path: String,
+    rw: &str,
+    qd: u32,
+    block_size: u32,
+    direct: bool,
+    seconds: f64,
+) -> PyResult<Bound<'py, PyDict>> {
+    let params = file_floor::Params {
+        path,
+        rw: choice(py, "rw", rw, FILE_RW)?,
+        qd,
+        block_size,
+        direct,
+        seconds,
+    };
+    let o = py
+        .detach(|| file_floor::uring_loop(&params))
+        .map_err(|e| match e {
+            file_floor::FloorError::Params(_)
+            | file_floor::FloorError::Open { .. }
+            | file_floor::FloorError::TooSmall { .. } => config_err(py, e.to_string()),
+            _ => state_err(py, format!("raw io_uring floor failed: {e}")),
+        })?;
+    figures(py, &o)
 }
 
 /// Mean ns per interrupt delivery through one kind of notifier.
@@ -239,5 +282,6 @@ pub(super) fn add_functions(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(floor_eventfd_pingpong, m)?)?;
     m.add_function(wrap_pyfunction!(floor_shm_pingpong, m)?)?;
     m.add_function(wrap_pyfunction!(floor_memcpy_4k, m)?)?;
+    m.add_function(wrap_pyfunction!(floor_file_uring, m)?)?;
     m.add_function(wrap_pyfunction!(measure_irq_delivery, m)?)
 }
