@@ -866,6 +866,27 @@ impl Engine {
         })
     }
 
+    /// Makes everything written to the file namespaces durable (fdatasync
+    /// of each writable one, through the engine's own descriptors): a
+    /// normal shutdown (CC.SHN) calls it. Returns the first error as errno.
+    pub fn flush_all(&self) -> Result<(), i32> {
+        let mut first = Ok(());
+        for ns in self.shared.namespaces.iter() {
+            if let Some(f) = ns.backend.as_file() {
+                if f.readonly() {
+                    continue;
+                }
+                if let Err(e) = f.datasync() {
+                    // A character device (/dev/full) has nothing to sync.
+                    if e != libc::EINVAL && first.is_ok() {
+                        first = Err(e);
+                    }
+                }
+            }
+        }
+        first
+    }
+
     /// Stops the workers and lets go of every file namespace's file (its
     /// lock and descriptors), for an engine that will not run again; I/O to
     /// a file namespace afterwards reads zeroes and writes nothing.

@@ -760,10 +760,8 @@ def _write_zeroes_with_fua(host: Host) -> tuple[int, int]:
 
 @needs_cachestat
 @pytest.mark.parametrize("command", [
-    pytest.param(_copy_with_fua, id="copy", marks=pytest.mark.xfail(
-        strict=True, reason="core: Copy ignores FUA (CDW12 bit 30) on file namespaces; reported")),
-    pytest.param(_write_zeroes_with_fua, id="write-zeroes", marks=pytest.mark.xfail(
-        strict=True, reason="core: Write Zeroes ignores FUA (CDW12 bit 30) on file namespaces; reported")),
+    pytest.param(_copy_with_fua, id="copy"),
+    pytest.param(_write_zeroes_with_fua, id="write-zeroes"),
 ])
 def test_fua_on_other_writes(command: Any, disk_dir: str) -> None:
     path = os.path.join(disk_dir, "fua-other.img")

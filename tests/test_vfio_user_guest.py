@@ -403,6 +403,23 @@ def test_guest_with_trapped_doorbells(
     assert_guest_ok(b)
 
 
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid``: the tool runs QEMU under
+    `timeout`, which makes a process group of its own, so killpg misses it."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # field 6 of stat: the session
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def boot_killing_the_server_after_flush(tool: Path, server: Server, initrd: Path, label: str) -> Boot:
     """Boot, and SIGKILL the server the moment the guest reports that its
     writes and their Flushes completed (``CHECK flushed_at``); then stop QEMU."""
@@ -431,10 +448,7 @@ def boot_killing_the_server_after_flush(tool: Path, server: Server, initrd: Path
             killed.wait(BOOT_TIMEOUT)
         finally:
             # The guest cannot finish without its device: stop QEMU either way.
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_session(proc.pid)
         reader.join(30)
         err = proc.stderr.read()
         rc = proc.wait()

@@ -184,6 +184,10 @@ class Engine:
         io ("io_uring", "threads", "memory"), cache ("direct", "buffered",
         "memory"), readonly.
         """
+    def flush_all(self) -> None:
+        """fdatasync every writable file namespace through the engine's own
+        descriptors (a normal shutdown does it); ConfigError names the errno
+        when one fails."""
     def set_write_cache(self, enabled: bool) -> None:
         """Volatile Write Cache (Set Features 06h) for the file namespaces:
         disabled, every write is durable (RWF_DSYNC) before its completion."""

@@ -26,8 +26,10 @@ BACKENDS = ("ram", "null", "file")
 """Namespace backends the core implements."""
 CACHE_MODES = ("auto", "direct", "buffered")
 """``NamespaceConfig.cache`` values: O_DIRECT, the page cache, or whichever the file allows."""
-IO_PATHS = ("auto", "io_uring", "threads")
-"""``NamespaceConfig.io`` values: io_uring, a preadv2/pwritev2 thread pool, or io_uring when allowed."""
+IO_PATHS = ("auto", "io_uring", "threads", "inline")
+"""``NamespaceConfig.io`` values: io_uring, a preadv2/pwritev2 thread pool, those calls on the
+worker itself, or auto: inline for files with no asynchronous path (tmpfs), else io_uring when the
+kernel allows it, else threads."""
 DEFAULT_SIZE = 64 * MIB
 """The size of a ``ram`` or ``null`` namespace given no ``size_bytes``."""
 MAX_NAMESPACES = 256

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
-import stat
 import threading
 
 from nvmefast._core import Engine
 from nvmefast.admin import Admin
 from nvmefast.config import ControllerConfig
-from nvmefast.errors import RegisterAccessError
+from nvmefast.errors import NvmeFastError, RegisterAccessError
 from nvmefast.msix import MsixRegisters, bar_size, layout_after
 from nvmefast.structs import NVME_VERSION
 
@@ -65,23 +63,13 @@ AQA_MASK = 0x0FFF0FFF  # ASQS 11:0, ACQS 27:16
 QUEUE_BASE_MASK = ~0xFFF & (1 << 64) - 1  # ASQ/ACQ bits 11:0 reserved
 
 
-def _write_back_files(config: ControllerConfig) -> None:
-    # fdatasync works on the inode: a descriptor of our own reaches the
-    # pages the core's descriptors dirtied (and, for a block device, sends
-    # the device's cache flush).
-    for ns in config.namespaces:
-        if ns.backend != "file" or ns.readonly or ns.path is None:
-            continue
-        try:
-            fd = os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                mode = os.fstat(fd).st_mode
-                if stat.S_ISREG(mode) or stat.S_ISBLK(mode):  # not /dev/full and the like
-                    os.fdatasync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            log.exception("shutdown: writing back %s failed", os.fspath(ns.path))
+def _write_back_files(engine: Engine) -> None:
+    # Through the core's own descriptors: a path could name another file by
+    # now (renamed or replaced since it was opened).
+    try:
+        engine.flush_all()
+    except NvmeFastError:
+        log.exception("shutdown: writing back the file namespaces failed")
 
 
 def doorbells_end(config: ControllerConfig) -> int:
@@ -270,7 +258,7 @@ class Registers:
                 # for a file namespace that is the page cache. Commands in
                 # flight are the host's to wait for before it shuts down.
                 if old_shn == SHN_NONE:
-                    _write_back_files(self.config)
+                    _write_back_files(self.engine)
                 self._set_shst(SHST_COMPLETE)
             elif old_shn != SHN_NONE:
                 self._set_shst(0)

@@ -16,6 +16,22 @@ pub const MCL: u64 = 4096;
 /// Maximum Source Range Count, 0's based.
 pub const MSRC: u32 = 127;
 
+/// Force Unit Access (CDW12 bit 30) of Write Zeroes and Copy: what they
+/// wrote is durable before they complete.
+fn fua_flush(
+    ctx: &mut IoContext<'_>,
+    ns: &super::io::Namespace,
+    sqe: &Sqe,
+    lba: u64,
+) -> Result<(), Failure> {
+    if sqe.cdw(12) & (1 << 30) == 0 {
+        return Ok(());
+    }
+    ns.backend
+        .flush()
+        .map_err(|e| file_failure(e, true, lba, sqe.nsid(), ctx.smart))
+}
+
 /// 05h Compare: the host's data against the namespace.
 pub fn compare(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
     let (ns, mut off, len) = lba_transfer(ctx, sqe, false)?;
@@ -68,6 +84,7 @@ pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> 
     // SAFETY: the range check keeps it inside the namespace.
     unsafe { ns.backend.zero(slba << shift, nlb << shift) }
         .map_err(|e| file_failure(e, true, slba, sqe.nsid(), ctx.smart))?;
+    fua_flush(ctx, ns, sqe, slba)?;
     ctx.smart.host_write_commands += 1;
     Ok(0)
 }
@@ -183,6 +200,7 @@ pub fn copy(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
             .map_err(|e| file_failure(e, true, dst, nsid, ctx.smart))?;
         dst += nlb;
     }
+    fua_flush(ctx, ns, sqe, sdlba)?;
     ctx.smart.bytes_written += total << shift;
     ctx.smart.host_write_commands += 1;
     Ok(0)

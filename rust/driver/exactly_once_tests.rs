@@ -116,7 +116,9 @@ fn the_oracle_catches_a_replay_and_a_loss() {
     // A worker that never looks at the page loses every page store: the
     // harness says Lost (with the CIDs) instead of hanging or passing.
     let mut lossy = Plan::new(Doorbell::Page, Polling::Interrupt, 1, 2);
-    lossy.timeout = Duration::from_millis(300);
+    // Well inside the 500 ms nap of a worker with nothing to do, so a slow
+    // setup on a loaded machine does not let its next pass find the stores.
+    lossy.timeout = Duration::from_millis(100);
     lossy.commands = 10;
     lossy.page_scan_us = 0;
     let r = run(&lossy);

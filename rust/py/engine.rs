@@ -567,6 +567,18 @@ impl PyEngine {
         Ok(d)
     }
 
+    fn flush_all(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.flush_all()).map_err(|e| {
+            config_err(
+                py,
+                format!(
+                    "writing back the file namespaces failed: {}",
+                    std::io::Error::from_raw_os_error(e)
+                ),
+            )
+        })
+    }
+
     fn set_write_cache(&self, enabled: bool) {
         self.inner.set_write_cache(enabled);
     }
