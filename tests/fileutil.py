@@ -52,8 +52,11 @@ MODES = [
     pytest.param(FileMode("io_uring", "buffered", BUFFERED_DIR), id="io_uring-buffered"),
     pytest.param(FileMode("threads", "direct", DIRECT_DIR), id="threads-direct"),
     pytest.param(FileMode("threads", "buffered", BUFFERED_DIR), id="threads-buffered"),
+    pytest.param(FileMode("inline", "direct", DIRECT_DIR), id="inline-direct"),
+    pytest.param(FileMode("inline", "buffered", BUFFERED_DIR), id="inline-buffered"),
 ]
-"""Both I/O paths in both cache modes: every conformance test runs in each."""
+"""Every I/O path (io_uring, threads, inline: what io="auto" picks on tmpfs)
+in both cache modes: every conformance test runs in each."""
 ENV_THREADS = pytest.param(
     FileMode("auto", "buffered", BUFFERED_DIR, (("NVMEFAST_FILE_IO", "threads"),)), id="env-threads"
 )
