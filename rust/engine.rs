@@ -260,6 +260,8 @@ struct Shared {
     handler_gate: Mutex<()>,
     /// Volatile Write Cache enabled (mirrored into every file backend).
     write_cache: AtomicBool,
+    /// Some namespace is a file served inline (see `worker::INLINE_PASS`).
+    has_inline: bool,
 }
 
 /// The emulated controller's hot path.
@@ -351,6 +353,11 @@ impl Engine {
                 waker: Waker::new()?,
             });
         }
+        let namespaces_inline = namespaces.iter().any(|n: &Namespace| {
+            n.backend
+                .as_file()
+                .is_some_and(|f| f.io_path() == crate::aio::IoPath::Inline)
+        });
         let shared = Shared {
             doorbells,
             vectors: Vectors::new(cfg.msix_vectors, cfg.msix_embedder_managed),
@@ -371,6 +378,7 @@ impl Engine {
             admin: Mutex::new(None),
             handler_gate: Mutex::new(()),
             write_cache: AtomicBool::new(true),
+            has_inline: namespaces_inline,
             cfg,
         };
         Ok(Engine {

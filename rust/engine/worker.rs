@@ -16,6 +16,10 @@ use crate::irq::IrqMode;
 use crate::mem::MemoryMap;
 use crate::spec::{Cqe, Sqe, Status};
 
+/// Synchronous (inline) file commands a pass serves before it ends and
+/// signals what it completed.
+const INLINE_PASS: u32 = 8;
+
 /// What a pass leaves to deliver once the queue lock is dropped.
 #[derive(Default)]
 pub(super) struct Signals {
@@ -29,6 +33,16 @@ pub(super) struct Signals {
 const INVALID_DOORBELL_VALUE: u8 = 0x01;
 
 impl Shared {
+    /// True when namespace `nsid` is a file served inline (synchronous
+    /// calls on the worker).
+    #[inline]
+    fn is_inline(&self, nsid: u32) -> bool {
+        nsid.checked_sub(1)
+            .and_then(|i| self.namespaces.get(i as usize))
+            .and_then(|ns| ns.backend.as_file())
+            .is_some_and(|f| f.io_path() == crate::aio::IoPath::Inline)
+    }
+
     /// Wakes every worker (stop, mode changes, shadow reconfiguration).
     pub(super) fn wake_all(&self) {
         for w in self.workers.iter() {
@@ -224,6 +238,8 @@ impl Shared {
         // for this pass.
         let gen = self.generation.load(Ordering::SeqCst);
         let files = q.file.is_some();
+        // Commands served by a synchronous call on this worker this pass.
+        let mut inline = 0u32;
         let mut done = 0usize;
         let mut failed = false;
         'queues: for k in 0..q.active_sqs.len() {
@@ -239,6 +255,14 @@ impl Shared {
             let mut burst = 0;
             while burst < SQ_BURST && sq.available(tail) > 0 {
                 if files && q.file.as_ref().is_some_and(FileIo::full) {
+                    break 'queues;
+                }
+                if inline >= INLINE_PASS {
+                    // A pass of synchronous file calls ends early: its
+                    // completions are signalled now, so the host reaps and
+                    // resubmits while this worker serves the rest (a
+                    // pipeline, instead of the whole queue's calls before
+                    // the first interrupt).
                     break 'queues;
                 }
                 let Some(cq) = q.cqs[usize::from(cqid)].as_mut() else {
@@ -297,6 +321,9 @@ impl Shared {
                 } else {
                     io::execute(&mut ctx, &sqe).map(Started::Done)
                 };
+                if self.has_inline && self.is_inline(sqe.nsid()) {
+                    inline += 1;
+                }
                 let result = match started {
                     Ok(Started::Done(dw0)) => Ok(dw0),
                     Err(failure) => Err(failure),
