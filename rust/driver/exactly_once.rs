@@ -93,6 +93,9 @@ pub struct Plan {
     /// pass that fetched them) or a file through an asynchronous path
     /// (they complete later, in any order).
     pub storage: Storage,
+    /// The host pushes and never rings the SQ doorbell (a model of lost
+    /// doorbell writes): every command must come out as Lost.
+    pub mute: bool,
 }
 
 /// The namespace of a plan.
@@ -120,6 +123,7 @@ impl Plan {
             timeout: Duration::from_secs(5),
             page_scan_us: 20,
             storage: Storage::Ram,
+            mute: false,
         }
     }
 }
@@ -584,13 +588,13 @@ fn drive(
         while o.report.submitted < plan.commands && o.submit(q, rng.below(lbas)) {
             pushed = true;
             pause.maybe();
-            if rng.below(4) == 0 {
+            if rng.below(4) == 0 && !plan.mute {
                 q.ring_sq(e);
                 pushed = false;
                 pause.maybe();
             }
         }
-        if pushed {
+        if pushed && !plan.mute {
             q.ring_sq(e);
             pause.maybe();
         }

@@ -43,6 +43,8 @@ pub(super) struct FileIo {
     /// Commands submitted and not completed.
     pub(super) inflight: usize,
     done: Vec<Completion>,
+    /// Reused between reaps: no allocation per pass.
+    finished: Vec<Finished>,
 }
 
 // SAFETY: the raw iovec pointers name guest memory kept mapped by each
@@ -80,6 +82,7 @@ impl FileIo {
             free: Vec::new(),
             inflight: 0,
             done: Vec::new(),
+            finished: Vec::new(),
         })
     }
 
@@ -287,7 +290,7 @@ impl super::Shared {
             return 0;
         }
         let n = done.len();
-        let mut finished = Vec::with_capacity(n);
+        let mut finished = std::mem::take(&mut f.finished);
         for c in done.drain(..) {
             let Some(slot) = f.slots.get_mut(c.tag as usize) else {
                 continue;
@@ -308,7 +311,7 @@ impl super::Shared {
         let gen = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let mem = self.mem.snapshot();
         let mut failed = false;
-        for d in finished {
+        for d in finished.drain(..) {
             if d.gen != gen {
                 // Fetched before a reset: the queues it belonged to are gone.
                 continue;
@@ -330,6 +333,9 @@ impl super::Shared {
             if cq_post(q, &mem, d.cqid, Cqe::new(d.qid, d.cid, status, dw0), sqhd) {
                 failed = true;
             }
+        }
+        if let Some(f) = q.file.as_mut() {
+            f.finished = finished;
         }
         if failed {
             self.fatal.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -1,0 +1,152 @@
+//! The namespaces as the control plane sees them: Format NVM, sizes and
+//! backing, the volatile write cache, write-back and release of file
+//! namespaces, and the wait for file commands in flight.
+
+use std::sync::atomic::Ordering;
+
+use super::{lock, Engine, EngineError, NamespaceInfo, Queues};
+use crate::backend::Backend;
+
+impl Engine {
+    /// Waits (up to 30 s, with the GIL-free caller's thread) until
+    /// `pending` counts nothing on any worker; returns at once when the
+    /// workers are stopped (they drain before they exit).
+    pub(super) fn wait_files(&self, pending: impl Fn(&Queues) -> usize) {
+        if !self
+            .shared
+            .namespaces
+            .iter()
+            .any(|n| n.backend.as_file().is_some())
+        {
+            return;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.running() && std::time::Instant::now() < deadline {
+            let busy: usize = self
+                .shared
+                .workers
+                .iter()
+                .map(|w| pending(&lock(&w.queues)))
+                .sum();
+            if busy == 0 {
+                return;
+            }
+            self.shared.wake_all();
+            std::thread::sleep(std::time::Duration::from_micros(20));
+        }
+    }
+
+    /// Format NVM: namespace `nsid` (1-based) gets `lba_size` and reads as
+    /// zeroes. Every worker is held off while it happens.
+    pub fn format_namespace(&self, nsid: u32, lba_size: u32) -> Result<(), EngineError> {
+        if !matches!(lba_size, 512 | 4096) {
+            return Err(EngineError::Config(format!(
+                "lba_size {lba_size} must be 512 or 4096"
+            )));
+        }
+        let ns = nsid
+            .checked_sub(1)
+            .and_then(|i| self.shared.namespaces.get(i as usize))
+            .ok_or_else(|| EngineError::Config(format!("namespace {nsid} does not exist")))?;
+        let _held: Vec<_> = self
+            .shared
+            .workers
+            .iter()
+            .map(|w| lock(&w.queues))
+            .collect();
+        ns.format(lba_size).map_err(|e| {
+            EngineError::Config(format!(
+                "formatting namespace {nsid} failed: {}",
+                std::io::Error::from_raw_os_error(e)
+            ))
+        })
+    }
+
+    /// The size in bytes of namespace `nsid` (a file's, as opened).
+    pub fn namespace_size(&self, nsid: u32) -> Option<u64> {
+        let ns = self.shared.namespaces.get(nsid.checked_sub(1)? as usize)?;
+        Some(ns.size_bytes())
+    }
+
+    /// What namespace `nsid` is backed by and how.
+    pub fn namespace_info(&self, nsid: u32) -> Option<NamespaceInfo> {
+        let ns = self.shared.namespaces.get(nsid.checked_sub(1)? as usize)?;
+        Some(match &ns.backend {
+            Backend::File(f) => NamespaceInfo {
+                backend: "file",
+                size_bytes: ns.size_bytes(),
+                path: Some(f.path().to_string()),
+                io: f.io_path().name(),
+                cache: if f.direct() { "direct" } else { "buffered" },
+                readonly: f.readonly(),
+            },
+            other => NamespaceInfo {
+                backend: if matches!(other, Backend::Ram(_)) {
+                    "ram"
+                } else {
+                    "null"
+                },
+                size_bytes: ns.size_bytes(),
+                path: None,
+                io: "memory",
+                cache: "memory",
+                readonly: false,
+            },
+        })
+    }
+
+    /// Makes everything written to the file namespaces durable (fdatasync
+    /// of each writable one, through the engine's own descriptors): a
+    /// normal shutdown (CC.SHN) calls it. Returns the first error as errno.
+    pub fn flush_all(&self) -> Result<(), i32> {
+        let mut first = Ok(());
+        for ns in self.shared.namespaces.iter() {
+            if let Some(f) = ns.backend.as_file() {
+                if f.readonly() {
+                    continue;
+                }
+                if let Err(e) = f.datasync() {
+                    // A character device (/dev/full) has nothing to sync.
+                    if e != libc::EINVAL && first.is_ok() {
+                        first = Err(e);
+                    }
+                }
+            }
+        }
+        first
+    }
+
+    /// Stops the workers and lets go of every file namespace's file (its
+    /// lock and descriptors), for an engine that will not run again; I/O to
+    /// a file namespace afterwards reads zeroes and writes nothing.
+    pub fn release_files(&self) {
+        self.stop();
+        for ns in self.shared.namespaces.iter() {
+            if let Some(f) = ns.backend.as_file() {
+                f.release();
+            }
+        }
+    }
+
+    /// Volatile Write Cache (Set Features 06h) for every file namespace:
+    /// off, each write is durable (RWF_DSYNC) before its completion.
+    pub fn set_write_cache(&self, on: bool) {
+        for ns in self.shared.namespaces.iter() {
+            if let Some(f) = ns.backend.as_file() {
+                f.set_write_cache(on);
+            }
+        }
+        self.shared.write_cache.store(on, Ordering::SeqCst);
+    }
+
+    /// The Volatile Write Cache setting.
+    pub fn write_cache(&self) -> bool {
+        self.shared.write_cache.load(Ordering::SeqCst)
+    }
+
+    /// The current LBA data size of namespace `nsid`.
+    pub fn namespace_lba_size(&self, nsid: u32) -> Option<u32> {
+        let ns = self.shared.namespaces.get(nsid.checked_sub(1)? as usize)?;
+        Some(1 << ns.lba_shift())
+    }
+}
