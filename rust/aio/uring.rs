@@ -36,14 +36,29 @@ pub struct Uring {
     event: OwnedFd,
     /// Pushed and not yet submitted.
     queued: usize,
+    /// DEFER_TASKRUN: completions wait for an enter with GETEVENTS.
+    deferred: bool,
 }
 
 impl Uring {
     pub(super) fn new(depth: u32) -> std::io::Result<Uring> {
         let entries = depth.clamp(8, 4096).next_power_of_two();
-        // No COOP_TASKRUN: its task work does not wake a worker asleep in
-        // epoll_wait, so a completion would wait for the next doorbell.
-        let ring = IoUring::new(entries)?;
+        // DEFER_TASKRUN (with SINGLE_ISSUER: only this worker submits, and
+        // it created the ring): completions are not run as task work that
+        // interrupts the worker, one IPI each, but when the worker next
+        // enters the kernel for them (reap() does when the kernel says work
+        // is pending, TASKRUN_FLAG); the registered eventfd is still
+        // signalled when such work is queued, so a sleeping worker wakes.
+        // Older kernels (before 6.1) get a plain ring.
+        let (ring, deferred) = match IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_taskrun_flag()
+            .build(entries)
+        {
+            Ok(r) => (r, true),
+            Err(_) => (IoUring::new(entries)?, false),
+        };
         let event = super::eventfd()?;
         // Every completion signals (not only io-wq ones, as with
         // register_eventfd_async: a completion run as task work in the
@@ -53,6 +68,7 @@ impl Uring {
             ring,
             event,
             queued: 0,
+            deferred,
         })
     }
 
@@ -117,6 +133,12 @@ impl Uring {
     }
 
     pub(super) fn reap(&mut self, out: &mut Vec<Completion>) {
+        if self.deferred && self.ring.submission().taskrun() {
+            // Completions are queued as deferred work: run them (submit()
+            // enters with GETEVENTS when the TASKRUN flag is up).
+            let _ = self.ring.submit();
+            self.queued = self.ring.submission().len();
+        }
         for c in self.ring.completion() {
             out.push(Completion {
                 tag: c.user_data(),

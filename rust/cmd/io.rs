@@ -96,6 +96,10 @@ pub struct IoContext<'a> {
     /// remote segments' data.
     pub scratch: &'a mut Vec<u8>,
     pub smart: &'a mut Smart,
+    /// [`start`] hands Read, Write and Flush of inline file namespaces to
+    /// the asynchronous path too (the worker has served its share of them
+    /// synchronously this pass).
+    pub offload_inline: bool,
 }
 
 /// SQE byte offsets of fields, for Parameter Error Location.
@@ -448,7 +452,7 @@ pub fn start(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<Started, Failure> {
         .is_some_and(|ns| {
             ns.backend
                 .as_file()
-                .is_some_and(|f| f.io_path() != crate::aio::IoPath::Inline)
+                .is_some_and(|f| ctx.offload_inline || f.io_path() != crate::aio::IoPath::Inline)
         });
     if !is_file || sqe.fuse() != 0 || !matches!(opcode, op::READ | op::WRITE | op::FLUSH) {
         return execute(ctx, sqe).map(Started::Done);

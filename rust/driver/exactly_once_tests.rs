@@ -161,7 +161,8 @@ fn soak() {
             Storage::Ram,
             Storage::File(Choice::IoUring),
             Storage::File(Choice::Threads),
-        ][rng.below(3) as usize];
+            Storage::File(Choice::Inline),
+        ][rng.below(4) as usize];
         let r = run(&p);
         assert!(r.faults.is_empty(), "{p:?}: {:?}", r.faults);
         runs += 1;

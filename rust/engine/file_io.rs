@@ -58,7 +58,15 @@ impl FileIo {
         let paths: Vec<IoPath> = namespaces
             .iter()
             .filter_map(|ns| ns.backend.as_file().map(|f| f.io_path()))
-            .filter(|&p| p != IoPath::Inline)
+            // An inline namespace hands the excess of a deep pass to
+            // io_uring (see worker::INLINE_PASS), or to the pool without it.
+            .map(|p| match p {
+                IoPath::Inline if aio::choose(aio::Choice::IoUring, true).is_ok() => {
+                    IoPath::IoUring
+                }
+                IoPath::Inline => IoPath::Threads,
+                p => p,
+            })
             .collect();
         if paths.is_empty() {
             return None;
@@ -117,8 +125,8 @@ impl FileIo {
             .and_then(|ns| ns.backend.as_file())
             .ok_or_else(internal)?;
         let aio = match file.io_path() {
-            IoPath::IoUring => self.uring.as_mut().or(self.threads.as_mut()),
-            IoPath::Threads | IoPath::Inline => self.threads.as_mut().or(self.uring.as_mut()),
+            IoPath::IoUring | IoPath::Inline => self.uring.as_mut().or(self.threads.as_mut()),
+            IoPath::Threads => self.threads.as_mut().or(self.uring.as_mut()),
         }
         .ok_or_else(internal)?;
         let index = match self.free.pop() {

@@ -17,8 +17,13 @@ use crate::mem::MemoryMap;
 use crate::spec::{Cqe, Sqe, Status};
 
 /// Synchronous (inline) file commands a pass serves before it ends and
-/// signals what it completed.
+/// signals what it completed, or, past `DEEP_BACKLOG` more waiting, hands
+/// the rest to io_uring.
 const INLINE_PASS: u32 = 8;
+/// Commands still waiting in an SQ above which a pass's excess of inline
+/// commands goes to io_uring (its io-wq threads copy on every core); below
+/// it the worker serves them itself in the next passes.
+const DEEP_BACKLOG: u32 = 16;
 
 /// What a pass leaves to deliver once the queue lock is dropped.
 #[derive(Default)]
@@ -257,12 +262,14 @@ impl Shared {
                 if files && q.file.as_ref().is_some_and(FileIo::full) {
                     break 'queues;
                 }
-                if inline >= INLINE_PASS {
+                if inline >= INLINE_PASS && (q.file.is_none() || sq.available(tail) <= DEEP_BACKLOG)
+                {
                     // A pass of synchronous file calls ends early: its
                     // completions are signalled now, so the host reaps and
                     // resubmits while this worker serves the rest (a
                     // pipeline, instead of the whole queue's calls before
-                    // the first interrupt).
+                    // the first interrupt). A deep backlog, with
+                    // asynchronous I/O at hand, goes there instead.
                     break 'queues;
                 }
                 let Some(cq) = q.cqs[usize::from(cqid)].as_mut() else {
@@ -315,13 +322,21 @@ impl Shared {
                     segs: &mut q.segs,
                     scratch: &mut q.scratch,
                     smart: &mut q.smart,
+                    // Past its share of synchronous calls, a pass hands
+                    // inline files' commands to io_uring: the worker
+                    // signals what it served while io-wq threads (on every
+                    // core) copy the rest, as fio's io_uring does.
+                    offload_inline: inline >= INLINE_PASS,
                 };
                 let started = if files {
                     io::start(&mut ctx, &sqe)
                 } else {
                     io::execute(&mut ctx, &sqe).map(Started::Done)
                 };
-                if self.has_inline && self.is_inline(sqe.nsid()) {
+                if self.has_inline
+                    && matches!(started, Ok(Started::Done(_)))
+                    && self.is_inline(sqe.nsid())
+                {
                     inline += 1;
                 }
                 let result = match started {
