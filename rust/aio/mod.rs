@@ -63,7 +63,9 @@ pub enum IoPath {
     /// Synchronous calls on the worker: for files with no asynchronous path
     /// in the kernel (tmpfs refuses RWF_NOWAIT, so io_uring would hand every
     /// request to one of its io-wq threads), where a call that copies from
-    /// the page cache beats any hand-off.
+    /// the page cache beats any hand-off. A pass with a deep backlog hands
+    /// its excess to io_uring (or the pool), whose threads copy on every
+    /// core (see `engine::worker::INLINE_PASS`).
     Inline,
 }
 
@@ -168,11 +170,13 @@ impl Aio {
     }
 
     /// Queues a request; it reaches the kernel at the next [`Aio::submit`].
+    /// False: it could not be queued (and will never complete).
     ///
     /// # Safety
     /// `r.iov` and the buffers it names stay valid, and are not otherwise
     /// accessed, until `r.tag` is reaped; `r.fd` stays open until then.
-    pub unsafe fn push(&mut self, r: Request) {
+    #[must_use]
+    pub unsafe fn push(&mut self, r: Request) -> bool {
         match self {
             // SAFETY: forwarded contract.
             Aio::Uring(u) => unsafe { u.push(r) },

@@ -29,7 +29,7 @@ fn path_roundtrip(path: IoPath) {
         .collect();
     for (i, v) in iovs.iter().enumerate() {
         // SAFETY: bufs and iovs outlive the reaping below.
-        unsafe {
+        assert!(unsafe {
             aio.push(Request {
                 fd: f.as_raw_fd(),
                 kind: Kind::Write { flags: 0 },
@@ -38,7 +38,7 @@ fn path_roundtrip(path: IoPath) {
                 iovcnt: 1,
                 tag: i as u64,
             })
-        };
+        });
     }
     aio.submit();
     let mut done = Vec::new();
@@ -72,22 +72,22 @@ fn path_roundtrip(path: IoPath) {
     ];
     // SAFETY: back outlives the reap.
     unsafe {
-        aio.push(Request {
+        assert!(aio.push(Request {
             fd: f.as_raw_fd(),
             kind: Kind::Read,
             offset: 4096 * 3,
             iov: two.as_ptr(),
             iovcnt: 2,
             tag: 77,
-        });
-        aio.push(Request {
+        }));
+        assert!(aio.push(Request {
             fd: -1,
             kind: Kind::Datasync,
             offset: 0,
             iov: std::ptr::null(),
             iovcnt: 0,
             tag: 78,
-        });
+        }));
     }
     aio.submit();
     let mut done = Vec::new();

@@ -73,7 +73,7 @@ impl Pool {
 
     /// # Safety
     /// See [`super::Aio::push`].
-    pub(super) unsafe fn push(&mut self, r: Request) {
+    pub(super) unsafe fn push(&mut self, r: Request) -> bool {
         let iov = if r.iovcnt == 0 {
             Vec::new()
         } else {
@@ -87,6 +87,7 @@ impl Pool {
             iov,
             tag: r.tag,
         });
+        true
     }
 
     pub(super) fn submit(&mut self) {

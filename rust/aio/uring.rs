@@ -74,7 +74,7 @@ impl Uring {
 
     /// # Safety
     /// See [`super::Aio::push`].
-    pub(super) unsafe fn push(&mut self, r: Request) {
+    pub(super) unsafe fn push(&mut self, r: Request) -> bool {
         let fd = types::Fd(r.fd);
         let e = match r.kind {
             Kind::Read if r.iovcnt == 1 => {
@@ -104,16 +104,20 @@ impl Uring {
                 .build(),
         }
         .user_data(r.tag);
-        loop {
+        for _ in 0..2 {
             // SAFETY: the entry's buffers stay valid until its completion
             // (the caller's contract).
             if unsafe { self.ring.submission().push(&e) }.is_ok() {
                 self.queued += 1;
-                return;
+                return true;
             }
             // The submission ring is full: hand it to the kernel first.
             self.submit();
         }
+        // Still full (the kernel refused the submit): the caller completes
+        // the command otherwise. Cannot happen while in-flight requests are
+        // capped at the ring size, as the worker caps them.
+        false
     }
 
     pub(super) fn submit(&mut self) {

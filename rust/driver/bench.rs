@@ -161,6 +161,15 @@ fn wait_eventfd(fd: RawFd, timeout: Duration) -> Result<u64, String> {
     }
 }
 
+impl Outcome {
+    /// Mean, p50 and p99 latency from `h`.
+    pub fn set_latencies(&mut self, h: &Histogram) {
+        self.mean_ns = h.mean();
+        self.p50_ns = h.quantile(0.50);
+        self.p99_ns = h.quantile(0.99);
+    }
+}
+
 /// Runs random reads on `q` for `p.seconds`.
 pub fn run(
     engine: &Engine,
@@ -289,9 +298,7 @@ pub fn run(
     out.seconds = start.elapsed().as_secs_f64();
     out.mmio_doorbells = q.ringer.mmio;
     out.eventfd_doorbells = q.ringer.eventfd_writes;
-    out.mean_ns = hist.mean();
-    out.p50_ns = hist.quantile(0.50);
-    out.p99_ns = hist.quantile(0.99);
+    out.set_latencies(&hist);
     Ok(out)
 }
 

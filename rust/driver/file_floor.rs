@@ -311,9 +311,7 @@ impl Run<'_> {
             }
         }
         out.seconds = start.elapsed().as_secs_f64();
-        out.mean_ns = hist.mean();
-        out.p50_ns = hist.quantile(0.50);
-        out.p99_ns = hist.quantile(0.99);
+        out.set_latencies(&hist);
         Ok(out)
     }
 }

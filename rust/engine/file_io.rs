@@ -177,13 +177,12 @@ impl FileIo {
             _ => 0,
         };
         slot.mem = Some(Arc::clone(mem));
-        file.ops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: the iovecs name host memory translated against `mem`,
         // which the slot holds until the completion is reaped; the slot's
         // iov Vec is not touched until then (its heap buffer does not move
         // when `slots` grows); the namespace's fds live as long as the
         // engine, which drains every worker before it drops them.
-        unsafe {
+        let queued = unsafe {
             aio.push(Request {
                 fd,
                 kind,
@@ -193,6 +192,12 @@ impl FileIo {
                 tag: index as u64,
             })
         };
+        if !queued {
+            slot.mem = None;
+            self.free.push(index as u32);
+            return Err(internal());
+        }
+        file.ops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inflight += 1;
         Ok(())
     }
