@@ -18,11 +18,13 @@ __all__ = [
     "RegisterAccessError",
     "StateError",
     "VectorError",
+    "VfioUserBench",
     "bench_io",
     "floor_eventfd_pingpong",
     "floor_file_uring",
     "floor_memcpy_4k",
     "floor_shm_pingpong",
+    "floor_unix_socket_rtt",
     "measure_irq_delivery",
 ]
 
@@ -277,6 +279,43 @@ class Engine:
     def take_errors(self) -> list[tuple[int, int, int, int, int, int]]:
         """Failed I/O commands since the last call: (sqid, cid, status, param_loc, lba, nsid)."""
 
+@final
+class VfioUserBench:
+    """A vfio-user client (Rust) connected to a server at ``socket``, its
+    NVMe controller brought up through BAR0 messages: guest memory is a
+    memfd of ``mem_bytes`` DMA-mapped with its fd, the doorbell sparse-mmap
+    area mapped, MSI-X interrupts routed to eventfds.
+
+    ConfigError for a bad ``mem_bytes`` (a multiple of 4096 in 16 MiB..16
+    GiB); StateError when the server cannot be reached or refuses.
+    """
+
+    def __new__(cls, socket: str, *, mem_bytes: int = ...) -> VfioUserBench: ...
+    @property
+    def socket(self) -> str:
+        """The server's socket path."""
+    def info(self) -> dict[str, Any]:
+        """Namespace 1 and the transport: lbas, lba_size, max_entries,
+        doorbell_page (whether the server offered a mappable page)."""
+    def point(
+        self, *, qd: int, mode: str, doorbell: str, seconds: float, workload: str = "randread"
+    ) -> dict[str, float]:
+        """One point of the sweep on a fresh I/O queue pair: ``qd`` (1..1023)
+        4 KiB commands in flight for ``seconds``, completions by ``mode``
+        ("irq" or "poll"), doorbells by ``doorbell`` ("page": the mapped
+        page, "shadow": shadow doorbells with EventIdx, ringing the page only
+        when asked, "trap": a REGION_WRITE message each), ``workload``
+        "randread" or "randwrite". Keys: ios, errors, seconds, iops,
+        mean_ns, p50_ns, p99_ns, interrupts, doorbells, mmio_doorbells,
+        messages (socket messages sent in the point)."""
+    def fill(self) -> dict[str, float]:
+        """Writes every block of namespace 1 once; the keys of ``point``."""
+    def verify(self, blocks: int = 64, seed: int = 1) -> int:
+        """Writes ``blocks`` random blocks with a pattern and reads them
+        back; returns how many came back different (0 when right)."""
+    def close(self) -> None:
+        """Disconnects; later calls raise StateError."""
+
 def bench_io(
     engine: Engine,
     *,
@@ -324,6 +363,10 @@ def floor_eventfd_pingpong(iterations: int, max_seconds: float = 2.0) -> float:
 def floor_shm_pingpong(iterations: int, max_seconds: float = 2.0) -> float:
     """Mean round trip in ns of two threads bouncing a shared-memory flag
     (bounded like floor_eventfd_pingpong)."""
+
+def floor_unix_socket_rtt(iterations: int, max_seconds: float = 2.0) -> float:
+    """Mean round trip in ns of a 16-byte request and reply over a UNIX
+    socket pair between two threads (bounded like floor_eventfd_pingpong)."""
 
 def floor_memcpy_4k(buffer_bytes: int, seconds: float) -> float:
     """Random 4 KiB memcpys per second out of a buffer of ``buffer_bytes``."""

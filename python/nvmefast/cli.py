@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from nvmefast.config import BACKENDS, CACHE_MODES, IO_PATHS, LBA_SIZES, NamespaceConfig
 from nvmefast.errors import NvmeFastError
@@ -60,10 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--poll-us", type=int, default=50, help="worker polling window after work, in us (default 50)")
     b.add_argument(
         "--doorbell",
-        choices=("mmio", "shadow", "page", "ioeventfd"),
-        default="mmio",
+        choices=("mmio", "shadow", "page", "ioeventfd", "trap"),
         help="how the host rings doorbells: MMIO writes, shadow doorbells with EventIdx, "
-        "the shared doorbell page (workers poll), or page + ioeventfd (default mmio)",
+        "the shared doorbell page (workers poll), or page + ioeventfd (default mmio); with --vfio-user: "
+        "page, shadow or trap (a REGION_WRITE message each) (default: all three)",
     )
     b.add_argument(
         "--iothreads",
@@ -72,6 +72,21 @@ def _parser() -> argparse.ArgumentParser:
         help="I/O worker threads; more than one runs a queue pair and a host thread per iothread (default 1)",
     )
     b.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    v = b.add_argument_group("--vfio-user")
+    v.add_argument(
+        "--vfio-user",
+        nargs="?",
+        const="",
+        metavar="SOCKET",
+        help="instead: the server path, through a vfio-user client (Rust) connected to the server at SOCKET, "
+        "or to a spawned `nvmefast serve` when SOCKET is left out; the in-process poll figure beside it",
+    )
+    v.add_argument("--client-cpu", type=int, help="CPU for the client's host thread (default: the first CPU)")
+    v.add_argument(
+        "--server-cpus", type=_int_list, help="CPUs of the spawned server, comma separated (default: the last CPU)"
+    )
+    v.add_argument("--no-compare", action="store_true", help="skip the in-process points")
+    v.add_argument("--verify-blocks", type=int, default=64, help="blocks written and read back first (default 64)")
     b.add_argument(
         "--irq",
         action="store_true",
@@ -369,6 +384,11 @@ def _bench(args: argparse.Namespace) -> int:
             write_json(args.json, irq_json(result))
             progress(f"wrote {args.json}")
         return 1 if any(r["errors"] for r in result.end_to_end + result.coalescing) else 0
+    if args.vfio_user is not None:
+        return _bench_vfio_user(args, progress)
+    if args.doorbell == "trap":
+        print("nvmefast bench: --doorbell trap is a vfio-user mode: add --vfio-user", file=sys.stderr)
+        return 2
     if args.backend == "file":
         return _bench_file(args)
     if args.file:
@@ -384,7 +404,7 @@ def _bench(args: argparse.Namespace) -> int:
         size_bytes=args.size,
         lba_size=args.lba_size,
         poll_us=args.poll_us,
-        doorbell=args.doorbell,
+        doorbell=args.doorbell or "mmio",
         iothreads=args.iothreads,
     )
     floors, points = run_bench(cfg, progress)
@@ -393,6 +413,38 @@ def _bench(args: argparse.Namespace) -> int:
         write_json(args.json, to_json(cfg, floors, points))
         progress(f"wrote {args.json}")
     return 1 if any(p.errors for p in points) else 0
+
+
+def _bench_vfio_user(args: argparse.Namespace, progress: Callable[[str], None]) -> int:
+    from nvmefast.bench import write_json
+    from nvmefast.bench_vfio_user import DOORBELLS, VfioBenchConfig, format_vfio_table, run_vfio_bench, vfio_json
+
+    if args.backend != "ram" or args.iothreads != 1:
+        print("nvmefast bench: --vfio-user measures one RAM namespace with one I/O queue pair: "
+              "drop --backend and --iothreads (pass server options to your own `nvmefast serve`)", file=sys.stderr)
+        return 2
+    if args.doorbell not in (None, *DOORBELLS):
+        print(f"nvmefast bench: --vfio-user rings by {', '.join(DOORBELLS)}, not {args.doorbell}", file=sys.stderr)
+        return 2
+    mode = args.mode or "both"
+    cfg = VfioBenchConfig(
+        socket=args.vfio_user or None,
+        qds=args.qd,
+        modes=("poll", "irq") if mode == "both" else (mode,),
+        doorbells=DOORBELLS if args.doorbell is None else (args.doorbell,),
+        seconds=args.seconds,
+        size_bytes=args.size,
+        compare=not args.no_compare,
+        verify_blocks=args.verify_blocks,
+        client_cpu=args.client_cpu,
+        server_cpus=tuple(args.server_cpus) if args.server_cpus else None,
+    )
+    res = run_vfio_bench(cfg, progress)
+    print(format_vfio_table(cfg, res))
+    if args.json:
+        write_json(args.json, vfio_json(cfg, res))
+        progress(f"wrote {args.json}")
+    return 1 if res.mismatched_blocks or any(p.errors for p in res.points) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,8 +5,8 @@
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
+use super::ring::Mmio;
 use super::{HostMemory, HostQueue, Rng};
-use crate::engine::Engine;
 use crate::spec::opcode::io;
 use crate::spec::Sqe;
 
@@ -171,8 +171,8 @@ impl Outcome {
 }
 
 /// Runs random reads on `q` for `p.seconds`.
-pub fn run(
-    engine: &Engine,
+pub fn run<M: Mmio + ?Sized>(
+    engine: &M,
     _mem: &HostMemory,
     q: &mut HostQueue,
     p: &Params,

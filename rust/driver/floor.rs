@@ -140,3 +140,38 @@ pub fn memcpy_4k(bytes: usize, seconds: f64) -> f64 {
     std::hint::black_box(&dst);
     n as f64 / start.elapsed().as_secs_f64()
 }
+
+/// Mean round trip (ns) of a 16-byte request and a 16-byte reply between two
+/// threads over a UNIX stream socket pair (blocking reads): the least a
+/// vfio-user message that waits for its reply can cost. Bounded like
+/// [`eventfd_pingpong`].
+pub fn unix_socket_rtt(iterations: u32, max_seconds: f64) -> f64 {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let (mut a, mut b) = UnixStream::pair().expect("socketpair");
+    let t = std::thread::spawn(move || {
+        let mut m = [0u8; 16];
+        while b.read_exact(&mut m).is_ok() {
+            if m[0] == 0xff || b.write_all(&m).is_err() {
+                return;
+            }
+        }
+    });
+    let limit = Duration::from_secs_f64(max_seconds);
+    let start = Instant::now();
+    let mut done = 0u32;
+    let mut m = [0u8; 16];
+    while done < iterations {
+        a.write_all(&m).expect("request");
+        a.read_exact(&mut m).expect("reply");
+        done += 1;
+        if done % 64 == 0 && start.elapsed() >= limit {
+            break;
+        }
+    }
+    let el = start.elapsed();
+    m[0] = 0xff;
+    let _ = a.write_all(&m);
+    let _ = t.join();
+    el.as_nanos() as f64 / f64::from(done.max(1))
+}

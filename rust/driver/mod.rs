@@ -14,6 +14,7 @@ pub mod file_floor;
 pub mod floor;
 pub mod irqcost;
 pub mod ring;
+pub mod vfio_user;
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -190,14 +191,14 @@ impl HostQueue {
 
     /// Rings the SQ tail doorbell.
     #[inline]
-    pub fn ring_sq(&mut self, e: &Engine) {
+    pub fn ring_sq<M: ring::Mmio + ?Sized>(&mut self, e: &M) {
         let (i, v) = (u32::from(self.qid) * 2, self.sq_tail);
         self.ringer.ring(e, i, v, false);
     }
 
     /// Rings the CQ head doorbell.
     #[inline]
-    pub fn ring_cq(&mut self, e: &Engine) {
+    pub fn ring_cq<M: ring::Mmio + ?Sized>(&mut self, e: &M) {
         let (i, v) = (u32::from(self.qid) * 2 + 1, self.cq_head);
         self.ringer.ring(e, i, v, true);
     }

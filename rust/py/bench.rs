@@ -173,7 +173,7 @@ fn bench_io<'py>(
             },
             _ => ring::Ring::Mmio,
         });
-        bench::run(eng, &mem, &mut q, &params)
+        bench::run(&**eng, &mem, &mut q, &params)
     });
     let o = r.map_err(|m| state_err(py, format!("benchmark failed: {m}")))?;
     let d = figures(py, &o)?;
@@ -205,7 +205,7 @@ fn floor_memcpy_4k(py: Python<'_>, buffer_bytes: usize, seconds: f64) -> f64 {
 }
 
 /// ios, errors, seconds, iops and the latencies of a host loop's outcome.
-fn figures<'py>(py: Python<'py>, o: &bench::Outcome) -> PyResult<Bound<'py, PyDict>> {
+pub(super) fn figures<'py>(py: Python<'py>, o: &bench::Outcome) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("ios", o.ios)?;
     d.set_item("errors", o.errors)?;

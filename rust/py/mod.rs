@@ -9,7 +9,8 @@
 //! - `callbacks`: the Python callables workers call (admin handler, DMA
 //!   transport, notifiers);
 //! - `lifecycle`: worker thread states, and stopping at interpreter exit;
-//! - `bench`: benchmark drivers and floors.
+//! - `bench`: benchmark drivers and floors;
+//! - `vfio_bench`: the vfio-user benchmark client.
 
 use pyo3::prelude::*;
 
@@ -18,6 +19,7 @@ mod callbacks;
 mod engine;
 mod errors;
 mod lifecycle;
+mod vfio_bench;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -25,5 +27,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<engine::PyEngine>()?;
     bench::add_functions(m)?;
+    vfio_bench::add(m)?;
     lifecycle::install_exit_hook(m)
 }
