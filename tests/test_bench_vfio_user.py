@@ -221,3 +221,20 @@ def test_a_peer_that_is_not_a_vfio_user_server_is_a_state_error() -> None:
 def test_default_placement_puts_client_first_and_server_last() -> None:
     assert default_placement([0]) == (None, None)
     assert default_placement([3, 1, 2]) == (1, (3,))
+
+
+@pytest.mark.parametrize("doorbell", ["trap", "page"])
+def test_a_server_that_goes_away_mid_run_is_a_state_error(doorbell: str) -> None:
+    with running_server(make_config()) as (srv, path):
+        bench = _core.VfioUserBench(path, mem_bytes=MEM)
+        stopper = threading.Timer(0.3, srv.stop)
+        stopper.start()
+        try:
+            # Trapped: the socket refuses the next doorbell; page: the
+            # worker stops and nothing completes. Either way an error, not
+            # a hang or a panic.
+            with pytest.raises(StateError):
+                bench.point(qd=4, mode="poll", doorbell=doorbell, seconds=30)
+        finally:
+            stopper.join()
+            bench.close()

@@ -60,14 +60,40 @@ pub struct Bar0Doorbells<'a> {
     pub stride: u32,
     /// Send with No_reply, as QEMU posts MMIO writes.
     pub posted: bool,
+    /// The first write the socket refused (the server went away): later
+    /// writes are dropped, and the run ends with no completion.
+    pub failed: std::sync::Mutex<Option<String>>,
+}
+
+impl<'a> Bar0Doorbells<'a> {
+    fn new(client: &'a Client, stride: u32, posted: bool) -> Self {
+        Bar0Doorbells {
+            client,
+            stride,
+            posted,
+            failed: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Why a doorbell write failed, if one did.
+    pub fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 impl Mmio for Bar0Doorbells<'_> {
     fn doorbell(&self, index: u32, value: u32) {
         let offset = DOORBELLS + u64::from(index) * u64::from(self.stride);
-        self.client
+        if let Err(e) = self
+            .client
             .write(BAR0_REGION, offset, 4, u64::from(value), self.posted)
-            .expect("the server took a doorbell write");
+        {
+            let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            f.get_or_insert_with(|| format!("doorbell {index} write: {e}"));
+        }
     }
 }
 
@@ -267,12 +293,11 @@ impl NvmeHost {
         self.admin_cid = self.admin_cid.wrapping_add(1);
         sqe.set_cid(cid);
         self.admin.push(&sqe);
-        let mmio = Bar0Doorbells {
-            client: &self.client,
-            stride: self.stride,
-            posted: false,
-        };
+        let mmio = Bar0Doorbells::new(&self.client, self.stride, false);
         self.admin.ring_sq(&mmio);
+        if let Some(why) = mmio.failure() {
+            return Err(Error::Protocol(why));
+        }
         let c = self.admin.wait(Duration::from_secs(5)).ok_or_else(|| {
             Error::Nvme(format!("admin opcode {:#x}: no completion", sqe.opcode()))
         })?;
@@ -449,10 +474,6 @@ impl NvmeHost {
 
     /// Where I/O doorbells that are MMIO go: posted REGION_WRITEs.
     pub fn mmio(&self) -> Bar0Doorbells<'_> {
-        Bar0Doorbells {
-            client: &self.client,
-            stride: self.stride,
-            posted: true,
-        }
+        Bar0Doorbells::new(&self.client, self.stride, true)
     }
 }

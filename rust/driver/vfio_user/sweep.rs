@@ -100,6 +100,9 @@ impl VfioBench {
         let mmio = self.host.mmio();
         let run = bench::run(&mmio, &self.host.mem, &mut q, &p);
         let messages = self.host.client.messages() - before;
+        if let Some(why) = mmio.failure() {
+            return Err(Error::Protocol(why));
+        }
         // Delete the pair even when the run failed, so the next point starts clean.
         let deleted = self.host.delete_pair(QID);
         let outcome = run.map_err(Error::Nvme)?;
