@@ -110,7 +110,9 @@ pub struct EngineConfig {
 /// When an I/O worker sleeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Polling {
-    /// Poll for `poll_us` after the last work, then sleep until a doorbell.
+    /// Poll after the last work for `poll_us`, or while work keeps arriving
+    /// for a few times the recent gap between arrivals (up to 1 ms, see
+    /// `engine/poll.rs`), then sleep until a doorbell.
     Adaptive,
     /// Never poll: sleep as soon as there is no work (every doorbell wakes).
     Interrupt,
@@ -927,6 +929,7 @@ mod file_io;
 mod interrupts;
 mod namespaces;
 mod observe;
+mod poll;
 mod worker;
 
 #[cfg(test)]
@@ -940,6 +943,9 @@ mod nvm_tests;
 
 #[cfg(test)]
 mod remote_tests;
+
+#[cfg(test)]
+mod poll_tests;
 
 #[cfg(test)]
 mod tests;
