@@ -270,6 +270,8 @@ struct Shared {
 pub struct Engine {
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// CPUs for the I/O workers, round robin (empty: no pinning).
+    cpus: Mutex<Vec<usize>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -386,6 +388,7 @@ impl Engine {
         Ok(Engine {
             shared: Arc::new(shared),
             threads: Mutex::new(Vec::new()),
+            cpus: Mutex::new(Vec::new()),
         })
     }
 
@@ -395,6 +398,15 @@ impl Engine {
     }
 
     // ---- lifecycle -------------------------------------------------------
+
+    /// Pins the I/O workers to `cpus`, round robin, from the next
+    /// [`Engine::start`] on (empty: no pinning). Every CPU must be in the
+    /// process's affinity mask.
+    pub fn set_worker_cpus(&self, cpus: Vec<usize>) -> Result<(), EngineError> {
+        placement::check(&cpus)?;
+        *lock(&self.cpus) = cpus;
+        Ok(())
+    }
 
     /// Starts the worker thread (no-op when running).
     pub fn start(&self) -> Result<(), EngineError> {
@@ -419,7 +431,15 @@ impl Engine {
             } else {
                 format!("nvmefast-io{}", index - 1)
             };
-            let body: Box<dyn FnOnce() + Send> = Box::new(move || worker::worker_loop(&s, index));
+            let cpu = index
+                .checked_sub(1)
+                .and_then(|io| placement::cpu_of(&lock(&self.cpus), io));
+            let body: Box<dyn FnOnce() + Send> = Box::new(move || {
+                if let Some(c) = cpu {
+                    placement::pin_current(c);
+                }
+                worker::worker_loop(&s, index)
+            });
             let w = wrap.clone();
             let h = std::thread::Builder::new()
                 .name(name)
@@ -929,6 +949,7 @@ mod file_io;
 mod interrupts;
 mod namespaces;
 mod observe;
+mod placement;
 mod poll;
 mod worker;
 
