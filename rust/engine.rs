@@ -110,7 +110,9 @@ pub struct EngineConfig {
 /// When an I/O worker sleeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Polling {
-    /// Poll for `poll_us` after the last work, then sleep until a doorbell.
+    /// Poll after the last work for `poll_us`, or while work keeps arriving
+    /// for a few times the recent gap between arrivals (up to 1 ms, see
+    /// `engine/poll.rs`), then sleep until a doorbell.
     Adaptive,
     /// Never poll: sleep as soon as there is no work (every doorbell wakes).
     Interrupt,
@@ -268,6 +270,8 @@ struct Shared {
 pub struct Engine {
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// CPUs for the I/O workers, round robin (empty: no pinning).
+    cpus: Mutex<Vec<usize>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -384,6 +388,7 @@ impl Engine {
         Ok(Engine {
             shared: Arc::new(shared),
             threads: Mutex::new(Vec::new()),
+            cpus: Mutex::new(Vec::new()),
         })
     }
 
@@ -393,6 +398,15 @@ impl Engine {
     }
 
     // ---- lifecycle -------------------------------------------------------
+
+    /// Pins the I/O workers to `cpus`, round robin, from the next
+    /// [`Engine::start`] on (empty: no pinning). Every CPU must be in the
+    /// process's affinity mask.
+    pub fn set_worker_cpus(&self, cpus: Vec<usize>) -> Result<(), EngineError> {
+        placement::check(&cpus)?;
+        *lock(&self.cpus) = cpus;
+        Ok(())
+    }
 
     /// Starts the worker thread (no-op when running).
     pub fn start(&self) -> Result<(), EngineError> {
@@ -417,7 +431,15 @@ impl Engine {
             } else {
                 format!("nvmefast-io{}", index - 1)
             };
-            let body: Box<dyn FnOnce() + Send> = Box::new(move || worker::worker_loop(&s, index));
+            let cpu = index
+                .checked_sub(1)
+                .and_then(|io| placement::cpu_of(&lock(&self.cpus), io));
+            let body: Box<dyn FnOnce() + Send> = Box::new(move || {
+                if let Some(c) = cpu {
+                    placement::pin_current(c);
+                }
+                worker::worker_loop(&s, index)
+            });
             let w = wrap.clone();
             let h = std::thread::Builder::new()
                 .name(name)
@@ -927,6 +949,8 @@ mod file_io;
 mod interrupts;
 mod namespaces;
 mod observe;
+mod placement;
+mod poll;
 mod worker;
 
 #[cfg(test)]
@@ -940,6 +964,9 @@ mod nvm_tests;
 
 #[cfg(test)]
 mod remote_tests;
+
+#[cfg(test)]
+mod poll_tests;
 
 #[cfg(test)]
 mod tests;

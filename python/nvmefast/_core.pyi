@@ -75,7 +75,9 @@ class Engine:
     never polls, ``"poll"`` never sleeps). ``iothreads`` I/O workers serve the
     I/O queues (``affinity[i]`` is CQ ``i+1``'s iothread, the rest round
     robin); the admin queue has its own worker. ``doorbell_stride`` is
-    ``4 << CAP.DSTRD`` bytes. ``msix_embedder_managed``: the embedder
+    ``4 << CAP.DSTRD`` bytes. ``cpus``: CPUs the I/O workers are pinned
+    to, round robin (empty: none; each must be in the affinity mask,
+    else ConfigError). ``msix_embedder_managed``: the embedder
     owns the MSI-X capability and table (vectors start enabled and
     unmasked); otherwise the device starts in the PCI reset state (MSI-X
     disabled, every table entry masked).
@@ -97,6 +99,7 @@ class Engine:
         iothreads: int = 1,
         affinity: Sequence[int] = ...,
         doorbell_stride: int = 4,
+        cpus: Sequence[int] = ...,
     ) -> Engine: ...
     # lifecycle
     def start(self) -> None:

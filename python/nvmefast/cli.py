@@ -160,6 +160,15 @@ def _bench_file(args: argparse.Namespace) -> int:
     return 1 if failed(res) else 0
 
 
+def _cpu_list(text: str) -> tuple[int, ...]:
+    from nvmefast.config import CpuListError, parse_cpu_list
+
+    try:
+        return parse_cpu_list(text)
+    except CpuListError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser(
         "serve",
@@ -217,6 +226,14 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         choices=("adaptive", "interrupt", "poll"),
         default="adaptive",
         help="I/O worker polling after work (default adaptive)",
+    )
+    s.add_argument(
+        "--cpus",
+        type=_cpu_list,
+        default=None,
+        metavar="LIST",
+        help="pin the I/O worker threads to these CPUs, round robin, e.g. 1 or 0-1 "
+        "(default: no pinning; the scheduler places them)",
     )
     s.add_argument(
         "--multi-controller",
@@ -332,6 +349,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_io_queue_pairs=args.queues,
         polling=args.polling,
         multi_controller=args.multi_controller,
+        cpus=args.cpus,
     )
     server = VfioUserServer(
         args.socket, config, doorbells=args.doorbells, doorbell_scan_us=args.doorbell_scan_us

@@ -83,6 +83,7 @@ class Controller:
             iothreads=cfg.iothreads,
             affinity=list(cfg.iothread_affinity),
             doorbell_stride=4 << cfg.doorbell_stride,
+            cpus=list(cfg.cpus or ()),
         )
         # A file namespace's size is the file's unless the config gave one:
         # from here on the config carries the size the core opened, so

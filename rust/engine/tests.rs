@@ -9,7 +9,7 @@ use crate::spec::Cqe;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-fn engine(poll_us: u64, mdts_bytes: u64) -> Engine {
+pub(super) fn engine(poll_us: u64, mdts_bytes: u64) -> Engine {
     Engine::new(EngineConfig {
         namespaces: vec![
             NamespaceSpec {

@@ -8,6 +8,7 @@ use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
 use super::file_io::{record, FileIo};
+use super::poll::PollWindow;
 use super::{lock, AdminOutcome, Polling, Queues, Shared, NO_TAIL, SQ_BURST};
 use crate::cmd::io::{self, IoContext, Started};
 use crate::doorbell::Shadow;
@@ -525,11 +526,13 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
     } else {
         s.cfg.polling
     };
-    let poll = Duration::from_micros(s.cfg.poll_us);
+    let mut window = PollWindow::new(Duration::from_micros(s.cfg.poll_us));
     let waker = &s.workers[w].waker;
     let mut admin = Vec::new();
     let mut out = Signals::default();
-    let mut last_work = Instant::now();
+    // When the worker last ran out of work (None: it has work, or has not
+    // looked at the clock yet since it ran out).
+    let mut idle_since: Option<Instant> = None;
     let mut idle_spins = 0u32;
     // Scans in a row that found nothing: the scan interval doubles with each.
     let mut empty_scans = 0u32;
@@ -545,6 +548,9 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
             s.run_admin(&mut admin, gen, &mut out);
         }
         if n > 0 {
+            if let Some(t) = idle_since.take() {
+                window.arrival(t.elapsed());
+            }
             idle_spins = 0;
             empty_scans = 0;
             continue;
@@ -559,10 +565,11 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
                     std::hint::spin_loop();
                     continue;
                 }
-                if idle_spins == 64 {
-                    last_work = Instant::now();
-                }
-                if polling == Polling::Poll || last_work.elapsed() < poll {
+                // Idle since about now, unless a sleep came between (then
+                // since before it: a wake-up that finds nothing does not
+                // restart the window).
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if polling == Polling::Poll || since.elapsed() < window.window() {
                     if idle_spins % 256 == 0 {
                         // A poller sharing its core with the thread that
                         // produces its work (the host, on an oversubscribed

@@ -90,7 +90,7 @@ impl Drop for PyEngine {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (*, namespaces, msix_vectors, max_qid, max_queue_entries, mdts_bytes, poll_us, msix_embedder_managed=true, polling="adaptive", iothreads=1, affinity=Vec::new(), doorbell_stride=4))]
+    #[pyo3(signature = (*, namespaces, msix_vectors, max_qid, max_queue_entries, mdts_bytes, poll_us, msix_embedder_managed=true, polling="adaptive", iothreads=1, affinity=Vec::new(), doorbell_stride=4, cpus=Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -105,6 +105,7 @@ impl PyEngine {
         iothreads: u16,
         affinity: Vec<u16>,
         doorbell_stride: u32,
+        cpus: Vec<usize>,
     ) -> PyResult<Self> {
         let polling = choice(py, "polling", polling, POLLING)?;
         let cfg = EngineConfig {
@@ -124,6 +125,7 @@ impl PyEngine {
             doorbell_stride,
         };
         let inner = Arc::new(Engine::new(cfg).map_err(|e| to_py(py, e))?);
+        inner.set_worker_cpus(cpus).map_err(|e| to_py(py, e))?;
         lifecycle::register(&inner);
         Ok(PyEngine { inner })
     }

@@ -1,0 +1,67 @@
+//! The adaptive poll window, through the driver mock and the worker's
+//! "sleeps" counter: a worker keeps polling while commands keep arriving a
+//! little further apart than `poll_us`, and sleeps again once they stop.
+
+use super::tests::engine;
+use super::*;
+use crate::driver::MockHost;
+use crate::spec::opcode::io as op;
+use std::time::{Duration, Instant};
+
+fn sleeps(e: &Engine) -> u64 {
+    e.counters()
+        .into_iter()
+        .find(|(k, _)| *k == "worker_sleeps")
+        .unwrap()
+        .1
+}
+
+fn spin_for(d: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+#[test]
+fn keeps_polling_while_arrivals_keep_coming_and_sleeps_when_they_stop() {
+    let e = engine(50, 0);
+    e.start().unwrap();
+    let mut h = MockHost::new(&e, 1 << 20).unwrap();
+    let mut q = h.create_queue_pair(&e, 1, 64, 1, true).unwrap();
+    let buf = h.alloc(4096);
+    let mut cid = 0u16;
+    let mut one = |q: &mut crate::driver::HostQueue| {
+        let mut s = Sqe::new(op::READ, cid, 1);
+        s.set_prps(buf, 0);
+        cid = cid.wrapping_add(1);
+        q.push(&s);
+        q.ring_sq(&e);
+        q.wait(Duration::from_secs(5)).expect("no completion");
+        q.ring_cq(&e);
+    };
+    // Warm up: the window learns the ~200 us gap.
+    for _ in 0..20 {
+        spin_for(Duration::from_micros(200));
+        one(&mut q);
+    }
+    // 200 us apart (4x poll_us): a worker polling only poll_us would sleep
+    // before nearly every one of these.
+    let n = 300;
+    let s0 = sleeps(&e);
+    for _ in 0..n {
+        spin_for(Duration::from_micros(200));
+        one(&mut q);
+    }
+    let slept = sleeps(&e) - s0;
+    // Generous for a loaded machine (a descheduled host thread makes a gap
+    // past the cap): most arrivals must find the worker still polling.
+    assert!(slept < n / 3, "worker slept {slept} times in {n} arrivals");
+    // Traffic stops: the worker goes back to sleeping (and its doorbell
+    // scans are not counted here: this engine has none).
+    let s1 = sleeps(&e);
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(sleeps(&e) > s1, "an idle worker never went to sleep");
+    drop(h);
+    e.stop();
+}

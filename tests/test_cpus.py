@@ -1,0 +1,64 @@
+"""ControllerConfig.cpus / `nvmefast serve --cpus`: I/O workers pinned round robin."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytest
+
+from nvmefast import ConfigError, Controller, ControllerConfig, NvmeFastError
+from nvmefast.cli import _cpu_list
+from nvmefast.config import CpuListError, parse_cpu_list
+
+
+def _io_worker_affinity() -> dict[str, set[int]]:
+    """Affinity of this process's nvmefast-io* threads, by thread name."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        if name.startswith("nvmefast-io"):
+            out[name] = os.sched_getaffinity(int(tid))
+    return out
+
+
+def test_parse_cpu_list() -> None:
+    assert parse_cpu_list("1") == (1,)
+    assert parse_cpu_list("0-1") == (0, 1)
+    assert parse_cpu_list("0,2-3,2") == (0, 2, 3)
+    for bad in ("", "a", "1-", "3-1", "-1", "1,,2"):
+        with pytest.raises(CpuListError):
+            parse_cpu_list(bad)
+    assert issubclass(CpuListError, ConfigError) and issubclass(CpuListError, NvmeFastError)
+    with pytest.raises(argparse.ArgumentTypeError):
+        _cpu_list("x")
+
+
+def test_cpus_outside_the_affinity_mask_are_refused() -> None:
+    outside = max(os.sched_getaffinity(0)) + 1
+    with pytest.raises(CpuListError, match="affinity mask"):
+        ControllerConfig(cpus=(outside,))
+    for bad in ((), "0", (True,), ("0",)):
+        with pytest.raises(CpuListError):
+            ControllerConfig(cpus=bad)  # type: ignore[arg-type]
+
+
+def test_io_workers_are_pinned_round_robin() -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    cpus = tuple(allowed[:2])
+    before = set(_io_worker_affinity())
+    with Controller(ControllerConfig(iothreads=3, cpus=cpus)):
+        got = {k: v for k, v in _io_worker_affinity().items() if k not in before}
+        assert got == {f"nvmefast-io{i}": {cpus[i % len(cpus)]} for i in range(3)}
+
+
+def test_no_pinning_by_default() -> None:
+    mask = os.sched_getaffinity(0)
+    before = set(_io_worker_affinity())
+    with Controller(ControllerConfig(iothreads=2)):
+        got = {k: v for k, v in _io_worker_affinity().items() if k not in before}
+        assert got and all(v == mask for v in got.values())
