@@ -12,7 +12,8 @@ phase tag, doorbells rung in the mapped page, through shadow doorbells
 
 With no socket it spawns its own ``nvmefast serve`` (a separate process, as
 a VMM's server is) and places it: on a machine with two CPUs or more the
-server's I/O worker gets the last CPU and the client the first. The same
+server's I/O worker gets the last CPU (``nvmefast serve --cpus``) and the
+client the first. The same
 run measures the in-process bench (``--mode poll``, MMIO doorbells) at each
 queue depth, interleaved with the server-path points, and the floors: an
 eventfd ping-pong, a shared-memory ping-pong, a UNIX-socket request/reply
@@ -128,7 +129,9 @@ def spawned_server(
     size_bytes: int, cpus: tuple[int, ...] | None = None, extra: Sequence[str] = ()
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``nvmefast serve`` on a temporary socket with one RAM namespace of
-    ``size_bytes``, pinned to ``cpus``; yields (socket path, process)."""
+    ``size_bytes``, its I/O worker pinned to ``cpus`` (``--cpus``: its
+    socket and Python threads stay free to run anywhere); yields (socket
+    path, process)."""
     if size_bytes % (1 << 20):
         raise ConfigError(f"size_bytes {size_bytes} must be a whole number of MiB")
     with tempfile.TemporaryDirectory(prefix="nvmefast-vu-") as d:
@@ -137,12 +140,9 @@ def spawned_server(
             sys.executable, "-m", "nvmefast.cli", "serve", "--socket", path,
             "--namespace", f"ram:{size_bytes >> 20}M", "--log-level", "warning", *extra,
         ]
-
-        def place() -> None:  # runs in the child before exec: every thread inherits it
-            if cpus:
-                os.sched_setaffinity(0, cpus)
-
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=place)
+        if cpus:
+            cmd += ["--cpus", ",".join(str(c) for c in cpus)]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 30
             while not os.path.exists(path):

@@ -377,6 +377,32 @@ impl Shared {
                     break;
                 }
             }
+            if let (Some(sh), true) = (shadow, burst > 0) {
+                // Awake, keep EventIdx half a ring ahead of what we have
+                // seen. The host rings when its update passes EventIdx
+                // (new - EventIdx - 1 < new - old): a stale EventIdx is
+                // passed once a lap (a ring every `size` commands, each a
+                // message or a VM exit), and one just behind the value we
+                // saw is passed by the very update that wrote it. Half a
+                // ring ahead is passed only by a host more than half a
+                // ring ahead of us. sleep_plan sets EventIdx to the values
+                // seen before sleeping, and the host rings again.
+                let sq_size = sq.size;
+                self.doorbells.set_event_idx(
+                    &mem,
+                    sh,
+                    usize::from(qid) * 2,
+                    (tail + sq_size / 2) % sq_size,
+                );
+                if let Some(cq) = q.cqs[usize::from(cqid)].as_ref() {
+                    self.doorbells.set_event_idx(
+                        &mem,
+                        sh,
+                        usize::from(cqid) * 2 + 1,
+                        (head + cq.size / 2) % cq.size,
+                    );
+                }
+            }
             if failed {
                 break;
             }
@@ -430,9 +456,9 @@ impl Shared {
         let shadow = self.doorbells.shadow();
         if let Some(sh) = shadow {
             // EventIdx = the value we have seen: the host rings for the next
-            // one (its check is new - EventIdx - 1 < new - old). A stale
-            // EventIdx while we poll is deliberate: the host then does not
-            // ring at all, which is the point of shadow doorbells.
+            // one (its check is new - EventIdx - 1 < new - old). While we
+            // poll, process() keeps it half a ring ahead instead, where the
+            // host does not ring: the point of shadow doorbells.
             for &qid in &q.active_sqs {
                 if let Some(sq) = q.sqs[usize::from(qid)].as_ref() {
                     self.doorbells
