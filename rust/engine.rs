@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use crate::backend::{Backend, BackendError, FileSpec};
+use crate::backend::{Backend, BackendError, FileSpec, StorageRef};
 use crate::cmd::io::{Failure, Namespace, Smart};
 use crate::cmd::prp::Segment;
 use crate::coalesce::Coalescing;
@@ -64,6 +64,8 @@ pub struct NamespaceSpec {
     pub backend: String,
     /// The file of a `"file"` namespace.
     pub file: Option<FileSpec>,
+    /// The embedder's blocks of a `"custom"` namespace.
+    pub storage: Option<StorageRef>,
 }
 
 /// What a namespace turned out to be once opened.
@@ -319,7 +321,13 @@ impl Engine {
                 )));
             }
             namespaces.push(Namespace::new(
-                Backend::new(&ns.backend, ns.size_bytes, ns.lba_size, ns.file.as_ref())?,
+                Backend::new(
+                    &ns.backend,
+                    ns.size_bytes,
+                    ns.lba_size,
+                    ns.file.as_ref(),
+                    ns.storage.as_ref(),
+                )?,
                 ns.size_bytes,
                 ns.lba_size,
             ));

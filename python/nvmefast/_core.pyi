@@ -85,7 +85,7 @@ class Engine:
         cls,
         *,
         namespaces: Sequence[
-            tuple[int, int, str] | tuple[int, int, str, str | None, bool, str, str]
+            tuple[int, int, str] | tuple[int, int, str, Any] | tuple[int, int, str, str | None, bool, str, str]
         ],
         msix_vectors: int,
         max_qid: int,

@@ -28,7 +28,7 @@ __all__ = ["Controller"]
 
 log = logging.getLogger(__name__)
 
-NamespaceSpec = tuple[int, int, str] | tuple[int, int, str, str, bool, str, str]
+NamespaceSpec = tuple[int, int, str] | tuple[int, int, str, object] | tuple[int, int, str, str, bool, str, str]
 """A namespace as ``_core.Engine`` takes it: (size_bytes, lba_size, backend)
 for ram/null, plus (path, readonly, cache, io) for a file."""
 
@@ -43,6 +43,8 @@ def _check_u64(name: str, value: int) -> None:
 def _engine_namespace(ns: NamespaceConfig) -> NamespaceSpec:
     # The core's namespace entry: the 3-tuple ram/null always had, the
     # 7-tuple for a file (size 0: the file's own).
+    if not isinstance(ns.backend, str):
+        return (ns.size, ns.lba_size, "custom", ns.backend)
     if ns.backend != "file":
         return (ns.size, ns.lba_size, ns.backend)
     assert ns.path is not None  # NamespaceConfig guarantees it for "file"
