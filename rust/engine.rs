@@ -264,6 +264,8 @@ struct Shared {
     write_cache: AtomicBool,
     /// Some namespace is a file served inline (see `worker::INLINE_PASS`).
     has_inline: bool,
+    /// The opt-in command trace.
+    trace: trace::Trace,
 }
 
 /// The emulated controller's hot path.
@@ -387,6 +389,7 @@ impl Engine {
             handler_gate: Mutex::new(()),
             write_cache: AtomicBool::new(true),
             has_inline: namespaces_inline,
+            trace: trace::Trace::default(),
             cfg,
         };
         Ok(Engine {
@@ -935,6 +938,7 @@ mod file_io;
 mod interrupts;
 mod namespaces;
 mod observe;
+pub mod trace;
 mod worker;
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ from nvmefast.config import ControllerConfig, NamespaceConfig
 from nvmefast.errors import ConfigError, DmaMapError, NvmeFastError, RegisterAccessError, StateError, VectorError
 from nvmefast.msix import MsixLayout, MsixRegisters, bar_size, layout_after
 from nvmefast.registers import Registers
+from nvmefast.trace import CommandTrace
 
 __all__ = ["Controller"]
 
@@ -73,6 +74,7 @@ class Controller:
 
     def __init__(self, config: ControllerConfig | None = None) -> None:
         cfg = config if config is not None else ControllerConfig()
+        self._trace: CommandTrace | None = None
         self._engine: Engine | None = Engine(
             namespaces=[_engine_namespace(ns) for ns in cfg.namespaces],
             msix_vectors=cfg.vectors,
@@ -261,7 +263,9 @@ class Controller:
 
     def bar0_write(self, offset: int, value: int, size: int) -> None:
         """Write ``size`` (1, 2, 4 or 8) bytes of ``value`` to BAR0 at ``offset``."""
-        self._live()
+        engine = self._live()
+        if engine.trace_on():
+            self.trace.register_write(offset, value)
         self._registers.write(offset, value, size)
 
     def function_reset(self) -> None:
@@ -489,6 +493,13 @@ class Controller:
         return self._live().intx_asserted
 
     # -- observation -----------------------------------------------------------
+
+    @property
+    def trace(self) -> CommandTrace:
+        """The opt-in command trace (:class:`nvmefast.trace.CommandTrace`)."""
+        if self._trace is None:
+            self._trace = CommandTrace(self._live())
+        return self._trace
 
     def counters(self) -> dict[str, int]:
         """Event counters of the core, the register file and the admin layer."""

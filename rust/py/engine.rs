@@ -546,6 +546,46 @@ impl PyEngine {
             .map_err(|e| to_py(py, e))
     }
 
+    /// Starts the command trace into a ring of `capacity` records.
+    fn trace_start(&self, py: Python<'_>, capacity: usize) -> PyResult<()> {
+        if !(1..=1 << 24).contains(&capacity) {
+            return Err(config_err(
+                py,
+                format!("trace capacity {capacity} must be in 1..=16777216 records"),
+            ));
+        }
+        self.inner.trace().start(capacity);
+        Ok(())
+    }
+
+    fn trace_stop(&self) {
+        self.inner.trace().stop();
+    }
+
+    fn trace_on(&self) -> bool {
+        self.inner.trace().on()
+    }
+
+    /// Takes up to `max` records, oldest first.
+    fn trace_drain<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let recs = py.detach(|| self.inner.trace().drain(max));
+        recs.iter()
+            .map(|r| super::trace::record_dict(py, r))
+            .collect()
+    }
+
+    fn trace_dropped(&self) -> u64 {
+        self.inner.trace().dropped()
+    }
+
+    /// Records a BAR0 write the embedder handled (registers are Python's).
+    fn trace_register(&self, offset: u64, value: u64) {
+        let t = self.inner.trace();
+        if t.on() {
+            t.register(offset, value);
+        }
+    }
+
     fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         for (k, v) in py.detach(|| self.inner.counters()) {

@@ -10,6 +10,7 @@
 //!   transport, notifiers);
 //! - `lifecycle`: worker thread states, and stopping at interpreter exit;
 //! - `storage`: a Python object as a namespace's blocks;
+//! - `trace`: command trace records as dicts;
 //! - `bench`: benchmark drivers and floors;
 //! - `vfio_bench`: the vfio-user benchmark client.
 
@@ -21,6 +22,7 @@ mod engine;
 mod errors;
 mod lifecycle;
 mod storage;
+mod trace;
 mod vfio_bench;
 
 #[pymodule]
