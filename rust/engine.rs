@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use crate::backend::{Backend, BackendError, FileSpec};
+use crate::backend::{Backend, BackendError, FileSpec, StorageRef};
 use crate::cmd::io::{Failure, Namespace, Smart};
 use crate::cmd::prp::Segment;
 use crate::coalesce::Coalescing;
@@ -64,6 +64,8 @@ pub struct NamespaceSpec {
     pub backend: String,
     /// The file of a `"file"` namespace.
     pub file: Option<FileSpec>,
+    /// The embedder's blocks of a `"custom"` namespace.
+    pub storage: Option<StorageRef>,
 }
 
 /// What a namespace turned out to be once opened.
@@ -264,6 +266,8 @@ struct Shared {
     write_cache: AtomicBool,
     /// Some namespace is a file served inline (see `worker::INLINE_PASS`).
     has_inline: bool,
+    /// The opt-in command trace.
+    trace: trace::Trace,
 }
 
 /// The emulated controller's hot path.
@@ -323,7 +327,13 @@ impl Engine {
                 )));
             }
             namespaces.push(Namespace::new(
-                Backend::new(&ns.backend, ns.size_bytes, ns.lba_size, ns.file.as_ref())?,
+                Backend::new(
+                    &ns.backend,
+                    ns.size_bytes,
+                    ns.lba_size,
+                    ns.file.as_ref(),
+                    ns.storage.as_ref(),
+                )?,
                 ns.size_bytes,
                 ns.lba_size,
             ));
@@ -383,6 +393,7 @@ impl Engine {
             handler_gate: Mutex::new(()),
             write_cache: AtomicBool::new(true),
             has_inline: namespaces_inline,
+            trace: trace::Trace::default(),
             cfg,
         };
         Ok(Engine {
@@ -951,6 +962,7 @@ mod namespaces;
 mod observe;
 mod placement;
 mod poll;
+pub mod trace;
 mod worker;
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +104,36 @@ def test_serve_refuses_a_socket_path_that_is_a_file(
     assert "exists and is not a socket" in err
     with open(path) as f:
         assert f.read() == "keep me"
+
+
+def test_serve_trace_writes_json_lines(tmp_path: Path) -> None:
+    import json
+
+    directory, path = short_socket_path("trace")
+    trace = tmp_path / "trace.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nvmefast.cli", "serve", "--socket", path, "--namespace", "ram:8M",
+         "--trace", str(trace), "--log-level", "warning"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not os.path.exists(path):
+            assert proc.poll() is None and time.monotonic() < deadline, "nvmefast serve did not listen"
+            time.sleep(0.05)
+        with connect(path) as client, NvmeHost(client) as host:
+            host.enable()
+            host.create_io_queue_pair(1, 16)
+            assert host.write(1, 9, b"t" * 512).ok
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+        shutil.rmtree(directory, ignore_errors=True)
+    recs = [json.loads(line) for line in trace.read_text().splitlines()]
+    io = [r for r in recs if r["kind"] == "io"]
+    assert [(r["opcode"], r["slba"], r["nlb"], r["status"]) for r in io] == [(0x01, 9, 1, 0)]
+    assert any(r["kind"] == "admin" and r["opcode"] == 0x05 for r in recs)  # Create I/O CQ
+    assert any(r["kind"] == "register" and r["offset"] == 0x14 for r in recs)  # CC

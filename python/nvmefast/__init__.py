@@ -22,6 +22,7 @@ from nvmefast.errors import (
     VectorError,
 )
 from nvmefast.status import Status
+from nvmefast.storage import Storage
 
 __all__ = [
     "CommandError",
@@ -36,6 +37,7 @@ __all__ = [
     "RegisterAccessError",
     "StateError",
     "Status",
+    "Storage",
     "VectorError",
     "__version__",
 ]

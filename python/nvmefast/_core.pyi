@@ -87,7 +87,7 @@ class Engine:
         cls,
         *,
         namespaces: Sequence[
-            tuple[int, int, str] | tuple[int, int, str, str | None, bool, str, str]
+            tuple[int, int, str] | tuple[int, int, str, Any] | tuple[int, int, str, str | None, bool, str, str]
         ],
         msix_vectors: int,
         max_qid: int,
@@ -257,6 +257,22 @@ class Engine:
         """(THR, TIME)."""
     def set_coalescing_disabled(self, vector: int, disabled: bool) -> None:
         """Feature 09h Coalescing Disable for ``vector``."""
+    # the command trace
+    def trace_start(self, capacity: int) -> None:
+        """Start the trace into a ring of ``capacity`` records (1..2**24),
+        clearing it; ConfigError outside that range."""
+    def trace_stop(self) -> None:
+        """Stop recording (records stay)."""
+    def trace_on(self) -> bool:
+        """Whether the trace records."""
+    def trace_drain(self, max: int) -> list[dict[str, Any]]:
+        """Up to ``max`` records, oldest first: kind ("io", "admin",
+        "register"), fetch_ns, done_ns, and qid, cid, opcode, nsid, slba,
+        nlb, status, worker, dw0 (commands) or offset, value (registers)."""
+    def trace_dropped(self) -> int:
+        """Records dropped by a full ring since trace_start."""
+    def trace_register(self, offset: int, value: int) -> None:
+        """Record a BAR0 write (when the trace is on)."""
     # observation
     def counters(self) -> dict[str, int]:
         """Event counters.

@@ -241,6 +241,11 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="claim CMIC/NMIC (more controllers, shared namespaces): Linux then adds a multipath layer",
     )
     s.add_argument(
+        "--trace",
+        metavar="PATH",
+        help="record every command and register write (Controller.trace) and append them to PATH as JSON Lines",
+    )
+    s.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         default="info",
@@ -359,6 +364,14 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("nvmefast.vfio_user").info("signal %d: stopping", signum)
         server.request_stop()
 
+    if args.trace:
+        try:
+            open(args.trace, "a", encoding="utf-8").close()
+        except OSError as e:
+            server.controller.close()
+            print(f"nvmefast serve: --trace {args.trace}: {e.strerror}", file=sys.stderr)
+            return 2
+        server.controller.trace.start(1 << 20)
     try:
         server.start()
     except BaseException:
@@ -375,8 +388,11 @@ def _serve(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
     try:
         while not server.wait(0.5):
-            pass
+            if args.trace:
+                server.controller.trace.write_jsonl(args.trace)
     finally:
+        if args.trace and not server.controller.closed:
+            server.controller.trace.write_jsonl(args.trace)
         server.stop()
     return 0
 

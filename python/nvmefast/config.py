@@ -14,6 +14,7 @@ import stat
 from collections.abc import Sequence
 
 from nvmefast.errors import ConfigError
+from nvmefast.storage import Storage
 
 __all__ = ["ControllerConfig", "NamespaceConfig", "MIB"]
 
@@ -99,8 +100,10 @@ class NamespaceConfig:
     ``backend`` is ``"ram"`` (data kept in memory, the default), ``"null"``
     (like SPDK's null bdev: writes are discarded and reads transfer no data,
     leaving the host's buffer as it was; for measuring the controller's own
-    cost per command) or ``"file"`` (a raw image file or a block device at
-    ``path``, whose data outlives the process). ``lba_size`` is 512 or 4096.
+    cost per command), ``"file"`` (a raw image file or a block device at
+    ``path``, whose data outlives the process) or an object with
+    ``read(lba, nlb)`` and ``write(lba, data)`` methods (see
+    :class:`nvmefast.Storage`), called on the worker for each command. ``lba_size`` is 512 or 4096.
 
     ``size_bytes`` is a positive multiple of ``lba_size``. For ``ram`` and
     ``null`` it defaults to 64 MiB. For ``file``, ``None`` (the default)
@@ -133,7 +136,7 @@ class NamespaceConfig:
 
     size_bytes: int | None = None
     lba_size: int = 512
-    backend: str = "ram"
+    backend: str | Storage = "ram"
     path: str | os.PathLike[str] | None = None
     readonly: bool = False
     cache: str = "auto"
@@ -145,6 +148,9 @@ class NamespaceConfig:
             raise ConfigError(
                 f"NamespaceConfig.lba_size must be one of {LBA_SIZES}, got {self.lba_size}"
             )
+        if not isinstance(self.backend, str):
+            self._check_storage()
+            return
         if self.backend not in BACKENDS:
             raise ConfigError(
                 f"NamespaceConfig.backend must be one of {BACKENDS}, got {self.backend!r}"
@@ -184,6 +190,26 @@ class NamespaceConfig:
             raise ConfigError(
                 f"NamespaceConfig.{given[0]} applies to backend 'file' only; drop it for a {self.backend!r} namespace"
             )
+
+    def _check_storage(self) -> None:
+        missing = [m for m in ("read", "write") if not callable(getattr(self.backend, m, None))]
+        if missing:
+            raise ConfigError(
+                f"NamespaceConfig.backend must be 'ram', 'null', 'file' or a storage object with read(lba, nlb) "
+                f"and write(lba, data) (see nvmefast.Storage); {type(self.backend).__name__} has no "
+                f"{' or '.join(m + '()' for m in missing)}"
+            )
+        if self.size_bytes is None:
+            object.__setattr__(self, "size_bytes", DEFAULT_SIZE)
+        _check_int("NamespaceConfig.size_bytes", self.size_bytes, 1, None)
+        assert self.size_bytes is not None
+        if self.size_bytes % self.lba_size:
+            raise ConfigError(
+                f"NamespaceConfig.size_bytes must be a multiple of lba_size {self.lba_size}, got {self.size_bytes}"
+            )
+        if self.path is not None or self.readonly or self.cache != "auto" or self.io != "auto":
+            raise ConfigError("NamespaceConfig.path, readonly, cache and io apply to backend 'file' only; "
+                              "drop them for a storage object")
 
     def _check_file(self) -> None:
         if self.path is None:

@@ -23,12 +23,13 @@ from nvmefast.config import ControllerConfig, NamespaceConfig
 from nvmefast.errors import ConfigError, DmaMapError, NvmeFastError, RegisterAccessError, StateError, VectorError
 from nvmefast.msix import MsixLayout, MsixRegisters, bar_size, layout_after
 from nvmefast.registers import Registers
+from nvmefast.trace import CommandTrace
 
 __all__ = ["Controller"]
 
 log = logging.getLogger(__name__)
 
-NamespaceSpec = tuple[int, int, str] | tuple[int, int, str, str, bool, str, str]
+NamespaceSpec = tuple[int, int, str] | tuple[int, int, str, object] | tuple[int, int, str, str, bool, str, str]
 """A namespace as ``_core.Engine`` takes it: (size_bytes, lba_size, backend)
 for ram/null, plus (path, readonly, cache, io) for a file."""
 
@@ -43,6 +44,8 @@ def _check_u64(name: str, value: int) -> None:
 def _engine_namespace(ns: NamespaceConfig) -> NamespaceSpec:
     # The core's namespace entry: the 3-tuple ram/null always had, the
     # 7-tuple for a file (size 0: the file's own).
+    if not isinstance(ns.backend, str):
+        return (ns.size, ns.lba_size, "custom", ns.backend)
     if ns.backend != "file":
         return (ns.size, ns.lba_size, ns.backend)
     assert ns.path is not None  # NamespaceConfig guarantees it for "file"
@@ -71,6 +74,7 @@ class Controller:
 
     def __init__(self, config: ControllerConfig | None = None) -> None:
         cfg = config if config is not None else ControllerConfig()
+        self._trace: CommandTrace | None = None
         self._engine: Engine | None = Engine(
             namespaces=[_engine_namespace(ns) for ns in cfg.namespaces],
             msix_vectors=cfg.vectors,
@@ -260,7 +264,9 @@ class Controller:
 
     def bar0_write(self, offset: int, value: int, size: int) -> None:
         """Write ``size`` (1, 2, 4 or 8) bytes of ``value`` to BAR0 at ``offset``."""
-        self._live()
+        engine = self._live()
+        if engine.trace_on():
+            self.trace.register_write(offset, value)
         self._registers.write(offset, value, size)
 
     def function_reset(self) -> None:
@@ -488,6 +494,13 @@ class Controller:
         return self._live().intx_asserted
 
     # -- observation -----------------------------------------------------------
+
+    @property
+    def trace(self) -> CommandTrace:
+        """The opt-in command trace (:class:`nvmefast.trace.CommandTrace`)."""
+        if self._trace is None:
+            self._trace = CommandTrace(self._live())
+        return self._trace
 
     def counters(self) -> dict[str, int]:
         """Event counters of the core, the register file and the admin layer."""

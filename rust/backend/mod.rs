@@ -1,10 +1,12 @@
 //! Namespace storage backends. An enum rather than a trait object: the hot
 //! path dispatches with one match and the copies inline.
 
+pub mod custom;
 pub mod file;
 pub mod null;
 pub mod ram;
 
+pub use custom::{CustomBackend, Storage};
 pub use file::{CacheMode, FileBackend, FileSpec};
 pub use null::NullBackend;
 pub use ram::RamBackend;
@@ -13,7 +15,7 @@ pub use ram::RamBackend;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BackendError {
     /// The backend kind is not one we know.
-    #[error("unknown backend {0:?}; use \"ram\", \"null\" or \"file\"")]
+    #[error("unknown backend {0:?}; use \"ram\", \"null\", \"file\" or a storage object")]
     UnknownKind(String),
     /// The host could not provide the memory.
     #[error("cannot allocate {size} bytes for a RAM namespace: {reason}")]
@@ -29,11 +31,22 @@ pub enum BackendError {
 /// An I/O error from the backing file: the errno.
 pub type Errno = i32;
 
+/// The embedder's [`Storage`] of a namespace (Debug for configs).
+#[derive(Clone)]
+pub struct StorageRef(pub std::sync::Arc<dyn Storage>);
+
+impl std::fmt::Debug for StorageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StorageRef(..)")
+    }
+}
+
 /// Storage of one namespace.
 pub enum Backend {
     Ram(RamBackend),
     Null(NullBackend),
     File(FileBackend),
+    Custom(CustomBackend),
 }
 
 impl Backend {
@@ -44,7 +57,24 @@ impl Backend {
         size: u64,
         lba_size: u32,
         file: Option<&FileSpec>,
+        storage: Option<&StorageRef>,
     ) -> Result<Backend, BackendError> {
+        match (kind, storage) {
+            ("custom", Some(s)) if file.is_none() => {
+                return Ok(Backend::Custom(CustomBackend::new(s.0.clone(), lba_size)))
+            }
+            ("custom", _) => {
+                return Err(BackendError::Spec(
+                    "a custom namespace takes a storage object and no path".into(),
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(BackendError::Spec(format!(
+                    "a {kind} namespace takes no storage object"
+                )))
+            }
+            _ => {}
+        }
         match (kind, file) {
             ("file", Some(spec)) => Ok(Backend::File(FileBackend::open(spec, size, lba_size)?)),
             ("file", None) => Err(BackendError::Spec(
@@ -95,6 +125,8 @@ impl Backend {
             Backend::Null(_) => {}
             // SAFETY: forwarded contract.
             Backend::File(f) => return unsafe { f.read(offset, dst, len) },
+            // SAFETY: forwarded contract.
+            Backend::Custom(c) => return unsafe { c.read(offset, dst, len) },
         }
         Ok(())
     }
@@ -112,6 +144,8 @@ impl Backend {
             Backend::Null(_) => {}
             // SAFETY: forwarded contract.
             Backend::File(f) => return unsafe { f.write(offset, src, len) },
+            // SAFETY: forwarded contract.
+            Backend::Custom(c) => return unsafe { c.write(offset, src, len) },
         }
         Ok(())
     }
@@ -128,8 +162,23 @@ impl Backend {
             Backend::Ram(r) => unsafe { r.zero(offset, len) },
             Backend::Null(_) => {}
             Backend::File(f) => return f.zero(offset, len),
+            Backend::Custom(c) => return c.zero(offset, len, false),
         }
         Ok(())
+    }
+
+    /// Deallocates `len` bytes at `offset` (Dataset Management AD, Write
+    /// Zeroes DEAC): zeroes them, or lets a custom storage deallocate them
+    /// (reading back as zeroes all the same).
+    ///
+    /// # Safety
+    /// `offset + len` within the namespace.
+    pub unsafe fn deallocate(&self, offset: u64, len: u64) -> Result<(), Errno> {
+        match self {
+            Backend::Custom(c) => c.zero(offset, len, true),
+            // SAFETY: forwarded contract.
+            _ => unsafe { self.zero(offset, len) },
+        }
     }
 
     /// True when the `len` bytes at `src` equal the namespace at `offset`.
@@ -142,6 +191,12 @@ impl Backend {
             Backend::Ram(r) => Ok(unsafe { r.compare(offset, src, len) }),
             // Nothing is stored: every compare of the null backend matches.
             Backend::Null(_) => Ok(true),
+            Backend::Custom(c) => {
+                let mut buf = Vec::new();
+                c.read_into(offset, len, &mut buf)?;
+                // SAFETY: as below.
+                Ok(buf.as_slice() == unsafe { std::slice::from_raw_parts(src, len) })
+            }
             Backend::File(f) => {
                 let mut buf = vec![0u8; len];
                 // SAFETY: buf holds len writable bytes.
@@ -163,6 +218,12 @@ impl Backend {
             // SAFETY: forwarded contract.
             Backend::Ram(r) => unsafe { r.copy(src, dst, len) },
             Backend::Null(_) => {}
+            Backend::Custom(c) => {
+                let n = usize::try_from(len).map_err(|_| libc::EINVAL)?;
+                let mut buf = Vec::new();
+                c.read_into(src, n, &mut buf)?;
+                c.write_from(dst, &buf)?;
+            }
             Backend::File(f) => {
                 let n = usize::try_from(len).map_err(|_| libc::EINVAL)?;
                 let mut buf = vec![0u8; n];
@@ -181,6 +242,7 @@ impl Backend {
     pub fn flush(&self) -> Result<(), Errno> {
         match self {
             Backend::File(f) => f.datasync(),
+            Backend::Custom(c) => c.flush(),
             _ => Ok(()),
         }
     }

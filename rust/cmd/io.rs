@@ -51,6 +51,9 @@ impl Namespace {
     pub fn format(&self, lba_size: u32) -> Result<(), Errno> {
         // SAFETY: the whole namespace, by construction in range.
         unsafe { self.backend.zero(0, self.size_bytes)? };
+        if let Backend::Custom(c) = &self.backend {
+            c.set_lba_size(lba_size);
+        }
         let shift = lba_size.trailing_zeros();
         self.lba_shift.store(shift, Ordering::Relaxed);
         self.lbas.store(self.size_bytes >> shift, Ordering::Relaxed);
@@ -361,6 +364,16 @@ fn rw_segments(
 ) -> Result<(), Failure> {
     let slba = off >> ns.lba_shift();
     let nsid = sqe.nsid();
+    if let Backend::Custom(c) = &ns.backend {
+        if !ctx
+            .segs
+            .iter()
+            .any(|s| matches!(s.target, Target::BitBucket))
+        {
+            return custom_rw(ctx, c, off, read)
+                .map_err(|e| e.failure(!read, slba, nsid, ctx.smart));
+        }
+    }
     if !read && ctx.segs.iter().any(Segment::is_remote) {
         // Every remote byte is fetched before any byte reaches the namespace.
         segment::fetch_remote(ctx.mem, ctx.segs, ctx.scratch)
@@ -402,6 +415,74 @@ fn rw_segments(
         off += s.len as u64;
     }
     Ok(())
+}
+
+/// Why a custom storage's transfer failed.
+enum CustomFail {
+    Storage(Errno),
+    Mem,
+}
+
+impl CustomFail {
+    fn failure(self, write: bool, slba: u64, nsid: u32, smart: &mut Smart) -> Failure {
+        match self {
+            CustomFail::Storage(e) => file_failure(e, write, slba, nsid, smart),
+            CustomFail::Mem => transfer_failure(slba, nsid),
+        }
+    }
+}
+
+/// A Read or Write on a custom storage: one call for the whole command,
+/// the data scattered to or gathered from the segments in `ctx.segs`.
+#[cold]
+fn custom_rw(
+    ctx: &mut IoContext<'_>,
+    c: &crate::backend::CustomBackend,
+    off: u64,
+    read: bool,
+) -> Result<(), CustomFail> {
+    let len: usize = ctx.segs.iter().map(|s| s.len).sum();
+    let mut data = Vec::with_capacity(len);
+    if read {
+        c.read_into(off, len, &mut data)
+            .map_err(CustomFail::Storage)?;
+        let mut at = 0;
+        for s in ctx.segs.iter() {
+            let piece = &data[at..at + s.len];
+            match s.target {
+                // SAFETY: the segment was translated against ctx.mem's
+                // snapshot, which keeps it mapped; it holds s.len bytes.
+                Target::Host(p) => unsafe {
+                    std::ptr::copy_nonoverlapping(piece.as_ptr(), p, s.len)
+                },
+                Target::Remote(iova) => ctx
+                    .mem
+                    .remote_write(iova, piece)
+                    .map_err(|_: MemError| CustomFail::Mem)?,
+                Target::BitBucket => {}
+            }
+            at += s.len;
+        }
+        return Ok(());
+    }
+    if ctx.segs.iter().any(Segment::is_remote) {
+        segment::fetch_remote(ctx.mem, ctx.segs, ctx.scratch).map_err(|_| CustomFail::Mem)?;
+    }
+    let mut fetched = 0usize;
+    for s in ctx.segs.iter() {
+        match s.target {
+            // SAFETY: as above, for reads of s.len bytes.
+            Target::Host(p) => {
+                data.extend_from_slice(unsafe { std::slice::from_raw_parts(p, s.len) })
+            }
+            Target::Remote(_) => {
+                data.extend_from_slice(&ctx.scratch[fetched..fetched + s.len]);
+                fetched += s.len;
+            }
+            Target::BitBucket => {}
+        }
+    }
+    c.write_from(off, &data).map_err(CustomFail::Storage)
 }
 
 /// What [`start`] leaves to the worker: a transfer for the backing file to

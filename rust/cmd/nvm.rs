@@ -81,9 +81,16 @@ pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> 
     let (slba, nlb) = lba_range(ns, sqe)?;
     writable(ns, slba, sqe.nsid())?;
     let shift = ns.lba_shift();
-    // SAFETY: the range check keeps it inside the namespace.
-    unsafe { ns.backend.zero(slba << shift, nlb << shift) }
-        .map_err(|e| file_failure(e, true, slba, sqe.nsid(), ctx.smart))?;
+    let (off, len) = (slba << shift, nlb << shift);
+    // DEAC (CDW12 bit 25): deallocate rather than write zeroes.
+    if sqe.cdw(12) & (1 << 25) != 0 {
+        // SAFETY: the range check keeps it inside the namespace.
+        unsafe { ns.backend.deallocate(off, len) }
+    } else {
+        // SAFETY: as above.
+        unsafe { ns.backend.zero(off, len) }
+    }
+    .map_err(|e| file_failure(e, true, slba, sqe.nsid(), ctx.smart))?;
     fua_flush(ctx, ns, sqe, slba)?;
     ctx.smart.host_write_commands += 1;
     Ok(0)
@@ -113,7 +120,7 @@ pub fn dataset_management(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Fai
         let shift = ns.lba_shift();
         for (slba, len) in ranges {
             // SAFETY: checked against the namespace above.
-            unsafe { ns.backend.zero(slba << shift, len << shift) }
+            unsafe { ns.backend.deallocate(slba << shift, len << shift) }
                 .map_err(|e| file_failure(e, true, slba, nsid, ctx.smart))?;
         }
     }

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use super::trace::Fetched;
 use super::{Queues, ERROR_RING};
 use crate::aio::{self, Aio, Completion, IoPath, Request};
 use crate::cmd::io::{self, Failure, FileKind, FileOp, Namespace};
@@ -32,6 +33,8 @@ struct Slot {
     mem: Option<Arc<MemoryMap>>,
     fd: i32,
     flags: i32,
+    /// The trace's record of the fetch, when tracing.
+    fetch: Option<Fetched>,
 }
 
 /// A worker's asynchronous file I/O.
@@ -113,6 +116,7 @@ impl FileIo {
         qid: u16,
         cqid: u16,
         cid: u16,
+        fetch: Option<Fetched>,
     ) -> Result<(), Failure> {
         let internal = || Failure {
             status: Status::INTERNAL_ERROR,
@@ -142,6 +146,7 @@ impl FileIo {
                     mem: None,
                     fd: -1,
                     flags: 0,
+                    fetch: None,
                 });
                 self.slots.len() - 1
             }
@@ -152,6 +157,7 @@ impl FileIo {
         slot.cqid = cqid;
         slot.cid = cid;
         slot.op = op;
+        slot.fetch = fetch;
         slot.iov.clear();
         for s in segs {
             if let Target::Host(p) = s.target {
@@ -231,6 +237,7 @@ struct Finished {
     cqid: u16,
     cid: u16,
     result: Result<u32, Failure>,
+    fetch: Option<Fetched>,
 }
 
 /// Turns a completion into a command result; short transfers are finished
@@ -315,6 +322,7 @@ impl super::Shared {
                 cqid: slot.cqid,
                 cid: slot.cid,
                 result,
+                fetch: slot.fetch.take(),
             });
             slot.mem = None;
             f.free.push(c.tag as u32);
@@ -343,6 +351,9 @@ impl super::Shared {
                 continue;
             }
             let (status, dw0) = record(&mut q.stats, &mut q.errors, d.qid, d.cid, d.result);
+            if let Some(f) = d.fetch {
+                self.trace.completed(f, status.field(), dw0);
+            }
             if cq_post(q, &mem, d.cqid, Cqe::new(d.qid, d.cid, status, dw0), sqhd) {
                 failed = true;
             }

@@ -34,6 +34,7 @@ fn file_engine(
                 cache,
                 io,
             }),
+            storage: None,
         }],
         msix_vectors: 2,
         max_qid: 2,

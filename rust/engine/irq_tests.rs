@@ -18,6 +18,7 @@ fn engine(managed: bool) -> Engine {
             lba_size: 512,
             backend: "null".into(),
             file: None,
+            storage: None,
         }],
         msix_vectors: 4,
         max_qid: 3,

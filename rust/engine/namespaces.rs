@@ -81,14 +81,18 @@ impl Engine {
                 readonly: f.readonly(),
             },
             other => NamespaceInfo {
-                backend: if matches!(other, Backend::Ram(_)) {
-                    "ram"
-                } else {
-                    "null"
+                backend: match other {
+                    Backend::Ram(_) => "ram",
+                    Backend::Custom(_) => "custom",
+                    _ => "null",
                 },
                 size_bytes: ns.size_bytes(),
                 path: None,
-                io: "memory",
+                io: if matches!(other, Backend::Custom(_)) {
+                    "calls"
+                } else {
+                    "memory"
+                },
                 cache: "memory",
                 readonly: false,
             },

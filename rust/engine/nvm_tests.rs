@@ -16,6 +16,7 @@ pub(super) fn engine() -> Engine {
             lba_size: 512,
             backend: "ram".into(),
             file: None,
+            storage: None,
         }],
         msix_vectors: 2,
         max_qid: 1,

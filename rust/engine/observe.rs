@@ -39,9 +39,14 @@ impl Engine {
             .map(|w| w.waker.wakeups.load(Ordering::Relaxed))
             .sum();
         let (mut file_ops, mut file_errors) = (0, 0);
+        let (mut storage_calls, mut storage_errors) = (0, 0);
         // Requests by the path that served them: which one is in use.
         let mut by_path = [0u64; 3];
         for ns in self.shared.namespaces.iter() {
+            if let crate::backend::Backend::Custom(c) = &ns.backend {
+                storage_calls += c.calls.load(Ordering::Relaxed);
+                storage_errors += c.errors.load(Ordering::Relaxed);
+            }
             if let Some(f) = ns.backend.as_file() {
                 let ops = f.ops.load(Ordering::Relaxed);
                 file_ops += ops;
@@ -57,6 +62,8 @@ impl Engine {
         let v = &self.shared.vectors;
         vec![
             ("io_commands", st.io_commands),
+            ("storage_calls", storage_calls),
+            ("storage_errors", storage_errors),
             ("admin_commands", st.admin_commands),
             ("io_errors", st.io_errors),
             ("batches", st.batches),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::file_io::{record, FileIo};
 use super::poll::PollWindow;
+use super::trace::Trace;
 use super::{lock, AdminOutcome, Polling, Queues, Shared, NO_TAIL, SQ_BURST};
 use crate::cmd::io::{self, IoContext, Started};
 use crate::doorbell::Shadow;
@@ -138,6 +139,9 @@ impl Shared {
             q.stats.cqe_post_errors += 1;
             self.fatal.store(true, Ordering::SeqCst);
         }
+        if self.trace.on() {
+            self.trace.admin_done(cid, status.field(), dw0);
+        }
     }
 
     /// Turns the entries posted since the last call into interrupt
@@ -244,6 +248,8 @@ impl Shared {
         // for this pass.
         let gen = self.generation.load(Ordering::SeqCst);
         let files = q.file.is_some();
+        // Once per pass: with the trace off, the only cost it has.
+        let traced = self.trace.on();
         // Commands served by a synchronous call on this worker this pass.
         let mut inline = 0u32;
         let mut done = 0usize;
@@ -292,6 +298,8 @@ impl Shared {
                     break;
                 }
                 let sqe = Sqe::from_bytes(&raw);
+                let fetch =
+                    traced.then(|| Trace::fetched(&sqe, qid, self.trace.now_ns(), w as u16));
                 let slot = sq.head;
                 sq.advance();
                 burst += 1;
@@ -300,6 +308,9 @@ impl Shared {
                     if let Some(pos) = sq.aborts.iter().position(|&s| s == slot) {
                         // Aborted while still queued: complete it unexecuted.
                         sq.aborts.swap_remove(pos);
+                        if let Some(f) = fetch {
+                            self.trace.completed(f, Status::ABORT_REQUESTED.field(), 0);
+                        }
                         let cqe = Cqe::new(qid, sqe.cid(), Status::ABORT_REQUESTED, 0);
                         if cq.post(&mem, cqe, sq.head as u16).is_err() {
                             q.stats.cqe_post_errors += 1;
@@ -312,6 +323,9 @@ impl Shared {
                 if qid == 0 {
                     // The slot stays reserved until the handler completes it.
                     q.admin_pending.push(sqe.cid());
+                    if let Some(f) = fetch {
+                        self.trace.admin_fetched(f);
+                    }
                     admin.push(sqe);
                     continue;
                 }
@@ -354,6 +368,7 @@ impl Shared {
                                 qid,
                                 cqid,
                                 sqe.cid(),
+                                fetch,
                             ),
                             None => unreachable_file(op),
                         };
@@ -368,6 +383,9 @@ impl Shared {
                     }
                 };
                 let (status, dw0) = record(&mut q.stats, &mut q.errors, qid, sqe.cid(), result);
+                if let Some(f) = fetch {
+                    self.trace.completed(f, status.field(), dw0);
+                }
                 if cq
                     .post(&mem, Cqe::new(qid, sqe.cid(), status, dw0), sq.head as u16)
                     .is_err()

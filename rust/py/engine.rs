@@ -8,8 +8,9 @@ use pyo3::types::{PyBytes, PyDict};
 use super::callbacks::{notifier, PyAdminHandler, PyDmaTransport};
 use super::errors::{choice, config_err, state_err, to_py, u16_arg};
 use super::lifecycle;
+use super::storage::PyStorage;
 use crate::aio::Choice;
-use crate::backend::{CacheMode, FileSpec};
+use crate::backend::{CacheMode, FileSpec, StorageRef};
 use crate::engine::{AdminHandler, Engine, EngineConfig, NamespaceSpec, Polling};
 use crate::irq::{dup_fd, IrqMode};
 use crate::mem::DmaTransport;
@@ -28,15 +29,35 @@ const IRQ_MODES: &[(&str, IrqMode)] = &[
     ("intx", IrqMode::Intx),
 ];
 
-/// One namespace entry: `(size_bytes, lba_size, backend)` or
+/// One namespace entry: `(size_bytes, lba_size, backend)`,
+/// `(size_bytes, lba_size, "custom", storage_object)` or
 /// `(size_bytes, lba_size, backend, path, readonly, cache, io)`.
 fn namespace_spec(py: Python<'_>, ns: &Bound<'_, PyAny>) -> PyResult<NamespaceSpec> {
+    if let Ok((size_bytes, lba_size, backend, obj)) =
+        ns.extract::<(u64, u32, String, Bound<'_, PyAny>)>()
+    {
+        if backend != "custom" {
+            return Err(config_err(
+                py,
+                format!("a 4-tuple namespace is (size_bytes, lba_size, \"custom\", storage), not {backend:?}"),
+            ));
+        }
+        let storage = PyStorage::new(&obj).map_err(|m| config_err(py, m))?;
+        return Ok(NamespaceSpec {
+            size_bytes,
+            lba_size,
+            backend,
+            file: None,
+            storage: Some(StorageRef(Arc::new(storage))),
+        });
+    }
     if let Ok((size_bytes, lba_size, backend)) = ns.extract::<(u64, u32, String)>() {
         return Ok(NamespaceSpec {
             size_bytes,
             lba_size,
             backend,
             file: None,
+            storage: None,
         });
     }
     let (size_bytes, lba_size, backend, path, readonly, cache, io) = ns
@@ -69,6 +90,7 @@ fn namespace_spec(py: Python<'_>, ns: &Bound<'_, PyAny>) -> PyResult<NamespaceSp
             cache,
             io,
         }),
+        storage: None,
     })
 }
 
@@ -524,6 +546,46 @@ impl PyEngine {
     fn set_coalescing_disabled(&self, py: Python<'_>, vector: u32, disabled: bool) -> PyResult<()> {
         py.detach(|| self.inner.set_coalescing_disabled(vector, disabled))
             .map_err(|e| to_py(py, e))
+    }
+
+    /// Starts the command trace into a ring of `capacity` records.
+    fn trace_start(&self, py: Python<'_>, capacity: usize) -> PyResult<()> {
+        if !(1..=1 << 24).contains(&capacity) {
+            return Err(config_err(
+                py,
+                format!("trace capacity {capacity} must be in 1..=16777216 records"),
+            ));
+        }
+        self.inner.trace().start(capacity);
+        Ok(())
+    }
+
+    fn trace_stop(&self) {
+        self.inner.trace().stop();
+    }
+
+    fn trace_on(&self) -> bool {
+        self.inner.trace().on()
+    }
+
+    /// Takes up to `max` records, oldest first.
+    fn trace_drain<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let recs = py.detach(|| self.inner.trace().drain(max));
+        recs.iter()
+            .map(|r| super::trace::record_dict(py, r))
+            .collect()
+    }
+
+    fn trace_dropped(&self) -> u64 {
+        self.inner.trace().dropped()
+    }
+
+    /// Records a BAR0 write the embedder handled (registers are Python's).
+    fn trace_register(&self, offset: u64, value: u64) {
+        let t = self.inner.trace();
+        if t.on() {
+            t.register(offset, value);
+        }
     }
 
     fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

@@ -9,6 +9,8 @@
 //! - `callbacks`: the Python callables workers call (admin handler, DMA
 //!   transport, notifiers);
 //! - `lifecycle`: worker thread states, and stopping at interpreter exit;
+//! - `storage`: a Python object as a namespace's blocks;
+//! - `trace`: command trace records as dicts;
 //! - `bench`: benchmark drivers and floors;
 //! - `vfio_bench`: the vfio-user benchmark client.
 
@@ -19,6 +21,8 @@ mod callbacks;
 mod engine;
 mod errors;
 mod lifecycle;
+mod storage;
+mod trace;
 mod vfio_bench;
 
 #[pymodule]

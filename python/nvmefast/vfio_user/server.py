@@ -475,14 +475,16 @@ class VfioUserServer:
                 if self._stopping:
                     sock.close()
                     return
+                if self.doorbells == "mmap":
+                    # The client may map the doorbell page: nothing wakes a worker then.
+                    self.controller.set_doorbell_scan(self.doorbell_scan_us)
                 self.connections += 1
                 conn = _Connection(self, sock, self.connections)
+                # Started under the lock: stop() joins the current
+                # connection's threads, which must have started by then.
+                conn.start()
                 self._current = conn
             log.info("client %d connected", conn.number)
-            if self.doorbells == "mmap":
-                # The client may map the doorbell page: nothing wakes a worker then.
-                self.controller.set_doorbell_scan(self.doorbell_scan_us)
-            conn.start()
             with self._lock:
                 while self._current is conn and not self._stopping:
                     self._idle.wait()
