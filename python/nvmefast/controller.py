@@ -264,9 +264,10 @@ class Controller:
 
     def bar0_write(self, offset: int, value: int, size: int) -> None:
         """Write ``size`` (1, 2, 4 or 8) bytes of ``value`` to BAR0 at ``offset``."""
-        engine = self._live()
-        if engine.trace_on():
-            self.trace.register_write(offset, value)
+        self._live()
+        trace = self._trace
+        if trace is not None and trace.recording:
+            trace.register_write(offset, value)
         self._registers.write(offset, value, size)
 
     def function_reset(self) -> None:

@@ -37,21 +37,26 @@ class CommandTrace:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self.recording = False
+        """Mirror of the core's flag, so ``Controller.bar0_write`` (on the
+        MMIO doorbell path) checks an attribute, not a call into the core."""
 
     def start(self, capacity: int = 65536) -> None:
         """Start (or restart, clearing the ring) with room for ``capacity`` records."""
         if not isinstance(capacity, int) or isinstance(capacity, bool):
             raise ConfigError(f"trace capacity must be an int, got {type(capacity).__name__}")
         self._engine.trace_start(capacity)
+        self.recording = True
 
     def stop(self) -> None:
         """Stop recording; the records stay readable."""
         self._engine.trace_stop()
+        self.recording = False
 
     @property
     def on(self) -> bool:
         """Whether records are being taken."""
-        return self._engine.trace_on()
+        return self.recording
 
     @property
     def dropped(self) -> int:

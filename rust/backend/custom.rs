@@ -110,15 +110,11 @@ impl CustomBackend {
         if offset & mask == 0 && data.len() as u64 & mask == 0 {
             return self.counted(self.storage.write(offset >> shift, data, lba_size));
         }
-        let (lba, _nlb, skip) = self.cover(offset, data.len())?;
+        let (lba, nlb, skip) = self.cover(offset, data.len())?;
         let mut whole = Vec::new();
-        let start = lba << shift;
-        let span = usize::try_from(
-            (offset + data.len() as u64).div_ceil(u64::from(lba_size)) * u64::from(lba_size)
-                - start,
-        )
-        .map_err(|_| libc::EINVAL)?;
-        self.read_into(start, span, &mut whole)?;
+        // cover() checked offset + len; nlb whole blocks hold it.
+        let span = usize::try_from(nlb << shift).map_err(|_| libc::EINVAL)?;
+        self.read_into(lba << shift, span, &mut whole)?;
         whole[skip..skip + data.len()].copy_from_slice(data);
         self.counted(self.storage.write(lba, &whole, lba_size))
     }

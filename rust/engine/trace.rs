@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::lock;
+use crate::spec::opcode::io;
 use crate::spec::Sqe;
 
 /// What a record is.
@@ -34,34 +35,25 @@ impl Kind {
     }
 }
 
-/// One traced event.
+/// One traced event: what was fetched, and how it ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record {
     pub kind: Kind,
-    /// Nanoseconds since the trace started: fetch and completion (equal
-    /// for a register write).
-    pub fetch_ns: u64,
+    /// The command as fetched (a register write: its time, and the offset
+    /// in `slba`).
+    pub cmd: Fetched,
+    /// Nanoseconds since the trace started (a register write: its time).
     pub done_ns: u64,
-    pub qid: u16,
-    pub cid: u16,
-    pub opcode: u8,
-    pub nsid: u32,
-    /// Starting LBA (CDW10-11) of an I/O command; the offset of a register write.
-    pub slba: u64,
-    /// Blocks (NLB + 1) of an I/O command with an LBA range, else 0.
-    pub nlb: u32,
     /// The CQE status field (15 bits); 0 for a register write.
     pub status: u16,
-    /// Worker index (0 admin, 1.. I/O); 0 for a register write.
-    pub worker: u16,
     /// A register write's value; an I/O or admin command's DW0.
     pub value: u64,
 }
 
-/// A command fetched and not completed yet (admin commands wait for the
-/// handler).
-#[derive(Clone, Copy, Debug)]
+/// A command as fetched (admin commands then wait for the handler).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Fetched {
+    /// Nanoseconds since the trace started.
     pub fetch_ns: u64,
     /// The worker that fetched it (0 admin).
     pub worker: u16,
@@ -69,14 +61,21 @@ pub struct Fetched {
     pub cid: u16,
     pub opcode: u8,
     pub nsid: u32,
+    /// Starting LBA (CDW10-11) of an I/O command with an LBA range.
     pub slba: u64,
+    /// Blocks (NLB + 1) of an I/O command with an LBA range, else 0.
     pub nlb: u32,
 }
 
-/// Opcodes whose CDW10-12 are an LBA range (Read, Write, Compare, Write
-/// Zeroes, Verify, Write Uncorrectable; Flush has none).
+/// Write Uncorrectable: an LBA range too, though the core refuses it.
+const WRITE_UNCORRECTABLE: u8 = 0x04;
+
+/// Opcodes whose CDW10-12 are an LBA range (Flush, DSM and Copy have none).
 fn has_lba_range(opcode: u8) -> bool {
-    matches!(opcode, 0x01 | 0x02 | 0x04 | 0x05 | 0x08 | 0x0c)
+    matches!(
+        opcode,
+        io::READ | io::WRITE | WRITE_UNCORRECTABLE | io::COMPARE | io::WRITE_ZEROES | io::VERIFY
+    )
 }
 
 struct Ring {
@@ -179,16 +178,9 @@ impl Trace {
         let kind = if f.qid == 0 { Kind::Admin } else { Kind::Io };
         r.push(Record {
             kind,
-            fetch_ns: f.fetch_ns,
+            cmd: f,
             done_ns,
-            qid: f.qid,
-            cid: f.cid,
-            opcode: f.opcode,
-            nsid: f.nsid,
-            slba: f.slba,
-            nlb: f.nlb,
             status,
-            worker: f.worker,
             value: u64::from(dw0),
         });
     }
@@ -221,16 +213,13 @@ impl Trace {
         let mut r = lock(&self.ring);
         r.push(Record {
             kind: Kind::Register,
-            fetch_ns: t,
+            cmd: Fetched {
+                fetch_ns: t,
+                slba: offset,
+                ..Fetched::default()
+            },
             done_ns: t,
-            qid: 0,
-            cid: 0,
-            opcode: 0,
-            nsid: 0,
-            slba: offset,
-            nlb: 0,
             status: 0,
-            worker: 0,
             value,
         });
     }
@@ -298,9 +287,9 @@ mod tests {
         let r = t.drain(10);
         assert_eq!(r.len(), 1);
         assert_eq!(
-            (r[0].kind, r[0].opcode, r[0].status, r[0].value),
+            (r[0].kind, r[0].cmd.opcode, r[0].status, r[0].value),
             (Kind::Admin, 6, 2, 9)
         );
-        assert_eq!((r[0].slba, r[0].nlb), (0, 0));
+        assert_eq!((r[0].cmd.slba, r[0].cmd.nlb), (0, 0));
     }
 }

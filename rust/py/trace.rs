@@ -11,21 +11,22 @@ use crate::engine::trace::{Kind, Record};
 pub(super) fn record_dict<'py>(py: Python<'py>, r: &Record) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("kind", r.kind.name())?;
-    d.set_item("fetch_ns", r.fetch_ns)?;
+    let c = &r.cmd;
+    d.set_item("fetch_ns", c.fetch_ns)?;
     d.set_item("done_ns", r.done_ns)?;
     if r.kind == Kind::Register {
-        d.set_item("offset", r.slba)?;
+        d.set_item("offset", c.slba)?;
         d.set_item("value", r.value)?;
         return Ok(d);
     }
-    d.set_item("qid", r.qid)?;
-    d.set_item("cid", r.cid)?;
-    d.set_item("opcode", r.opcode)?;
-    d.set_item("nsid", r.nsid)?;
-    d.set_item("slba", r.slba)?;
-    d.set_item("nlb", r.nlb)?;
+    d.set_item("qid", c.qid)?;
+    d.set_item("cid", c.cid)?;
+    d.set_item("opcode", c.opcode)?;
+    d.set_item("nsid", c.nsid)?;
+    d.set_item("slba", c.slba)?;
+    d.set_item("nlb", c.nlb)?;
     d.set_item("status", r.status)?;
-    d.set_item("worker", r.worker)?;
+    d.set_item("worker", c.worker)?;
     d.set_item("dw0", r.value)?;
     Ok(d)
 }
