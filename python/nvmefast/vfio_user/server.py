@@ -24,6 +24,7 @@ import stat
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from types import TracebackType
 
@@ -59,6 +60,9 @@ class _Connection:
         self.replies_lock = threading.Lock()
         self.next_id = 0x8000
         self.closed = threading.Event()
+        # Messages by command name, logged at disconnect (how chatty a
+        # client was: a doorbell per message, PBA reads, ...).
+        self.messages: Counter[str] = Counter()
         self.reader = threading.Thread(target=self._read_loop, name=f"vfio-user-reader-{number}", daemon=True)
         self.handler = threading.Thread(target=self._handle_loop, name=f"vfio-user-handler-{number}", daemon=True)
 
@@ -157,6 +161,7 @@ class _Connection:
             self._teardown()
 
     def _dispatch(self, hdr: Header, payload: bytes, fds: list[int]) -> None:
+        self.messages[hdr.name] += 1
         if hdr.kind != p.TYPE_COMMAND:
             log.warning("client %d: message %d has type %d; refused", self.number, hdr.msg_id, hdr.kind)
             if not hdr.no_reply:
@@ -379,6 +384,12 @@ class _Connection:
         except OSError:
             pass
         log.info("client %d: disconnected; device reset, mappings and interrupts dropped", self.number)
+        log.info("client %d: %d messages: %s", self.number, sum(self.messages.values()),
+                 ", ".join(f"{name} {n}" for name, n in self.messages.most_common()))
+        c = self.controller.counters()
+        log.info("controller: %s", ", ".join(f"{k} {c[k]}" for k in (
+            "io_commands", "interrupts", "batches", "worker_sleeps", "worker_wakeups", "doorbell_writes")
+            if k in c))
         self.server._connection_done(self)
 
 
