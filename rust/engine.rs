@@ -189,6 +189,8 @@ struct Queues {
     /// This worker's share of the INTx level (some CQ of its holds
     /// unconsumed entries).
     intx_level: bool,
+    /// Completions and interrupts fault rules hold back.
+    faults: faults::Pending,
 }
 
 impl Queues {
@@ -207,6 +209,7 @@ impl Queues {
             file: None,
             coalesce: Coalescing::new(vectors),
             intx_level: false,
+            faults: faults::Pending::default(),
         }
     }
 }
@@ -268,6 +271,8 @@ struct Shared {
     has_inline: bool,
     /// The opt-in command trace.
     trace: trace::Trace,
+    /// Fault rules and the power state.
+    faults: faults::Faults,
 }
 
 /// The emulated controller's hot path.
@@ -394,6 +399,7 @@ impl Engine {
             write_cache: AtomicBool::new(true),
             has_inline: namespaces_inline,
             trace: trace::Trace::default(),
+            faults: faults::Faults::default(),
             cfg,
         };
         Ok(Engine {
@@ -513,37 +519,8 @@ impl Engine {
     /// counters stay (they belong to the PCI function, not the controller).
     pub fn reset(&self) {
         let _gate = lock(&self.shared.handler_gate);
-        // Every worker's table at once (taken in index order, the only
-        // order anyone takes more than one), so no worker sees half a reset.
-        let mut guards: Vec<_> = self
-            .shared
-            .workers
-            .iter()
-            .map(|w| lock(&w.queues))
-            .collect();
-        for q in guards.iter_mut() {
-            for s in q.sqs.iter_mut() {
-                *s = None;
-            }
-            for c in q.cqs.iter_mut() {
-                *c = None;
-            }
-            q.active_sqs.clear();
-            q.active_cqs.clear();
-            q.admin_pending.clear();
-            q.coalesce.reset();
-            q.intx_level = false;
-        }
-        for t in self.shared.cq_tails.iter() {
-            t.store(NO_TAIL, Ordering::SeqCst);
-        }
-        for o in self.shared.owner.iter() {
-            o.store(NO_OWNER, Ordering::SeqCst);
-        }
-        self.shared.generation.fetch_add(1, Ordering::SeqCst);
-        self.shared.doorbells.clear();
+        self.shared.clear_queues();
         self.shared.fatal.store(false, Ordering::SeqCst);
-        drop(guards);
         // Commands still in flight to a file write guest memory until the
         // kernel completes them: the reset completes after they do (their
         // completions are dropped: the generation moved on).
@@ -720,6 +697,19 @@ impl Engine {
         let i = usize::from(qid);
         self.wait_files(|q| q.sqs[i].as_ref().map_or(0, |sq| sq.inflight as usize));
         let mut q = lock(&self.shared.workers[w].queues);
+        // Held back by a fault rule: aborted with the SQ, as the spec has
+        // Delete I/O Submission Queue do to commands still outstanding.
+        if self
+            .shared
+            .post_held(&mut q, |h| h.qid == qid, Some(Status::ABORT_SQ_DELETED))
+            > 0
+        {
+            let mut out = worker::Signals::default();
+            self.shared.decide_signals(w, &mut q, &mut out);
+            drop(q);
+            self.shared.deliver(&mut out);
+            q = lock(&self.shared.workers[w].queues);
+        }
         let sq = q.sqs[usize::from(qid)]
             .take()
             .ok_or(QueueError::Missing { qid })?;
@@ -780,14 +770,25 @@ impl Engine {
     /// Abort (08h) for an I/O command still queued: if SQ `sqid` holds an
     /// unfetched entry with `cid`, it will complete with Command Abort
     /// Requested instead of running. False when it is not queued (I/O runs
-    /// as soon as it is fetched, so a fetched command has completed).
+    /// as soon as it is fetched, so a fetched command has completed),
+    /// unless a fault rule holds it back and lets it be aborted: then it
+    /// completes now with Command Abort Requested (any queue, admin too).
     pub fn abort_command(&self, sqid: u16, cid: u16) -> bool {
+        let owner = if sqid == 0 {
+            Some(0)
+        } else {
+            self.sq_owner(sqid)
+        };
+        let Some(w) = owner else {
+            return false;
+        };
+        // Fetched and held by a fault rule: aborted if the rule allows it.
+        if let Some(aborted) = self.abort_held(w, sqid, cid) {
+            return aborted;
+        }
         if sqid == 0 {
             return false;
         }
-        let Some(w) = self.sq_owner(sqid) else {
-            return false;
-        };
         let mut q = lock(&self.shared.workers[w].queues);
         let mem = self.shared.mem.snapshot();
         let shadow = self.shared.doorbells.shadow();
@@ -956,6 +957,7 @@ impl Drop for Engine {
 }
 
 mod dma;
+pub mod faults;
 mod file_io;
 mod interrupts;
 mod namespaces;

@@ -92,3 +92,35 @@ def test_bad_marker_options_fail_setup_with_a_message(pytester: pytest.Pytester)
     assert "['sereal'] are not ControllerConfig fields" in out
     assert "max_io_queue_pairs" in out
     assert "doorbells must be one of" in out
+
+
+def test_nvme_faults_marker_installs_rules(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_user="""
+        import pytest
+        from nvmefast import CommandError
+        from nvmefast.faults import FaultRule
+
+        @pytest.mark.nvme_faults("read lba=7 count=1 -> status unrecovered-read-error dnr",
+                                 FaultRule("transfer-error", opcode=0x01, count=1))
+        def test_driver_sees_the_errors(nvme_host, nvme_controller):
+            with pytest.raises(CommandError) as e:
+                nvme_host.read(1, 7, 1)
+            assert (e.value.sct, e.value.sc, e.value.dnr) == (2, 0x81, True)
+            nvme_host.read(1, 7, 1)
+            with pytest.raises(CommandError):
+                nvme_host.write(1, 0, b"w" * 512)
+            assert [r["hits"] for r in nvme_controller.faults] == [1, 1]
+
+        @pytest.mark.nvme_faults("admin identify -> never")
+        def test_server_controller_gets_them_too(nvme_server):
+            assert len(nvme_server.controller.faults) == 1
+
+        @pytest.mark.nvme_faults("read -> explode")
+        def test_bad_rule(nvme_controller):
+            pass
+        """
+    )
+    r = pytester.runpytest("-p", "no:cacheprovider", "--strict-markers")
+    r.assert_outcomes(passed=2, errors=1)
+    assert "unknown action 'explode'" in r.stdout.str()

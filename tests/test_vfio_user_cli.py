@@ -3,6 +3,7 @@ the raw vfio-user client, then stopped with SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -106,34 +107,62 @@ def test_serve_refuses_a_socket_path_that_is_a_file(
         assert f.read() == "keep me"
 
 
-def test_serve_trace_writes_json_lines(tmp_path: Path) -> None:
-    import json
-
-    directory, path = short_socket_path("trace")
-    trace = tmp_path / "trace.jsonl"
+@contextlib.contextmanager
+def serving(tag: str, *args: str) -> Iterator[tuple[str, list[str]]]:
+    """`nvmefast serve --socket PATH ARGS...`, listening: yields PATH and a list
+    that holds the server's stderr once the block has stopped it by SIGTERM."""
+    directory, path = short_socket_path(tag)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nvmefast.cli", "serve", "--socket", path, "--namespace", "ram:8M",
-         "--trace", str(trace), "--log-level", "warning"],
+        [sys.executable, "-m", "nvmefast.cli", "serve", "--socket", path, *args],
         stderr=subprocess.PIPE, text=True,
     )
+    stderr: list[str] = []
     try:
         deadline = time.monotonic() + 15
         while not os.path.exists(path):
             assert proc.poll() is None and time.monotonic() < deadline, "nvmefast serve did not listen"
             time.sleep(0.05)
-        with connect(path) as client, NvmeHost(client) as host:
-            host.enable()
-            host.create_io_queue_pair(1, 16)
-            assert host.write(1, 9, b"t" * 512).ok
+        yield path, stderr
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.communicate(timeout=10)
+        stderr.append(proc.communicate(timeout=10)[1])
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_serve_trace_writes_json_lines(tmp_path: Path) -> None:
+    import json
+
+    trace = tmp_path / "trace.jsonl"
+    with serving("trace", "--namespace", "ram:8M", "--trace", str(trace), "--log-level", "warning") as (path, _):
+        with connect(path) as client, NvmeHost(client) as host:
+            host.enable()
+            host.create_io_queue_pair(1, 16)
+            assert host.write(1, 9, b"t" * 512).ok
     recs = [json.loads(line) for line in trace.read_text().splitlines()]
     io = [r for r in recs if r["kind"] == "io"]
     assert [(r["opcode"], r["slba"], r["nlb"], r["status"]) for r in io] == [(0x01, 9, 1, 0)]
     assert any(r["kind"] == "admin" and r["opcode"] == 0x05 for r in recs)  # Create I/O CQ
     assert any(r["kind"] == "register" and r["offset"] == 0x14 for r in recs)  # CC
+
+
+def test_serve_fault_rules_apply_to_the_client_and_report_hits() -> None:
+    rule = "write lba=9 count=1 -> status write-fault dnr"
+    with serving("fault", "--namespace", "ram:8M", "--fault", rule) as (path, stderr):
+        with connect(path) as client, NvmeHost(client) as host:
+            host.enable()
+            host.create_io_queue_pair(1, 16)
+            failed = host.write(1, 9, b"t" * 512)
+            assert (failed.sct, failed.sc, failed.dnr) == (2, 0x80, True)
+            assert host.write(1, 9, b"t" * 512).ok
+    assert f"fault rule 1: {rule}" in stderr[0]
+    assert "fault rule 1: 1 hits of 2 matches" in stderr[0]
+
+
+def test_serve_refuses_a_bad_fault_rule() -> None:
+    r = subprocess.run([sys.executable, "-m", "nvmefast.cli", "serve", "--socket", "/tmp/never.sock",
+                        "--fault", "read lba=5..1 -> cfs"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert "lba range 5..1 is empty" in r.stderr

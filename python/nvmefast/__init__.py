@@ -21,6 +21,7 @@ from nvmefast.errors import (
     StateError,
     VectorError,
 )
+from nvmefast.faults import FaultRule, FaultRuleError
 from nvmefast.status import Status
 from nvmefast.storage import Storage
 
@@ -30,6 +31,8 @@ __all__ = [
     "Controller",
     "ControllerConfig",
     "DmaMapError",
+    "FaultRule",
+    "FaultRuleError",
     "HostTimeoutError",
     "NamespaceConfig",
     "NvmeFastError",

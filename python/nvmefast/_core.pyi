@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "DmaMapError",
     "Engine",
+    "FaultTable",
     "NvmeFastError",
     "QueueError",
     "RegisterAccessError",
@@ -273,6 +274,9 @@ class Engine:
         """Records dropped by a full ring since trace_start."""
     def trace_register(self, offset: int, value: int) -> None:
         """Record a BAR0 write (when the trace is on)."""
+    # fault injection
+    def faults(self) -> FaultTable:
+        """The fault rule table and power state of this engine."""
     # observation
     def counters(self) -> dict[str, int]:
         """Event counters.
@@ -297,6 +301,50 @@ class Engine:
         """
     def take_errors(self) -> list[tuple[int, int, int, int, int, int]]:
         """Failed I/O commands since the last call: (sqid, cid, status, param_loc, lba, nsid)."""
+
+@final
+class FaultTable:
+    """An engine's fault rules (built and checked by ``nvmefast.faults``)."""
+
+    def add(
+        self,
+        *,
+        queue: int | str,
+        opcode: int | None,
+        nsid: int | None,
+        lba: tuple[int, int] | None,
+        action: str,
+        status: int,
+        delay_ns: int,
+        abortable: bool,
+        byte: int,
+        xor: int,
+        count: int,
+        skip: int,
+        probability: float,
+        seed: int,
+    ) -> int:
+        """Add a rule after the others; its id. ConfigError for a contradiction."""
+    def remove(self, id: int) -> bool:
+        """Remove rule ``id``; False when there is none."""
+    def clear(self) -> None:
+        """Remove every rule (held commands stay held)."""
+    def rules(self) -> list[dict[str, Any]]:
+        """The rules in order: id, action, matched, hits."""
+    def held(self) -> int:
+        """Commands whose completion a rule holds back now."""
+    def track_unflushed(self, on: bool) -> list[int]:
+        """Start/stop keeping pre-images of unflushed writes; the NSIDs that cannot be tracked."""
+    def unflushed_blocks(self) -> int:
+        """Blocks holding writes no Flush has made durable (while tracked)."""
+    def power_loss(self) -> int:
+        """Power loss now: commands dropped, unflushed writes rolled back
+        (the blocks returned), controller off until power_on."""
+    @property
+    def powered_off(self) -> bool:
+        """True while off after a power loss."""
+    def power_on(self) -> None:
+        """Power back on: the engine in its reset state."""
 
 @final
 class VfioUserBench:

@@ -48,6 +48,9 @@ class BenchConfig:
     iothreads: int = 1
     """I/O worker threads; with more than one, one queue pair per iothread,
     each driven by its own host thread, and the figures are their sum."""
+    faults: tuple[str, ...] = ()
+    """Fault rules (text form) installed on the controller: one that never
+    fires (``nsid=99 -> cfs``) measures what an armed rule table costs."""
 
 
 @dataclass
@@ -128,6 +131,8 @@ class BenchSession:
             polling=polling,
         )
         self.controller = Controller(ccfg)
+        for rule in cfg.faults:
+            self.controller.faults.add(rule)
         self._page: tuple[int, int, int] | None = None
         self._shadow: tuple[int, int] | None = None
         try:
@@ -320,7 +325,8 @@ def format_table(cfg: BenchConfig, floors: Floors, points: Sequence[Point]) -> s
         f"nvmefast bench: 4 KiB random reads, {cfg.backend} namespace of {cfg.size_bytes >> 20} MiB "
         f"(LBA {cfg.lba_size} B), {cfg.seconds:g} s per point, worker polls {cfg.poll_us} us, "
         f"doorbells by {cfg.doorbell}, {cfg.iothreads} iothread(s)"
-        + (f" ({cfg.iothreads} queue pairs, one host thread each, QD per pair)" if cfg.iothreads > 1 else ""),
+        + (f" ({cfg.iothreads} queue pairs, one host thread each, QD per pair)" if cfg.iothreads > 1 else "")
+        + "".join(f"\nfault rule: {rule}" for rule in cfg.faults),
         f"floors: eventfd ping-pong {floors.eventfd_rtt_ns / 1000:.2f} us round trip | "
         f"shared-memory ping-pong {floors.shm_rtt_ns / 1000:.3f} us | "
         f"random 4 KiB memcpy {floors.memcpy_4k_per_s / 1e6:.2f} M/s",

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from nvmefast.config import BACKENDS, CACHE_MODES, IO_PATHS, LBA_SIZES, NamespaceConfig
 from nvmefast.errors import NvmeFastError
+from nvmefast.faults import FaultRule, FaultRuleError
 
 __all__ = ["NamespaceSpec", "describe_namespace", "main", "parse_size"]
 
@@ -72,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
         help="I/O worker threads; more than one runs a queue pair and a host thread per iothread (default 1)",
     )
     b.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    b.add_argument(
+        "--fault",
+        metavar="RULE",
+        action="append",
+        type=_fault_rule,
+        help="install a fault rule on the benchmarked controller (docs/faults.md); "
+        "'nsid=99 -> cfs' never fires and measures what an armed rule table costs",
+    )
     v = b.add_argument_group("--vfio-user")
     v.add_argument(
         "--vfio-user",
@@ -246,6 +255,14 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="record every command and register write (Controller.trace) and append them to PATH as JSON Lines",
     )
     s.add_argument(
+        "--fault",
+        metavar="RULE",
+        action="append",
+        type=_fault_rule,
+        help="a fault rule, e.g. 'read lba=0..7 count=1 -> status unrecovered-read-error dnr' "
+        "(docs/faults.md); repeat for more; hits are logged at exit",
+    )
+    s.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         default="info",
@@ -332,6 +349,14 @@ def _format_size(size: int) -> str:
     return f"{size} bytes"
 
 
+def _fault_rule(text: str) -> FaultRule:
+    """``--fault``: a rule in its text form (argparse reports a bad one)."""
+    try:
+        return FaultRule.parse(text)
+    except FaultRuleError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     import logging
     import signal
@@ -386,11 +411,17 @@ def _serve(args: argparse.Namespace) -> int:
     for nsid in range(1, len(specs) + 1):
         print(f"nvmefast serve: {describe_namespace(nsid, server.controller.namespace_info(nsid))}",
               file=sys.stderr, flush=True)
+    faults = [server.controller.faults.add(rule) for rule in args.fault or ()]
+    for fault in faults:
+        print(f"nvmefast serve: fault rule {fault.id}: {fault.rule}", file=sys.stderr, flush=True)
     try:
         while not server.wait(0.5):
             if args.trace:
                 server.controller.trace.write_jsonl(args.trace)
     finally:
+        for fault in faults:
+            logging.getLogger("nvmefast.vfio_user").info(
+                "fault rule %d: %d hits of %d matches (%s)", fault.id, fault.hits, fault.matched, fault.rule)
         if args.trace and not server.controller.closed:
             server.controller.trace.write_jsonl(args.trace)
         server.stop()
@@ -440,6 +471,7 @@ def _bench(args: argparse.Namespace) -> int:
         poll_us=args.poll_us,
         doorbell=args.doorbell or "mmio",
         iothreads=args.iothreads,
+        faults=tuple(str(rule) for rule in args.fault or ()),
     )
     floors, points = run_bench(cfg, progress)
     print(format_table(cfg, floors, points))

@@ -21,6 +21,7 @@ from nvmefast._core import Engine
 from nvmefast.admin import Admin
 from nvmefast.config import ControllerConfig, NamespaceConfig
 from nvmefast.errors import ConfigError, DmaMapError, NvmeFastError, RegisterAccessError, StateError, VectorError
+from nvmefast.faults import Faults
 from nvmefast.msix import MsixLayout, MsixRegisters, bar_size, layout_after
 from nvmefast.registers import Registers
 from nvmefast.trace import CommandTrace
@@ -75,6 +76,7 @@ class Controller:
     def __init__(self, config: ControllerConfig | None = None) -> None:
         cfg = config if config is not None else ControllerConfig()
         self._trace: CommandTrace | None = None
+        self._faults: Faults | None = None
         self._engine: Engine | None = Engine(
             namespaces=[_engine_namespace(ns) for ns in cfg.namespaces],
             msix_vectors=cfg.vectors,
@@ -258,13 +260,22 @@ class Controller:
     # -- BAR0 ------------------------------------------------------------------
 
     def bar0_read(self, offset: int, size: int) -> int:
-        """Read ``size`` (1, 2, 4 or 8) bytes of BAR0 at ``offset``."""
+        """Read ``size`` (1, 2, 4 or 8) bytes of BAR0 at ``offset`` (all
+        ones while powered off after a power loss, as a device gone from the
+        bus reads)."""
         self._live()
+        if self._faults is not None and self._faults.powered_off:
+            self._registers.check_access(offset, size)
+            return (1 << (8 * size)) - 1
         return self._registers.read(offset, size)
 
     def bar0_write(self, offset: int, value: int, size: int) -> None:
-        """Write ``size`` (1, 2, 4 or 8) bytes of ``value`` to BAR0 at ``offset``."""
+        """Write ``size`` (1, 2, 4 or 8) bytes of ``value`` to BAR0 at
+        ``offset`` (ignored while powered off after a power loss)."""
         self._live()
+        if self._faults is not None and self._faults.powered_off:
+            self._registers.check_access(offset, size)
+            return
         trace = self._trace
         if trace is not None and trace.recording:
             trace.register_write(offset, value)
@@ -502,6 +513,16 @@ class Controller:
         if self._trace is None:
             self._trace = CommandTrace(self._live())
         return self._trace
+
+    @property
+    def faults(self) -> Faults:
+        """Fault injection (:class:`nvmefast.faults.Faults`): rules that fail,
+        delay, hold or corrupt commands, drop or delay interrupts, set
+        CSTS.CFS or cut the power."""
+        engine = self._live()
+        if self._faults is None:
+            self._faults = Faults(engine, power_on=self.function_reset)
+        return self._faults
 
     def counters(self) -> dict[str, int]:
         """Event counters of the core, the register file and the admin layer."""

@@ -32,6 +32,10 @@ Markers:
   creation to the test.
 - ``@pytest.mark.nvme_server(doorbells="mmap", doorbell_scan_us=100)``: the
   server's options.
+- ``@pytest.mark.nvme_faults(*rules)``: fault rules (text form or
+  :class:`~nvmefast.faults.FaultRule`) installed on the controller of
+  ``nvme_controller`` / ``nvme_host`` and of ``nvme_server`` before the test
+  runs (``docs/faults.md``).
 
 A marker with an unknown option fails the test's setup with a
 :class:`~nvmefast.ConfigError` naming it.
@@ -78,6 +82,9 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers", "nvme_host(irq=True, memory_bytes=67108864, queues=1, entries=None): how nvme_host is built"
+    )
+    config.addinivalue_line(
+        "markers", "nvme_faults(*rules): fault rules installed on the fixtures' controllers"
     )
     config.addinivalue_line(
         "markers", "nvme_server(doorbells='mmap', doorbell_scan_us=100): the options of nvme_server"
@@ -133,10 +140,22 @@ def nvme_config(request: pytest.FixtureRequest) -> ControllerConfig:
     return ControllerConfig(namespaces=ns, **kwargs)
 
 
+def _install_faults(request: pytest.FixtureRequest, ctrl: Controller) -> None:
+    """Adds the rules of the nearest ``nvme_faults`` marker to ``ctrl``."""
+    marker = request.node.get_closest_marker("nvme_faults")
+    if marker is None:
+        return
+    if marker.kwargs:
+        raise ConfigError(f"@pytest.mark.nvme_faults takes rules only (text or FaultRule), got {marker.kwargs!r}")
+    for rule in marker.args:
+        ctrl.faults.add(rule)
+
+
 @pytest.fixture
-def nvme_controller(nvme_config: ControllerConfig) -> Iterator[Controller]:
+def nvme_controller(request: pytest.FixtureRequest, nvme_config: ControllerConfig) -> Iterator[Controller]:
     """An in-process controller on ``nvme_config``, closed after the test."""
     with Controller(nvme_config) as ctrl:
+        _install_faults(request, ctrl)
         yield ctrl
 
 
@@ -175,6 +194,7 @@ def nvme_server(request: pytest.FixtureRequest, nvme_config: ControllerConfig) -
         )
         server.start()
         try:
+            _install_faults(request, server.controller)
             yield server
         finally:
             server.stop()

@@ -123,7 +123,8 @@ class Registers:
 
     # -- access ------------------------------------------------------------
 
-    def _check(self, offset: int, size: int) -> None:
+    def check_access(self, offset: int, size: int) -> None:
+        """Raise :class:`RegisterAccessError` for an access no embedder should make."""
         if size not in (1, 2, 4, 8):
             raise RegisterAccessError(f"BAR0 access size must be 1, 2, 4 or 8 bytes, got {size}")
         if offset < 0 or offset + size > self.size:
@@ -134,7 +135,7 @@ class Registers:
 
     def read(self, offset: int, size: int) -> int:
         """A guest read of ``size`` bytes at ``offset``, little endian."""
-        self._check(offset, size)
+        self.check_access(offset, size)
         if self.msix is not None and self.msix.contains(offset):
             return self.msix.read(offset, size)
         if offset % size:
@@ -149,7 +150,7 @@ class Registers:
 
     def write(self, offset: int, value: int, size: int) -> None:
         """A guest write of ``size`` bytes of ``value`` at ``offset``."""
-        self._check(offset, size)
+        self.check_access(offset, size)
         value &= (1 << (8 * size)) - 1
         if self.msix is not None and self.msix.contains(offset):
             self.msix.write(offset, value, size)

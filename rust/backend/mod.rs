@@ -5,11 +5,13 @@ pub mod custom;
 pub mod file;
 pub mod null;
 pub mod ram;
+pub mod volatile;
 
 pub use custom::{CustomBackend, Storage};
 pub use file::{CacheMode, FileBackend, FileSpec};
 pub use null::NullBackend;
 pub use ram::RamBackend;
+pub use volatile::VolatileCache;
 
 /// Errors of backend creation.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use super::prp;
 use super::segment::{self, Segment, Target};
 use super::{nvm, sgl};
-use crate::backend::{Backend, Errno};
+use crate::backend::{Backend, Errno, VolatileCache};
 use crate::mem::{MemError, MemoryMap};
 use crate::spec::opcode::io as op;
 use crate::spec::{Sqe, Status};
@@ -20,6 +20,8 @@ pub struct Namespace {
     size_bytes: u64,
     /// Number of LBAs (NSZE).
     lbas: AtomicU64,
+    /// Unflushed writes, tracked for a power loss (fault injection).
+    pub cache: VolatileCache,
 }
 
 impl Namespace {
@@ -31,6 +33,7 @@ impl Namespace {
             lba_shift: AtomicU32::new(lba_size.trailing_zeros()),
             size_bytes,
             lbas: AtomicU64::new(size_bytes >> lba_size.trailing_zeros()),
+            cache: VolatileCache::default(),
         }
     }
 
@@ -51,6 +54,8 @@ impl Namespace {
     pub fn format(&self, lba_size: u32) -> Result<(), Errno> {
         // SAFETY: the whole namespace, by construction in range.
         unsafe { self.backend.zero(0, self.size_bytes)? };
+        // Format is durable: nothing to roll back to.
+        self.cache.flushed();
         if let Backend::Custom(c) = &self.backend {
             c.set_lba_size(lba_size);
         }
@@ -63,6 +68,24 @@ impl Namespace {
     /// The size in bytes.
     pub fn size_bytes(&self) -> u64 {
         self.size_bytes
+    }
+
+    /// Before `len` bytes at byte `off` change: keeps their pre-image while
+    /// a power loss is tracked (one relaxed load otherwise). `fua`: the
+    /// write is durable when it completes.
+    #[inline]
+    pub fn will_write(&self, off: u64, len: u64, fua: bool) {
+        if self.cache.tracking() {
+            self.cache
+                .will_write(&self.backend, off, len, 1 << self.lba_shift(), fua);
+        }
+    }
+
+    /// Flushes the backend; what was written is durable after it.
+    pub fn flush(&self) -> Result<(), Errno> {
+        self.backend.flush()?;
+        self.cache.flushed();
+        Ok(())
     }
 }
 
@@ -138,8 +161,7 @@ pub fn execute(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
             // VWC bits 2:1 = 10b: broadcast flush (FFFFFFFFh) is not
             // supported, so it is an invalid namespace like any other.
             let ns = namespace(ctx, nsid)?;
-            ns.backend
-                .flush()
+            ns.flush()
                 .map_err(|e| file_failure(e, true, 0, nsid, ctx.smart))?;
             Ok(0)
         }
@@ -329,8 +351,12 @@ fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, read: bool) -> Result<u32, Failure> {
         writable(namespace(ctx, sqe.nsid())?, 0, sqe.nsid())?;
     }
     let (ns, off, len) = lba_transfer(ctx, sqe, read)?;
+    let fua = sqe.cdw(12) & (1 << 30) != 0;
+    if !read {
+        ns.will_write(off, len, fua);
+    }
     rw_segments(ctx, sqe, ns, off, read)?;
-    if !read && sqe.cdw(12) & (1 << 30) != 0 {
+    if !read && fua {
         // FUA on the synchronous path: durable before the completion.
         ns.backend
             .flush()
@@ -553,6 +579,10 @@ pub fn start(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<Started, Failure> {
         writable(namespace(ctx, nsid)?, 0, nsid)?;
     }
     let (ns, off, len) = lba_transfer(ctx, sqe, read)?;
+    let fua = sqe.cdw(12) & (1 << 30) != 0;
+    if !read {
+        ns.will_write(off, len, fua);
+    }
     if ctx
         .segs
         .iter()
@@ -566,9 +596,7 @@ pub fn start(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<Started, Failure> {
     let kind = if read {
         FileKind::Read
     } else {
-        FileKind::Write {
-            fua: sqe.cdw(12) & (1 << 30) != 0,
-        }
+        FileKind::Write { fua }
     };
     Ok(Started::File(FileOp {
         ns: index,

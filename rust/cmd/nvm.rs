@@ -82,6 +82,7 @@ pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> 
     writable(ns, slba, sqe.nsid())?;
     let shift = ns.lba_shift();
     let (off, len) = (slba << shift, nlb << shift);
+    ns.will_write(off, len, sqe.cdw(12) & (1 << 30) != 0);
     // DEAC (CDW12 bit 25): deallocate rather than write zeroes.
     if sqe.cdw(12) & (1 << 25) != 0 {
         // SAFETY: the range check keeps it inside the namespace.
@@ -119,6 +120,7 @@ pub fn dataset_management(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Fai
         writable(ns, 0, nsid)?;
         let shift = ns.lba_shift();
         for (slba, len) in ranges {
+            ns.will_write(slba << shift, len << shift, false);
             // SAFETY: checked against the namespace above.
             unsafe { ns.backend.deallocate(slba << shift, len << shift) }
                 .map_err(|e| file_failure(e, true, slba, nsid, ctx.smart))?;
@@ -201,6 +203,7 @@ pub fn copy(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
     writable(ns, sdlba, nsid)?;
     let shift = ns.lba_shift();
     let mut dst = sdlba;
+    ns.will_write(sdlba << shift, total << shift, sqe.cdw(12) & (1 << 30) != 0);
     for (slba, nlb) in ranges {
         // SAFETY: both ranges were checked against the namespace above.
         unsafe { ns.backend.copy(slba << shift, dst << shift, nlb << shift) }

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use super::faults::{self, Action};
 use super::trace::Fetched;
 use super::{Queues, ERROR_RING};
 use crate::aio::{self, Aio, Completion, IoPath, Request};
@@ -35,6 +36,8 @@ struct Slot {
     flags: i32,
     /// The trace's record of the fetch, when tracing.
     fetch: Option<Fetched>,
+    /// A fault rule's action on this command, applied as it completes.
+    fault: Option<Action>,
 }
 
 /// A worker's asynchronous file I/O.
@@ -117,6 +120,7 @@ impl FileIo {
         cqid: u16,
         cid: u16,
         fetch: Option<Fetched>,
+        fault: Option<Action>,
     ) -> Result<(), Failure> {
         let internal = || Failure {
             status: Status::INTERNAL_ERROR,
@@ -147,6 +151,7 @@ impl FileIo {
                     fd: -1,
                     flags: 0,
                     fetch: None,
+                    fault: None,
                 });
                 self.slots.len() - 1
             }
@@ -158,6 +163,7 @@ impl FileIo {
         slot.cid = cid;
         slot.op = op;
         slot.fetch = fetch;
+        slot.fault = fault;
         slot.iov.clear();
         for s in segs {
             if let Target::Host(p) = s.target {
@@ -238,6 +244,7 @@ struct Finished {
     cid: u16,
     result: Result<u32, Failure>,
     fetch: Option<Fetched>,
+    fault: Option<Action>,
 }
 
 /// Turns a completion into a command result; short transfers are finished
@@ -261,7 +268,11 @@ fn finish(
     if res < 0 {
         return fail(-res, q_smart);
     }
-    if op.kind != FileKind::Flush {
+    if op.kind == FileKind::Flush {
+        if let Some(ns) = namespaces.get(op.ns) {
+            ns.cache.flushed();
+        }
+    } else {
         let moved = res as u64;
         if moved < op.len {
             // Skip what moved, then move the rest.
@@ -316,6 +327,11 @@ impl super::Shared {
                 continue;
             };
             let result = finish(&self.namespaces, slot, c.res, &mut q.smart);
+            if let (Some(Action::Corrupt { offset, xor }), Ok(_)) = (slot.fault, &result) {
+                // SAFETY: the iovecs name guest memory slot.mem keeps
+                // mapped; the kernel is done writing them.
+                unsafe { faults::corrupt_iovecs(&slot.iov, offset, xor) };
+            }
             finished.push(Finished {
                 gen: slot.gen,
                 qid: slot.qid,
@@ -323,6 +339,7 @@ impl super::Shared {
                 cid: slot.cid,
                 result,
                 fetch: slot.fetch.take(),
+                fault: slot.fault.take(),
             });
             slot.mem = None;
             f.free.push(c.tag as u32);
@@ -351,6 +368,12 @@ impl super::Shared {
                 continue;
             }
             let (status, dw0) = record(&mut q.stats, &mut q.errors, d.qid, d.cid, d.result);
+            if let Some(a) = d.fault {
+                let ids = (d.qid, d.cqid, d.cid);
+                if Self::after_run(&mut q.faults, a, gen, ids, (status, dw0), d.fetch) {
+                    continue;
+                }
+            }
             if let Some(f) = d.fetch {
                 self.trace.completed(f, status.field(), dw0);
             }

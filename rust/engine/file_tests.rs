@@ -16,7 +16,7 @@ use std::time::Duration;
 
 const SIZE: u64 = 4 << 20;
 
-fn file_engine(
+pub(super) fn file_engine(
     path: &str,
     size: u64,
     io: Choice,
@@ -50,10 +50,10 @@ fn file_engine(
 }
 
 /// A fresh path in `dir` (removed on drop).
-struct TempPath(String);
+pub(super) struct TempPath(pub(super) String);
 
 impl TempPath {
-    fn new(dir: &str, tag: &str) -> TempPath {
+    pub(super) fn new(dir: &str, tag: &str) -> TempPath {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         TempPath(format!(

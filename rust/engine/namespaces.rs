@@ -136,6 +136,7 @@ impl Engine {
     /// off, each write is durable (RWF_DSYNC) before its completion.
     pub fn set_write_cache(&self, on: bool) {
         for ns in self.shared.namespaces.iter() {
+            ns.cache.set_enabled(on);
             if let Some(f) = ns.backend.as_file() {
                 f.set_write_cache(on);
             }

@@ -7,6 +7,7 @@
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
+use super::faults::{self, Action, Before};
 use super::file_io::{record, FileIo};
 use super::poll::PollWindow;
 use super::trace::Trace;
@@ -38,6 +39,15 @@ pub(super) struct Signals {
 
 /// Info code of "Invalid Doorbell Write Value" (NVMe Base 2.0, Figure 150).
 const INVALID_DOORBELL_VALUE: u8 = 0x01;
+
+impl Signals {
+    /// Signals `vector` once this pass.
+    pub(super) fn push_vector(&mut self, v: u16) {
+        if !self.vectors.contains(&v) {
+            self.vectors.push(v);
+        }
+    }
+}
 
 impl Shared {
     /// True when namespace `nsid` is a file served inline (synchronous
@@ -162,6 +172,11 @@ impl Shared {
             if !cq.ien {
                 continue;
             }
+            if let Some(f) = q.faults.take_irq(cqid) {
+                // A fault rule drops this signal, or sends it late.
+                q.faults.irq_hit(f, cq.vector);
+                continue;
+            }
             fresh = true;
             if mode != IrqMode::Intx
                 && q.coalesce.on_post(cq.vector, n)
@@ -230,7 +245,7 @@ impl Shared {
         let q = &mut *guard;
         // Completions of file commands first: they free CQ slots, and an SQ
         // being deleted (no longer in active_sqs) still waits for them.
-        let reaped = self.reap_files(q);
+        let reaped = self.reap_files(q) + self.release_due(q, out);
         if self.fatal.load(Ordering::Relaxed) || q.active_sqs.is_empty() {
             // Nothing to fetch, but an interrupt held by coalescing is still
             // due (its SQ may have been deleted since): send it, or the
@@ -250,6 +265,8 @@ impl Shared {
         let files = q.file.is_some();
         // Once per pass: with the trace off, the only cost it has.
         let traced = self.trace.on();
+        // The same for fault rules: with none, the only cost they have.
+        let faulty = self.faults.armed();
         // Commands served by a synchronous call on this worker this pass.
         let mut inline = 0u32;
         let mut done = 0usize;
@@ -320,7 +337,59 @@ impl Shared {
                         continue;
                     }
                 }
+                let fault = if faulty {
+                    self.fault_for(&sqe, qid, fetch, w)
+                } else {
+                    None
+                };
+                let before = fault.map_or(Before::Run, |(a, slba)| Before::of(a, sqe.nsid(), slba));
+                let fault = fault.map(|(a, _)| a);
+                match before {
+                    Before::Run => {}
+                    Before::Fail(f) if qid == 0 => {
+                        // An admin command failed by a rule: the handler
+                        // never sees it.
+                        if let Some(t) = fetch {
+                            self.trace.completed(t, f.status.field(), 0);
+                        }
+                        let cqe = Cqe::new(0, sqe.cid(), f.status, 0);
+                        if cq.post(&mem, cqe, sq.head as u16).is_err() {
+                            q.stats.cqe_post_errors += 1;
+                            failed = true;
+                            break;
+                        }
+                        continue;
+                    }
+                    // An I/O command: completed below, in the error log.
+                    Before::Fail(_) => {}
+                    Before::Hold { abortable, stop } => {
+                        // Its CQ slot stays reserved: a lost command still
+                        // holds the device's resources until a reset.
+                        let result = (Status::SUCCESS, 0);
+                        let ids = (qid, cqid, sqe.cid());
+                        q.faults
+                            .hold(None, gen, ids.0, ids.1, ids.2, result, abortable, fetch);
+                        if stop {
+                            break 'queues;
+                        }
+                        continue;
+                    }
+                    Before::PowerLoss => break 'queues,
+                }
                 if qid == 0 {
+                    if let Some(Action::Delay { ns, abortable }) = fault {
+                        let d = Duration::from_nanos(ns);
+                        q.faults.delay_admin(sqe.cid(), d, abortable);
+                    } else if let Some(a) = fault {
+                        Self::after_run(
+                            &mut q.faults,
+                            a,
+                            gen,
+                            (0, 0, sqe.cid()),
+                            (Status::SUCCESS, 0),
+                            None,
+                        );
+                    }
                     // The slot stays reserved until the handler completes it.
                     q.admin_pending.push(sqe.cid());
                     if let Some(f) = fetch {
@@ -343,10 +412,10 @@ impl Shared {
                     // core) copy the rest, as fio's io_uring does.
                     offload_inline: inline >= INLINE_PASS,
                 };
-                let started = if files {
-                    io::start(&mut ctx, &sqe)
-                } else {
-                    io::execute(&mut ctx, &sqe).map(Started::Done)
+                let started = match before {
+                    Before::Fail(f) => Err(f),
+                    _ if files => io::start(&mut ctx, &sqe),
+                    _ => io::execute(&mut ctx, &sqe).map(Started::Done),
                 };
                 if self.has_inline
                     && matches!(started, Ok(Started::Done(_)))
@@ -369,6 +438,7 @@ impl Shared {
                                 cqid,
                                 sqe.cid(),
                                 fetch,
+                                fault.filter(|a| a.executes()),
                             ),
                             None => unreachable_file(op),
                         };
@@ -383,6 +453,16 @@ impl Shared {
                     }
                 };
                 let (status, dw0) = record(&mut q.stats, &mut q.errors, qid, sqe.cid(), result);
+                if let Some(a) = fault.filter(|a| a.executes()) {
+                    if let (Action::Corrupt { offset, xor }, true) = (a, status.is_success()) {
+                        faults::corrupt_segments(&mem, &q.segs, offset, xor);
+                    }
+                    let ids = (qid, cqid, sqe.cid());
+                    if Self::after_run(&mut q.faults, a, gen, ids, (status, dw0), fetch) {
+                        // Held: posted when its delay is over.
+                        continue;
+                    }
+                }
                 if let Some(f) = fetch {
                     self.trace.completed(f, status.field(), dw0);
                 }
@@ -520,6 +600,9 @@ impl Shared {
         if let Some(d) = q.coalesce.next_deadline() {
             nap = nap.min(d.saturating_duration_since(Instant::now()));
         }
+        if let Some(d) = q.faults.next_due() {
+            nap = nap.min(d.saturating_duration_since(Instant::now()));
+        }
         if q.intx_level && lock(&self.intx).has_resample() {
             // The resample eventfd has no wake-up path into the epoll set
             // (KVM owns it): look at it every millisecond while the line is high.
@@ -553,7 +636,14 @@ impl Shared {
                     // dropped it: post nothing then.
                     if let Some(pos) = q.admin_pending.iter().position(|&c| c == sqe.cid()) {
                         q.admin_pending.swap_remove(pos);
-                        self.post_admin(&mut q, gen, sqe.cid(), status, dw0);
+                        if let Some((d, abortable)) = q.faults.take_admin_delay(sqe.cid()) {
+                            // A fault rule delays this completion.
+                            let r = (status, dw0);
+                            q.faults
+                                .hold(Some(d), gen, 0, 0, sqe.cid(), r, abortable, None);
+                        } else {
+                            self.post_admin(&mut q, gen, sqe.cid(), status, dw0);
+                        }
                     }
                 }
                 self.decide_signals(0, &mut q, out);
@@ -588,6 +678,12 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
         let gen = s.generation.load(Ordering::SeqCst);
         let n = s.process(w, &mut admin, &mut out);
         s.deliver(&mut out);
+        if s.faults.take_power_loss() {
+            // A rule cut the power: nothing this pass fetched runs.
+            admin.clear();
+            s.power_off(Some(w));
+            continue;
+        }
         if !admin.is_empty() {
             s.run_admin(&mut admin, gen, &mut out);
         }

@@ -560,6 +560,13 @@ impl PyEngine {
         Ok(())
     }
 
+    /// The fault rule table (`FaultTable`).
+    fn faults(&self) -> super::faults::PyFaultTable {
+        super::faults::PyFaultTable {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
     fn trace_stop(&self) {
         self.inner.trace().stop();
     }

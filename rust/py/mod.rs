@@ -10,6 +10,7 @@
 //!   transport, notifiers);
 //! - `lifecycle`: worker thread states, and stopping at interpreter exit;
 //! - `storage`: a Python object as a namespace's blocks;
+//! - `faults`: the fault rule table and power state;
 //! - `trace`: command trace records as dicts;
 //! - `bench`: benchmark drivers and floors;
 //! - `vfio_bench`: the vfio-user benchmark client.
@@ -20,6 +21,7 @@ mod bench;
 mod callbacks;
 mod engine;
 mod errors;
+mod faults;
 mod lifecycle;
 mod storage;
 mod trace;
@@ -30,6 +32,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::add_exceptions(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<engine::PyEngine>()?;
+    m.add_class::<faults::PyFaultTable>()?;
     bench::add_functions(m)?;
     vfio_bench::add(m)?;
     lifecycle::install_exit_hook(m)
