@@ -10,6 +10,14 @@ routing replies to server-initiated requests (DMA_READ/DMA_WRITE) to the
 thread waiting for them, and a *handler* that runs the client's commands in
 order. The split keeps a command that waits on the controller (CC.EN=0
 waits for the workers) from stalling a worker that waits for a DMA reply.
+
+A doorbell write (REGION_WRITE, or REGION_WRITE_MULTI, into BAR0's doorbell
+range) that finds the handler idle runs on the reader itself: it only stores
+a value and wakes a worker, and the hand-off to the handler thread cost more
+than everything else a trapped doorbell does. Order is kept (the reader is
+the only producer, so an idle handler has nothing older), and should that
+write need a DMA reply (an event completed into memory without an fd), the
+reader reads the socket for it itself.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from types import TracebackType
 from nvmefast.config import ControllerConfig
 from nvmefast.controller import Controller
 from nvmefast.errors import ConfigError, NvmeFastError, StateError
+from nvmefast.registers import DOORBELLS
 from nvmefast.vfio_user import protocol as p
 from nvmefast.vfio_user.device import Device, pack_region_info
 from nvmefast.vfio_user.dma import DmaTable
@@ -63,6 +72,8 @@ class _Connection:
         # Messages by command name, logged at disconnect (how chatty a
         # client was: a doorbell per message, PBA reads, ...).
         self.messages: Counter[str] = Counter()
+        self.inline_doorbells = 0
+        """Doorbell writes run on the reader (the handler was idle)."""
         self.reader = threading.Thread(target=self._read_loop, name=f"vfio-user-reader-{number}", daemon=True)
         self.handler = threading.Thread(target=self._handle_loop, name=f"vfio-user-handler-{number}", daemon=True)
 
@@ -94,6 +105,13 @@ class _Connection:
             self.replies[msg_id] = (event, box)
         try:
             self.send(msg_id, command, payload)
+            if threading.current_thread() is self.reader:
+                # A doorbell run on the reader needs a reply only the reader
+                # can receive: read the socket until it comes.
+                deadline = time.monotonic() + timeout
+                while not event.is_set() and time.monotonic() < deadline:
+                    if not self._receive_one(inline=False):
+                        break
             if not event.wait(timeout) or not box:
                 raise ProtocolError(errno.ETIMEDOUT, f"no reply to {p.COMMAND_NAMES[command]} within {timeout} s")
             hdr, body = box[0]
@@ -108,35 +126,8 @@ class _Connection:
 
     def _read_loop(self) -> None:
         try:
-            while True:
-                try:
-                    got = p.recv_message(self.sock)
-                except MessageError as e:
-                    log.warning("client %d: %s; closing the connection", self.number, e)
-                    if e.header is not None and e.header.kind == p.TYPE_COMMAND and not e.header.no_reply:
-                        try:
-                            self.error_reply(e.header, errno.E2BIG)
-                        except OSError:
-                            pass
-                    break
-                except OSError as e:
-                    if not self.closed.is_set():
-                        log.info("client %d: socket error %s", self.number, e)
-                    break
-                if got is None:
-                    break
-                hdr, payload, fds = got
-                if hdr.kind == p.TYPE_REPLY:
-                    p.close_fds(fds)
-                    with self.replies_lock:
-                        waiter = self.replies.get(hdr.msg_id)
-                    if waiter is None:
-                        log.warning("client %d: reply %d matches no request; ignored", self.number, hdr.msg_id)
-                        continue
-                    waiter[1].append((hdr, payload))
-                    waiter[0].set()
-                    continue
-                self.commands.put((hdr, payload, fds))
+            while self._receive_one(inline=True):
+                pass
         finally:
             self.closed.set()
             self.commands.put(None)
@@ -144,19 +135,63 @@ class _Connection:
                 for event, _ in self.replies.values():
                     event.set()
 
+    def _receive_one(self, inline: bool) -> bool:
+        """Receive one message and route it: a reply to its waiter, a
+        doorbell write (``inline``, handler idle) run here, any other command
+        to the handler. False when the connection is over."""
+        try:
+            got = p.recv_message(self.sock)
+        except MessageError as e:
+            log.warning("client %d: %s; closing the connection", self.number, e)
+            if e.header is not None and e.header.kind == p.TYPE_COMMAND and not e.header.no_reply:
+                try:
+                    self.error_reply(e.header, errno.E2BIG)
+                except OSError:
+                    pass
+            return False
+        except OSError as e:
+            if not self.closed.is_set():
+                log.info("client %d: socket error %s", self.number, e)
+            return False
+        if got is None:
+            return False
+        hdr, payload, fds = got
+        if hdr.kind == p.TYPE_REPLY:
+            p.close_fds(fds)
+            with self.replies_lock:
+                waiter = self.replies.get(hdr.msg_id)
+            if waiter is None:
+                log.warning("client %d: reply %d matches no request; ignored", self.number, hdr.msg_id)
+                return True
+            waiter[1].append((hdr, payload))
+            waiter[0].set()
+            return True
+        # unfinished_tasks is 0 only when the handler holds nothing and runs
+        # nothing; only this thread adds to it, so it stays 0 meanwhile.
+        if inline and not fds and self.commands.unfinished_tasks == 0 and _doorbell_write(hdr, payload):
+            self.inline_doorbells += 1
+            self._run(hdr, payload, fds)
+            return True
+        self.commands.put((hdr, payload, fds))
+        return True
+
+    def _run(self, hdr: Header, payload: bytes, fds: list[int]) -> None:
+        try:
+            self._dispatch(hdr, payload, fds)
+        except OSError as e:
+            log.info("client %d: reply failed: %s", self.number, e)
+        finally:
+            p.close_fds(fds)
+
     def _handle_loop(self) -> None:
         try:
             while True:
                 item = self.commands.get()
                 if item is None:
+                    self.commands.task_done()
                     break
-                hdr, payload, fds = item
-                try:
-                    self._dispatch(hdr, payload, fds)
-                except OSError as e:
-                    log.info("client %d: reply failed: %s", self.number, e)
-                finally:
-                    p.close_fds(fds)
+                self._run(*item)
+                self.commands.task_done()
         finally:
             self._teardown()
 
@@ -384,7 +419,8 @@ class _Connection:
         except OSError:
             pass
         log.info("client %d: disconnected; device reset, mappings and interrupts dropped", self.number)
-        log.info("client %d: %d messages: %s", self.number, sum(self.messages.values()),
+        log.info("client %d: %d messages (%d doorbells run on the reader): %s", self.number,
+                 sum(self.messages.values()), self.inline_doorbells,
                  ", ".join(f"{name} {n}" for name, n in self.messages.most_common()))
         c = self.controller.counters()
         log.info("controller: %s", ", ".join(f"{k} {c[k]}" for k in (
@@ -393,18 +429,45 @@ class _Connection:
         self.server._connection_done(self)
 
 
+
+def _doorbell_write(hdr: Header, payload: bytes) -> bool:
+    """True for a REGION_WRITE (or REGION_WRITE_MULTI) all into BAR0's doorbells."""
+    if hdr.command == p.REGION_WRITE:
+        if len(payload) < p.REGION_ACCESS.size:
+            return False
+        offset, region, _count = p.REGION_ACCESS.unpack_from(payload)
+        return bool(region == 0 and offset >= DOORBELLS)
+    if hdr.command == p.REGION_WRITE_MULTI:
+        if len(payload) < p.WRITE_MULTI_COUNT.size:
+            return False
+        (n,) = p.WRITE_MULTI_COUNT.unpack_from(payload)
+        if not 0 < n <= p.WRITE_MULTI_MAX or len(payload) != p.WRITE_MULTI_COUNT.size + n * p.WRITE_MULTI_ENTRY.size:
+            return False
+        return all(
+            region == 0 and offset >= DOORBELLS
+            for offset, region, _c, _d in (
+                p.WRITE_MULTI_ENTRY.unpack_from(payload, p.WRITE_MULTI_COUNT.size + i * p.WRITE_MULTI_ENTRY.size)
+                for i in range(n)
+            )
+        )
+    return False
+
 class VfioUserServer:
     """Serve an NVMe controller to vfio-user clients on the UNIX socket ``path``.
 
     ``config`` builds the controller (or pass a built ``controller``, which
-    the server then owns and closes). ``doorbells="mmap"`` offers BAR0's
-    doorbells as a sparse-mmap area of the controller's doorbell page, so
-    the client's doorbell writes arrive with no message; the workers then
-    scan the page every ``doorbell_scan_us`` while idle (backing off to 16x).
-    ``doorbells="trap"`` offers no mapping: every doorbell write is a
-    REGION_WRITE message that wakes a worker, and the workers sleep until
-    one arrives. Use it as a context manager, or call :meth:`start` and
-    :meth:`stop`.
+    the server then owns and closes). ``doorbells="trap"`` (the default)
+    offers no mapping of the doorbells: a doorbell write is a REGION_WRITE
+    message that wakes a worker, and idle workers sleep until one arrives.
+    A guest with shadow doorbells (Linux) sends one only when a worker went
+    to sleep: while workers poll, EventIdx keeps its writes in memory.
+    ``doorbells="mmap"`` offers BAR0's doorbells as a sparse-mmap area of
+    the controller's doorbell page, so the client's doorbell writes arrive
+    with no message, and nothing wakes a sleeping worker: idle workers scan
+    the page every ``doorbell_scan_us`` (backing off to 16x). It suits a
+    polling client that does not use shadow doorbells (SPDK's driver, the
+    `nvmefast bench --vfio-user` client). Use it as a context manager, or
+    call :meth:`start` and :meth:`stop`.
     """
 
     def __init__(
@@ -413,7 +476,7 @@ class VfioUserServer:
         config: ControllerConfig | None = None,
         *,
         controller: Controller | None = None,
-        doorbells: str = "mmap",
+        doorbells: str = "trap",
         doorbell_scan_us: int = 100,
     ) -> None:
         if doorbells not in DOORBELL_MODES:
