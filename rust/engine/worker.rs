@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::faults::{self, Action, Before};
 use super::file_io::{record, FileIo};
-use super::poll::PollWindow;
+use super::poll::{self, Contention, PollWindow};
 use super::trace::Trace;
 use super::{lock, AdminOutcome, Polling, Queues, Shared, NO_TAIL, SQ_BURST};
 use crate::cmd::io::{self, IoContext, Started};
@@ -661,6 +661,10 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
         s.cfg.polling
     };
     let mut window = PollWindow::new(Duration::from_micros(s.cfg.poll_us));
+    let mut contention = Contention::default();
+    if polling == Polling::Adaptive {
+        poll::tight_timer_slack();
+    }
     let waker = &s.workers[w].waker;
     let mut admin = Vec::new();
     let mut out = Signals::default();
@@ -688,6 +692,7 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
             s.run_admin(&mut admin, gen, &mut out);
         }
         if n > 0 {
+            contention.reset();
             if let Some(t) = idle_since.take() {
                 window.arrival(t.elapsed());
             }
@@ -709,7 +714,21 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
                 // since before it: a wake-up that finds nothing does not
                 // restart the window).
                 let since = *idle_since.get_or_insert_with(Instant::now);
+                window.set_scanned(s.doorbell_scan_us.load(Ordering::Relaxed) > 0);
                 if polling == Polling::Poll || since.elapsed() < window.window() {
+                    if polling == Polling::Adaptive {
+                        let now = Instant::now();
+                        if contention.napping(now) {
+                            // Preempted while spinning: the core is wanted
+                            // (by the host itself, often). Look every NAP.
+                            std::thread::sleep(poll::NAP);
+                            contention.reset();
+                            continue;
+                        }
+                        if idle_spins % 1024 == 0 {
+                            contention.sample(poll::thread_cpu_ns(), now);
+                        }
+                    }
                     if idle_spins % 256 == 0 {
                         // A poller sharing its core with the thread that
                         // produces its work (the host, on an oversubscribed
@@ -736,6 +755,7 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
             empty_scans = 0;
         } else {
             lock(&s.workers[w].queues).stats.sleeps += 1;
+            contention.reset();
             waker.sleep(nap);
             empty_scans = empty_scans.saturating_add(1);
         }
