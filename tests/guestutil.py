@@ -7,7 +7,7 @@ console parsed into its ``CHECK key=value`` / ``IRQ phase vector count`` /
 Test modules import the module-scoped fixtures ``tool`` (the tool, set up;
 skips when it is missing or setup fails) and ``workdir``.
 ``NVMEFAST_GUEST_SERVE_ARGS`` appends options to every `nvmefast serve`
-(e.g. ``--doorbells trap``) to try variants by hand.
+(e.g. ``--doorbells mmap``) to try variants by hand.
 """
 
 from __future__ import annotations

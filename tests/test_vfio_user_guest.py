@@ -19,7 +19,7 @@ console (QEMU's stdout); the assertions are made here, with the guest console,
 QEMU's stderr and the server's log attached to every failure (and kept, with
 the guest console, in pytest's temporary directory: ``vfio-user-guest0/``).
 ``NVMEFAST_GUEST_SERVE_ARGS`` appends options to `nvmefast serve` (e.g.
-``--doorbells trap`` or ``--polling poll``) to try variants by hand.
+``--doorbells mmap`` or ``--polling poll``) to try variants by hand.
 """
 
 from __future__ import annotations
@@ -159,15 +159,16 @@ def test_guest_without_shared_memory(
 
 
 
-def test_guest_with_trapped_doorbells(
+def test_guest_with_mapped_doorbells(
     tool: Path, workdir: Path, initrd: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``--doorbells trap``: no sparse mmap, so QEMU posts every doorbell
-    write as a REGION_WRITE message and the workers sleep until one arrives
-    (a late posted write must never rewind a shadow doorbell)."""
-    srv = start_server(workdir, "trap", ("--doorbells", "trap"))
+    """``--doorbells mmap``: QEMU maps the doorbell page, the guest's doorbell
+    writes land there with no message, and idle workers find them by
+    scanning. (The other boots use the default, trapped doorbells: a posted
+    REGION_WRITE each, which must never rewind a shadow doorbell.)"""
+    srv = start_server(workdir, "mmap", ("--doorbells", "mmap"))
     try:
-        b = boot(tool, srv, initrd, "trapped doorbells")
+        b = boot(tool, srv, initrd, "mapped doorbells")
     finally:
         srv.stop()
     report(capsys, b)

@@ -138,7 +138,9 @@ def spawned_server(
         path = os.path.join(d, "s")
         cmd = [
             sys.executable, "-m", "nvmefast.cli", "serve", "--socket", path,
-            "--namespace", f"ram:{size_bytes >> 20}M", "--log-level", "warning", *extra,
+            # The doorbell page is offered (mmap), whatever serve's default:
+            # the client picks page, shadow or trap per point.
+            "--namespace", f"ram:{size_bytes >> 20}M", "--doorbells", "mmap", "--log-level", "warning", *extra,
         ]
         if cpus:
             cmd += ["--cpus", ",".join(str(c) for c in cpus)]

@@ -219,9 +219,11 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     s.add_argument(
         "--doorbells",
         choices=("mmap", "trap"),
-        default="mmap",
-        help="mmap: the client maps the doorbell page and idle workers scan it; trap: every doorbell "
-        "write is a message (no idle CPU use, more latency) (default mmap)",
+        default="trap",
+        help="trap: a doorbell write is a message that wakes a worker (with shadow doorbells, as "
+        "Linux uses them, only when a worker sleeps; idle workers use no CPU); mmap: the client maps "
+        "the doorbell page, idle workers scan it (for polling clients without shadow doorbells) "
+        "(default trap)",
     )
     s.add_argument(
         "--doorbell-scan-us",

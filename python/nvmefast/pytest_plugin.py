@@ -30,7 +30,7 @@ Markers:
 - ``@pytest.mark.nvme_host(irq=True, memory_bytes=64 << 20, queues=1,
   entries=None)``: how ``nvme_host`` is built; ``queues=0`` leaves I/O queue
   creation to the test.
-- ``@pytest.mark.nvme_server(doorbells="mmap", doorbell_scan_us=100)``: the
+- ``@pytest.mark.nvme_server(doorbells="trap", doorbell_scan_us=100)``: the
   server's options.
 - ``@pytest.mark.nvme_faults(*rules)``: fault rules (text form or
   :class:`~nvmefast.faults.FaultRule`) installed on the controller of
@@ -72,7 +72,7 @@ DEFAULT_NAMESPACE_BYTES = 16 << 20
 """Size of the default configuration's one RAM namespace."""
 
 _HOST_OPTIONS = {"irq": True, "memory_bytes": 64 << 20, "queues": 1, "entries": None}
-_SERVER_OPTIONS = {"doorbells": "mmap", "doorbell_scan_us": 100}
+_SERVER_OPTIONS = {"doorbells": "trap", "doorbell_scan_us": 100}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -87,7 +87,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "nvme_faults(*rules): fault rules installed on the fixtures' controllers"
     )
     config.addinivalue_line(
-        "markers", "nvme_server(doorbells='mmap', doorbell_scan_us=100): the options of nvme_server"
+        "markers", "nvme_server(doorbells='trap', doorbell_scan_us=100): the options of nvme_server"
     )
 
 
