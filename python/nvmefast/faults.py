@@ -7,7 +7,8 @@ NSID, LBA range) and what happens to the ones it fires on; ``count``,
 the core and are consulted by the workers as they fetch, so they apply to
 whatever drives the controller (a test's host, a guest through vfio-user);
 they can be added and removed while I/O runs, and each counts its matches and
-hits. With no rule installed a worker pays one relaxed load per pass.
+hits. With no rule installed a worker pays one relaxed load per pass and a
+few branches per command.
 
 Rules have a one-line text form, used by :meth:`FaultRule.parse`,
 ``nvmefast serve --fault`` and the ``nvme_faults`` pytest marker::
