@@ -96,7 +96,16 @@ pub struct Plan {
     /// The host pushes and never rings the SQ doorbell (a model of lost
     /// doorbell writes): every command must come out as Lost.
     pub mute: bool,
+    /// Fault rules armed on the engine (see [`INJECTED`]): completions
+    /// delayed (so they come out of order), interrupts dropped or late,
+    /// reads corrupted, and some commands failed with [`INJECTED`], which
+    /// the oracle accepts. Exactly once must hold all the same.
+    pub faults: bool,
 }
+
+/// The status the fault rules of [`Plan::faults`] fail commands with
+/// (Unrecovered Read Error): a completion with it is expected, not a fault.
+pub const INJECTED: Status = Status::UNRECOVERED_READ_ERROR;
 
 /// The namespace of a plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +133,7 @@ impl Plan {
             page_scan_us: 20,
             storage: Storage::Ram,
             mute: false,
+            faults: false,
         }
     }
 }
@@ -168,6 +178,8 @@ pub struct Report {
     pub completed: u64,
     pub mmio_doorbells: u64,
     pub pauses: u64,
+    /// Completions with [`INJECTED`] (with [`Plan::faults`]).
+    pub injected: u64,
     pub faults: Vec<Fault>,
 }
 
@@ -177,6 +189,7 @@ impl Report {
         self.completed += o.completed;
         self.mmio_doorbells += o.mmio_doorbells;
         self.pauses += o.pauses;
+        self.injected += o.injected;
         self.faults.extend(o.faults);
     }
 }
@@ -291,7 +304,45 @@ pub fn engine_for(plan: &Plan) -> Result<Engine, String> {
     if let Some(p) = path {
         let _ = std::fs::remove_file(p);
     }
-    e.map_err(|e| e.to_string())
+    let e = e.map_err(|e| e.to_string())?;
+    if plan.faults {
+        arm_faults(&e, plan.seed).map_err(|x| x.to_string())?;
+    }
+    Ok(e)
+}
+
+/// The rules of [`Plan::faults`]: each fires on about one command in 20 (a
+/// seeded draw), a dropped interrupt on one in 200.
+fn arm_faults(e: &Engine, seed: u64) -> Result<(), crate::engine::faults::RuleError> {
+    use crate::engine::faults::{Action, Firing, Match, QueueMatch};
+    let io = Match {
+        queue: QueueMatch::Io,
+        opcode: None,
+        nsid: None,
+        lba: None,
+    };
+    let rules = [
+        (Action::Status(INJECTED), 0.05),
+        (
+            Action::Delay {
+                ns: 300_000,
+                abortable: false,
+            },
+            0.05,
+        ),
+        (Action::DelayIrq { ns: 200_000 }, 0.05),
+        (Action::Corrupt { offset: 0, xor: 1 }, 0.05),
+        (Action::DropIrq, 0.005),
+    ];
+    for (i, (action, probability)) in rules.into_iter().enumerate() {
+        let firing = Firing {
+            probability,
+            seed: seed.wrapping_add(i as u64),
+            ..Firing::default()
+        };
+        e.add_fault(io, action, firing)?;
+    }
+    Ok(())
 }
 
 /// Runs `plan` on a fresh engine; every fault found is in the report.
@@ -447,6 +498,8 @@ pub struct Oracle {
     consumed: u32,
     bufs: u64,
     poison: Sqe,
+    /// A status rules inject, accepted as a completion (not a fault).
+    injected: Option<Status>,
     pub report: Report,
 }
 
@@ -462,8 +515,15 @@ impl Oracle {
             consumed: 0,
             bufs,
             poison,
+            injected: None,
             report: Report::default(),
         }
+    }
+
+    /// Accepts completions with `status` (injected by fault rules).
+    pub fn accepting(mut self, status: Status) -> Self {
+        self.injected = Some(status);
+        self
     }
 
     /// True when another command fits.
@@ -528,7 +588,9 @@ impl Oracle {
                         sqid: c.sqid,
                     });
                 }
-                if status != Status::SUCCESS {
+                if Some(status) == self.injected {
+                    r.injected += 1;
+                } else if status != Status::SUCCESS {
                     r.faults.push(Fault::Failed {
                         qid,
                         cid: c.cid,
@@ -581,6 +643,9 @@ fn drive(
     q.ringer.between = Some(Box::new(move || inner.maybe()));
     let lbas = NS_BYTES / u64::from(LBA);
     let mut o = Oracle::new(plan.qd, bufs);
+    if plan.faults {
+        o = o.accepting(INJECTED);
+    }
     let mut last_progress = Instant::now();
     while o.report.completed < plan.commands && o.report.faults.is_empty() {
         // Submit up to the queue depth, ringing at random within the batch

@@ -70,6 +70,34 @@ fn exactly_once_with_file_namespaces() {
     eprintln!("file namespaces: {total} commands, each completed exactly once");
 }
 
+/// Fault rules armed (failed, delayed, corrupted commands; dropped and late
+/// interrupts) in every doorbell and polling mode: each command still
+/// completes exactly once, out of order where delayed.
+#[test]
+fn exactly_once_with_fault_rules() {
+    let (mut total, mut injected) = (0, 0);
+    for doorbell in Doorbell::ALL {
+        for p in plans(doorbell) {
+            if p.pause_per_mille != 0 || p.qd == 2 {
+                continue;
+            }
+            let mut p = p;
+            p.faults = true;
+            p.commands = 500;
+            let r = run(&p);
+            assert!(r.faults.is_empty(), "{p:?}: {:?}", r.faults);
+            assert_eq!(r.completed, p.commands * u64::from(p.iothreads), "{p:?}");
+            total += r.completed;
+            injected += r.injected;
+        }
+    }
+    assert!(
+        injected > total / 40,
+        "{injected} of {total} failed by rule (about 1 in 20 expected)"
+    );
+    eprintln!("with fault rules: {total} commands, each completed exactly once ({injected} failed by rule)");
+}
+
 #[test]
 fn exactly_once_with_mmio_doorbells() {
     run_all(Doorbell::Mmio);
@@ -157,6 +185,7 @@ fn soak() {
             Reap::Irq
         };
         p.seed = rng.next_u64();
+        p.faults = rng.below(4) == 0;
         p.storage = [
             Storage::Ram,
             Storage::File(Choice::IoUring),
