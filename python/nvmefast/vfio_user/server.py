@@ -105,14 +105,17 @@ class _Connection:
             self.replies[msg_id] = (event, box)
         try:
             self.send(msg_id, command, payload)
+            wait = timeout
             if threading.current_thread() is self.reader:
                 # A doorbell run on the reader needs a reply only the reader
-                # can receive: read the socket until it comes.
+                # can receive: read the socket until it comes (or the
+                # connection ends, which leaves nothing to wait for).
                 deadline = time.monotonic() + timeout
                 while not event.is_set() and time.monotonic() < deadline:
                     if not self._receive_one(inline=False):
                         break
-            if not event.wait(timeout) or not box:
+                wait = 0
+            if not event.wait(wait) or not box:
                 raise ProtocolError(errno.ETIMEDOUT, f"no reply to {p.COMMAND_NAMES[command]} within {timeout} s")
             hdr, body = box[0]
             if hdr.flags & p.FLAG_ERROR:
