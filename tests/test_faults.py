@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -48,6 +48,14 @@ def _host(c: Controller, queues: int = 1, irq: bool = False) -> Host:
     for qid in range(1, queues + 1):
         h.create_io_queue_pair(qid)
     return h
+
+
+def _until(what: str, cond: Callable[[], object], timeout: float = 5.0) -> None:
+    """Wait for ``cond`` (a worker on a loaded machine may take a while to fetch)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.001)
 
 
 def _read_sqe(h: Host, nsid: int, slba: int, nlb: int = 1) -> tuple[bytes, int]:
@@ -164,11 +172,10 @@ def test_delay_holds_the_completion_and_lets_others_pass(ctrl: Controller) -> No
         cid_slow = h.submit(slow, 1)
         cid_fast = h.submit(fast, 1)
         assert h.wait(1, cid_fast, timeout=5).ok
-        assert time.monotonic() - t0 < 0.25
-        assert ctrl.faults.held == 1
+        assert ctrl.faults.held == 1, "the fast one overtook the held one"
         done = h.wait(1, cid_slow, timeout=5)
         took = time.monotonic() - t0
-        assert done.ok and 0.3 <= took < 1.5, took
+        assert done.ok and took >= 0.3, took
         assert ctrl.faults.held == 0
 
 
@@ -177,6 +184,7 @@ def test_never_until_abort_or_reset(ctrl: Controller) -> None:
         stuck = ctrl.faults.add("read lba=1 count=1 -> never")
         sqe, _ = _read_sqe(h, 1, 1)
         cid = h.submit(sqe, 1)
+        _until("one held", lambda: ctrl.faults.held == 1)
         with pytest.raises(HostTimeoutError):
             h.wait(1, cid, timeout=0.3)
         assert stuck.hits == 1 and ctrl.faults.held == 1
@@ -187,7 +195,7 @@ def test_never_until_abort_or_reset(ctrl: Controller) -> None:
         ctrl.faults.add("read lba=2 count=1 -> never abortable")
         sqe2, _ = _read_sqe(h, 1, 2)
         cid2 = h.submit(sqe2, 1)
-        time.sleep(0.05)
+        _until("two held", lambda: ctrl.faults.held == 2)
         abort = h.admin(build_sqe(op.ADMIN_ABORT, cdw10=1 | cid2 << 16))
         assert abort.ok and abort.dw0 & 1 == 0
         aborted = h.wait(1, cid2)
@@ -199,8 +207,7 @@ def test_never_until_abort_or_reset(ctrl: Controller) -> None:
         ctrl.faults.add("read count=1 -> never")
         sqe, _ = _read_sqe(h, 1, 0)
         h.submit(sqe, 1)
-        time.sleep(0.05)
-        assert ctrl.faults.held == 1
+        _until("one held", lambda: ctrl.faults.held == 1)
         h.disable()  # CC.EN = 0: the controller reset drops it
         assert ctrl.faults.held == 0
 
@@ -210,7 +217,7 @@ def test_delete_sq_aborts_held_commands(ctrl: Controller) -> None:
         ctrl.faults.add("read count=1 -> never")
         sqe, _ = _read_sqe(h, 1, 0)
         cid = h.submit(sqe, 1)
-        time.sleep(0.05)
+        _until("one held", lambda: ctrl.faults.held == 1)
         h.delete_io_sq(1)
         h.reap(1)
         # The host forgot SQ 1 with the delete: its completion lands as stray.
@@ -238,7 +245,7 @@ def test_drop_irq_posts_without_the_interrupt(ctrl: Controller) -> None:
         cid = h.submit(sqe, 1)
         with pytest.raises(HostTimeoutError):
             h.wait(1, cid, timeout=0.3)  # waits for the interrupt, as a driver does
-        assert h.reap(1) == 1, "the completion is there all the same"
+        _until("the completion is there all the same", lambda: h.reap(1) == 1)
         assert h.cq(1).done.pop((1, cid)).ok
         h.read(1, 0, 1)  # the next one signals
 
@@ -249,10 +256,10 @@ def test_delay_irq_sends_the_interrupt_late(ctrl: Controller) -> None:
         sqe, _ = _read_sqe(h, 1, 0)
         t0 = time.monotonic()
         cid = h.submit(sqe, 1)
-        time.sleep(0.05)
         cq = h.cq(1)
-        dw3 = int.from_bytes(h.read_mem(cq.iova + cq.head * 16 + 12, 4), "little")
-        assert dw3 >> 16 & 1 == cq.phase, "posted at once"
+        # The CQE is posted before the (late) interrupt that announces it.
+        _until("posted", lambda: int.from_bytes(h.read_mem(cq.iova + cq.head * 16 + 12, 4), "little") >> 16 & 1
+               == cq.phase)
         assert h.wait(1, cid, timeout=5).ok
         assert time.monotonic() - t0 >= 0.25
 
@@ -262,9 +269,9 @@ def test_cfs_fails_the_controller_until_reset(ctrl: Controller) -> None:
         ctrl.faults.add("read count=1 -> cfs")
         sqe, _ = _read_sqe(h, 1, 0)
         cid = h.submit(sqe, 1)
+        _until("CSTS.CFS", lambda: h.csts() & CSTS_CFS)
         with pytest.raises(HostTimeoutError):
             h.wait(1, cid, timeout=0.3)
-        assert h.csts() & CSTS_CFS
         # What Linux does on CFS: reset the controller, then bring it up again.
         h.disable()
         assert not h.csts() & CSTS_CFS

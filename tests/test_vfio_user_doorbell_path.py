@@ -13,8 +13,12 @@ import struct
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nvmefast.vfio_user import VfioUserServer
+from nvmefast.vfio_user.protocol import REGION_WRITE, REGION_WRITE_MULTI, Header
+from nvmefast.vfio_user.server import _doorbell_write
 from vfio_user_client import connect
 from vfio_user_host import NVME_DOORBELLS, NvmeHost, build_sqe, running_server
 
@@ -93,3 +97,33 @@ def test_an_event_from_a_doorbell_on_the_reader_is_completed_through_the_socket(
             host.ring(2, 0)  # back in range; the queue still works
             assert host.write(1, 0, pattern(LBA, 9)).ok
             assert host.read(1, 0, 1) == pattern(LBA, 9)
+
+
+@given(
+    command=st.sampled_from([REGION_WRITE, REGION_WRITE_MULTI, 1, 0]),
+    payload=st.one_of(
+        st.binary(max_size=64),
+        st.lists(
+            st.tuples(st.integers(0, 0x3000), st.integers(0, 9), st.integers(0, 12)), min_size=1, max_size=4
+        ).map(lambda es: struct.pack("<Q", len(es)) + b"".join(struct.pack("<QII8s", o, r, c, b"") for o, r, c in es)),
+        st.tuples(st.integers(0, (1 << 64) - 1), st.integers(0, 9), st.integers(0, 8)).map(
+            lambda t: struct.pack("<QII", *t) + b"\0" * 4
+        ),
+    ),
+)
+@settings(max_examples=400, deadline=None)
+def test_the_doorbell_test_of_the_reader_takes_any_payload(command: int, payload: bytes) -> None:
+    # Guest-controlled bytes: never an exception, and "a doorbell" only for
+    # writes that all land in BAR0 at or past the doorbells.
+    hdr = Header(1, command, 16 + len(payload), 0, 0)
+    inline = _doorbell_write(hdr, payload)
+    if not inline:
+        return
+    if command == REGION_WRITE:
+        offset, region, _ = struct.unpack_from("<QII", payload)
+        assert region == 0 and offset >= NVME_DOORBELLS
+    else:
+        assert command == REGION_WRITE_MULTI
+        (n,) = struct.unpack_from("<Q", payload)
+        entries = [struct.unpack_from("<QII8s", payload, 8 + 24 * i) for i in range(n)]
+        assert len(payload) == 8 + 24 * n and all(r == 0 and o >= NVME_DOORBELLS for o, r, _c, _d in entries)
