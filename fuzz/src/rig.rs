@@ -129,6 +129,7 @@ impl Rig {
                         cache: CacheMode::Buffered,
                         io: Choice::IoUring,
                     }),
+                    storage: None,
                 })
                 .collect(),
             msix_vectors: 2,
