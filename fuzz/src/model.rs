@@ -128,7 +128,7 @@ pub fn prp_pieces(
     write: bool,
 ) -> Result<Vec<Piece>, RefError> {
     let mut out = Vec::new();
-    if prp1 % 4 != 0 {
+    if !prp1.is_multiple_of(4) {
         return Err(RefError::Offset);
     }
     let first = len.min(PAGE - prp1 % PAGE);
@@ -138,13 +138,13 @@ pub fn prp_pieces(
         return Ok(out);
     }
     if left <= PAGE {
-        if prp2 % PAGE != 0 {
+        if !prp2.is_multiple_of(PAGE) {
             return Err(RefError::Offset);
         }
         piece(&mut out, prp2, left, write)?;
         return Ok(out);
     }
-    if prp2 % 8 != 0 {
+    if !prp2.is_multiple_of(8) {
         return Err(RefError::Offset);
     }
     let mut list = prp2;

@@ -6,13 +6,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nvmefast::aio::Choice;
+use nvmefast::backend::{CacheMode, FileSpec};
 use nvmefast::driver::{HostMemory, HostQueue};
 use nvmefast::mem::DmaTransport;
 use nvmefast::shm::SharedMemory;
 use nvmefast::spec::opcode::io as op;
 use nvmefast::spec::{Cqe, Sqe, Status};
-use nvmefast::aio::Choice;
-use nvmefast::backend::{CacheMode, FileSpec};
 use nvmefast::{Engine, EngineConfig, NamespaceSpec, Polling};
 
 use crate::guard;
@@ -106,7 +106,10 @@ fn region(
 
 /// Where a file namespace of rig number `rig` lives while the engine opens it.
 fn file_path(rig: u64, nsid: u32) -> String {
-    format!("/dev/shm/nvmefast-fuzz-{}-{rig}-{nsid}.img", std::process::id())
+    format!(
+        "/dev/shm/nvmefast-fuzz-{}-{rig}-{nsid}.img",
+        std::process::id()
+    )
 }
 
 /// Rigs built in this process (several run at once under `cargo test`).
