@@ -25,15 +25,17 @@ pub const D_LEN: usize = 0x2_0000;
 /// Largest data transfer (the Python config's default, MDTS 5).
 pub const MDTS_BYTES: u64 = 128 << 10;
 
-/// The namespaces: (NSID, backend, size, LBA size). 1, 3 and 4 are
+/// The namespaces: (NSID, backend, size, LBA size). All but 2 are
 /// checked byte for byte after every command; 2 stores nothing; 4 is a file
 /// in /dev/shm served through io_uring, so its Reads and Writes complete
-/// asynchronously.
-pub const NAMESPACES: [(u32, &str, u64, u32); 4] = [
+/// asynchronously; 5 is the embedder's storage ([`crate::storage`]), which
+/// checks every call the core makes to it.
+pub const NAMESPACES: [(u32, &str, u64, u32); 5] = [
     (1, "ram", 64 << 10, 512),
     (2, "null", 1 << 20, 512),
     (3, "ram", 64 << 10, 4096),
     (4, "file", 64 << 10, 512),
+    (5, "custom", 64 << 10, 512),
 ];
 
 /// Which region a guest range lies in.
