@@ -127,6 +127,15 @@ SQE_SEEDS: dict[str, bytes] = {
     "write-zeroes-custom": lba(WRITE_ZEROES, 5, 3, 5),
     "dsm-deallocate-custom": make_sqe(DSM, 1, 5, prp1=0x0, cdw10=0, cdw11=1 << 2) + guest((0, struct.pack("<IIQ", 0, 4, 10))),
     "copy-custom": make_sqe(COPY, 1, 5, prp1=0x0, cdw10=64, cdw12=0) + guest((0, struct.pack("<8xQH14x", 0, 7))),
+    # Found by fuzzing (issue 22), written out: each adds edges the seeds above miss.
+    "write-file-from-remote": lba(WRITE, 4, 0, 1, prp1=C),
+    "compare-file": lba(COMPARE, 4, 0, 2, prp1=0x0),
+    "write-zeroes-file": lba(WRITE_ZEROES, 4, 0, 1),
+    "flush-file": make_sqe(FLUSH, 1, 4),
+    "copy-file": make_sqe(COPY, 1, 4, prp1=0x0, cdw12=3),
+    "dsm-file-remote-list": make_sqe(DSM, 1, 4, prp1=C + 0x700, cdw10=0x8D, cdw11=1 << 2),
+    "copy-list-in-readonly": make_sqe(COPY, 1, 3, prp1=B, cdw10=0xFFFFFFFF, cdw11=0xFFFFFFFF),
+    "sgl-write-last-segment-remote": lba(WRITE, 3, 0, 1, cdw12=1 << 30, **sgl1(C + 0x155, 0xD020, 3)),
 }
 
 
