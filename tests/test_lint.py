@@ -1,6 +1,7 @@
 """Code hygiene the project promises, checked with every test run:
-cargo fmt and clippy clean, mypy --strict clean, `_core.pyi` true to the
-compiled module (mypy.stubtest)."""
+cargo fmt and clippy clean (the core and the cargo-fuzz crate in fuzz/, its
+own workspace), mypy --strict clean, `_core.pyi` true to the compiled module
+(mypy.stubtest)."""
 
 from __future__ import annotations
 
@@ -19,16 +20,27 @@ def run(*cmd: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+# The core, and the fuzz crate (its own workspace, so cargo sees it only
+# when named).
+CRATES = {"core": [], "fuzz": ["--manifest-path", "fuzz/Cargo.toml"]}
+
+
 @needs_cargo
-def test_cargo_fmt() -> None:
-    r = run("cargo", "fmt", "--check")
+@pytest.mark.parametrize("crate", CRATES)
+def test_cargo_fmt(crate: str) -> None:
+    r = run("cargo", "fmt", *CRATES[crate], "--check")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 @needs_cargo
 @pytest.mark.timeout(900)
-def test_cargo_clippy() -> None:
-    r = run("cargo", "clippy", "--all-targets", "--quiet", "--", "-D", "warnings", timeout=900)
+@pytest.mark.parametrize("crate", CRATES)
+def test_cargo_clippy(crate: str) -> None:
+    # The fuzz crate's target directory is the one its replay test
+    # (tests/test_fuzz_replay.py) and `cargo fuzz` build in.
+    target_dir = ["--target-dir", "fuzz/target"] if crate == "fuzz" else []
+    args = [*CRATES[crate], *target_dir, "--all-targets", "--quiet"]
+    r = run("cargo", "clippy", *args, "--", "-D", "warnings", timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -9,3 +9,4 @@ pub mod guard;
 pub mod model;
 pub mod rig;
 pub mod sqe;
+pub mod storage;

@@ -25,15 +25,17 @@ pub const D_LEN: usize = 0x2_0000;
 /// Largest data transfer (the Python config's default, MDTS 5).
 pub const MDTS_BYTES: u64 = 128 << 10;
 
-/// The namespaces: (NSID, backend, size, LBA size). 1, 3 and 4 are
+/// The namespaces: (NSID, backend, size, LBA size). All but 2 are
 /// checked byte for byte after every command; 2 stores nothing; 4 is a file
 /// in /dev/shm served through io_uring, so its Reads and Writes complete
-/// asynchronously.
-pub const NAMESPACES: [(u32, &str, u64, u32); 4] = [
+/// asynchronously; 5 is the embedder's storage ([`crate::storage`]), which
+/// checks every call the core makes to it.
+pub const NAMESPACES: [(u32, &str, u64, u32); 5] = [
     (1, "ram", 64 << 10, 512),
     (2, "null", 1 << 20, 512),
     (3, "ram", 64 << 10, 4096),
     (4, "file", 64 << 10, 512),
+    (5, "custom", 64 << 10, 512),
 ];
 
 /// Which region a guest range lies in.
@@ -128,7 +130,7 @@ pub fn prp_pieces(
     write: bool,
 ) -> Result<Vec<Piece>, RefError> {
     let mut out = Vec::new();
-    if prp1 % 4 != 0 {
+    if !prp1.is_multiple_of(4) {
         return Err(RefError::Offset);
     }
     let first = len.min(PAGE - prp1 % PAGE);
@@ -138,13 +140,13 @@ pub fn prp_pieces(
         return Ok(out);
     }
     if left <= PAGE {
-        if prp2 % PAGE != 0 {
+        if !prp2.is_multiple_of(PAGE) {
             return Err(RefError::Offset);
         }
         piece(&mut out, prp2, left, write)?;
         return Ok(out);
     }
-    if prp2 % 8 != 0 {
+    if !prp2.is_multiple_of(8) {
         return Err(RefError::Offset);
     }
     let mut list = prp2;

@@ -6,17 +6,18 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nvmefast::aio::Choice;
+use nvmefast::backend::{CacheMode, FileSpec, StorageRef};
 use nvmefast::driver::{HostMemory, HostQueue};
 use nvmefast::mem::DmaTransport;
 use nvmefast::shm::SharedMemory;
 use nvmefast::spec::opcode::io as op;
 use nvmefast::spec::{Cqe, Sqe, Status};
-use nvmefast::aio::Choice;
-use nvmefast::backend::{CacheMode, FileSpec};
 use nvmefast::{Engine, EngineConfig, NamespaceSpec, Polling};
 
 use crate::guard;
 use crate::model::{self, GuestView, Region, PAGE};
+use crate::storage::Blocks;
 
 /// I/O queue entries (SQ and CQ).
 pub const ENTRIES: u32 = 16;
@@ -71,7 +72,8 @@ pub struct Rig {
     pub q: HostQueue,
     /// Commands submitted so far (the SQ tail and CQ head follow it).
     pub submitted: u64,
-    /// Namespace images the harness restores before each input (1 and 3).
+    /// Namespace images the harness restores after an input changed them
+    /// (every namespace that stores data).
     pub patterns: Vec<(u32, u64, Vec<u8>)>,
     /// Guard pages placed around the engine's mappings (reported once).
     pub guards: Vec<guard::Guarded>,
@@ -106,7 +108,10 @@ fn region(
 
 /// Where a file namespace of rig number `rig` lives while the engine opens it.
 fn file_path(rig: u64, nsid: u32) -> String {
-    format!("/dev/shm/nvmefast-fuzz-{}-{rig}-{nsid}.img", std::process::id())
+    format!(
+        "/dev/shm/nvmefast-fuzz-{}-{rig}-{nsid}.img",
+        std::process::id()
+    )
 }
 
 /// Rigs built in this process (several run at once under `cargo test`).
@@ -129,6 +134,8 @@ impl Rig {
                         cache: CacheMode::Buffered,
                         io: Choice::IoUring,
                     }),
+                    storage: (backend == "custom")
+                        .then(|| StorageRef(Arc::new(Blocks::new(size_bytes as usize, lba_size)))),
                 })
                 .collect(),
             msix_vectors: 2,
@@ -268,7 +275,7 @@ impl Rig {
         out
     }
 
-    /// Writes every RAM namespace back to its pattern.
+    /// Writes every namespace that stores data back to its pattern.
     pub fn restore_namespaces(&mut self) {
         for i in 0..self.patterns.len() {
             let (nsid, lbs, ref bytes) = self.patterns[i];

@@ -9,13 +9,15 @@
 //!   ([`model::prp_pieces`]) predicts, and a successful Read put exactly the
 //!   namespace's bytes where the PRPs point;
 //! - guest memory changes only under a Read, the read-only region never;
-//! - each RAM namespace, read back through the device, equals what the
-//!   command may have made of it ([`model::namespace_after`]): unchanged
-//!   after any failure or any command that does not write, a Write only
-//!   inside [SLBA, SLBA+NLB) (with PRPs: exactly the host's data);
+//! - each namespace that stores data (RAM, file, custom), read back
+//!   through the device, equals what the command may have made of it
+//!   ([`model::namespace_after`]): unchanged after any failure or any
+//!   command that does not write, a Write only inside [SLBA, SLBA+NLB)
+//!   (with PRPs: exactly the host's data);
 //! - nothing panics, no access leaves guest memory (guard pages around the
 //!   fd-backed regions, a bounds-checking fake client behind the remote
-//!   one), and every command completes within five seconds.
+//!   one) or a namespace (the custom namespace's storage checks each call),
+//!   and every command completes within five seconds.
 
 use std::sync::{Mutex, OnceLock};
 

@@ -1,13 +1,19 @@
 //! Replays the committed seed corpora through the `sqe` and `doorbells` harnesses without
-//! libFuzzer: `cargo test --manifest-path fuzz/Cargo.toml`.
+//! libFuzzer: `cargo test --manifest-path fuzz/Cargo.toml`. Every test run does it
+//! (`tests/test_fuzz_replay.py`, part of `pytest`), so a core change that breaks the rig
+//! fails there.
 
 use std::path::Path;
 
 fn replay(target: &str, mut one: impl FnMut(&[u8])) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target);
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).expect("corpus directory") {
         let path = entry.expect("corpus entry").path();
+        // Captured, and shown only when a seed fails: which one it was.
+        eprintln!("replaying {}", path.display());
         one(&std::fs::read(&path).expect("corpus file"));
         n += 1;
     }

@@ -119,6 +119,23 @@ SQE_SEEDS: dict[str, bytes] = {
     "sgl-bit-bucket-write": lba(WRITE, 1, 0, 1, **sgl1(0, 512, 1)),
     "sgl-short": lba(READ, 1, 0, 2, **sgl1(0x1000, 512, 0)),
     "sgl-keyed": lba(READ, 1, 0, 1, **sgl1(0x1000, 512, 4)),
+    # Namespace 4 is a file (io_uring), 5 the embedder's storage (fuzz/src/storage.rs).
+    "write-file": lba(WRITE, 4, 1, 2, prp1=0x0) + guest((0, pattern(1024))),
+    "read-file-list": lba(READ, 4, 0, 16, prp1=0x800, prp2=0x40) + guest((0x40, qwords(0x2000, 0x3000))),
+    "write-custom": lba(WRITE, 5, 2, 3, prp1=0x200) + guest((0x200, pattern(1536))),
+    "read-custom-list": lba(READ, 5, 0, 16, prp1=0x800, prp2=0x40) + guest((0x40, qwords(0x2000, 0x3000))),
+    "write-zeroes-custom": lba(WRITE_ZEROES, 5, 3, 5),
+    "dsm-deallocate-custom": make_sqe(DSM, 1, 5, prp1=0x0, cdw10=0, cdw11=1 << 2) + guest((0, struct.pack("<IIQ", 0, 4, 10))),
+    "copy-custom": make_sqe(COPY, 1, 5, prp1=0x0, cdw10=64, cdw12=0) + guest((0, struct.pack("<8xQH14x", 0, 7))),
+    # Found by fuzzing (issue 22), written out: each adds edges the seeds above miss.
+    "write-file-from-remote": lba(WRITE, 4, 0, 1, prp1=C),
+    "compare-file": lba(COMPARE, 4, 0, 2, prp1=0x0),
+    "write-zeroes-file": lba(WRITE_ZEROES, 4, 0, 1),
+    "flush-file": make_sqe(FLUSH, 1, 4),
+    "copy-file": make_sqe(COPY, 1, 4, prp1=0x0, cdw12=3),
+    "dsm-file-remote-list": make_sqe(DSM, 1, 4, prp1=C + 0x700, cdw10=0x8D, cdw11=1 << 2),
+    "copy-list-in-readonly": make_sqe(COPY, 1, 3, prp1=B, cdw10=0xFFFFFFFF, cdw11=0xFFFFFFFF),
+    "sgl-write-last-segment-remote": lba(WRITE, 3, 0, 1, cdw12=1 << 30, **sgl1(C + 0x155, 0xD020, 3)),
 }
 
 
