@@ -46,17 +46,29 @@ fn keeps_polling_while_arrivals_keep_coming_and_sleeps_when_they_stop() {
         one(&mut q);
     }
     // 200 us apart (4x poll_us): a worker polling only poll_us would sleep
-    // before nearly every one of these.
+    // before nearly every one of these. A loaded machine (a descheduled
+    // host thread makes a gap past the cap; a preempted worker naps) can
+    // spoil one round, so the behaviour must show in one of three rounds:
+    // a worker without the adaptive window sleeps before every arrival in
+    // all of them.
     let n = 300;
-    let s0 = sleeps(&e);
-    for _ in 0..n {
-        spin_for(Duration::from_micros(200));
-        one(&mut q);
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let s0 = sleeps(&e);
+        for _ in 0..n {
+            spin_for(Duration::from_micros(200));
+            one(&mut q);
+        }
+        let slept = sleeps(&e) - s0;
+        rounds.push(slept);
+        if slept < n / 3 {
+            break;
+        }
     }
-    let slept = sleeps(&e) - s0;
-    // Generous for a loaded machine (a descheduled host thread makes a gap
-    // past the cap): most arrivals must find the worker still polling.
-    assert!(slept < n / 3, "worker slept {slept} times in {n} arrivals");
+    assert!(
+        rounds.iter().any(|&s| s < n / 3),
+        "worker slept {rounds:?} times in {n} arrivals per round"
+    );
     // Traffic stops: the worker goes back to sleeping (and its doorbell
     // scans are not counted here: this engine has none).
     let s1 = sleeps(&e);
