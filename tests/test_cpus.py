@@ -12,18 +12,26 @@ from nvmefast.cli import _cpu_list
 from nvmefast.config import CpuListError, parse_cpu_list
 
 
-def _io_worker_affinity() -> dict[str, set[int]]:
-    """Affinity of this process's nvmefast-io* threads, by thread name."""
+def _io_worker_affinity() -> dict[int, tuple[str, set[int]]]:
+    """Name and affinity of this process's nvmefast-io* threads, by thread ID.
+
+    By ID, not name: another test's controller that the garbage collector
+    has not closed yet has threads of the same names.
+    """
     out = {}
     for tid in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{tid}/comm") as f:
                 name = f.read().strip()
-        except OSError:
+            if name.startswith("nvmefast-io"):
+                out[int(tid)] = (name, os.sched_getaffinity(int(tid)))
+        except OSError:  # the thread ended meanwhile
             continue
-        if name.startswith("nvmefast-io"):
-            out[name] = os.sched_getaffinity(int(tid))
     return out
+
+
+def _new_workers(before: dict[int, tuple[str, set[int]]]) -> dict[str, set[int]]:
+    return {name: cpus for tid, (name, cpus) in _io_worker_affinity().items() if tid not in before}
 
 
 def test_parse_cpu_list() -> None:
@@ -50,15 +58,15 @@ def test_cpus_outside_the_affinity_mask_are_refused() -> None:
 def test_io_workers_are_pinned_round_robin() -> None:
     allowed = sorted(os.sched_getaffinity(0))
     cpus = tuple(allowed[:2])
-    before = set(_io_worker_affinity())
+    before = _io_worker_affinity()
     with Controller(ControllerConfig(iothreads=3, cpus=cpus)):
-        got = {k: v for k, v in _io_worker_affinity().items() if k not in before}
+        got = _new_workers(before)
         assert got == {f"nvmefast-io{i}": {cpus[i % len(cpus)]} for i in range(3)}
 
 
 def test_no_pinning_by_default() -> None:
     mask = os.sched_getaffinity(0)
-    before = set(_io_worker_affinity())
+    before = _io_worker_affinity()
     with Controller(ControllerConfig(iothreads=2)):
-        got = {k: v for k, v in _io_worker_affinity().items() if k not in before}
+        got = _new_workers(before)
         assert got and all(v == mask for v in got.values())
