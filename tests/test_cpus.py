@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -30,8 +32,18 @@ def _io_worker_affinity() -> dict[int, tuple[str, set[int]]]:
     return out
 
 
-def _new_workers(before: dict[int, tuple[str, set[int]]]) -> dict[str, set[int]]:
-    return {name: cpus for tid, (name, cpus) in _io_worker_affinity().items() if tid not in before}
+def _new_workers(
+    before: dict[int, tuple[str, set[int]]], settled: Callable[[dict[str, set[int]]], bool]
+) -> dict[str, set[int]]:
+    """The I/O workers started since ``before``, by name, once ``settled``
+    says so (or after 30 s): a worker names and then pins itself as it
+    starts, after the controller's constructor has returned."""
+    deadline = time.monotonic() + 30
+    while True:
+        got = {name: cpus for tid, (name, cpus) in _io_worker_affinity().items() if tid not in before}
+        if settled(got) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.005)
 
 
 def test_parse_cpu_list() -> None:
@@ -59,14 +71,15 @@ def test_io_workers_are_pinned_round_robin() -> None:
     allowed = sorted(os.sched_getaffinity(0))
     cpus = tuple(allowed[:2])
     before = _io_worker_affinity()
+    want = {f"nvmefast-io{i}": {cpus[i % len(cpus)]} for i in range(3)}
     with Controller(ControllerConfig(iothreads=3, cpus=cpus)):
-        got = _new_workers(before)
-        assert got == {f"nvmefast-io{i}": {cpus[i % len(cpus)]} for i in range(3)}
+        got = _new_workers(before, lambda got: got == want)
+        assert got == want
 
 
 def test_no_pinning_by_default() -> None:
     mask = os.sched_getaffinity(0)
     before = _io_worker_affinity()
     with Controller(ControllerConfig(iothreads=2)):
-        got = _new_workers(before)
+        got = _new_workers(before, lambda got: len(got) == 2)
         assert got and all(v == mask for v in got.values())
