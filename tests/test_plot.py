@@ -123,6 +123,8 @@ def test_bench_plot_draws_a_png_and_plot_redraws_it(tmp_path: Path, capsys: pyte
         abs(pixels[..., 2] - c0[2]) < 0.03)
     assert near_c0.sum() > 200, "no line in the first colour"
     again = tmp_path / "again.png"
+    assert main(["plot", str(js), "-o", str(tmp_path / "no" / "again.png")]) == 1
+    assert "cannot write" in capsys.readouterr().err
     assert main(["plot", str(js), "-o", str(again)]) == 0
     # Redrawn from the JSON, the same figure: --plot draws what --json holds.
     assert (matplotlib.image.imread(again) == pixels).all()

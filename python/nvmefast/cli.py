@@ -500,11 +500,15 @@ def _write_results(args: argparse.Namespace, doc: dict[str, Any], progress: Call
 def _plot(args: argparse.Namespace) -> int:
     from nvmefast.plot import PlotUnavailableError, load_result, plot_result
 
+    doc = load_result(args.result)
     try:
-        plot_result(load_result(args.result), args.output)
+        plot_result(doc, args.output)
     except PlotUnavailableError as e:
         print(f"nvmefast plot: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"nvmefast plot: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(f"drew {args.output}", file=sys.stderr)
     return 0
 

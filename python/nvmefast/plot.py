@@ -220,7 +220,13 @@ def draw(data: FigureData, path: str | os.PathLike[str]) -> None:
         ax.set_xlabel("queue depth")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        # Each panel lists its own floors; the modes share one legend beside both.
+        handles, labels = ax.get_legend_handles_labels()
+        n = len(data.lines)
+        if handles[n:]:
+            ax.legend(handles[n:], labels[n:], fontsize=7, loc="best")
+    handles, labels = kiops_ax.get_legend_handles_labels()
+    fig.legend(handles[: len(data.lines)], labels[: len(data.lines)], loc="outside right upper", fontsize=8)
     kiops_ax.set_ylim(bottom=0)
     lat_ax.set_yscale("log")
     # 0.5, 1, 2, 5, 10 ... read better than powers of ten.
