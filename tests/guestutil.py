@@ -79,11 +79,16 @@ def tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+SHARED_TOOL = ROOT.parent / "shared" / "tools" / "vfio-user-guest.sh"
+"""The guest tool beside the repository: ../shared/tools from its root."""
+
+
 def tool_candidates() -> list[Path]:
-    """Where the guest tool is looked for: $NVMEFAST_GUEST_TOOL alone when set, else the shared checkouts."""
+    """Where the guest tool is looked for: $NVMEFAST_GUEST_TOOL alone when set (a checkout
+    elsewhere, a worktree), else ../shared/tools beside the repository."""
     if env := os.environ.get("NVMEFAST_GUEST_TOOL"):
         return [Path(env)]
-    return [ROOT.parent / "shared" / "tools" / "vfio-user-guest.sh", Path("/work/shared/tools/vfio-user-guest.sh")]
+    return [SHARED_TOOL]
 
 
 def short_dir(base: Path) -> Path:

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,8 +161,47 @@ def test_a_trap_server_offers_no_page_and_the_client_says_so() -> None:
             assert bench.verify(4) == 0
         finally:
             bench.close()
-        with pytest.raises(StateError, match="offers no doorbell page"):
-            run_vfio_bench(VfioBenchConfig(socket=path, qds=(1,), seconds=0.1, fill=False, compare=False))
+        # Asked for by name: an error naming the fix.
+        with pytest.raises(StateError, match=r"offers no doorbell page .*--doorbells mmap"):
+            run_vfio_bench(VfioBenchConfig(socket=path, qds=(1,), doorbells=("page", "trap"), seconds=0.1,
+                                           fill=False, compare=False))
+        # Not asked for: measured what the server offers, said what was skipped.
+        res = run_vfio_bench(VfioBenchConfig(socket=path, qds=(1,), seconds=0.1, fill=False, compare=False))
+        assert {(p.doorbell, p.mode) for p in res.points} == {
+            (d, m) for d in ("shadow", "trap") for m in ("poll", "irq")}
+        assert all(p.ios > 0 and p.errors == 0 for p in res.points)
+        assert list(res.skipped) == ["page"] and "--doorbells mmap" in res.skipped["page"]
+
+
+def test_cli_against_a_default_serve_skips_the_page_and_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory, path = short_socket_path("default")
+    # `nvmefast serve` as a user starts it: default doorbells (trapped).
+    proc = subprocess.Popen([sys.executable, "-m", "nvmefast.cli", "serve", "--socket", path,
+                             "--namespace", "ram:16M", "--log-level", "warning"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path):
+            assert proc.poll() is None and time.monotonic() < deadline, "nvmefast serve did not listen"
+            time.sleep(0.05)
+        out = tmp_path / "vu.json"
+        argv = ["bench", "--vfio-user", path, "--qd", "1", "--seconds", "0.1", "--no-compare"]
+        assert main([*argv, "--json", str(out)]) == 0
+        captured = capsys.readouterr()
+        assert "skipped page doorbells: the server offers no doorbell page" in captured.out
+        assert "skipping page doorbells" in captured.err, "said while it runs, too"
+        doc = json.loads(out.read_text())
+        assert {p["doorbell"] for p in doc["points"]} == {"shadow", "trap"}
+        assert "page" in doc["skipped"]
+        # Named explicitly, the page is an error that says how to get one.
+        assert main([*argv, "--doorbell", "page"]) == 1
+        err = capsys.readouterr().err
+        assert "offers no doorbell page" in err and "nvmefast serve --doorbells mmap" in err, err
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_bad_arguments_are_config_errors(server: tuple[object, str]) -> None:

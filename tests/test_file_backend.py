@@ -602,7 +602,7 @@ def test_serve_file_namespace_syntax(text: str, want: tuple[str, int, bool]) -> 
     [
         (["--namespace", "file:"], "name the image file"),
         (["--namespace", "file:disk.img:1024"], "512 or 4096"),
-        (["--namespace", "disk:64M"], "file:PATH[:LBA][:ro]"),
+        (["--namespace", "disk:64M"], "file:PATH[:LBA][:OPT...]"),
         (["--namespace", "file:x.img", "--cache", "writeback"], "invalid choice"),
         (["--namespace", "file:x.img", "--io", "aio"], "invalid choice"),
     ],

@@ -161,7 +161,7 @@ def test_flushed_data_survives_sigkill_of_nvmefast_serve() -> None:
         def serve() -> subprocess.Popen[str]:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "nvmefast.cli", "serve", "--socket", sock, "--namespace", f"file:{path}",
-                 "--doorbells", "trap", "--log-level", "warning"],
+                 "--doorbells", "trap"],  # info: the namespace line is read below
                 stderr=subprocess.PIPE, text=True,
             )
             deadline = time.monotonic() + 15

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import socket
 import struct
@@ -424,6 +425,31 @@ def test_dma_map_fd_too_small(client: VfioUserClient, memfd: int) -> None:
     # The memfd is 1 MiB; a map past its end cannot be backed.
     assert_error(client.dma_map(0x10_0000, 0x20_0000, memfd, 0, check=False))
     assert_error(client.dma_map(0x10_0000, 0x1000, memfd, 1 << 20, check=False))
+    assert_same_connection_works(client)
+
+
+def test_dma_map_spanning_hugepage_files_names_spdk_without_g(
+    client: VfioUserClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # SPDK's driver without -g: DPDK keeps a file per 2 MiB hugepage, and one
+    # DMA_MAP covers three pages contiguous in the client's address space,
+    # sent with the first page's file.
+    pages = [os.memfd_create(f"spdk-page-{i}", os.MFD_CLOEXEC) for i in range(3)]
+    try:
+        for fd in pages:
+            os.ftruncate(fd, 2 << 20)
+        with caplog.at_level(logging.WARNING, logger="nvmefast.vfio_user"):
+            assert_error(client.dma_map(0x2000_0000, 6 << 20, pages[0], 0, check=False), errno.EINVAL)
+        refusal = [r.getMessage() for r in caplog.records if "DMA_MAP" in r.getMessage()]
+        assert len(refusal) == 1, refusal
+        assert "mapped 6291456 bytes at IOVA 0x20000000 with an fd of 2097152 bytes" in refusal[0]
+        assert "SPDK" in refusal[0] and "run it with -g" in refusal[0]
+        # One mapping per file (what -g leads to) is what the server takes.
+        for i, fd in enumerate(pages):
+            client.dma_map(0x2000_0000 + (i << 21), 2 << 20, fd)
+    finally:
+        for fd in pages:
+            os.close(fd)
     assert_same_connection_works(client)
 
 

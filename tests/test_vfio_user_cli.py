@@ -74,7 +74,7 @@ def test_serve_brings_up_and_stops_on_sigterm(serve: tuple[subprocess.Popen[str]
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--namespace", "disk:64M"], "use ram:SIZE or null:SIZE"),
+        (["--namespace", "disk:64M"], "use ram:SIZE[:LBA][:OPT...], null:SIZE"),
         (["--namespace", "ram:lots"], "is not a size"),
         (["--namespace", "ram:1000:4096"], "multiple of the 4096-byte LBA"),
         (["--doorbells", "ring"], "invalid choice"),
@@ -166,3 +166,24 @@ def test_serve_refuses_a_bad_fault_rule() -> None:
                         "--fault", "read lba=5..1 -> cfs"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert "lba range 5..1 is empty" in r.stderr
+
+
+def test_serve_says_each_startup_fact_once_in_one_format() -> None:
+    import re
+
+    rule = "read lba=5 -> status unrecovered-read-error"
+    with serving("once", "--namespace", "ram:8M", "--namespace", "null:1G:4096", "--fault", rule) as (path, stderr):
+        pass
+    lines = stderr[0].splitlines()
+    assert lines, "nothing logged at the default level"
+    for line in lines:
+        assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} nvmefast (DEBUG|INFO|WARNING|ERROR) .+", line), line
+    for fact in (f"listening on {path} ", "namespace 1: ram 8M", "namespace 2: null 1G", f"fault rule 1: {rule}",
+                 "iothread(s)"):
+        assert sum(fact in line for line in lines) == 1, (fact, lines)
+    # The socket listens once the rest is said: the listening line comes last.
+    start = [line for line in lines if "signal" not in line and "stopp" not in line and "hits of" not in line]
+    assert "listening on" in start[-1], lines
+    with serving("quiet", "--namespace", "ram:8M", "--log-level", "warning") as (_, stderr):
+        pass
+    assert stderr[0] == "", "--log-level warning silences the startup lines too"

@@ -26,7 +26,10 @@ from nvmefast.config import ControllerConfig, NamespaceConfig
 from nvmefast.controller import Controller
 from nvmefast.testing import Host
 
-__all__ = ["BenchConfig", "BenchSession", "Floors", "Point", "format_table", "measure_floors", "point_from", "run_bench"]
+__all__ = [
+    "BenchConfig", "BenchSession", "Floors", "Point", "cpu_model", "format_table", "measure_floors", "point_from",
+    "run_bench", "run_info",
+]
 
 BLOCK = 4096
 
@@ -359,7 +362,28 @@ def to_json(cfg: BenchConfig, floors: Floors, points: Sequence[Point]) -> dict[s
         "config": asdict(cfg),
         "floors": asdict(floors),
         "points": [asdict(p) for p in points],
+        **run_info(),
+    }
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown CPU" where it says none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def run_info() -> dict[str, Any]:
+    """Where and when a result was measured: the ``machine`` and ``time`` of every bench JSON."""
+    return {
         "machine": {
+            "cpu_model": cpu_model(),
             "cpus": os.cpu_count(),
             "python": sys.version.split()[0],
             "platform": platform.platform(),

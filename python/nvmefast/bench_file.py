@@ -13,17 +13,15 @@ the data is verified through the device against the file afterwards.
 from __future__ import annotations
 
 import os
-import platform
 import random
 import stat
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nvmefast import _core
-from nvmefast.bench import BLOCK, BenchConfig, BenchSession
+from nvmefast.bench import BLOCK, BenchConfig, BenchSession, run_info
 from nvmefast.config import NamespaceConfig
 from nvmefast.errors import ConfigError
 from nvmefast.file_floor import Figures, FloorPoint, FloorRunner, combine, figures_from
@@ -478,8 +476,7 @@ def file_json(res: FileBenchResult) -> dict[str, Any]:
         "targets": res.targets(),
         "verified": res.verified,
         "verify_detail": res.verify_detail,
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform()},
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **run_info(),
     }
 
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nvmefast import _core
-from nvmefast.bench import BenchConfig, BenchSession, Floors, measure_floors
+from nvmefast.bench import BenchConfig, BenchSession, Floors, measure_floors, run_info
 from nvmefast.controller import Controller
 from nvmefast.testing.kvm import KvmVm, kvm_unavailable_reason, msi_address, msi_data
 
@@ -173,4 +173,4 @@ def format_irq_table(b: IrqBench) -> str:
 
 def irq_json(b: IrqBench) -> dict[str, Any]:
     """The same figures as a JSON-able dict."""
-    return {"tool": "nvmefast bench --irq", "version": _core.__version__, **asdict(b)}
+    return {"tool": "nvmefast bench --irq", "version": _core.__version__, **asdict(b), **run_info()}

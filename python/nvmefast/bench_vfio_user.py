@@ -24,7 +24,6 @@ so reads touch real pages, and a write/read-back check of the data path).
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nvmefast import _core
-from nvmefast.bench import BenchConfig, BenchSession, Floors, measure_floors, point_from
+from nvmefast.bench import BenchConfig, BenchSession, Floors, measure_floors, point_from, run_info
 from nvmefast.errors import ConfigError, StateError
 
 __all__ = [
@@ -44,6 +43,7 @@ __all__ = [
     "VfioFloors",
     "VfioPoint",
     "default_placement",
+    "offered_doorbells",
     "format_vfio_table",
     "pinned",
     "run_vfio_bench",
@@ -65,7 +65,8 @@ class VfioBenchConfig:
     """A listening vfio-user server; None spawns ``nvmefast serve`` for the run."""
     qds: tuple[int, ...] = (1, 4, 16, 64)
     modes: tuple[str, ...] = ("poll", "irq")
-    doorbells: tuple[str, ...] = DOORBELLS
+    doorbells: tuple[str, ...] | None = None
+    """The ways to ring; None: every way the server offers (the rest are skipped, and the result says why)."""
     seconds: float = 2.0
     size_bytes: int = 1 << 30
     """The spawned server's RAM namespace (and the in-process one's)."""
@@ -218,6 +219,8 @@ class VfioResult:
     mismatched_blocks: int
     info: dict[str, Any]
     placement: dict[str, Any]
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Doorbell modes left out because the server does not offer them, and why."""
 
 
 def _check(cfg: VfioBenchConfig) -> None:
@@ -226,7 +229,7 @@ def _check(cfg: VfioBenchConfig) -> None:
     for m in cfg.modes:
         if m not in ("poll", "irq"):
             raise ConfigError(f"mode {m!r} must be 'poll' or 'irq'")
-    for d in cfg.doorbells:
+    for d in cfg.doorbells or ():
         if d not in DOORBELLS:
             raise ConfigError(f"doorbell {d!r} must be one of {', '.join(DOORBELLS)}")
     if not 0 < cfg.seconds <= 600:
@@ -264,8 +267,9 @@ def run_vfio_bench(cfg: VfioBenchConfig, progress: Callable[[str], None] | None 
         session: BenchSession | None = None
         try:
             info = dict(client.info())
-            if "page" in cfg.doorbells and not info["doorbell_page"]:
-                raise StateError(f"the server at {sock} offers no doorbell page: drop 'page' from the doorbells")
+            doorbells, skipped = offered_doorbells(info, cfg.doorbells, sock)
+            for mode, why in skipped.items():
+                say(f"skipping {mode} doorbells: {why}")
             if cfg.fill:
                 t = time.monotonic()
                 say(f"filling namespace 1 ({info['lbas'] * info['lba_size'] >> 20} MiB) through the server")
@@ -282,12 +286,36 @@ def run_vfio_bench(cfg: VfioBenchConfig, progress: Callable[[str], None] | None 
                 if cfg.fill:
                     say(f"filling the in-process namespace ({size >> 20} MiB)")
                     session.fill()
-            points = _sweep(cfg, client, session, floors, say)
+            points = _sweep(cfg, doorbells, client, session, floors, say)
         finally:
             client.close()
             if session is not None:
                 session.close()
-    return VfioResult(floors, points, cfg.verify_blocks, mismatched, info, placement)
+    return VfioResult(floors, points, cfg.verify_blocks, mismatched, info, placement, skipped)
+
+
+def offered_doorbells(
+    info: dict[str, Any], wanted: tuple[str, ...] | None, sock: str
+) -> tuple[tuple[str, ...], dict[str, str]]:
+    """(the doorbell modes to measure, {mode left out: why}) for a server that
+    answered ``VfioUserBench.info`` with ``info``. Modes asked for by name
+    (``wanted``) that the server cannot do are a StateError naming the fix."""
+    # mode -> (what the server lacks, what would offer it)
+    cannot: dict[str, tuple[str, str]] = {}
+    if not info["doorbell_page"]:
+        cannot["page"] = ("offers no doorbell page (it traps doorbell writes)", "`nvmefast serve --doorbells mmap`")
+    if wanted is None:
+        return tuple(d for d in DOORBELLS if d not in cannot), {
+            d: f"the server {cannot[d][0]}; {cannot[d][1]} offers it" for d in DOORBELLS if d in cannot
+        }
+    for d in wanted:
+        if d in cannot:
+            others = " or ".join(x for x in DOORBELLS if x not in cannot)
+            raise StateError(
+                f"the server at {sock} {cannot[d][0]}: serve with {cannot[d][1]}, or measure {others} "
+                "(--doorbell; without it, bench measures every mode the server offers)"
+            )
+    return wanted, {}
 
 
 @contextmanager
@@ -305,13 +333,14 @@ def _server(cfg: VfioBenchConfig, cpus: tuple[int, ...] | None, placement: dict[
 
 def _sweep(
     cfg: VfioBenchConfig,
+    doorbells: tuple[str, ...],
     client: Any,
     session: BenchSession | None,
     floors: VfioFloors,
     say: Callable[[str], None],
 ) -> list[VfioPoint]:
     # Shadow doorbells last at each QD: turning them off again takes a controller reset.
-    order = sorted(cfg.doorbells, key=lambda d: d == "shadow")
+    order = sorted(doorbells, key=lambda d: d == "shadow")
     combos = [(m, d) for d in order for m in cfg.modes]
     per_qd = len(combos) + (1 if session is not None else 0)
     total = per_qd * len(cfg.qds)
@@ -346,6 +375,7 @@ def format_vfio_table(cfg: VfioBenchConfig, res: VfioResult) -> str:
         f"floors: eventfd ping-pong {f.eventfd_rtt_ns / 1000:.2f} us | shared-memory ping-pong {f.shm_rtt_ns / 1000:.3f} us | "
         f"UNIX-socket round trip {f.unix_socket_rtt_ns / 1000:.2f} us | random 4 KiB memcpy {f.memcpy_4k_per_s / 1e6:.2f} M/s",
         f"data path: {res.verified_blocks - res.mismatched_blocks}/{res.verified_blocks} blocks written and read back intact",
+        *(f"skipped {mode} doorbells: {why}" for mode, why in res.skipped.items()),
         "",
         f"{'path':<11}{'mode':<5}{'doorbell':<9}{'QD':>3}{'KIOPS':>9}{'mean us':>9}{'p50 us':>8}{'p99 us':>8}"
         f"{'irq/IO':>7}{'msg/IO':>8}  vs",
@@ -380,6 +410,6 @@ def vfio_json(cfg: VfioBenchConfig, res: VfioResult) -> dict[str, Any]:
         "mismatched_blocks": res.mismatched_blocks,
         "namespace": res.info,
         "placement": res.placement,
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform()},
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "skipped": res.skipped,
+        **run_info(),
     }

@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import re
+import logging
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+from nvmefast import __version__
+from nvmefast.cli_terms import BENCH_TERMS, SERVE_TERMS, Terms, in_cli_terms, namespace_terms
 from nvmefast.config import BACKENDS, CACHE_MODES, IO_PATHS, LBA_SIZES, NamespaceConfig
-from nvmefast.errors import NvmeFastError
+from nvmefast.errors import ConfigError, NvmeFastError
 from nvmefast.faults import FaultRule, FaultRuleError
+from nvmefast.namespace_spec import USAGE, NamespaceSpec, options_help, parse_namespace, parse_size
 
 __all__ = ["NamespaceSpec", "describe_namespace", "main", "parse_size"]
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """Parse ``64M``, ``1G``, ``4096`` or ``512K`` (binary units) into bytes."""
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size; use e.g. 4096, 64M or 1G")
-    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+log = logging.getLogger("nvmefast.cli")
+_TERMS: Mapping[str, Terms] = {"serve": SERVE_TERMS, "bench": BENCH_TERMS}
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -37,6 +34,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nvmefast", description="An emulated NVMe controller with a Rust hot path.")
+    p.add_argument("--version", action="version", version=f"nvmefast {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser(
         "bench",
@@ -74,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     b.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="also draw KIOPS and mean latency against QD, one line per mode, the floors as reference "
+        "lines, to PATH (.png, .svg or .pdf; needs matplotlib: pip install 'nvmefast[plot]')",
+    )
+    b.add_argument(
         "--fault",
         metavar="RULE",
         action="append",
@@ -103,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
         "callback, its end-to-end effect at QD 1 and 64, and interrupt coalescing",
     )
     _serve_parser(sub)
+    pl = sub.add_parser(
+        "plot",
+        help="draw an earlier `nvmefast bench --json` result",
+        description="Draw the figure `nvmefast bench --plot` draws, from the JSON `nvmefast bench --json` wrote.",
+    )
+    pl.add_argument("result", metavar="RESULT.json", help="what `nvmefast bench --json` wrote")
+    pl.add_argument("-o", "--output", metavar="PATH", required=True, help="the image to write (.png, .svg or .pdf)")
     return p
 
 
@@ -135,7 +146,6 @@ def _bench_file_arguments(b: argparse.ArgumentParser) -> None:
 
 
 def _bench_file(args: argparse.Namespace) -> int:
-    from nvmefast.bench import write_json
     from nvmefast.bench_file import FileBenchConfig, failed, file_json, format_file_table, parse_workloads, run_file_bench
 
     def progress(msg: str) -> None:
@@ -163,9 +173,7 @@ def _bench_file(args: argparse.Namespace) -> int:
     )
     res = run_file_bench(cfg, progress)
     print(format_file_table(res))
-    if args.json:
-        write_json(args.json, file_json(res))
-        progress(f"wrote {args.json}")
+    _write_results(args, file_json(res), progress)
     return 1 if failed(res) else 0
 
 
@@ -194,9 +202,10 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="append",
         type=_namespace,
         metavar="SPEC",
-        help="a namespace: ram:SIZE[:LBA] or null:SIZE[:LBA] (SIZE like 64M or 1G, LBA 512 or 4096), "
-        "or file:PATH[:LBA][:ro], a raw image file or block device of its own size (create an image "
-        "with truncate -s 1G disk.img), :ro for read-only; repeat for more (default: one ram:1G)",
+        help=f"a namespace: {USAGE}. SIZE like 64M or 1G, LBA 512 or 4096; file: a raw image file or "
+        "block device, of its own size unless size= says otherwise. Options, in any order: "
+        f"{options_help()}. E.g. ram:64M, null:1G:4096, file:disk.img:4096:ro, file:new.img:size=1G. "
+        "Repeat for more (default: one ram:1G)",
     )
     s.add_argument(
         "--cache",
@@ -272,65 +281,17 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class NamespaceSpec:
-    """One ``--namespace`` argument, parsed."""
-
-    backend: str
-    size_bytes: int | None
-    lba_size: int
-    path: str | None = None
-    readonly: bool = False
-
-
-_LBA_TEXT = {str(n): n for n in LBA_SIZES}
-
-
 def _namespace(text: str) -> NamespaceSpec:
-    kind, _, rest = text.partition(":")
-    if kind == "file":
-        return _file_namespace(text, rest)
-    parts = text.split(":")
-    if len(parts) not in (2, 3) or kind not in BACKENDS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: use ram:SIZE or null:SIZE, e.g. ram:64M, optionally :4096, or file:PATH[:LBA][:ro]"
-        )
-    size = parse_size(parts[1])
-    lba = 512
-    if len(parts) == 3:
-        if parts[2] not in _LBA_TEXT:
-            raise argparse.ArgumentTypeError(f"{text!r}: the LBA size must be 512 or 4096")
-        lba = int(parts[2])
-    if size < lba or size % lba:
-        raise argparse.ArgumentTypeError(f"{text!r}: the size must be a positive multiple of the {lba}-byte LBA")
-    return NamespaceSpec(kind, size, lba)
-
-
-def _file_namespace(text: str, rest: str) -> NamespaceSpec:
-    # file:PATH[:LBA][:ro], read from the right so that a path may hold ':'.
-    path, readonly, lba = rest, False, 512
-    head, _, last = path.rpartition(":")
-    if head and last == "ro":
-        path, readonly = head, True
-    head, _, last = path.rpartition(":")
-    if head and last.isdigit():
-        if last not in _LBA_TEXT:
-            raise argparse.ArgumentTypeError(f"{text!r}: the LBA size must be 512 or 4096, got {last}")
-        path, lba = head, _LBA_TEXT[last]
-    if not path:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: name the image file or block device, e.g. file:disk.img, file:disk.img:4096 or file:/dev/sdb:ro"
-        )
-    return NamespaceSpec("file", None, lba, path, readonly)
+    """``--namespace``: the grammar is :mod:`nvmefast.namespace_spec`'s (argparse reports a bad one)."""
+    return parse_namespace(text)
 
 
 def _namespace_config(spec: NamespaceSpec, args: argparse.Namespace) -> NamespaceConfig:
-    if spec.backend != "file":
-        return NamespaceConfig(size_bytes=spec.size_bytes, lba_size=spec.lba_size, backend=spec.backend)
-    return NamespaceConfig(
-        backend="file", path=spec.path, lba_size=spec.lba_size, readonly=spec.readonly,
-        cache=args.cache, io=args.io,
-    )
+    try:
+        return spec.config(cache=args.cache, io=args.io)
+    except ConfigError as e:
+        # Name the argument, and the fix in its own grammar (size=, :ro).
+        raise ConfigError(f"--namespace {spec.text}: {in_cli_terms(str(e), namespace_terms(spec.text))}") from None
 
 
 def describe_namespace(nsid: int, info: Mapping[str, object]) -> str:
@@ -360,19 +321,19 @@ def _fault_rule(text: str) -> FaultRule:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import logging
     import signal
 
     from nvmefast.config import ControllerConfig
     from nvmefast.vfio_user import VfioUserServer
 
+    # Everything serve says goes through logging: one format, one --log-level.
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s.%(msecs)03d nvmefast %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    specs: list[NamespaceSpec] = args.namespace or [NamespaceSpec("ram", 1 << 30, 512)]
+    specs: list[NamespaceSpec] = args.namespace or [parse_namespace("ram:1G")]
     config = ControllerConfig(
         namespaces=tuple(_namespace_config(spec, args) for spec in specs),
         serial=args.serial,
@@ -388,7 +349,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
 
     def _stop(signum: int, frame: object) -> None:
-        logging.getLogger("nvmefast.vfio_user").info("signal %d: stopping", signum)
+        log.info("signal %d: stopping", signum)
         server.request_stop()
 
     if args.trace:
@@ -399,6 +360,13 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"nvmefast serve: --trace {args.trace}: {e.strerror}", file=sys.stderr)
             return 2
         server.controller.trace.start(1 << 20)
+    # Rules go in before the socket listens: the first client meets them.
+    faults = [server.controller.faults.add(rule) for rule in args.fault or ()]
+    for nsid in range(1, len(specs) + 1):
+        log.info("%s", describe_namespace(nsid, server.controller.namespace_info(nsid)))
+    log.info("%d iothread(s), up to %d I/O queue pairs, polling %s", args.iothreads, args.queues, args.polling)
+    for fault in faults:
+        log.info("fault rule %d: %s", fault.id, fault.rule)
     try:
         server.start()
     except BaseException:
@@ -406,24 +374,13 @@ def _serve(args: argparse.Namespace) -> int:
         raise
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    print(
-        f"nvmefast serve: listening on {args.socket} ({len(specs)} namespace(s); {args.iothreads} iothread(s))",
-        file=sys.stderr, flush=True,
-    )
-    for nsid in range(1, len(specs) + 1):
-        print(f"nvmefast serve: {describe_namespace(nsid, server.controller.namespace_info(nsid))}",
-              file=sys.stderr, flush=True)
-    faults = [server.controller.faults.add(rule) for rule in args.fault or ()]
-    for fault in faults:
-        print(f"nvmefast serve: fault rule {fault.id}: {fault.rule}", file=sys.stderr, flush=True)
     try:
         while not server.wait(0.5):
             if args.trace:
                 server.controller.trace.write_jsonl(args.trace)
     finally:
         for fault in faults:
-            logging.getLogger("nvmefast.vfio_user").info(
-                "fault rule %d: %d hits of %d matches (%s)", fault.id, fault.hits, fault.matched, fault.rule)
+            log.info("fault rule %d: %d hits of %d matches (%s)", fault.id, fault.hits, fault.matched, fault.rule)
         if args.trace and not server.controller.closed:
             server.controller.trace.write_jsonl(args.trace)
         server.stop()
@@ -431,7 +388,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from nvmefast.bench import BenchConfig, format_table, run_bench, to_json, write_json
+    from nvmefast.bench import BenchConfig, format_table, run_bench, to_json
 
     if not 1 <= args.iothreads <= 64:
         print("nvmefast bench: --iothreads must be in 1..64", file=sys.stderr)
@@ -439,6 +396,10 @@ def _bench(args: argparse.Namespace) -> int:
     if not 0 < args.seconds <= 600:
         print("nvmefast bench: --seconds must be in (0, 600]", file=sys.stderr)
         return 2
+    if args.plot and (why := _cannot_plot(args.plot)):
+        print(f"nvmefast bench: --plot {args.plot}: {why}", file=sys.stderr)
+        return 2
+
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
@@ -447,9 +408,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         result = run_irq_bench(args.seconds, progress)
         print(format_irq_table(result))
-        if args.json:
-            write_json(args.json, irq_json(result))
-            progress(f"wrote {args.json}")
+        _write_results(args, irq_json(result), progress)
         return 1 if any(r["errors"] for r in result.end_to_end + result.coalescing) else 0
     if args.vfio_user is not None:
         return _bench_vfio_user(args, progress)
@@ -477,14 +436,11 @@ def _bench(args: argparse.Namespace) -> int:
     )
     floors, points = run_bench(cfg, progress)
     print(format_table(cfg, floors, points))
-    if args.json:
-        write_json(args.json, to_json(cfg, floors, points))
-        progress(f"wrote {args.json}")
+    _write_results(args, to_json(cfg, floors, points), progress)
     return 1 if any(p.errors for p in points) else 0
 
 
 def _bench_vfio_user(args: argparse.Namespace, progress: Callable[[str], None]) -> int:
-    from nvmefast.bench import write_json
     from nvmefast.bench_vfio_user import DOORBELLS, VfioBenchConfig, format_vfio_table, run_vfio_bench, vfio_json
 
     if args.backend != "ram" or args.iothreads != 1:
@@ -499,7 +455,7 @@ def _bench_vfio_user(args: argparse.Namespace, progress: Callable[[str], None]) 
         socket=args.vfio_user or None,
         qds=args.qd,
         modes=("poll", "irq") if mode == "both" else (mode,),
-        doorbells=DOORBELLS if args.doorbell is None else (args.doorbell,),
+        doorbells=None if args.doorbell is None else (args.doorbell,),
         seconds=args.seconds,
         size_bytes=args.size,
         compare=not args.no_compare,
@@ -509,10 +465,52 @@ def _bench_vfio_user(args: argparse.Namespace, progress: Callable[[str], None]) 
     )
     res = run_vfio_bench(cfg, progress)
     print(format_vfio_table(cfg, res))
-    if args.json:
-        write_json(args.json, vfio_json(cfg, res))
-        progress(f"wrote {args.json}")
+    _write_results(args, vfio_json(cfg, res), progress)
     return 1 if res.mismatched_blocks or any(p.errors for p in res.points) else 0
+
+
+def _cannot_plot(path: str) -> str | None:
+    """Why ``--plot PATH`` could not be drawn after the run, or None: asked before measuring."""
+    from nvmefast.plot import PlotUnavailableError, require_matplotlib
+
+    try:
+        require_matplotlib()
+    except PlotUnavailableError as e:
+        return str(e)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"directory {parent} does not exist"
+    return None
+
+
+def _write_results(args: argparse.Namespace, doc: dict[str, Any], progress: Callable[[str], None]) -> None:
+    """``--json`` and ``--plot``: the same document written and drawn."""
+    from nvmefast.bench import write_json
+
+    if args.json:
+        write_json(args.json, doc)
+        progress(f"wrote {args.json}")
+    if args.plot:
+        from nvmefast.plot import plot_result
+
+        plot_result(doc, args.plot)
+        progress(f"drew {args.plot}")
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from nvmefast.plot import PlotUnavailableError, load_result, plot_result
+
+    doc = load_result(args.result)
+    try:
+        plot_result(doc, args.output)
+    except PlotUnavailableError as e:
+        print(f"nvmefast plot: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"nvmefast plot: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"drew {args.output}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -523,8 +521,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bench(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "plot":
+            return _plot(args)
     except NvmeFastError as e:
-        print(f"nvmefast {args.command}: {e}", file=sys.stderr)
+        message = str(e)
+        if isinstance(e, ConfigError) and args.command in _TERMS:
+            # Name what the user typed (--iothreads), not the API's field.
+            message = in_cli_terms(message, _TERMS[args.command])
+        print(f"nvmefast {args.command}: {message}", file=sys.stderr)
         return 1
     return 2
 

@@ -230,7 +230,7 @@ class NamespaceConfig:
             if self.size_bytes is None:
                 raise ConfigError(
                     f"{path}: no such file; create it (truncate -s 1G {path}, or qemu-img create -f raw "
-                    f"{path} 1G) or give NamespaceConfig.size_bytes to have it created"
+                    f"{path} 1G) or give NamespaceConfig.size_bytes to have it created, sparse"
                 ) from None
             if self.readonly:
                 raise ConfigError(
@@ -310,7 +310,7 @@ def _check_shared_files(namespaces: Sequence[NamespaceConfig]) -> None:
             if not (ns.readonly and namespaces[j].readonly):
                 raise ConfigError(
                     f"ControllerConfig.namespaces[{j}] and [{i}] both use {key}; give each namespace a "
-                    "file of its own, or make both read-only (readonly=True; file:PATH:ro on the command line)"
+                    "file of its own, or make both read-only (readonly=True)"
                 )
         else:
             seen[key] = i

@@ -189,9 +189,13 @@ impl FileBackend {
             flags |= libc::O_EXCL;
         }
         let buffered = open_raw(path, flags).map_err(|e| match errno_of(&e) {
+            // Opening read-only is a way out only for a writable open.
+            libc::EACCES | libc::EPERM | libc::EROFS if spec.readonly => err(format!(
+                "cannot be opened for reading: {e}; fix its permissions or run as a user who may read it"
+            )),
             libc::EACCES | libc::EPERM | libc::EROFS => err(format!(
-                "cannot be opened {}: {e}; fix its permissions, run as a user who may, or open it readonly",
-                if spec.readonly { "for reading" } else { "for reading and writing" }
+                "cannot be opened for reading and writing: {e}; fix its permissions, run as a user who may, \
+                 or open it read-only"
             )),
             libc::EBUSY => err(format!(
                 "is in use ({e}): mounted or opened exclusively by another process; unmount it or stop that process"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import stat
 from typing import Protocol
 
 from nvmefast.controller import Controller
@@ -29,6 +31,29 @@ class _Requester(Protocol):
     number: int
 
     def request(self, command: int, payload: bytes, timeout: float = ...) -> bytes: ...
+
+
+def _check_fd_covers(fd: int, iova: int, size: int, offset: int) -> None:
+    """Refuse, saying what the client likely did, a mapping longer than its file.
+
+    The core refuses it too (it would fault past the file's end); the reason
+    is worth a sentence of its own because a well-known client does it: SPDK's
+    user-space NVMe driver, run without ``-g``, keeps DPDK's memory in one
+    hugepage file per page and sends one DMA_MAP for a run of pages that are
+    contiguous in its address space, passing the first page's file.
+    """
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return  # the core says what is wrong with the fd
+    if not stat.S_ISREG(st.st_mode) or offset + size <= st.st_size:
+        return  # block devices and the like have no st_size; the core checks them
+    raise ProtocolError(
+        errno.EINVAL,
+        f"DMA_MAP {iova:#x}+{size:#x}: the client mapped {size} bytes at IOVA {iova:#x} with an fd of "
+        f"{st.st_size} bytes{f' (at offset {offset})' if offset else ''}: SPDK's user-space NVMe driver does "
+        "this without -g (one file per memory segment list): run it with -g",
+    )
 
 
 class DmaTable:
@@ -57,6 +82,8 @@ class DmaTable:
                     errno.EEXIST, f"DMA_MAP {iova:#x}+{size:#x} overlaps the mapping at {other:#x}+{osize:#x}"
                 )
         writable = bool(flags & p.DMA_MAP_FLAG_WRITE)
+        if fd is not None:
+            _check_fd_covers(fd, iova, size, offset)
         try:
             if fd is not None:
                 self.controller.map_dma(iova, size, fd, offset, writable)

@@ -1,0 +1,99 @@
+"""Configuration errors in the words of the command line.
+
+:class:`~nvmefast.ConfigError` messages name the Python API's fields
+(``ControllerConfig.iothreads must be in 1..64``), which is right for code
+and wrong for someone who typed ``nvmefast serve --iothreads 0``. Each
+command maps the config fields it sets to the flags that set them, and its
+errors are rewritten through that map before they are printed. The
+``--namespace`` options come from :data:`nvmefast.namespace_spec.OPTIONS`,
+so a new option row is named correctly in messages without more code here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+
+from nvmefast.namespace_spec import OPTIONS
+
+__all__ = ["BENCH_TERMS", "SERVE_TERMS", "Terms", "in_cli_terms", "namespace_terms"]
+
+Terms = Sequence[tuple[str, str | Callable[[re.Match[str]], str]]]
+"""(regex, replacement) pairs, applied in order."""
+
+
+def _fields(flags: Mapping[str, str]) -> Terms:
+    # Longest first, and whole words only: iothreads is not iothread_affinity.
+    return [(r"(?<![\w.])" + re.escape(field) + r"(?!\w)", flag)
+            for field, flag in sorted(flags.items(), key=lambda i: -len(i[0]))]
+
+
+def namespace_terms(example_spec: str | None = None) -> Terms:
+    """NamespaceConfig's fields as ``--namespace`` options; ``example_spec`` (the
+    user's ``--namespace`` text) makes an example of the fix where one fits."""
+    terms: list[tuple[str, str | Callable[[re.Match[str]], str]]] = []
+    for opt in OPTIONS.values():
+        if opt.value is None:
+            # readonly=True, NamespaceConfig.readonly -> :ro
+            terms.append((rf"\b{opt.field}=True\b", f":{opt.key}"))
+            terms.append((rf"NamespaceConfig\.{opt.field}\b", f":{opt.key}"))
+            terms.append((rf"\b{opt.field}\b", f":{opt.key}"))
+        else:
+            example = f" (--namespace {example_spec}:{opt.example})" if example_spec else ""
+            terms.append((rf"NamespaceConfig\.{opt.field}\b", f"{opt.form}{example}"))
+            terms.append((rf"\b{opt.field}[= ](\d\w*)", rf"{opt.key}=\1"))
+            terms.append((rf"\b{opt.field}\b", f"{opt.key}="))
+    terms += [
+        (r",? or None for its size", ", or leave size= out for the file's own size"),
+        (r"\blba_size=(\d+)", r":\1 (the LBA size)"),
+        (r"(?:NamespaceConfig\.)?\blba_size\b", "the LBA size"),
+        (r"\bpath=(['\"])(.*?)\1", r"file:\2"),
+        (r"NamespaceConfig\.path\b", "PATH (file:PATH)"),
+        (r"NamespaceConfig\.cache\b", "--cache"),
+        (r"NamespaceConfig\.io\b", "--io"),
+    ]
+    return terms
+
+
+def _namespace_index(m: re.Match[str]) -> str:
+    first = f"--namespace #{int(m.group(1)) + 1}"
+    return first if m.group(2) is None else f"{first} and #{int(m.group(2)) + 1}"
+
+
+SERVE_TERMS: Terms = [
+    (r"ControllerConfig\.namespaces\[(\d+)\](?: and \[(\d+)\])?", _namespace_index),
+    *_fields({
+        "ControllerConfig.namespaces": "--namespace",
+        "ControllerConfig.iothreads": "--iothreads",
+        "ControllerConfig.max_io_queue_pairs": "--queues",
+        "ControllerConfig.msix_vectors": "the MSI-X vectors (one per --queues, plus one)",
+        "ControllerConfig.serial": "--serial",
+        "ControllerConfig.model": "--model",
+        "ControllerConfig.polling": "--polling",
+        "ControllerConfig.cpus": "--cpus",
+        "ControllerConfig.multi_controller": "--multi-controller",
+        "doorbell_scan_us": "--doorbell-scan-us",
+    }),
+    *namespace_terms(),
+]
+"""``nvmefast serve``: ControllerConfig fields and the ``--namespace`` options."""
+
+BENCH_TERMS: Terms = _fields({
+    "ControllerConfig.iothreads": "--iothreads",
+    "ControllerConfig.poll_us": "--poll-us",
+    "NamespaceConfig.size_bytes": "--size",
+    "size_bytes": "--size",
+    "NamespaceConfig.lba_size": "--lba-size",
+    "lba_size": "--lba-size",
+    "NamespaceConfig.path": "--file",
+    "NamespaceConfig.cache": "--cache",
+    "NamespaceConfig.io": "--io",
+})
+"""``nvmefast bench``: what BenchConfig passes on to the controller and namespace."""
+
+
+def in_cli_terms(message: str, terms: Terms) -> str:
+    """``message`` with each config field named as ``terms`` say."""
+    for pattern, replacement in terms:
+        message = re.sub(pattern, replacement, message)
+    return message
