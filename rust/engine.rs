@@ -55,8 +55,10 @@ pub enum EngineError {
     BadDoorbell { index: u32, count: usize },
 }
 
-/// One namespace as configured.
-#[derive(Clone, Debug)]
+/// One namespace as configured. Build one with `..NamespaceSpec::default()`
+/// after the fields you set, so a field added later (a command set's own
+/// settings) does not break every initializer.
+#[derive(Clone, Debug, Default)]
 pub struct NamespaceSpec {
     /// Bytes; for a file, 0 means the file's own size.
     pub size_bytes: u64,

@@ -288,7 +288,7 @@ pub fn engine_for(plan: &Plan) -> Result<Engine, String> {
             lba_size: LBA,
             backend: backend.into(),
             file,
-            storage: None,
+            ..NamespaceSpec::default()
         }],
         msix_vectors: plan.iothreads + 1,
         max_qid: plan.iothreads,

@@ -34,7 +34,7 @@ pub(super) fn file_engine(
                 cache,
                 io,
             }),
-            storage: None,
+            ..NamespaceSpec::default()
         }],
         msix_vectors: 2,
         max_qid: 2,

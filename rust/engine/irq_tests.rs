@@ -17,8 +17,7 @@ fn engine(managed: bool) -> Engine {
             size_bytes: 1 << 20,
             lba_size: 512,
             backend: "null".into(),
-            file: None,
-            storage: None,
+            ..NamespaceSpec::default()
         }],
         msix_vectors: 4,
         max_qid: 3,

@@ -15,8 +15,7 @@ pub(super) fn engine() -> Engine {
             size_bytes: 1 << 20,
             lba_size: 512,
             backend: "ram".into(),
-            file: None,
-            storage: None,
+            ..NamespaceSpec::default()
         }],
         msix_vectors: 2,
         max_qid: 1,

@@ -16,15 +16,13 @@ pub(super) fn engine(poll_us: u64, mdts_bytes: u64) -> Engine {
                 size_bytes: 1 << 20,
                 lba_size: 512,
                 backend: "ram".into(),
-                file: None,
-                storage: None,
+                ..NamespaceSpec::default()
             },
             NamespaceSpec {
                 size_bytes: 1 << 20,
                 lba_size: 4096,
                 backend: "null".into(),
-                file: None,
-                storage: None,
+                ..NamespaceSpec::default()
             },
         ],
         msix_vectors: 4,
