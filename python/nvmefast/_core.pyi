@@ -60,7 +60,11 @@ _AdminHandler = Callable[[bytes], tuple[int, int] | None]
 class Engine:
     """The device's hot path: guest memory, queues, doorbells, vectors, the worker.
 
-    ``namespaces`` is a sequence of ``(size_bytes, lba_size, backend)`` or
+    ``namespaces`` is a sequence of dicts with keys ``size_bytes``,
+    ``lba_size``, ``backend`` and, for a file, ``path``, ``readonly``,
+    ``cache``, ``io`` (for ``"custom"``: ``storage``, a storage object; an
+    unknown key is a ConfigError), or of the older tuples
+    ``(size_bytes, lba_size, backend)`` or
     ``(size_bytes, lba_size, backend, path, readonly, cache, io)``;
     namespace IDs are 1-based in that order. ``backend`` is ``"ram"``,
     ``"null"`` or ``"file"`` (the 7-tuple: ``path`` an image file or block
@@ -88,7 +92,10 @@ class Engine:
         cls,
         *,
         namespaces: Sequence[
-            tuple[int, int, str] | tuple[int, int, str, Any] | tuple[int, int, str, str | None, bool, str, str]
+            dict[str, Any]
+            | tuple[int, int, str]
+            | tuple[int, int, str, Any]
+            | tuple[int, int, str, str | None, bool, str, str]
         ],
         msix_vectors: int,
         max_qid: int,

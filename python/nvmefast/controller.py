@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable
+from typing import Any
 from types import TracebackType
 
 from nvmefast._core import Engine
@@ -30,9 +31,9 @@ __all__ = ["Controller"]
 
 log = logging.getLogger(__name__)
 
-NamespaceSpec = tuple[int, int, str] | tuple[int, int, str, object] | tuple[int, int, str, str, bool, str, str]
-"""A namespace as ``_core.Engine`` takes it: (size_bytes, lba_size, backend)
-for ram/null, plus (path, readonly, cache, io) for a file."""
+NamespaceSpec = dict[str, Any]
+"""A namespace as ``_core.Engine`` takes it, by key: size_bytes, lba_size,
+backend, plus path, readonly, cache, io for a file, storage for a custom one."""
 
 
 def _check_u64(name: str, value: int) -> None:
@@ -43,14 +44,19 @@ def _check_u64(name: str, value: int) -> None:
 
 
 def _engine_namespace(ns: NamespaceConfig) -> NamespaceSpec:
-    # The core's namespace entry: the 3-tuple ram/null always had, the
-    # 7-tuple for a file (size 0: the file's own).
+    # The core's namespace entry, by key (size 0 for a file: the file's own).
+    entry: dict[str, Any] = {"lba_size": ns.lba_size}
     if not isinstance(ns.backend, str):
-        return (ns.size, ns.lba_size, "custom", ns.backend)
-    if ns.backend != "file":
-        return (ns.size, ns.lba_size, ns.backend)
-    assert ns.path is not None  # NamespaceConfig guarantees it for "file"
-    return (ns.size_bytes or 0, ns.lba_size, ns.backend, os.fspath(ns.path), ns.readonly, ns.cache, ns.io)
+        entry.update(backend="custom", size_bytes=ns.size, storage=ns.backend)
+    elif ns.backend == "file":
+        assert ns.path is not None  # NamespaceConfig guarantees it for "file"
+        entry.update(
+            backend="file", size_bytes=ns.size_bytes or 0, path=os.fspath(ns.path),
+            readonly=ns.readonly, cache=ns.cache, io=ns.io,
+        )
+    else:
+        entry.update(backend=ns.backend, size_bytes=ns.size)
+    return entry
 
 
 def _resolve_sizes(cfg: ControllerConfig, engine: Engine) -> ControllerConfig:
