@@ -251,6 +251,8 @@ struct Shared {
     /// (NO_TAIL: none): what the INTx level is judged from, by any worker.
     cq_tails: Box<[AtomicU32]>,
     events: Mutex<Option<EventCallback>>,
+    /// Told of guest memory regions lost under the device.
+    loss_handler: Mutex<Option<memloss::LossCallback>>,
     /// ioeventfds by doorbell index (kept to unwatch them).
     ioeventfds: Mutex<Vec<Option<OwnedFd>>>,
     stop: AtomicBool,
@@ -390,6 +392,7 @@ impl Engine {
             intx: Mutex::new(IntxLine::default()),
             cq_tails: (0..n).map(|_| AtomicU32::new(NO_TAIL)).collect(),
             events: Mutex::new(None),
+            loss_handler: Mutex::new(None),
             ioeventfds: Mutex::new((0..n * 2).map(|_| None).collect()),
             stop: AtomicBool::new(false),
             fatal: AtomicBool::new(false),
@@ -960,6 +963,8 @@ mod dma;
 pub mod faults;
 mod file_io;
 mod interrupts;
+mod memloss;
+pub use memloss::LossCallback;
 mod namespaces;
 mod observe;
 mod placement;

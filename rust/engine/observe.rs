@@ -78,6 +78,7 @@ impl Engine {
             ),
             ("worker_wakeups", wakeups),
             ("interrupts", v.signals()),
+            ("dma_regions_lost", self.shared.mem.lost_regions()),
             ("masked_notifications", v.masked_notifications()),
             ("unrouted_notifications", v.unrouted()),
             ("notify_errors", v.notify_errors()),

@@ -84,6 +84,9 @@ impl Shared {
             return 0;
         };
         let raw = self.doorbells.read(mem, shadow, usize::from(qid) * 2);
+        if raw.is_none() {
+            self.shadow_unusable(mem, shadow);
+        }
         self.accept(raw, sq.size, &mut sq.tail, &mut sq.bad_tail, out)
     }
 
@@ -101,6 +104,9 @@ impl Shared {
             return 0;
         };
         let raw = self.doorbells.read(mem, shadow, usize::from(cqid) * 2 + 1);
+        if raw.is_none() {
+            self.shadow_unusable(mem, shadow);
+        }
         self.accept(raw, cq.size, &mut cq.head, &mut cq.bad_head, out)
     }
 
@@ -148,6 +154,9 @@ impl Shared {
         if cq.post(&mem, Cqe::new(0, cid, status, dw0), sqhd).is_err() {
             q.stats.cqe_post_errors += 1;
             self.fatal.store(true, Ordering::SeqCst);
+        } else if mem.lost() {
+            let ring = (cq.iova, u64::from(cq.size) * Cqe::SIZE as u64);
+            self.rings_lost(&mem, &[ring], None);
         }
         if self.trace.on() {
             self.trace.admin_done(cid, status.field(), dw0);
@@ -221,8 +230,12 @@ impl Shared {
         }
     }
 
-    /// Performs the deliveries decided under the lock.
+    /// Performs the deliveries decided under the lock, and reports guest
+    /// memory lost since the last call.
     pub(super) fn deliver(&self, out: &mut Signals) {
+        if self.mem.losses_due() {
+            self.report_losses();
+        }
         for v in out.vectors.drain(..) {
             self.vectors.notify(v);
         }
@@ -256,7 +269,10 @@ impl Shared {
             q.coalesce.expire(&mut out.vectors);
             return reaped;
         }
-        let mem = self.mem.snapshot();
+        let mut mem = self.mem.snapshot();
+        // Some region can shrink under us: accesses are followed by a look
+        // at the loss epoch (mem.lost()). Sealed memory skips it.
+        let mut guarded = mem.guarded();
         let shadow = self.doorbells.shadow();
         let page_size = self.page_size.load(Ordering::Relaxed);
         // Read under the queue lock, which reset takes to bump it: stable
@@ -313,6 +329,22 @@ impl Shared {
                     q.stats.sqe_fetch_errors += 1;
                     failed = true;
                     break;
+                }
+                if guarded && mem.lost() {
+                    // Memory shrank since the pass began (the SQE may be
+                    // zero pages, the last CQE lost): fatal when it was
+                    // queue memory; otherwise go on with a snapshot that
+                    // has the region lost.
+                    let sq_ring = (sq.iova, u64::from(sq.size) * Sqe::SIZE as u64);
+                    let cq_ring = (cq.iova, u64::from(cq.size) * Cqe::SIZE as u64);
+                    if self.rings_lost(&mem, &[sq_ring, cq_ring], shadow) {
+                        cq.reserved -= 1;
+                        q.stats.sqe_fetch_errors += 1;
+                        failed = true;
+                        break;
+                    }
+                    mem = self.mem.snapshot();
+                    guarded = mem.guarded();
                 }
                 let sqe = Sqe::from_bytes(&raw);
                 let fetch =
@@ -412,11 +444,26 @@ impl Shared {
                     // core) copy the rest, as fio's io_uring does.
                     offload_inline: inline >= INLINE_PASS,
                 };
-                let started = match before {
+                let mut started = match before {
                     Before::Fail(f) => Err(f),
                     _ if files => io::start(&mut ctx, &sqe),
                     _ => io::execute(&mut ctx, &sqe).map(Started::Done),
                 };
+                if guarded && mem.lost() {
+                    // Memory shrank while the command ran: what it read or
+                    // wrote may be zero pages. Data Transfer Error (and no
+                    // file transfer through those buffers); fatal if the
+                    // queues went with it.
+                    let sq_ring = (sq.iova, u64::from(sq.size) * Sqe::SIZE as u64);
+                    let cq_ring = (cq.iova, u64::from(cq.size) * Cqe::SIZE as u64);
+                    if self.rings_lost(&mem, &[sq_ring, cq_ring], shadow) {
+                        failed = true;
+                        break;
+                    }
+                    started = Err(io::transfer_failure(0, sqe.nsid()));
+                    mem = self.mem.snapshot();
+                    guarded = mem.guarded();
+                }
                 if self.has_inline
                     && matches!(started, Ok(Started::Done(_)))
                     && self.is_inline(sqe.nsid())
@@ -486,19 +533,22 @@ impl Shared {
                 // ring ahead of us. sleep_plan sets EventIdx to the values
                 // seen before sleeping, and the host rings again.
                 let sq_size = sq.size;
-                self.doorbells.set_event_idx(
+                let mut ok = self.doorbells.set_event_idx(
                     &mem,
                     sh,
                     usize::from(qid) * 2,
                     (tail + sq_size / 2) % sq_size,
                 );
                 if let Some(cq) = q.cqs[usize::from(cqid)].as_ref() {
-                    self.doorbells.set_event_idx(
+                    ok &= self.doorbells.set_event_idx(
                         &mem,
                         sh,
                         usize::from(cqid) * 2 + 1,
                         (head + cq.size / 2) % cq.size,
                     );
+                }
+                if !ok {
+                    self.shadow_unusable(&mem, shadow);
                 }
             }
             if failed {
@@ -512,6 +562,11 @@ impl Shared {
             done += self.reap_files(q);
         }
         done += reaped;
+        if guarded && mem.lost() && self.queues_lost(&mem, q, shadow) {
+            // The last CQEs or EventIdx writes of the pass went to memory
+            // that shrank: the host will never see them.
+            failed = true;
+        }
         self.decide_signals(w, q, out);
         if failed {
             self.fatal.store(true, Ordering::SeqCst);
@@ -557,9 +612,11 @@ impl Shared {
             // one (its check is new - EventIdx - 1 < new - old). While we
             // poll, process() keeps it half a ring ahead instead, where the
             // host does not ring: the point of shadow doorbells.
+            let mut ok = true;
             for &qid in &q.active_sqs {
                 if let Some(sq) = q.sqs[usize::from(qid)].as_ref() {
-                    self.doorbells
+                    ok &= self
+                        .doorbells
                         .set_event_idx(&mem, sh, usize::from(qid) * 2, sq.tail);
                 }
             }
@@ -568,9 +625,14 @@ impl Shared {
             // hung guests).
             for &cqid in &q.active_cqs {
                 if let Some(cq) = q.cqs[usize::from(cqid)].as_ref() {
-                    self.doorbells
-                        .set_event_idx(&mem, sh, usize::from(cqid) * 2 + 1, cq.head);
+                    ok &=
+                        self.doorbells
+                            .set_event_idx(&mem, sh, usize::from(cqid) * 2 + 1, cq.head);
                 }
+            }
+            if !ok || mem.lost() {
+                // EventIdx unwritable: the host may never ring again.
+                self.shadow_unusable(&mem, shadow);
             }
             // SeqCst fence: the EventIdx stores above are ordered before the
             // doorbell re-reads below, pairing with the host's "write

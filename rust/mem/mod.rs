@@ -10,16 +10,26 @@
 //! runs can make later commands fail with a Data Transfer Error but can never
 //! make a worker touch unmapped host memory.
 //!
+//! A region can also shrink under the device: whoever shares the memory can
+//! truncate its file, and touching a page past the end raises SIGBUS. Every
+//! fd-backed region but a memfd sealed against shrinking is guarded by
+//! [`guard`]: a fault in it turns the region into zero pages and marks it
+//! lost, the access that faulted (and any other that ran meanwhile) learns
+//! it from [`MemoryMap::lost`], and the next snapshot has the region as
+//! [`Kind::Lost`], which fails every access as an unmapped range does.
+//!
 //! vm-memory offers the same shape (`GuestMemoryAtomic`); this module stays
 //! hand-written because the hot path wants one binary search and a raw
 //! pointer per PRP segment, and IOVA regions here may sit anywhere in a
 //! 64-bit space with holes, as vfio-user clients place them.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+
+pub mod guard;
 
 /// Errors of guest memory mapping and access.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -62,6 +72,10 @@ pub enum MemError {
     /// The transport failed to move the bytes of a remote range.
     #[error("DMA transport failed for {iova:#x}+{len:#x}: {reason}")]
     Transport { iova: u64, len: u64, reason: String },
+    /// The range is in a region whose memory was lost under the device
+    /// (its file shrank): it stays mapped, but no access reaches it.
+    #[error("guest range {iova:#x}+{len:#x} is in a region whose memory was lost (its file shrank under the device); unmap it")]
+    Lost { iova: u64, len: u64 },
     /// The mapping would extend past the end of the file, where access faults.
     #[error("fd {fd} is {file_size:#x} bytes long; offset {offset:#x} + size {size:#x} goes past its end")]
     PastEnd {
@@ -94,6 +108,35 @@ enum Backing {
     },
     /// In the client only: every access is a transport message.
     Remote,
+    /// An fd region whose file shrank under the device: the region it
+    /// wraps stays mapped (zero pages) until this one is dropped, and
+    /// every access fails.
+    Lost { _mapping: Arc<Region> },
+}
+
+/// What a region is, as [`MemoryMap::region_info`] tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A memfd sealed against shrinking: trusted, not guarded.
+    Sealed,
+    /// Any other fd: guarded against the file shrinking (SIGBUS).
+    Guarded,
+    /// No fd: reached through the transport.
+    Remote,
+    /// Guarded, and its file shrank: every access fails.
+    Lost,
+}
+
+impl Kind {
+    /// The kind's name, as the Python API reports it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Sealed => "sealed",
+            Kind::Guarded => "guarded",
+            Kind::Remote => "remote",
+            Kind::Lost => "lost",
+        }
+    }
 }
 
 /// One DMA region. Owns its host mapping, if it has one.
@@ -102,6 +145,8 @@ pub struct Region {
     len: u64,
     backing: Backing,
     writable: bool,
+    /// Registered with the SIGBUS guard (fd regions that can shrink).
+    guard: Option<guard::Guard>,
 }
 
 // SAFETY: a Region is an owned shared mapping (or none); its pointers are
@@ -114,6 +159,9 @@ unsafe impl Sync for Region {}
 
 impl Drop for Region {
     fn drop(&mut self) {
+        // Unregistered before munmap: once the range can be reused by
+        // another mapping, a fault there must not be taken for ours.
+        drop(self.guard.take());
         if let Backing::Fd {
             map_base, map_len, ..
         } = self.backing
@@ -126,6 +174,26 @@ impl Drop for Region {
             }
         }
     }
+}
+
+/// False for a memfd sealed against shrinking (`F_SEAL_SHRINK`), whose
+/// pages cannot go away under a mapping; true for every other fd. A sealed
+/// hugetlbfs memfd still can: a hole punched in it is refilled from the
+/// huge page pool on the next touch, and an empty pool raises SIGBUS.
+fn can_shrink(fd: RawFd) -> bool {
+    // SAFETY: fcntl F_GET_SEALS takes no pointer; an fd that is not a
+    // memfd fails with EINVAL.
+    let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+    if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+        return true;
+    }
+    // SAFETY: fstatfs writes only into the buffer we pass.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fs` is a valid, writable statfs buffer.
+    if unsafe { libc::fstatfs(fd, &mut fs) } != 0 {
+        return true;
+    }
+    fs.f_type == libc::HUGETLBFS_MAGIC
 }
 
 /// The host's page size (what mmap offsets and madvise ranges align to).
@@ -210,6 +278,18 @@ impl Region {
         if base == libc::MAP_FAILED {
             return Err(bad(std::io::Error::last_os_error().to_string()));
         }
+        let guard = if can_shrink(fd) {
+            match guard::Guard::register(base, map_len, prot) {
+                Ok(g) => Some(g),
+                Err(reason) => {
+                    // SAFETY: the mapping made above, used by nobody yet.
+                    unsafe { libc::munmap(base, map_len) };
+                    return Err(bad(reason));
+                }
+            }
+        } else {
+            None
+        };
         Ok(Region {
             iova,
             len: size,
@@ -220,7 +300,36 @@ impl Region {
                 map_len,
             },
             writable,
+            guard,
         })
+    }
+
+    /// What the region is.
+    fn kind(&self) -> Kind {
+        match (&self.backing, &self.guard) {
+            (Backing::Fd { .. }, None) => Kind::Sealed,
+            (Backing::Fd { .. }, Some(_)) => Kind::Guarded,
+            (Backing::Remote, _) => Kind::Remote,
+            (Backing::Lost { .. }, _) => Kind::Lost,
+        }
+    }
+
+    /// True for a guarded fd region the SIGBUS handler found shrunk (still
+    /// `Backing::Fd` in snapshots taken before the loss was noticed).
+    #[inline]
+    fn faulted(&self) -> bool {
+        self.guard.as_ref().is_some_and(guard::Guard::lost)
+    }
+
+    /// True when host range `[p, p + len)` overlaps this fd region's mapping.
+    fn holds(&self, p: usize, len: usize) -> bool {
+        match self.backing {
+            Backing::Fd { host, .. } => {
+                let start = host as usize;
+                p < start.saturating_add(self.len as usize) && start < p.saturating_add(len)
+            }
+            _ => false,
+        }
     }
 
     /// A remote region of `size` bytes at `iova`: no host mapping.
@@ -235,6 +344,7 @@ impl Region {
             len: size,
             backing: Backing::Remote,
             writable,
+            guard: None,
         })
     }
 
@@ -250,9 +360,79 @@ impl Region {
 pub struct MemoryMap {
     regions: Vec<Arc<Region>>,
     transport: Option<Arc<dyn DmaTransport>>,
+    /// Some region is guarded: accesses must check [`MemoryMap::lost`].
+    /// False for a map of sealed memfds and remote regions only, which
+    /// pays nothing for the guard.
+    guarded: bool,
+    /// The loss epoch up to which every loss of a region of this map is
+    /// known: none of its `Backing::Fd` regions had faulted then.
+    epoch: AtomicU64,
 }
 
 impl MemoryMap {
+    fn new(
+        regions: Vec<Arc<Region>>,
+        transport: Option<Arc<dyn DmaTransport>>,
+        epoch: u64,
+    ) -> MemoryMap {
+        let guarded = regions.iter().any(|r| r.kind() == Kind::Guarded);
+        MemoryMap {
+            regions,
+            transport,
+            guarded,
+            epoch: AtomicU64::new(epoch),
+        }
+    }
+
+    /// True when this map has guarded regions (and so accesses through it
+    /// must be followed by [`MemoryMap::lost`]).
+    #[inline]
+    pub fn guarded(&self) -> bool {
+        self.guarded
+    }
+
+    /// True when a region of this snapshot lost its memory (its file
+    /// shrank) since the snapshot was taken: an access through it since
+    /// then may have faulted, or read and written zero pages, and must be
+    /// treated as failed. Call it after a sequence of accesses, before
+    /// their result counts (a completion, a status). Costs a branch for a
+    /// map with no guarded region, two loads otherwise.
+    #[inline]
+    pub fn lost(&self) -> bool {
+        self.guarded && guard::epoch() != self.epoch.load(Ordering::Relaxed) && self.scan_lost()
+    }
+
+    /// The slow part of [`MemoryMap::lost`]: the epoch moved (a fault in
+    /// some guarded region of the process); is it one of ours?
+    #[cold]
+    fn scan_lost(&self) -> bool {
+        let e = guard::epoch();
+        if self.regions.iter().any(|r| r.faulted()) {
+            return true;
+        }
+        // Every loss up to `e` is visible (epoch() is Acquire) and none is
+        // ours: later calls need not look again until the epoch moves.
+        self.epoch.fetch_max(e, Ordering::Relaxed);
+        false
+    }
+
+    /// True when guest range `[iova, iova + len)` overlaps a region whose
+    /// memory was lost (retired or faulted since this snapshot).
+    pub fn range_lost(&self, iova: u64, len: u64) -> bool {
+        let last = iova.saturating_add(len.max(1) - 1);
+        self.regions
+            .iter()
+            .any(|r| iova <= r.end() && r.iova <= last && (r.faulted() || r.kind() == Kind::Lost))
+    }
+
+    /// True when host range `[p, p + len)` (a buffer translated against
+    /// this snapshot) lies in a region whose memory was lost since.
+    pub fn host_lost(&self, p: *const u8, len: usize) -> bool {
+        self.regions
+            .iter()
+            .any(|r| r.faulted() && r.holds(p as usize, len))
+    }
+
     /// Host pointer for guest range `[iova, iova+len)`, which must lie inside
     /// one region (and a writable one when `write`). `len` may be 0. A range
     /// in a remote region is [`MemError::Remote`]: accessible, but only
@@ -279,6 +459,7 @@ impl MemoryMap {
             // SAFETY: iova - r.iova < r.len, so the pointer stays inside the mapping.
             Backing::Fd { host, .. } => Ok(unsafe { host.add((iova - r.iova) as usize) }),
             Backing::Remote => Err(MemError::Remote { iova, len }),
+            Backing::Lost { .. } => Err(MemError::Lost { iova, len }),
         }
     }
 
@@ -413,6 +594,18 @@ impl MemoryMap {
             .map(|r| (r.iova, r.len, r.writable))
             .collect()
     }
+
+    /// The regions as (iova, size, writable, kind), ascending. A region
+    /// that faulted since this snapshot was taken is reported lost.
+    pub fn region_info(&self) -> Vec<(u64, u64, bool, Kind)> {
+        self.regions
+            .iter()
+            .map(|r| {
+                let kind = if r.faulted() { Kind::Lost } else { r.kind() };
+                (r.iova, r.len, r.writable, kind)
+            })
+            .collect()
+    }
 }
 
 /// The guest memory of one controller.
@@ -420,6 +613,12 @@ pub struct GuestMemory {
     map: ArcSwap<MemoryMap>,
     /// Serialises writers so two concurrent map/unmap calls cannot lose one another.
     writer: Mutex<()>,
+    /// Regions whose memory was lost (counted once each).
+    lost_regions: AtomicU64,
+    /// Lost regions as (iova, size) not yet taken by [`GuestMemory::take_losses`].
+    losses: Mutex<Vec<(u64, u64)>>,
+    /// `losses` is not empty.
+    losses_due: AtomicBool,
 }
 
 impl Default for GuestMemory {
@@ -434,14 +633,87 @@ impl GuestMemory {
         GuestMemory {
             map: ArcSwap::from_pointee(MemoryMap::default()),
             writer: Mutex::new(()),
+            lost_regions: AtomicU64::new(0),
+            losses: Mutex::new(Vec::new()),
+            losses_due: AtomicBool::new(false),
         }
     }
 
     /// The current map; hold it for a batch, not forever (it keeps unmapped
-    /// regions alive).
+    /// regions alive). A region that lost its memory since the last
+    /// snapshot is retired first (see [`GuestMemory::retire`]).
     #[inline]
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<MemoryMap>> {
+        let m = self.map.load();
+        if m.guarded && guard::epoch() != m.epoch.load(Ordering::Relaxed) {
+            return self.retire();
+        }
+        m
+    }
+
+    /// Replaces every region the SIGBUS guard found shrunk with a lost one
+    /// (which fails every access), counts it and queues it for
+    /// [`GuestMemory::take_losses`]: once per region, since a lost region
+    /// is not guarded any more.
+    #[cold]
+    fn retire(&self) -> arc_swap::Guard<Arc<MemoryMap>> {
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.map.load_full();
+        // Read before the flags: every loss up to `e` is visible below.
+        let e = guard::epoch();
+        if !cur.regions.iter().any(|r| r.faulted()) {
+            cur.epoch.fetch_max(e, Ordering::Relaxed);
+            return self.map.load();
+        }
+        let mut lost = Vec::new();
+        let regions = cur
+            .regions
+            .iter()
+            .map(|r| {
+                if !r.faulted() {
+                    return Arc::clone(r);
+                }
+                lost.push((r.iova, r.len));
+                Arc::new(Region {
+                    iova: r.iova,
+                    len: r.len,
+                    backing: Backing::Lost {
+                        _mapping: Arc::clone(r),
+                    },
+                    writable: r.writable,
+                    guard: None,
+                })
+            })
+            .collect();
+        self.map
+            .store(Arc::new(MemoryMap::new(regions, cur.transport.clone(), e)));
+        self.lost_regions
+            .fetch_add(lost.len() as u64, Ordering::Relaxed);
+        self.losses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(lost);
+        self.losses_due.store(true, Ordering::Release);
         self.map.load()
+    }
+
+    /// Regions whose memory was lost so far (each counted once).
+    pub fn lost_regions(&self) -> u64 {
+        self.lost_regions.load(Ordering::Relaxed)
+    }
+
+    /// True when lost regions wait to be reported.
+    #[inline]
+    pub fn losses_due(&self) -> bool {
+        self.losses_due.load(Ordering::Relaxed)
+    }
+
+    /// The lost regions, (iova, size), not taken before.
+    #[cold]
+    pub fn take_losses(&self) -> Vec<(u64, u64)> {
+        let mut l = self.losses.lock().unwrap_or_else(|e| e.into_inner());
+        self.losses_due.store(false, Ordering::Relaxed);
+        std::mem::take(&mut *l)
     }
 
     /// Maps `size` bytes of `fd` at `offset` as guest range `iova`.
@@ -489,11 +761,21 @@ impl GuestMemory {
         let mut regions = cur.regions.clone();
         let at = regions.partition_point(|r| r.iova < iova);
         regions.insert(at, region);
-        self.map.store(Arc::new(MemoryMap {
-            regions,
-            transport: cur.transport.clone(),
-        }));
+        self.store(&cur, regions, cur.transport.clone());
         Ok(())
+    }
+
+    /// Publishes a new map; losses `cur` had not seen are still to be
+    /// seen in it (its epoch is `cur`'s).
+    fn store(
+        &self,
+        cur: &MemoryMap,
+        regions: Vec<Arc<Region>>,
+        transport: Option<Arc<dyn DmaTransport>>,
+    ) {
+        let epoch = cur.epoch.load(Ordering::Relaxed);
+        self.map
+            .store(Arc::new(MemoryMap::new(regions, transport, epoch)));
     }
 
     /// Sets (Some) or removes (None) the transport that reaches remote
@@ -502,10 +784,7 @@ impl GuestMemory {
     pub fn set_transport(&self, transport: Option<Arc<dyn DmaTransport>>) {
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.map.load_full();
-        self.map.store(Arc::new(MemoryMap {
-            regions: cur.regions.clone(),
-            transport,
-        }));
+        self.store(&cur, cur.regions.clone(), transport);
     }
 
     /// Removes the mapping that is exactly `[iova, iova+size)`.
@@ -519,10 +798,7 @@ impl GuestMemory {
             .ok_or(MemError::NotMapped { iova, size })?;
         let mut regions = cur.regions.clone();
         regions.remove(pos);
-        self.map.store(Arc::new(MemoryMap {
-            regions,
-            transport: cur.transport.clone(),
-        }));
+        self.store(&cur, regions, cur.transport.clone());
         Ok(())
     }
 
@@ -530,10 +806,7 @@ impl GuestMemory {
     pub fn clear(&self) {
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.map.load_full();
-        self.map.store(Arc::new(MemoryMap {
-            regions: Vec::new(),
-            transport: cur.transport.clone(),
-        }));
+        self.store(&cur, Vec::new(), cur.transport.clone());
     }
 }
 

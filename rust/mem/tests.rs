@@ -295,3 +295,175 @@ fn read_only_regions_refuse_device_writes() {
     let mut b = [0u8; 1];
     s.read(0, &mut b).unwrap();
 }
+
+/// A memfd that allows sealing, `size` bytes long.
+pub(crate) fn sealable_memfd(size: u64) -> OwnedFd {
+    // SAFETY: memfd_create with a valid C string; we own the returned fd.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"nvmefast-sealable".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    assert!(fd >= 0);
+    // SAFETY: fd is a fresh memfd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ftruncate on our own fd.
+    assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) }, 0);
+    fd
+}
+
+/// Shrinks `fd` to `size` bytes; the errno on failure.
+pub(crate) fn truncate(fd: &OwnedFd, size: u64) -> Result<(), i32> {
+    // SAFETY: ftruncate on an fd we own.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+fn kinds(m: &GuestMemory) -> Vec<Kind> {
+    m.snapshot()
+        .region_info()
+        .into_iter()
+        .map(|r| r.3)
+        .collect()
+}
+
+#[test]
+fn a_truncated_region_faults_into_zero_pages_and_is_retired_once() {
+    let m = GuestMemory::new();
+    let fd = memfd(0x4000);
+    let other = memfd(0x1000);
+    m.map(0x10000, 0x4000, fd.as_raw_fd(), 0, true).unwrap();
+    m.map(0x20000, 0x1000, other.as_raw_fd(), 0, true).unwrap();
+    assert_eq!(kinds(&m), vec![Kind::Guarded, Kind::Guarded]);
+    let s = m.snapshot();
+    s.write(0x13000, b"gone soon").unwrap();
+    s.write(0x20000, b"kept").unwrap();
+    assert!(!s.lost());
+    truncate(&fd, 0x1000).unwrap();
+    // Past the new end: the access faults, the guard swaps in zero pages,
+    // and the copy completes (with zeroes) instead of killing the process.
+    let mut b = [0xffu8; 9];
+    s.read(0x13000, &mut b).unwrap();
+    assert_eq!(b, [0; 9]);
+    assert!(s.lost(), "the snapshot learns its region faulted");
+    assert!(s.range_lost(0x13000, 1) && s.range_lost(0x10000, 1));
+    assert!(!s.range_lost(0x20000, 0x1000));
+    // The next snapshot has the whole region lost: every access fails
+    // without touching memory, the page still in the file included.
+    let n = m.snapshot();
+    assert!(!n.lost(), "nothing new lost since this snapshot");
+    assert_eq!(
+        n.read(0x10000, &mut [0u8; 4]),
+        Err(MemError::Lost {
+            iova: 0x10000,
+            len: 4
+        })
+    );
+    assert!(matches!(
+        n.atomic_u64(0x10008, true),
+        Err(MemError::Lost { .. })
+    ));
+    let mut k = [0u8; 4];
+    n.read(0x20000, &mut k).unwrap();
+    assert_eq!(&k, b"kept", "the other region is untouched");
+    assert_eq!(kinds(&m), vec![Kind::Lost, Kind::Guarded]);
+    assert_eq!(m.lost_regions(), 1);
+    assert!(m.losses_due());
+    assert_eq!(m.take_losses(), vec![(0x10000, 0x4000)]);
+    assert!(!m.losses_due());
+    // Counted once: more snapshots and accesses find nothing new.
+    let _ = m.snapshot().read(0x13000, &mut b);
+    assert_eq!(m.lost_regions(), 1);
+    assert!(m.take_losses().is_empty());
+    drop((s, n));
+    // Unmapping a lost region unmaps its zero pages and unregisters it.
+    let before = guard::registered();
+    m.unmap(0x10000, 0x4000).unwrap();
+    assert_eq!(guard::registered(), before - 1);
+    assert_eq!(kinds(&m), vec![Kind::Guarded]);
+}
+
+#[test]
+fn a_write_into_a_truncated_region_is_caught_too() {
+    let m = GuestMemory::new();
+    let fd = memfd(0x2000);
+    m.map(0, 0x2000, fd.as_raw_fd(), 0, true).unwrap();
+    let s = m.snapshot();
+    truncate(&fd, 0).unwrap();
+    s.write(0x1ff8, &[1; 8]).unwrap();
+    assert!(s.lost());
+    // The zero pages are private: the file (now empty) never sees the write.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat into a valid buffer.
+    assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+    assert_eq!(st.st_size, 0);
+}
+
+#[test]
+fn a_sealed_memfd_cannot_shrink_and_is_not_guarded() {
+    let m = GuestMemory::new();
+    let fd = sealable_memfd(0x2000);
+    // SAFETY: fcntl on our own fd.
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+    assert_eq!(
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) },
+        0
+    );
+    m.map(0, 0x2000, fd.as_raw_fd(), 0, true).unwrap();
+    assert_eq!(kinds(&m), vec![Kind::Sealed]);
+    assert!(!m.snapshot().guarded());
+    assert_eq!(truncate(&fd, 0x1000), Err(libc::EPERM), "the seal is real");
+    // Unsealed but sealable: guarded like any other fd.
+    let open = sealable_memfd(0x1000);
+    m.map(0x10000, 0x1000, open.as_raw_fd(), 0, true).unwrap();
+    assert_eq!(kinds(&m), vec![Kind::Sealed, Kind::Guarded]);
+    assert!(m.snapshot().guarded());
+}
+
+#[test]
+fn a_plain_file_truncated_under_the_device_is_caught() {
+    let dir = std::env::temp_dir().join(format!("nvmefast-guard-{}", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&dir)
+        .unwrap();
+    let _ = std::fs::remove_file(&dir);
+    f.set_len(0x3000).unwrap();
+    let fd: OwnedFd = f.into();
+    let m = GuestMemory::new();
+    m.map(0x1000, 0x3000, fd.as_raw_fd(), 0, false).unwrap();
+    assert_eq!(kinds(&m), vec![Kind::Guarded]);
+    let s = m.snapshot();
+    truncate(&fd, 0).unwrap();
+    assert_eq!(s.read_u64(0x1000), Ok(0));
+    assert!(s.lost());
+    assert_eq!(kinds(&m), vec![Kind::Lost]);
+}
+
+#[test]
+fn another_maps_loss_costs_this_one_nothing() {
+    let a = GuestMemory::new();
+    let b = GuestMemory::new();
+    let fa = memfd(0x1000);
+    let fb = memfd(0x1000);
+    a.map(0, 0x1000, fa.as_raw_fd(), 0, true).unwrap();
+    b.map(0, 0x1000, fb.as_raw_fd(), 0, true).unwrap();
+    let sb = b.snapshot();
+    sb.write(0, b"b's").unwrap();
+    truncate(&fa, 0).unwrap();
+    a.snapshot().read(0, &mut [0u8; 1]).unwrap();
+    // The epoch moved (a's fault) but none of b's regions is lost.
+    assert!(!sb.lost());
+    let mut x = [0u8; 3];
+    b.snapshot().read(0, &mut x).unwrap();
+    assert_eq!(&x, b"b's");
+    assert_eq!(b.lost_regions(), 0);
+    assert_eq!(kinds(&b), vec![Kind::Guarded]);
+}

@@ -1,0 +1,95 @@
+//! Guest memory that shrank under the device (`mem::guard`): what a loss
+//! costs the controller, and how it is reported.
+//!
+//! A command whose guest accesses ran while a region of its memory
+//! snapshot was lost completes with Data Transfer Error (`MemoryMap::lost`
+//! after the accesses; conservative: a command running at the moment of
+//! the loss fails even if it touched only healthy memory). Queue memory
+//! that is lost (an SQ or CQ ring, the shadow doorbell or EventIdx buffer)
+//! is fatal, as any queue the controller cannot read or write: CSTS.CFS.
+//! Each lost region is counted and reported once, from a worker, outside
+//! every lock.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{lock, Engine, Queues, Shared};
+use crate::doorbell::Shadow;
+use crate::mem::MemoryMap;
+use crate::spec::{Cqe, Sqe};
+
+/// Told of each guest memory region lost under the device, once: (iova, size).
+pub type LossCallback = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+impl Shared {
+    /// True, with CSTS.CFS set, when a ring of `rings` (iova, bytes) or the
+    /// shadow buffers lie in memory `mem` has lost.
+    #[cold]
+    pub(super) fn rings_lost(
+        &self,
+        mem: &MemoryMap,
+        rings: &[(u64, u64)],
+        shadow: Option<Shadow>,
+    ) -> bool {
+        let lost = rings.iter().any(|&(iova, len)| mem.range_lost(iova, len))
+            || self.shadow_lost(mem, shadow);
+        if lost {
+            self.fatal.store(true, Ordering::SeqCst);
+        }
+        lost
+    }
+
+    /// [`Shared::rings_lost`] for every ring of worker queues `q`.
+    #[cold]
+    pub(super) fn queues_lost(&self, mem: &MemoryMap, q: &Queues, shadow: Option<Shadow>) -> bool {
+        let sqs = q.sqs.iter().flatten().map(|sq| {
+            let bytes = u64::from(sq.size) * Sqe::SIZE as u64;
+            (sq.iova, bytes)
+        });
+        let cqs = q.cqs.iter().flatten().map(|cq| {
+            let bytes = u64::from(cq.size) * Cqe::SIZE as u64;
+            (cq.iova, bytes)
+        });
+        let rings: Vec<(u64, u64)> = sqs.chain(cqs).collect();
+        self.rings_lost(mem, &rings, shadow)
+    }
+
+    /// True when the shadow doorbell or EventIdx buffer in force lies in
+    /// lost memory.
+    fn shadow_lost(&self, mem: &MemoryMap, shadow: Option<Shadow>) -> bool {
+        let span = self.doorbells.span();
+        shadow.is_some_and(|s| mem.range_lost(s.db, span) || mem.range_lost(s.ei, span))
+    }
+
+    /// A shadow doorbell that could not be read, or an EventIdx that could
+    /// not be written: fatal when its memory was lost (an unmapped buffer
+    /// keeps the last value, as before).
+    #[cold]
+    pub(super) fn shadow_unusable(&self, mem: &MemoryMap, shadow: Option<Shadow>) {
+        if self.shadow_lost(mem, shadow) {
+            self.fatal.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Hands the regions lost since the last call to the loss handler.
+    /// Called outside every lock (the handler may be Python).
+    #[cold]
+    pub(super) fn report_losses(&self) {
+        let lost = self.mem.take_losses();
+        let handler = lock(&self.loss_handler).clone();
+        if let Some(h) = handler {
+            for (iova, size) in lost {
+                h(iova, size);
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Sets (Some) or removes (None) the callback told of each guest memory
+    /// region lost under the device (its file shrank), once per region, from
+    /// a worker thread holding no lock of the engine.
+    pub fn set_memory_loss_handler(&self, h: Option<LossCallback>) {
+        *lock(&self.shared.loss_handler) = h;
+    }
+}
