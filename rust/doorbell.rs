@@ -245,16 +245,11 @@ impl Doorbells {
     }
 
     /// Publishes EventIdx for doorbell `index`: the host rings MMIO for a
-    /// new value only once it passes this one. False when the EventIdx
-    /// slot is not in writable guest memory (nothing was written).
+    /// new value only once it passes this one.
     #[inline]
-    pub fn set_event_idx(&self, mem: &MemoryMap, shadow: Shadow, index: usize, value: u32) -> bool {
-        match self.shadow_slot(mem, shadow.ei, index, true) {
-            Some(slot) => {
-                slot.store(value.to_le(), Ordering::Release);
-                true
-            }
-            None => false,
+    pub fn set_event_idx(&self, mem: &MemoryMap, shadow: Shadow, index: usize, value: u32) {
+        if let Some(slot) = self.shadow_slot(mem, shadow.ei, index, true) {
+            slot.store(value.to_le(), Ordering::Release);
         }
     }
 

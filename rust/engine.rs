@@ -896,11 +896,10 @@ impl Engine {
     /// EventIdx at `ei`. Returns the completion status.
     pub fn set_shadow_doorbells(&self, db: u64, ei: u64) -> Status {
         let page = self.shared.page_size.load(Ordering::SeqCst);
-        match self
-            .shared
-            .doorbells
-            .set_shadow(&self.shared.mem.snapshot(), db, ei, page)
-        {
+        let mem = self.shared.mem.snapshot();
+        let r = self.shared.doorbells.set_shadow(&mem, db, ei, page);
+        self.settle_losses(&mem);
+        match r {
             Ok(()) => {
                 self.shared.wake_all();
                 Status::SUCCESS

@@ -396,8 +396,9 @@ impl super::Shared {
         if let Some(f) = q.file.as_mut() {
             f.finished = finished;
         }
-        if mem.lost() && self.queues_lost(&mem, q, self.doorbells.shadow()) {
-            failed = true;
+        if mem.lost() {
+            failed |= self.queues_lost(&mem, q, self.doorbells.shadow());
+            self.mem.refresh();
         }
         if failed {
             self.fatal.store(true, std::sync::atomic::Ordering::SeqCst);

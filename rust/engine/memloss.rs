@@ -16,10 +16,21 @@ use std::sync::Arc;
 use super::{lock, Engine, Queues, Shared};
 use crate::doorbell::Shadow;
 use crate::mem::MemoryMap;
+use crate::queue::{CompletionQueue, SubmissionQueue};
 use crate::spec::{Cqe, Sqe};
 
 /// Told of each guest memory region lost under the device, once: (iova, size).
 pub type LossCallback = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// An SQ's ring as (iova, bytes).
+fn sq_ring(sq: &SubmissionQueue) -> (u64, u64) {
+    (sq.iova, u64::from(sq.size) * Sqe::SIZE as u64)
+}
+
+/// A CQ's ring as (iova, bytes).
+pub(super) fn cq_ring(cq: &CompletionQueue) -> (u64, u64) {
+    (cq.iova, u64::from(cq.size) * Cqe::SIZE as u64)
+}
 
 impl Shared {
     /// True, with CSTS.CFS set, when a ring of `rings` (iova, bytes) or the
@@ -39,17 +50,23 @@ impl Shared {
         lost
     }
 
+    /// [`Shared::rings_lost`] for one queue pair.
+    #[cold]
+    pub(super) fn pair_lost(
+        &self,
+        mem: &MemoryMap,
+        sq: &SubmissionQueue,
+        cq: &CompletionQueue,
+        shadow: Option<Shadow>,
+    ) -> bool {
+        self.rings_lost(mem, &[sq_ring(sq), cq_ring(cq)], shadow)
+    }
+
     /// [`Shared::rings_lost`] for every ring of worker queues `q`.
     #[cold]
     pub(super) fn queues_lost(&self, mem: &MemoryMap, q: &Queues, shadow: Option<Shadow>) -> bool {
-        let sqs = q.sqs.iter().flatten().map(|sq| {
-            let bytes = u64::from(sq.size) * Sqe::SIZE as u64;
-            (sq.iova, bytes)
-        });
-        let cqs = q.cqs.iter().flatten().map(|cq| {
-            let bytes = u64::from(cq.size) * Cqe::SIZE as u64;
-            (cq.iova, bytes)
-        });
+        let sqs = q.sqs.iter().flatten().map(sq_ring);
+        let cqs = q.cqs.iter().flatten().map(cq_ring);
         let rings: Vec<(u64, u64)> = sqs.chain(cqs).collect();
         self.rings_lost(mem, &rings, shadow)
     }
@@ -61,9 +78,9 @@ impl Shared {
         shadow.is_some_and(|s| mem.range_lost(s.db, span) || mem.range_lost(s.ei, span))
     }
 
-    /// A shadow doorbell that could not be read, or an EventIdx that could
-    /// not be written: fatal when its memory was lost (an unmapped buffer
-    /// keeps the last value, as before).
+    /// Fatal when the shadow doorbell or EventIdx buffer lies in memory
+    /// `mem` lost (after that, reads of it fail and keep the last value,
+    /// as for an unmapped buffer).
     #[cold]
     pub(super) fn shadow_unusable(&self, mem: &MemoryMap, shadow: Option<Shadow>) {
         if self.shadow_lost(mem, shadow) {
@@ -86,6 +103,21 @@ impl Shared {
 }
 
 impl Engine {
+    /// After an API call's guest accesses through `mem`: a region lost
+    /// meanwhile is retired and reported now (the caller holds no lock).
+    pub(super) fn settle_losses(&self, mem: &MemoryMap) {
+        if mem.lost() {
+            // Queue rings in lost memory fail the worker's next access to
+            // them; the shadow buffers are read and written without one.
+            self.shared
+                .shadow_unusable(mem, self.shared.doorbells.shadow());
+            self.shared.mem.refresh();
+        }
+        if self.shared.mem.losses_due() {
+            self.shared.report_losses();
+        }
+    }
+
     /// Sets (Some) or removes (None) the callback told of each guest memory
     /// region lost under the device (its file shrank), once per region, from
     /// a worker thread holding no lock of the engine.

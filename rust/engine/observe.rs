@@ -12,6 +12,8 @@ impl Engine {
 
     /// Event counters by name.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        // A loss no access has looked at yet is counted now.
+        self.settle_losses(&self.shared.mem.snapshot());
         let mut st = Stats::default();
         let (mut deferred, mut expired) = (0, 0);
         for w in self.shared.workers.iter() {

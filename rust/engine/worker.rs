@@ -11,7 +11,7 @@ use super::faults::{self, Action, Before};
 use super::file_io::{record, FileIo};
 use super::poll::{self, Contention, PollWindow};
 use super::trace::Trace;
-use super::{lock, AdminOutcome, Polling, Queues, Shared, NO_TAIL, SQ_BURST};
+use super::{lock, memloss, AdminOutcome, Polling, Queues, Shared, NO_TAIL, SQ_BURST};
 use crate::cmd::io::{self, IoContext, Started};
 use crate::doorbell::Shadow;
 use crate::intx::LevelCallback;
@@ -84,9 +84,6 @@ impl Shared {
             return 0;
         };
         let raw = self.doorbells.read(mem, shadow, usize::from(qid) * 2);
-        if raw.is_none() {
-            self.shadow_unusable(mem, shadow);
-        }
         self.accept(raw, sq.size, &mut sq.tail, &mut sq.bad_tail, out)
     }
 
@@ -104,16 +101,14 @@ impl Shared {
             return 0;
         };
         let raw = self.doorbells.read(mem, shadow, usize::from(cqid) * 2 + 1);
-        if raw.is_none() {
-            self.shadow_unusable(mem, shadow);
-        }
         self.accept(raw, cq.size, &mut cq.head, &mut cq.bad_head, out)
     }
 
     /// Takes `raw` (None: unreadable, keep the last value) as the queue's
     /// new doorbell value when it is below `size`; an out-of-range value is
     /// reported once (`bad` remembers it) and ignored. Returns the value in
-    /// force.
+    /// force. (A shadow buffer whose memory was lost made the controller
+    /// fatal when the loss was found: see `memloss`.)
     #[inline]
     fn accept(
         &self,
@@ -155,8 +150,8 @@ impl Shared {
             q.stats.cqe_post_errors += 1;
             self.fatal.store(true, Ordering::SeqCst);
         } else if mem.lost() {
-            let ring = (cq.iova, u64::from(cq.size) * Cqe::SIZE as u64);
-            self.rings_lost(&mem, &[ring], None);
+            self.rings_lost(&mem, &[memloss::cq_ring(cq)], None);
+            self.mem.refresh();
         }
         if self.trace.on() {
             self.trace.admin_done(cid, status.field(), dw0);
@@ -330,22 +325,6 @@ impl Shared {
                     failed = true;
                     break;
                 }
-                if guarded && mem.lost() {
-                    // Memory shrank since the pass began (the SQE may be
-                    // zero pages, the last CQE lost): fatal when it was
-                    // queue memory; otherwise go on with a snapshot that
-                    // has the region lost.
-                    let sq_ring = (sq.iova, u64::from(sq.size) * Sqe::SIZE as u64);
-                    let cq_ring = (cq.iova, u64::from(cq.size) * Cqe::SIZE as u64);
-                    if self.rings_lost(&mem, &[sq_ring, cq_ring], shadow) {
-                        cq.reserved -= 1;
-                        q.stats.sqe_fetch_errors += 1;
-                        failed = true;
-                        break;
-                    }
-                    mem = self.mem.snapshot();
-                    guarded = mem.guarded();
-                }
                 let sqe = Sqe::from_bytes(&raw);
                 let fetch =
                     traced.then(|| Trace::fetched(&sqe, qid, self.trace.now_ns(), w as u16));
@@ -450,18 +429,20 @@ impl Shared {
                     _ => io::execute(&mut ctx, &sqe).map(Started::Done),
                 };
                 if guarded && mem.lost() {
-                    // Memory shrank while the command ran: what it read or
-                    // wrote may be zero pages. Data Transfer Error (and no
-                    // file transfer through those buffers); fatal if the
-                    // queues went with it.
-                    let sq_ring = (sq.iova, u64::from(sq.size) * Sqe::SIZE as u64);
-                    let cq_ring = (cq.iova, u64::from(cq.size) * Cqe::SIZE as u64);
-                    if self.rings_lost(&mem, &[sq_ring, cq_ring], shadow) {
+                    // Memory shrank since the pass began: what the command
+                    // read or wrote may be zero pages. Data Transfer Error
+                    // (and no file transfer through those buffers); fatal
+                    // if the queues went with it: then the SQE itself may
+                    // have been read from zero pages (harmless: the host
+                    // can submit any command anyway), and nothing is
+                    // posted. A loss during an admin command's fetch is
+                    // found at the end of the pass.
+                    if self.pair_lost(&mem, sq, cq, shadow) {
                         failed = true;
                         break;
                     }
                     started = Err(io::transfer_failure(0, sqe.nsid()));
-                    mem = self.mem.snapshot();
+                    mem = self.mem.refresh();
                     guarded = mem.guarded();
                 }
                 if self.has_inline
@@ -533,22 +514,19 @@ impl Shared {
                 // ring ahead of us. sleep_plan sets EventIdx to the values
                 // seen before sleeping, and the host rings again.
                 let sq_size = sq.size;
-                let mut ok = self.doorbells.set_event_idx(
+                self.doorbells.set_event_idx(
                     &mem,
                     sh,
                     usize::from(qid) * 2,
                     (tail + sq_size / 2) % sq_size,
                 );
                 if let Some(cq) = q.cqs[usize::from(cqid)].as_ref() {
-                    ok &= self.doorbells.set_event_idx(
+                    self.doorbells.set_event_idx(
                         &mem,
                         sh,
                         usize::from(cqid) * 2 + 1,
                         (head + cq.size / 2) % cq.size,
                     );
-                }
-                if !ok {
-                    self.shadow_unusable(&mem, shadow);
                 }
             }
             if failed {
@@ -562,10 +540,12 @@ impl Shared {
             done += self.reap_files(q);
         }
         done += reaped;
-        if guarded && mem.lost() && self.queues_lost(&mem, q, shadow) {
+        if guarded && mem.lost() {
             // The last CQEs or EventIdx writes of the pass went to memory
-            // that shrank: the host will never see them.
-            failed = true;
+            // that shrank (the host will never see them), or the loss
+            // came between passes.
+            failed |= self.queues_lost(&mem, q, shadow);
+            self.mem.refresh();
         }
         self.decide_signals(w, q, out);
         if failed {
@@ -612,11 +592,9 @@ impl Shared {
             // one (its check is new - EventIdx - 1 < new - old). While we
             // poll, process() keeps it half a ring ahead instead, where the
             // host does not ring: the point of shadow doorbells.
-            let mut ok = true;
             for &qid in &q.active_sqs {
                 if let Some(sq) = q.sqs[usize::from(qid)].as_ref() {
-                    ok &= self
-                        .doorbells
+                    self.doorbells
                         .set_event_idx(&mem, sh, usize::from(qid) * 2, sq.tail);
                 }
             }
@@ -625,14 +603,15 @@ impl Shared {
             // hung guests).
             for &cqid in &q.active_cqs {
                 if let Some(cq) = q.cqs[usize::from(cqid)].as_ref() {
-                    ok &=
-                        self.doorbells
-                            .set_event_idx(&mem, sh, usize::from(cqid) * 2 + 1, cq.head);
+                    self.doorbells
+                        .set_event_idx(&mem, sh, usize::from(cqid) * 2 + 1, cq.head);
                 }
             }
-            if !ok || mem.lost() {
-                // EventIdx unwritable: the host may never ring again.
+            if mem.lost() {
+                // EventIdx in memory that shrank: the host may never ring
+                // again.
                 self.shadow_unusable(&mem, shadow);
+                self.mem.refresh();
             }
             // SeqCst fence: the EventIdx stores above are ordered before the
             // doorbell re-reads below, pairing with the host's "write

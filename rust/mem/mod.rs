@@ -640,23 +640,21 @@ impl GuestMemory {
     }
 
     /// The current map; hold it for a batch, not forever (it keeps unmapped
-    /// regions alive). A region that lost its memory since the last
-    /// snapshot is retired first (see [`GuestMemory::retire`]).
+    /// regions alive). It may hold a region lost since it was published
+    /// ([`MemoryMap::lost`] says so after the accesses; then
+    /// [`GuestMemory::refresh`]).
     #[inline]
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<MemoryMap>> {
-        let m = self.map.load();
-        if m.guarded && guard::epoch() != m.epoch.load(Ordering::Relaxed) {
-            return self.retire();
-        }
-        m
+        self.map.load()
     }
 
-    /// Replaces every region the SIGBUS guard found shrunk with a lost one
-    /// (which fails every access), counts it and queues it for
-    /// [`GuestMemory::take_losses`]: once per region, since a lost region
-    /// is not guarded any more.
+    /// The current map once every region the SIGBUS guard found shrunk is
+    /// replaced with a lost one (which fails every access); each is
+    /// counted and queued for [`GuestMemory::take_losses`] once, since a
+    /// lost region is not guarded any more. For the cold path after
+    /// [`MemoryMap::lost`] said so: the hot path pays nothing for it.
     #[cold]
-    fn retire(&self) -> arc_swap::Guard<Arc<MemoryMap>> {
+    pub fn refresh(&self) -> arc_swap::Guard<Arc<MemoryMap>> {
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.map.load_full();
         // Read before the flags: every loss up to `e` is visible below.

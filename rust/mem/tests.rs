@@ -4,8 +4,17 @@ use super::*;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 pub(crate) fn memfd(size: u64) -> OwnedFd {
+    memfd_with(size, libc::MFD_CLOEXEC)
+}
+
+/// A memfd that allows sealing, `size` bytes long.
+pub(crate) fn sealable_memfd(size: u64) -> OwnedFd {
+    memfd_with(size, libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+}
+
+fn memfd_with(size: u64, flags: libc::c_uint) -> OwnedFd {
     // SAFETY: memfd_create with a valid C string; we own the returned fd.
-    let fd = unsafe { libc::memfd_create(c"nvmefast-test".as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(c"nvmefast-test".as_ptr(), flags) };
     assert!(fd >= 0);
     // SAFETY: fd is a fresh memfd we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -296,23 +305,6 @@ fn read_only_regions_refuse_device_writes() {
     s.read(0, &mut b).unwrap();
 }
 
-/// A memfd that allows sealing, `size` bytes long.
-pub(crate) fn sealable_memfd(size: u64) -> OwnedFd {
-    // SAFETY: memfd_create with a valid C string; we own the returned fd.
-    let fd = unsafe {
-        libc::memfd_create(
-            c"nvmefast-sealable".as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
-    };
-    assert!(fd >= 0);
-    // SAFETY: fd is a fresh memfd we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ftruncate on our own fd.
-    assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) }, 0);
-    fd
-}
-
 /// Shrinks `fd` to `size` bytes; the errno on failure.
 pub(crate) fn truncate(fd: &OwnedFd, size: u64) -> Result<(), i32> {
     // SAFETY: ftruncate on an fd we own.
@@ -352,9 +344,13 @@ fn a_truncated_region_faults_into_zero_pages_and_is_retired_once() {
     assert!(s.lost(), "the snapshot learns its region faulted");
     assert!(s.range_lost(0x13000, 1) && s.range_lost(0x10000, 1));
     assert!(!s.range_lost(0x20000, 0x1000));
-    // The next snapshot has the whole region lost: every access fails
-    // without touching memory, the page still in the file included.
-    let n = m.snapshot();
+    // Until it is refreshed the map still holds the faulted region (its
+    // zero pages): new snapshots see the loss too.
+    assert!(m.snapshot().lost());
+    assert_eq!(m.lost_regions(), 0);
+    // Refreshed, the whole region is lost: every access fails without
+    // touching memory, the page still in the file included.
+    let n = m.refresh();
     assert!(!n.lost(), "nothing new lost since this snapshot");
     assert_eq!(
         n.read(0x10000, &mut [0u8; 4]),
@@ -375,8 +371,8 @@ fn a_truncated_region_faults_into_zero_pages_and_is_retired_once() {
     assert!(m.losses_due());
     assert_eq!(m.take_losses(), vec![(0x10000, 0x4000)]);
     assert!(!m.losses_due());
-    // Counted once: more snapshots and accesses find nothing new.
-    let _ = m.snapshot().read(0x13000, &mut b);
+    // Counted once: more refreshes and accesses find nothing new.
+    let _ = m.refresh().read(0x13000, &mut b);
     assert_eq!(m.lost_regions(), 1);
     assert!(m.take_losses().is_empty());
     drop((s, n));
