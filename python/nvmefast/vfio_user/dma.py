@@ -56,6 +56,8 @@ class DmaTable:
             raise ProtocolError(errno.EINVAL, f"DMA_MAP of {size:#x} bytes at {iova:#x} is empty or wraps")
         if iova % PAGE or size % PAGE:
             raise ProtocolError(errno.EINVAL, f"DMA_MAP {iova:#x}+{size:#x} is not 4 KiB aligned")
+        if len(self.regions) >= p.MAX_DMA_MAPS:
+            raise ProtocolError(errno.ENOSPC, f"DMA_MAP: this client already holds {p.MAX_DMA_MAPS} mappings (max_dma_maps)")
         for other, (osize, _) in self.regions.items():
             if iova < other + osize and other < iova + size:
                 raise ProtocolError(
