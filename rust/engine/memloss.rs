@@ -13,6 +13,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::worker::Signals;
 use super::{lock, Engine, Queues, Shared};
 use crate::doorbell::Shadow;
 use crate::mem::MemoryMap;
@@ -48,6 +49,44 @@ impl Shared {
             self.fatal.store(true, Ordering::SeqCst);
         }
         lost
+    }
+
+    /// After a command whose snapshot `mem` lost memory: `mem` becomes a
+    /// snapshot with the loss retired (reported once the lock is dropped),
+    /// and true (CSTS.CFS set) when the command's queue pair went with it.
+    /// Out of line: the hot path keeps only the check that leads here.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn lost_during_command(
+        &self,
+        mem: &mut arc_swap::Guard<Arc<MemoryMap>>,
+        sq: &SubmissionQueue,
+        cq: &CompletionQueue,
+        shadow: Option<Shadow>,
+        out: &mut Signals,
+    ) -> bool {
+        let fatal = self.pair_lost(mem, sq, cq, shadow);
+        *mem = self.mem.refresh();
+        out.memory_lost();
+        fatal
+    }
+
+    /// At the end of a pass whose snapshot `mem` lost memory: retires it
+    /// (reported once the lock is dropped); true (CSTS.CFS set) when any
+    /// ring of `q` or the shadow buffers went with it.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn lost_during_pass(
+        &self,
+        mem: &MemoryMap,
+        q: &Queues,
+        shadow: Option<Shadow>,
+        out: &mut Signals,
+    ) -> bool {
+        let fatal = self.queues_lost(mem, q, shadow);
+        self.mem.refresh();
+        out.memory_lost();
+        fatal
     }
 
     /// [`Shared::rings_lost`] for one queue pair.

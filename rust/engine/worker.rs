@@ -33,14 +33,29 @@ const DEEP_BACKLOG: u32 = 16;
 pub(super) struct Signals {
     vectors: Vec<u16>,
     intx: Option<(LevelCallback, bool)>,
-    /// AER info codes of invalid doorbell values found in memory.
-    events: Vec<u8>,
+    /// Invalid doorbell values found in memory, guest memory found lost.
+    events: Vec<Event>,
+}
+
+/// What a pass found to tell the embedder.
+enum Event {
+    /// An Error event with this AER info code.
+    Aer(u8),
+    /// Guest memory was lost: report what `GuestMemory` queued.
+    MemoryLost,
 }
 
 /// Info code of "Invalid Doorbell Write Value" (NVMe Base 2.0, Figure 150).
 const INVALID_DOORBELL_VALUE: u8 = 0x01;
 
 impl Signals {
+    /// Reports the guest memory lost (already retired) once the lock is
+    /// dropped: no cost on the hot path, which delivers events anyway.
+    #[cold]
+    pub(super) fn memory_lost(&mut self) {
+        self.events.push(Event::MemoryLost);
+    }
+
     /// Signals `vector` once this pass.
     pub(super) fn push_vector(&mut self, v: u16) {
         if !self.vectors.contains(&v) {
@@ -129,7 +144,7 @@ impl Shared {
                 self.doorbells
                     .invalid_writes
                     .fetch_add(1, Ordering::Relaxed);
-                out.events.push(INVALID_DOORBELL_VALUE);
+                out.events.push(Event::Aer(INVALID_DOORBELL_VALUE));
             }
             _ => {}
         }
@@ -225,12 +240,8 @@ impl Shared {
         }
     }
 
-    /// Performs the deliveries decided under the lock, and reports guest
-    /// memory lost since the last call.
+    /// Performs the deliveries decided under the lock.
     pub(super) fn deliver(&self, out: &mut Signals) {
-        if self.mem.losses_due() {
-            self.report_losses();
-        }
         for v in out.vectors.drain(..) {
             self.vectors.notify(v);
         }
@@ -239,9 +250,11 @@ impl Shared {
         }
         if !out.events.is_empty() {
             let handler = lock(&self.events).clone();
-            for info in out.events.drain(..) {
-                if let Some(h) = &handler {
-                    h(info);
+            for e in out.events.drain(..) {
+                match (e, &handler) {
+                    (Event::Aer(info), Some(h)) => h(info),
+                    (Event::Aer(_), None) => {}
+                    (Event::MemoryLost, _) => self.report_losses(),
                 }
             }
         }
@@ -264,10 +277,10 @@ impl Shared {
             q.coalesce.expire(&mut out.vectors);
             return reaped;
         }
+        // A region of it can shrink under us: accesses are followed by a
+        // look at the loss epoch (mem.lost(): one branch for a map of
+        // sealed memfds).
         let mut mem = self.mem.snapshot();
-        // Some region can shrink under us: accesses are followed by a look
-        // at the loss epoch (mem.lost()). Sealed memory skips it.
-        let mut guarded = mem.guarded();
         let shadow = self.doorbells.shadow();
         let page_size = self.page_size.load(Ordering::Relaxed);
         // Read under the queue lock, which reset takes to bump it: stable
@@ -428,7 +441,7 @@ impl Shared {
                     _ if files => io::start(&mut ctx, &sqe),
                     _ => io::execute(&mut ctx, &sqe).map(Started::Done),
                 };
-                if guarded && mem.lost() {
+                if mem.lost() {
                     // Memory shrank since the pass began: what the command
                     // read or wrote may be zero pages. Data Transfer Error
                     // (and no file transfer through those buffers); fatal
@@ -437,13 +450,11 @@ impl Shared {
                     // can submit any command anyway), and nothing is
                     // posted. A loss during an admin command's fetch is
                     // found at the end of the pass.
-                    if self.pair_lost(&mem, sq, cq, shadow) {
+                    if self.lost_during_command(&mut mem, sq, cq, shadow, out) {
                         failed = true;
                         break;
                     }
                     started = Err(io::transfer_failure(0, sqe.nsid()));
-                    mem = self.mem.refresh();
-                    guarded = mem.guarded();
                 }
                 if self.has_inline
                     && matches!(started, Ok(Started::Done(_)))
@@ -540,12 +551,11 @@ impl Shared {
             done += self.reap_files(q);
         }
         done += reaped;
-        if guarded && mem.lost() {
+        if mem.lost() {
             // The last CQEs or EventIdx writes of the pass went to memory
             // that shrank (the host will never see them), or the loss
             // came between passes.
-            failed |= self.queues_lost(&mem, q, shadow);
-            self.mem.refresh();
+            failed |= self.lost_during_pass(&mem, q, shadow, out);
         }
         self.decide_signals(w, q, out);
         if failed {
@@ -610,8 +620,7 @@ impl Shared {
             if mem.lost() {
                 // EventIdx in memory that shrank: the host may never ring
                 // again.
-                self.shadow_unusable(&mem, shadow);
-                self.mem.refresh();
+                self.lost_during_pass(&mem, q, shadow, out);
             }
             // SeqCst fence: the EventIdx stores above are ordered before the
             // doorbell re-reads below, pairing with the host's "write
@@ -784,6 +793,11 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
         }
         // Sleep until a doorbell write, an ioeventfd, a coalescing deadline
         // or an INTx resample check.
+        if s.mem.losses_due() {
+            // Found lost outside a pass of ours (an admin completion, a
+            // file completion, another thread): reported before sleeping.
+            s.report_losses();
+        }
         waker.prepare_sleep();
         let (work, mut nap) = s.sleep_plan(w, &mut out);
         s.deliver(&mut out);

@@ -239,9 +239,10 @@ fn find(addr: usize) -> Option<(&'static Slot, usize, usize, i32)> {
 fn install() -> Result<(), String> {
     let ours = on_sigbus as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
         as libc::sighandler_t;
-    // SAFETY: sigaction with a null new action only reads the current one
-    // into `cur`, a valid buffer.
+    // SAFETY: an all-zero sigaction is a valid value (SIG_DFL, no flags).
     let mut cur: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: with a null new action sigaction only reads the current one
+    // into `cur`, a valid buffer.
     if unsafe { libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut cur) } != 0 {
         return Err(format!(
             "cannot read the SIGBUS disposition: {}",
@@ -255,7 +256,7 @@ fn install() -> Result<(), String> {
     // Leaked: the handler may read it at any time. One per installation,
     // and installations happen only when someone replaced ours.
     PREV.store(Box::into_raw(Box::new(cur)), Ordering::Release);
-    // SAFETY: a zeroed sigaction is valid; sigemptyset fills its mask.
+    // SAFETY: an all-zero sigaction is a valid value.
     let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
     sa.sa_sigaction = ours;
     // SA_ONSTACK: a thread with an alternate stack (faulthandler gives the
@@ -265,10 +266,12 @@ fn install() -> Result<(), String> {
     // re-raises SIGBUS (faulthandler does) gets it delivered at once, as it
     // would installed alone.
     sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
-    // SAFETY: sa is a valid sigaction; `old` a valid buffer.
+    // SAFETY: sa_mask is a valid sigset_t to fill.
     unsafe { libc::sigemptyset(&mut sa.sa_mask) };
+    // SAFETY: an all-zero sigaction is a valid value.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
+    // SAFETY: `sa` is a valid action whose handler has the SA_SIGINFO
+    // signature; `old` is a valid buffer.
     if unsafe { libc::sigaction(libc::SIGBUS, &sa, &mut old) } != 0 {
         return Err(format!(
             "cannot install the SIGBUS handler: {}",
@@ -366,8 +369,9 @@ unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_
         libc::SIG_IGN => {
             // A fault cannot be ignored (the kernel would force the default
             // action): the same here. A sent SIGBUS is ignored.
-            // SAFETY: the caller's contract.
+            // SAFETY: info is the kernel's siginfo, checked non-null.
             if !info.is_null() && unsafe { (*info).si_code } > 0 {
+                // SAFETY: the caller's contract.
                 unsafe { default_action(sig, info) }
             }
         }
@@ -417,7 +421,7 @@ unsafe fn set_default(sig: libc::c_int) {
 unsafe fn default_action(sig: libc::c_int, info: *mut libc::siginfo_t) {
     // SAFETY: the caller's contract.
     unsafe { set_default(sig) };
-    // SAFETY: info is the kernel's (or null).
+    // SAFETY: info is the kernel's siginfo, checked non-null first.
     if info.is_null() || unsafe { (*info).si_code } <= 0 {
         // SAFETY: raise is async-signal-safe; SA_NODEFER lets it through.
         unsafe { libc::raise(sig) };
