@@ -86,7 +86,7 @@ def worker_instructions(directory: str) -> int:
             for line in f:
                 if line.startswith("summary:"):
                     ir = int(line.split()[1])
-                elif line.startswith(("fn=", "cfn=")) and "worker_loop" in line:
+                elif line.startswith(("fn=", "cfn=")) and "nvmefast::engine::worker::" in line:
                     worker = True
         if worker:
             best = max(best, ir)
@@ -97,7 +97,7 @@ def one_run(args: argparse.Namespace, commands: int) -> tuple[int, str]:
     """(I/O worker instructions, the regions' kinds) of one run of ``commands`` reads."""
     out = tempfile.mkdtemp(prefix="nvmefast-callgrind-")
     cmd = [
-        "valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}/cg.%p",
+        "valgrind", "--tool=callgrind", "--separate-threads=yes", "--compress-strings=no", f"--callgrind-out-file={out}/cg.%p",
         sys.executable, os.path.abspath(__file__), "--run", "--backend", args.backend,
         "--commands", str(commands), *(["--sealed"] if args.sealed else []),
     ]

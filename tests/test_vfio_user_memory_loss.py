@@ -27,6 +27,8 @@ DATA_IOVA = 0x8000_0000
 DATA_SIZE = 1 << 20
 BURST = 16
 """Reads submitted before the truncation, and as many after it."""
+DTE = 0x004
+"""Data Transfer Error: SCT 0h, SC 04h (NVMe Base 2.0, Figure 102)."""
 
 
 def truncate_mid_io(client: VfioUserClient, host: NvmeHost) -> tuple[list[int], list[int]]:
@@ -53,8 +55,6 @@ def _status(host: NvmeHost, cid: int) -> int:
     c = host.wait(1, cid)
     return c.sct << 8 | c.sc
 
-
-DTE = 0x004
 
 
 def check_client(host: NvmeHost) -> bytes:
