@@ -57,6 +57,17 @@ def _status(host: NvmeHost, cid: int) -> int:
 
 
 
+@pytest.fixture
+def server_log(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> pytest.LogCaptureFixture:
+    """The server's INFO records (the vfio-user logger as `nvmefast serve` has
+    it, whatever an earlier test in this process did to it: the fuzz replay
+    keeps only its errors)."""
+    caplog.set_level(logging.INFO, logger="nvmefast")
+    caplog.set_level(logging.INFO, logger="nvmefast.vfio_user")
+    monkeypatch.setattr(logging.getLogger("nvmefast.vfio_user"), "propagate", True)
+    return caplog
+
+
 def check_client(host: NvmeHost) -> bytes:
     """Brings the device up and writes a marker through the client's own RAM."""
     host.enable()
@@ -67,9 +78,9 @@ def check_client(host: NvmeHost) -> bytes:
 
 
 def test_a_client_truncating_its_memory_mid_io_fails_its_commands_not_the_server(
-    caplog: pytest.LogCaptureFixture,
+    server_log: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="nvmefast")
+    caplog = server_log
     with running_server() as (server, path):
         with connect(path) as client, NvmeHost(client) as host:
             data = check_client(host)
@@ -94,8 +105,8 @@ def test_a_client_truncating_its_memory_mid_io_fails_its_commands_not_the_server
         assert server.connections == 2
 
 
-def test_a_sealed_client_memfd_is_trusted(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="nvmefast")
+def test_a_sealed_client_memfd_is_trusted(server_log: pytest.LogCaptureFixture) -> None:
+    caplog = server_log
     with running_server() as (server, path), connect(path) as client, NvmeHost(client) as host:
         check_client(host)
         region = client.memory.add_memfd(DATA_IOVA, DATA_SIZE, sealed=True)
