@@ -253,6 +253,11 @@ impl Doorbells {
         }
     }
 
+    /// Bytes of a shadow buffer that hold doorbells (every doorbell's slot).
+    pub fn span(&self) -> u64 {
+        (self.count * self.stride) as u64
+    }
+
     /// Queue size behind doorbell `index` (0: none).
     #[inline]
     pub fn limit(&self, index: usize) -> u32 {
@@ -320,6 +325,11 @@ impl Doorbells {
             }
             self.set_event_idx(mem, s, i, v);
         }
+        if mem.lost() {
+            // The buffers' memory shrank under the copy above: refused as
+            // a buffer outside guest memory is.
+            return Err(ShadowError::Memory(MemError::Lost { iova: db, len: 4 }));
+        }
         self.shadow_ei.store(ei, Ordering::Release);
         // Release: the copied values are visible before anyone reads the
         // shadow through this address.
@@ -346,6 +356,22 @@ impl Doorbells {
 mod tests {
     use super::*;
     use crate::mem::GuestMemory;
+
+    #[test]
+    fn a_client_cannot_shrink_the_doorbell_page() {
+        // The page's fd goes to vfio-user clients (sparse mmap): truncated,
+        // every doorbell read by a worker would raise SIGBUS.
+        let d = Doorbells::new(2, 4).unwrap();
+        let (fd, offset, len) = d.page_fd();
+        for size in [0, offset as i64, (offset + len) as i64 + 4096] {
+            // SAFETY: ftruncate on the page's fd, which d keeps open.
+            assert_eq!(unsafe { libc::ftruncate(fd, size) }, -1, "size {size}");
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EPERM)
+            );
+        }
+    }
 
     #[test]
     fn validation_follows_the_spec() {

@@ -253,6 +253,8 @@ struct Shared {
     /// (NO_TAIL: none): what the INTx level is judged from, by any worker.
     cq_tails: Box<[AtomicU32]>,
     events: Mutex<Option<EventCallback>>,
+    /// Told of guest memory regions lost under the device.
+    loss_handler: Mutex<Option<memloss::LossCallback>>,
     /// ioeventfds by doorbell index (kept to unwatch them).
     ioeventfds: Mutex<Vec<Option<OwnedFd>>>,
     stop: AtomicBool,
@@ -392,6 +394,7 @@ impl Engine {
             intx: Mutex::new(IntxLine::default()),
             cq_tails: (0..n).map(|_| AtomicU32::new(NO_TAIL)).collect(),
             events: Mutex::new(None),
+            loss_handler: Mutex::new(None),
             ioeventfds: Mutex::new((0..n * 2).map(|_| None).collect()),
             stop: AtomicBool::new(false),
             fatal: AtomicBool::new(false),
@@ -895,11 +898,10 @@ impl Engine {
     /// EventIdx at `ei`. Returns the completion status.
     pub fn set_shadow_doorbells(&self, db: u64, ei: u64) -> Status {
         let page = self.shared.page_size.load(Ordering::SeqCst);
-        match self
-            .shared
-            .doorbells
-            .set_shadow(&self.shared.mem.snapshot(), db, ei, page)
-        {
+        let mem = self.shared.mem.snapshot();
+        let r = self.shared.doorbells.set_shadow(&mem, db, ei, page);
+        self.settle_losses(&mem);
+        match r {
             Ok(()) => {
                 self.shared.wake_all();
                 Status::SUCCESS
@@ -962,6 +964,8 @@ mod dma;
 pub mod faults;
 mod file_io;
 mod interrupts;
+mod memloss;
+pub use memloss::LossCallback;
 mod namespaces;
 mod observe;
 mod placement;

@@ -23,22 +23,34 @@ unsafe impl Sync for SharedMemory {}
 impl SharedMemory {
     /// A new zeroed memfd named `name` of `len` bytes, mapped.
     pub fn new(name: &CStr, len: usize) -> std::io::Result<Self> {
-        Self::new_at(name, 0, len)
+        Self::create(name, 0, len, false)
     }
 
     /// A new zeroed memfd of `offset + len` bytes of which `len` bytes from
     /// `offset` (page aligned) are mapped: the leading hole lets file
     /// offsets mirror a BAR's offsets (the doorbell page at BAR0 1000h). A
-    /// hole that is never touched costs no memory.
+    /// hole that is never touched costs no memory. The memfd is sealed
+    /// against any size change: whoever it is shared with (a vfio-user
+    /// client maps the doorbell page) cannot truncate it under the device,
+    /// whose accesses would then raise SIGBUS.
     pub fn new_at(name: &CStr, offset: usize, len: usize) -> std::io::Result<Self> {
+        Self::create(name, offset, len, true)
+    }
+
+    fn create(name: &CStr, offset: usize, len: usize, seal: bool) -> std::io::Result<Self> {
         if offset % 4096 != 0 {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         }
         let total = offset
             .checked_add(len)
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        let flags = if seal {
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING
+        } else {
+            libc::MFD_CLOEXEC
+        };
         // SAFETY: memfd_create with a valid C string; we own the result.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -48,6 +60,11 @@ impl SharedMemory {
             .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: ftruncate on our own fd.
         if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on our own fd, no pointers.
+        if seal && unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
         Self::map(fd, offset, len)

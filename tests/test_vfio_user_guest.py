@@ -123,6 +123,12 @@ def test_linux_guest_drives_the_controller(first_boot: Boot, capsys: pytest.Capt
     """Driver binds, Identify strings, >= 2 I/O queues, interrupts, patterns written and read back."""
     report(capsys, first_boot)
     assert_guest_ok(first_boot)
+    # QEMU's memory-backend-memfd seals guest RAM against shrinking (its
+    # default, seal=on): the server trusts it, with no SIGBUS guard.
+    maps = [line for line in first_boot.server.log().splitlines() if "DMA map" in line and "fd offset" in line]
+    assert maps and all("sealed memfd: trusted, unguarded" in m for m in maps), (
+        f"boot 1: guest RAM not mapped as a sealed memfd: {maps}{first_boot.diagnostics()}"
+    )
     for name, size in first_boot.regions().items():
         assert first_boot.checks[f"before_{name}"] == zero_md5(size), (
             f"boot 1: region {name} of a fresh namespace is not zeroes{first_boot.diagnostics()}"

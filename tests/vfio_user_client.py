@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno as errno_mod
+import fcntl
 import json
 import mmap
 import os
@@ -249,11 +250,14 @@ class ClientMemory:
     def __init__(self) -> None:
         self.regions: dict[int, MemRegion] = {}
 
-    def add_memfd(self, iova: int, size: int) -> MemRegion:
-        """A memfd of ``size`` bytes mapped into this process, at ``iova``."""
-        fd = os.memfd_create("vfio-user-client-guest", os.MFD_CLOEXEC)
+    def add_memfd(self, iova: int, size: int, *, sealed: bool = False) -> MemRegion:
+        """A memfd of ``size`` bytes mapped into this process, at ``iova`` (with ``sealed``,
+        sealed against resizing, as QEMU's memory-backend-memfd seals guest RAM)."""
+        fd = os.memfd_create("vfio-user-client-guest", os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealed else 0))
         try:
             os.ftruncate(fd, size)
+            if sealed:
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
             buf = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.close(fd)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from nvmefast._core import __version__
 from nvmefast.config import ControllerConfig, NamespaceConfig
-from nvmefast.controller import Controller
+from nvmefast.controller import Controller, DmaRegion
 from nvmefast.errors import (
     CommandError,
     ConfigError,
@@ -31,6 +31,7 @@ __all__ = [
     "Controller",
     "ControllerConfig",
     "DmaMapError",
+    "DmaRegion",
     "FaultRule",
     "FaultRuleError",
     "HostTimeoutError",

@@ -135,6 +135,10 @@ class Engine:
         """Remove the mapping (fd-backed or remote) that exactly covers ``[iova, iova + size)``."""
     def dma_regions(self) -> list[tuple[int, int, bool]]:
         """The current mappings, fd-backed and remote, as ``(iova, size, writable)``, sorted by iova."""
+    def dma_region_info(self) -> list[tuple[int, int, bool, str]]:
+        """The mappings as ``(iova, size, writable, kind)``: kind ``sealed``, ``guarded``, ``remote`` or ``lost``."""
+    def set_memory_loss_handler(self, handler: Callable[[int, int], object] | None) -> None:
+        """Called as ``handler(iova, size)`` from a worker, once per guest memory region lost under the device."""
     # controller state driven by the register file
     def set_page_size(self, page_size: int) -> None:
         """The memory page size from CC.MPS, used for PRP walking."""

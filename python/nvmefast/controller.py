@@ -12,11 +12,12 @@ layer executes admin commands.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
 from types import TracebackType
+from typing import Any, NamedTuple
 
 from nvmefast._core import Engine
 from nvmefast.admin import Admin
@@ -27,9 +28,24 @@ from nvmefast.msix import MsixLayout, MsixRegisters, bar_size, layout_after
 from nvmefast.registers import Registers
 from nvmefast.trace import CommandTrace
 
-__all__ = ["Controller"]
+__all__ = ["Controller", "DmaRegion"]
 
 log = logging.getLogger(__name__)
+
+
+class DmaRegion(NamedTuple):
+    """One guest memory mapping, as :meth:`Controller.dma_regions` reports it."""
+
+    iova: int
+    size: int
+    writable: bool
+    kind: str
+    """``sealed``: a memfd sealed against shrinking (F_SEAL_SHRINK), trusted
+    and not guarded; ``guarded``: any other fd, whose file may shrink under
+    the device (a SIGBUS there fails the access, not the process);
+    ``remote``: no fd, reached by DMA transport messages; ``lost``: its
+    file shrank under the device, every access fails until it is unmapped."""
+
 
 NamespaceSpec = dict[str, Any]
 """A namespace as ``_core.Engine`` takes it, by key: size_bytes, lba_size,
@@ -68,6 +84,17 @@ def _resolve_sizes(cfg: ControllerConfig, engine: Engine) -> ControllerConfig:
             ns = dataclasses.replace(ns, size_bytes=engine.namespace_size(nsid))
         namespaces.append(ns)
     return dataclasses.replace(cfg, namespaces=tuple(namespaces))
+
+
+def _log_memory_loss(serial: str, iova: int, size: int) -> None:
+    # Runs on a worker thread, once per lost region.
+    log.warning(
+        "controller %s: guest memory %#x+%#x shrank under the device (its file was truncated): region lost; "
+        "commands touching it fail with Data Transfer Error, queues in it with CSTS.CFS, until it is unmapped",
+        serial,
+        iova,
+        size,
+    )
 
 
 class Controller:
@@ -122,6 +149,8 @@ class Controller:
         # Invalid values a worker finds in the doorbell page or the shadow
         # buffer (no MMIO write to refuse) are reported like refused writes.
         self._engine.set_event_handler(self._registers.doorbell_event)
+        # Not a bound method: the engine would keep the Controller alive.
+        self._engine.set_memory_loss_handler(functools.partial(_log_memory_loss, cfg.serial))
         self._engine.start()
 
     # -- lifecycle -----------------------------------------------------------
@@ -216,6 +245,18 @@ class Controller:
         _check_u64("size", size)
         _check_u64("offset", offset)
         engine.map_dma(iova, size, fd, offset, writable)
+
+    def dma_regions(self) -> list[DmaRegion]:
+        """The guest memory mappings, sorted by IOVA, with what each is.
+
+        A memfd sealed against shrinking is trusted (``sealed``); any other
+        fd is ``guarded``: if its file shrinks under the device (a client
+        truncates it), the commands touching it complete with Data Transfer
+        Error, queues in it make the controller fatal (CSTS.CFS), and the
+        region turns ``lost`` (logged once, counted in ``counters()`` as
+        ``dma_regions_lost``) until it is unmapped. See docs/trust.md.
+        """
+        return [DmaRegion(*r) for r in self._live().dma_region_info()]
 
     def unmap_dma(self, iova: int, size: int) -> None:
         """Remove the mapping (fd-backed or remote) that exactly covers ``[iova, iova + size)``."""

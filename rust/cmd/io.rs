@@ -243,12 +243,17 @@ pub(super) fn read_buffer(ctx: &mut IoContext<'_>, sqe: &Sqe, len: usize) -> Res
     // SAFETY: the segments were translated (readable) against ctx.mem,
     // alive for this call.
     unsafe { segment::gather(ctx.mem, ctx.segs, ctx.scratch) }
-        .map_err(|_| transfer_failure(0, sqe.nsid()))
+        .map_err(|_| transfer_failure(0, sqe.nsid()))?;
+    if ctx.mem.lost() {
+        // Zero pages where guest memory shrank: not a range list to act on.
+        return Err(transfer_failure(0, sqe.nsid()));
+    }
+    Ok(())
 }
 
 /// A transport failure while data moved: Data Transfer Error.
 #[cold]
-pub(super) fn transfer_failure(lba: u64, nsid: u32) -> Failure {
+pub fn transfer_failure(lba: u64, nsid: u32) -> Failure {
     fail(Status::DATA_TRANSFER_ERROR.dnr(), loc::DPTR, lba, nsid)
 }
 
@@ -256,7 +261,9 @@ pub(super) fn transfer_failure(lba: u64, nsid: u32) -> Failure {
 /// a media error (Unrecovered Read Error on a read, Write Fault on a write,
 /// counted in SMART), ENOSPC is Capacity Exceeded (DNR: retrying cannot
 /// help), a write to a read-only file is Namespace Is Write Protected, and
-/// anything else is Internal Error.
+/// anything else is Internal Error. EFAULT is the guest's buffer, not the
+/// file: host memory the kernel could not reach (guest memory that shrank
+/// under the device), a Data Transfer Error.
 #[cold]
 pub fn file_failure(errno: Errno, write: bool, lba: u64, nsid: u32, smart: &mut Smart) -> Failure {
     let status = match errno {
@@ -269,6 +276,7 @@ pub fn file_failure(errno: Errno, write: bool, lba: u64, nsid: u32, smart: &mut 
             }
         }
         libc::ENOSPC | libc::EDQUOT | libc::EFBIG => Status::CAPACITY_EXCEEDED.dnr(),
+        libc::EFAULT => Status::DATA_TRANSFER_ERROR.dnr(),
         libc::EROFS | libc::EBADF if write => Status::NAMESPACE_WRITE_PROTECTED.dnr(),
         _ => Status::INTERNAL_ERROR,
     };

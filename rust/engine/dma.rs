@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::{Engine, EngineError};
 use crate::cmd::{prp, segment};
-use crate::mem::DmaTransport;
+use crate::mem::{DmaTransport, Kind};
 use crate::spec::Status;
 
 impl Engine {
@@ -60,6 +60,13 @@ impl Engine {
         self.shared.mem.snapshot().regions()
     }
 
+    /// The current mappings as (iova, size, writable, kind): a sealed memfd
+    /// (trusted, not guarded), any other fd (guarded), remote, or lost.
+    pub fn dma_region_info(&self) -> Vec<(u64, u64, bool, Kind)> {
+        self.settle_losses(&self.shared.mem.snapshot());
+        self.shared.mem.snapshot().region_info()
+    }
+
     // ---- admin data --------------------------------------------------------
 
     /// Copies `data` into the host buffer PRP1/PRP2 describe.
@@ -72,7 +79,13 @@ impl Engine {
         }
         // SAFETY: the segments were translated (writable) against `mem`,
         // which stays alive across this copy.
-        match unsafe { segment::scatter(&mem, &segs, data) } {
+        let copied = unsafe { segment::scatter(&mem, &segs, data) };
+        match copied {
+            // The buffer shrank under the copy: the data went to zero pages.
+            Ok(()) if mem.lost() => {
+                self.settle_losses(&mem);
+                Status::DATA_TRANSFER_ERROR.dnr()
+            }
             Ok(()) => Status::SUCCESS,
             Err(_) => Status::DATA_TRANSFER_ERROR.dnr(),
         }
@@ -89,6 +102,10 @@ impl Engine {
         let mut out = Vec::with_capacity(len);
         // SAFETY: translated against `mem`, alive for this copy.
         match unsafe { segment::gather(&mem, &segs, &mut out) } {
+            Ok(()) if mem.lost() => {
+                self.settle_losses(&mem);
+                (Status::DATA_TRANSFER_ERROR.dnr(), Vec::new())
+            }
             Ok(()) => (Status::SUCCESS, out),
             Err(_) => (Status::DATA_TRANSFER_ERROR.dnr(), Vec::new()),
         }

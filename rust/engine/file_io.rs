@@ -326,7 +326,19 @@ impl super::Shared {
             let Some(slot) = f.slots.get_mut(c.tag as usize) else {
                 continue;
             };
-            let result = finish(&self.namespaces, slot, c.res, &mut q.smart);
+            let mut result = finish(&self.namespaces, slot, c.res, &mut q.smart);
+            if let (Some(m), Ok(_)) = (slot.mem.as_ref(), &result) {
+                if m.lost()
+                    && slot
+                        .iov
+                        .iter()
+                        .any(|v| m.host_lost(v.iov_base.cast(), v.iov_len))
+                {
+                    // The kernel moved the data through zero pages the
+                    // SIGBUS guard put where guest memory shrank.
+                    result = Err(io::transfer_failure(slot.op.slba, slot.op.ns as u32 + 1));
+                }
+            }
             if let (Some(Action::Corrupt { offset, xor }), Ok(_)) = (slot.fault, &result) {
                 // SAFETY: the iovecs name guest memory slot.mem keeps
                 // mapped; the kernel is done writing them.
@@ -383,6 +395,10 @@ impl super::Shared {
         }
         if let Some(f) = q.file.as_mut() {
             f.finished = finished;
+        }
+        if mem.lost() {
+            failed |= self.queues_lost(&mem, q, self.doorbells.shadow());
+            self.mem.refresh();
         }
         if failed {
             self.fatal.store(true, std::sync::atomic::Ordering::SeqCst);

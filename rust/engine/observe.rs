@@ -12,6 +12,8 @@ impl Engine {
 
     /// Event counters by name.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        // A loss no access has looked at yet is counted now.
+        self.settle_losses(&self.shared.mem.snapshot());
         let mut st = Stats::default();
         let (mut deferred, mut expired) = (0, 0);
         for w in self.shared.workers.iter() {
@@ -78,6 +80,7 @@ impl Engine {
             ),
             ("worker_wakeups", wakeups),
             ("interrupts", v.signals()),
+            ("dma_regions_lost", self.shared.mem.lost_regions()),
             ("masked_notifications", v.masked_notifications()),
             ("unrouted_notifications", v.unrouted()),
             ("notify_errors", v.notify_errors()),

@@ -455,3 +455,57 @@ proptest::proptest! {
         proptest::prop_assert!(!e.fatal());
     }
 }
+
+#[test]
+fn guest_memory_truncated_under_the_device_fails_the_command_not_the_process() {
+    use crate::mem::tests::{memfd, truncate};
+    use std::sync::Mutex;
+    let e = engine(50, 0);
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let r = Arc::clone(&reports);
+    e.set_memory_loss_handler(Some(Arc::new(move |iova, size| {
+        r.lock().unwrap().push((iova, size))
+    })));
+    e.start().unwrap();
+    let mut h = MockHost::new(&e, 1 << 20).unwrap();
+    let mut q = h.create_queue_pair(&e, 1, 16, 1, true).unwrap();
+    let lost = memfd(0x10000);
+    const AT: u64 = 0x40_0000_0000;
+    e.map_dma(AT, 0x10000, lost.as_raw_fd(), 0, true).unwrap();
+    truncate(&lost, 0x4000).unwrap();
+    // PRP1 past the new end: the worker's copy faults.
+    q.push(&rw(op::READ, 1, 1, 0, 8, AT + 0x8000, 0));
+    q.ring_sq(&e);
+    assert_eq!(wait(&e, &mut q).status(), Status::DATA_TRANSFER_ERROR.dnr());
+    // Before the new end: the region is lost as a whole, no fault needed.
+    q.push(&rw(op::WRITE, 2, 1, 0, 8, AT, 0));
+    q.ring_sq(&e);
+    assert_eq!(wait(&e, &mut q).status(), Status::DATA_TRANSFER_ERROR.dnr());
+    // The host's own memory still works; the controller is not fatal.
+    let buf = h.alloc(4096);
+    h.mem.write(buf, &[7u8; 4096]);
+    q.push(&rw(op::WRITE, 3, 1, 0, 8, buf, 0));
+    q.ring_sq(&e);
+    assert!(wait(&e, &mut q).status().is_success());
+    assert!(!e.fatal());
+    let count = |e: &Engine| {
+        e.counters()
+            .into_iter()
+            .find(|(k, _)| *k == "dma_regions_lost")
+            .map(|(_, v)| v)
+    };
+    assert_eq!(count(&e), Some(1));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reports.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(*reports.lock().unwrap(), vec![(AT, 0x10000)]);
+    assert_eq!(
+        e.dma_region_info()
+            .iter()
+            .map(|r| r.3.name())
+            .collect::<Vec<_>>(),
+        ["guarded", "lost"]
+    );
+    e.unmap_dma(AT, 0x10000).unwrap();
+}

@@ -11,7 +11,7 @@ use super::faults::{self, Action, Before};
 use super::file_io::{record, FileIo};
 use super::poll::{self, Contention, PollWindow};
 use super::trace::Trace;
-use super::{lock, AdminOutcome, Polling, Queues, Shared, NO_TAIL, SQ_BURST};
+use super::{lock, memloss, AdminOutcome, Polling, Queues, Shared, NO_TAIL, SQ_BURST};
 use crate::cmd::io::{self, IoContext, Started};
 use crate::doorbell::Shadow;
 use crate::intx::LevelCallback;
@@ -33,14 +33,29 @@ const DEEP_BACKLOG: u32 = 16;
 pub(super) struct Signals {
     vectors: Vec<u16>,
     intx: Option<(LevelCallback, bool)>,
-    /// AER info codes of invalid doorbell values found in memory.
-    events: Vec<u8>,
+    /// Invalid doorbell values found in memory, guest memory found lost.
+    events: Vec<Event>,
+}
+
+/// What a pass found to tell the embedder.
+enum Event {
+    /// An Error event with this AER info code.
+    Aer(u8),
+    /// Guest memory was lost: report what `GuestMemory` queued.
+    MemoryLost,
 }
 
 /// Info code of "Invalid Doorbell Write Value" (NVMe Base 2.0, Figure 150).
 const INVALID_DOORBELL_VALUE: u8 = 0x01;
 
 impl Signals {
+    /// Reports the guest memory lost (already retired) once the lock is
+    /// dropped: no cost on the hot path, which delivers events anyway.
+    #[cold]
+    pub(super) fn memory_lost(&mut self) {
+        self.events.push(Event::MemoryLost);
+    }
+
     /// Signals `vector` once this pass.
     pub(super) fn push_vector(&mut self, v: u16) {
         if !self.vectors.contains(&v) {
@@ -107,7 +122,8 @@ impl Shared {
     /// Takes `raw` (None: unreadable, keep the last value) as the queue's
     /// new doorbell value when it is below `size`; an out-of-range value is
     /// reported once (`bad` remembers it) and ignored. Returns the value in
-    /// force.
+    /// force. (A shadow buffer whose memory was lost made the controller
+    /// fatal when the loss was found: see `memloss`.)
     #[inline]
     fn accept(
         &self,
@@ -128,7 +144,7 @@ impl Shared {
                 self.doorbells
                     .invalid_writes
                     .fetch_add(1, Ordering::Relaxed);
-                out.events.push(INVALID_DOORBELL_VALUE);
+                out.events.push(Event::Aer(INVALID_DOORBELL_VALUE));
             }
             _ => {}
         }
@@ -148,6 +164,9 @@ impl Shared {
         if cq.post(&mem, Cqe::new(0, cid, status, dw0), sqhd).is_err() {
             q.stats.cqe_post_errors += 1;
             self.fatal.store(true, Ordering::SeqCst);
+        } else if mem.lost() {
+            self.rings_lost(&mem, &[memloss::cq_ring(cq)], None);
+            self.mem.refresh();
         }
         if self.trace.on() {
             self.trace.admin_done(cid, status.field(), dw0);
@@ -231,9 +250,11 @@ impl Shared {
         }
         if !out.events.is_empty() {
             let handler = lock(&self.events).clone();
-            for info in out.events.drain(..) {
-                if let Some(h) = &handler {
-                    h(info);
+            for e in out.events.drain(..) {
+                match (e, &handler) {
+                    (Event::Aer(info), Some(h)) => h(info),
+                    (Event::Aer(_), None) => {}
+                    (Event::MemoryLost, _) => self.report_losses(),
                 }
             }
         }
@@ -256,7 +277,10 @@ impl Shared {
             q.coalesce.expire(&mut out.vectors);
             return reaped;
         }
-        let mem = self.mem.snapshot();
+        // A region of it can shrink under us: accesses are followed by a
+        // look at the loss epoch (mem.lost(): one branch for a map of
+        // sealed memfds).
+        let mut mem = self.mem.snapshot();
         let shadow = self.doorbells.shadow();
         let page_size = self.page_size.load(Ordering::Relaxed);
         // Read under the queue lock, which reset takes to bump it: stable
@@ -412,11 +436,26 @@ impl Shared {
                     // core) copy the rest, as fio's io_uring does.
                     offload_inline: inline >= INLINE_PASS,
                 };
-                let started = match before {
+                let mut started = match before {
                     Before::Fail(f) => Err(f),
                     _ if files => io::start(&mut ctx, &sqe),
                     _ => io::execute(&mut ctx, &sqe).map(Started::Done),
                 };
+                if mem.lost() {
+                    // Memory shrank since the pass began: what the command
+                    // read or wrote may be zero pages. Data Transfer Error
+                    // (and no file transfer through those buffers); fatal
+                    // if the queues went with it: then the SQE itself may
+                    // have been read from zero pages (harmless: the host
+                    // can submit any command anyway), and nothing is
+                    // posted. A loss during an admin command's fetch is
+                    // found at the end of the pass.
+                    if self.lost_during_command(&mut mem, sq, cq, shadow, out) {
+                        failed = true;
+                        break;
+                    }
+                    started = Err(io::transfer_failure(0, sqe.nsid()));
+                }
                 if self.has_inline
                     && matches!(started, Ok(Started::Done(_)))
                     && self.is_inline(sqe.nsid())
@@ -512,6 +551,12 @@ impl Shared {
             done += self.reap_files(q);
         }
         done += reaped;
+        if mem.lost() {
+            // The last CQEs or EventIdx writes of the pass went to memory
+            // that shrank (the host will never see them), or the loss
+            // came between passes.
+            failed |= self.lost_during_pass(&mem, q, shadow, out);
+        }
         self.decide_signals(w, q, out);
         if failed {
             self.fatal.store(true, Ordering::SeqCst);
@@ -571,6 +616,11 @@ impl Shared {
                     self.doorbells
                         .set_event_idx(&mem, sh, usize::from(cqid) * 2 + 1, cq.head);
                 }
+            }
+            if mem.lost() {
+                // EventIdx in memory that shrank: the host may never ring
+                // again.
+                self.lost_during_pass(&mem, q, shadow, out);
             }
             // SeqCst fence: the EventIdx stores above are ordered before the
             // doorbell re-reads below, pairing with the host's "write
@@ -743,6 +793,11 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
         }
         // Sleep until a doorbell write, an ioeventfd, a coalescing deadline
         // or an INTx resample check.
+        if s.mem.losses_due() {
+            // Found lost outside a pass of ours (an admin completion, a
+            // file completion, another thread): reported before sleeping.
+            s.report_losses();
+        }
         waker.prepare_sleep();
         let (work, mut nap) = s.sleep_plan(w, &mut out);
         s.deliver(&mut out);

@@ -36,6 +36,13 @@ where
     }
 }
 
+/// The memory loss handler: `callback(iova, size)` on the worker thread.
+pub(super) fn loss_notifier(callback: Py<PyAny>) -> impl Fn(u64, u64) + Send + Sync + 'static {
+    move |iova: u64, size: u64| {
+        let _ = attached(|py| lifecycle::call(callback.bind(py), (iova, size)).map(drop));
+    }
+}
+
 /// Calls the Python admin handler on the worker thread.
 pub(super) struct PyAdminHandler(pub(super) Py<PyAny>);
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use super::callbacks::{notifier, PyAdminHandler, PyDmaTransport};
+use super::callbacks::{loss_notifier, notifier, PyAdminHandler, PyDmaTransport};
 use super::errors::{choice, config_err, state_err, to_py, u16_arg};
 use super::lifecycle;
 use super::storage::PyStorage;
@@ -249,6 +249,7 @@ impl PyEngine {
         }
         self.inner.set_admin_handler(None);
         self.inner.set_event_handler(None);
+        self.inner.set_memory_loss_handler(None);
         self.inner.set_dma_transport(None);
     }
 
@@ -316,6 +317,19 @@ impl PyEngine {
 
     fn dma_regions(&self) -> Vec<(u64, u64, bool)> {
         self.inner.dma_regions()
+    }
+
+    fn dma_region_info(&self) -> Vec<(u64, u64, bool, &'static str)> {
+        self.inner
+            .dma_region_info()
+            .into_iter()
+            .map(|(iova, size, writable, kind)| (iova, size, writable, kind.name()))
+            .collect()
+    }
+
+    fn set_memory_loss_handler(&self, handler: Option<Py<PyAny>>) {
+        let cb = handler.map(|h| Arc::new(loss_notifier(h)) as crate::engine::LossCallback);
+        self.inner.set_memory_loss_handler(cb);
     }
 
     fn set_page_size(&self, py: Python<'_>, page_size: u64) -> PyResult<()> {

@@ -48,7 +48,9 @@ class Host:
     ``memory_bytes`` of guest RAM (a memfd) is mapped at ``iova``; with
     ``remote_memory`` it is remote instead (no fd: the controller reaches it
     through DMA transport callbacks the host serves, as a vfio-user client
-    does for DMA_READ/DMA_WRITE). With
+    does for DMA_READ/DMA_WRITE); with ``sealed_memory`` the memfd is
+    sealed against resizing as QEMU seals guest RAM (the controller trusts
+    it: no SIGBUS guard; unsealed, the default, it is guarded). With
     ``irq`` the host waits for completions on per-vector eventfds, as Linux
     does with MSI-X; without it every CQ is polled by phase tag. Use
     :meth:`enable` to bring the controller up like ``nvme_pci_enable`` does.
@@ -63,6 +65,7 @@ class Host:
         admin_entries: int = 32,
         irq: bool = True,
         remote_memory: bool = False,
+        sealed_memory: bool = False,
     ) -> None:
         self.controller = controller
         self.irq = irq
@@ -80,7 +83,7 @@ class Host:
         self.cap: int = controller.bar0_read(REG_CAP, 8)
         self.dstrd: int = (self.cap >> 32) & 0xF
         self.mqes: int = self.cap & 0xFFFF
-        self.add_region(iova, memory_bytes, remote=remote_memory)
+        self.add_region(iova, memory_bytes, remote=remote_memory, sealed=sealed_memory)
         self.doorbells = HostDoorbells(controller, self.mem)
         """How doorbells are rung (``doorbells.set_mode``): MMIO, shadow, page, ioeventfd."""
 
@@ -121,13 +124,15 @@ class Host:
 
     # guest memory
 
-    def add_region(self, iova: int, size: int, *, remote: bool = False) -> int:
+    def add_region(self, iova: int, size: int, *, remote: bool = False, sealed: bool = False) -> int:
         """Add a memfd of ``size`` bytes and map it for DMA at ``iova``; returns ``iova``.
 
         ``remote``: anonymous memory mapped with ``map_dma_remote``, served by
-        this host's memory as the controller's DMA transport.
+        this host's memory as the controller's DMA transport. ``sealed``: the
+        memfd is sealed against resizing, as QEMU seals guest RAM (the
+        controller trusts it and skips its SIGBUS guard).
         """
-        region = self.mem.add_region(iova, size, remote=remote)
+        region = self.mem.add_region(iova, size, remote=remote, sealed=sealed)
         try:
             if remote:
                 self.controller.map_dma_remote(iova, size, True)
@@ -489,9 +494,9 @@ class Host:
         """Submit one Asynchronous Event Request; returns its CID (wait on qid 0)."""
         return self.submit(build_sqe(op.ADMIN_ASYNC_EVENT_REQUEST), 0)
 
-    def create_io_cq(self, qid: int, entries: int, vector: int, irq: bool = True) -> int:
-        """Create I/O CQ ``qid`` (physically contiguous); returns its IOVA."""
-        iova = self.alloc(entries * CQE_SIZE)
+    def create_io_cq(self, qid: int, entries: int, vector: int, irq: bool = True, region: int | None = None) -> int:
+        """Create I/O CQ ``qid`` (physically contiguous; in the region at IOVA ``region``, default the first)."""
+        iova = self.alloc(entries * CQE_SIZE, region=region)
         sqe = build_sqe(op.ADMIN_CREATE_CQ, prp1=iova, cdw10=(entries - 1) << 16 | qid,
                         cdw11=vector << 16 | int(irq) << 1 | 1)
         try:
@@ -504,9 +509,9 @@ class Host:
             self._register_cq(qid, iova, entries, vector, irq and self.irq)
         return iova
 
-    def create_io_sq(self, qid: int, entries: int, cqid: int) -> int:
-        """Create I/O SQ ``qid`` posting to CQ ``cqid``; returns its IOVA."""
-        iova = self.alloc(entries * SQE_SIZE)
+    def create_io_sq(self, qid: int, entries: int, cqid: int, region: int | None = None) -> int:
+        """Create I/O SQ ``qid`` posting to CQ ``cqid`` (in the region at IOVA ``region``); returns its IOVA."""
+        iova = self.alloc(entries * SQE_SIZE, region=region)
         sqe = build_sqe(op.ADMIN_CREATE_SQ, prp1=iova, cdw10=(entries - 1) << 16 | qid,
                         cdw11=cqid << 16 | 1)
         try:

@@ -9,6 +9,7 @@ the controller's DMA reads.
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import threading
@@ -68,11 +69,16 @@ class GuestMemory:
         """The regions, in the order they were added."""
         return list(self._regions)
 
-    def add_region(self, iova: int, size: int, name: str = "nvmefast-guest", *, remote: bool = False) -> Region:
+    def add_region(
+        self, iova: int, size: int, name: str = "nvmefast-guest", *, remote: bool = False, sealed: bool = False
+    ) -> Region:
         """Create a memfd of ``size`` bytes and mmap it; the caller maps it for DMA.
 
         With ``remote`` the memory is anonymous (no fd): the caller maps it
-        with ``map_dma_remote`` and serves the transport from it.
+        with ``map_dma_remote`` and serves the transport from it. With
+        ``sealed`` the memfd is sealed against resizing (``F_SEAL_SHRINK``
+        and ``F_SEAL_GROW``), as QEMU's memory-backend-memfd seals guest
+        RAM: the controller then trusts it and skips its SIGBUS guard.
         """
         if size <= 0 or size % PAGE_SIZE or iova % PAGE_SIZE:
             raise GuestMemoryError(
@@ -89,9 +95,11 @@ class GuestMemory:
                 region = Region(iova, size, -1, mmap.mmap(-1, size), free_runs=[(0, size // PAGE_SIZE)])
                 self._regions.append(region)
                 return region
-            fd = os.memfd_create(name, os.MFD_CLOEXEC)
+            fd = os.memfd_create(name, os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealed else 0))
             try:
                 os.ftruncate(fd, size)
+                if sealed:
+                    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
                 mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             except BaseException:
                 os.close(fd)

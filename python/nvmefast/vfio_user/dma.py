@@ -26,6 +26,11 @@ log = logging.getLogger("nvmefast.vfio_user")
 
 PAGE = 4096
 
+_KINDS = {
+    "sealed": "sealed memfd: trusted, unguarded",
+    "guarded": "not sealed against shrinking: guarded",
+}
+
 
 class _Requester(Protocol):
     number: int
@@ -76,6 +81,8 @@ class DmaTable:
             raise ProtocolError(errno.EINVAL, f"DMA_MAP of {size:#x} bytes at {iova:#x} is empty or wraps")
         if iova % PAGE or size % PAGE:
             raise ProtocolError(errno.EINVAL, f"DMA_MAP {iova:#x}+{size:#x} is not 4 KiB aligned")
+        if len(self.regions) >= p.MAX_DMA_MAPS:
+            raise ProtocolError(errno.ENOSPC, f"DMA_MAP: this client already holds {p.MAX_DMA_MAPS} mappings (max_dma_maps)")
         for other, (osize, _) in self.regions.items():
             if iova < other + osize and other < iova + size:
                 raise ProtocolError(
@@ -95,14 +102,14 @@ class DmaTable:
         except NvmeFastError as e:
             raise ProtocolError(errno.EINVAL, f"DMA_MAP {iova:#x}+{size:#x}: {e}") from e
         self.regions[iova] = (size, fd is not None)
-        log.info(
-            "client %d: DMA map %#x+%#x %s%s",
-            self.conn.number,
-            iova,
-            size,
-            "rw" if writable else "ro",
-            f" fd offset {offset:#x}" if fd is not None else " (no fd: DMA_READ/DMA_WRITE messages)",
-        )
+        if fd is not None:
+            # A sealed memfd (QEMU's memory-backend-memfd) is trusted; any
+            # other fd may shrink under the device and is guarded.
+            kind = next((r.kind for r in self.controller.dma_regions() if r.iova == iova), "?")
+            how = f" fd offset {offset:#x} ({_KINDS.get(kind, kind)})"
+        else:
+            how = " (no fd: DMA_READ/DMA_WRITE messages)"
+        log.info("client %d: DMA map %#x+%#x %s%s", self.conn.number, iova, size, "rw" if writable else "ro", how)
 
     def unmap(self, iova: int, size: int) -> None:
         """DMA_UNMAP of exactly one earlier mapping (or of every mapping inside the range)."""

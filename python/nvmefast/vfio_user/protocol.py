@@ -155,6 +155,17 @@ MAX_MESSAGE_SIZE = HEADER.size + REGION_ACCESS.size + (1 << 20)
 """The largest message accepted: a REGION/DMA access of max_data_xfer_size."""
 MAX_DATA_XFER = 1 << 20
 MAX_MSG_FDS = 16  # QEMU refuses more than 16
+MAX_DMA_MAPS = 65535
+"""DMA mappings one client may hold (advertised as max_dma_maps, and enforced)."""
+MAX_QUEUED = 64
+"""Messages a client may have waiting for the handler thread: past it the
+reader stops reading the socket (the client's sends block) until one is
+done, so a client that sends without waiting for replies holds at most
+this many messages (each at most MAX_MESSAGE_SIZE bytes) in the server."""
+FIRST_MESSAGE_TIMEOUT = 10.0
+"""Seconds a new connection has to send its first whole message (VERSION):
+a client that connects and stays silent (or trickles bytes) would
+otherwise hold the server, which serves one client at a time, for ever."""
 
 
 class ProtocolError(Exception):

@@ -64,7 +64,8 @@ class _Connection:
         self.dma = DmaTable(self.controller, self)
         self.negotiated = False
         self.send_lock = threading.Lock()
-        self.commands: queue.Queue[tuple[Header, bytes, list[int]] | None] = queue.Queue()
+        # Bounded (backpressure on the socket): see p.MAX_QUEUED.
+        self.commands: queue.Queue[tuple[Header, bytes, list[int]] | None] = queue.Queue(p.MAX_QUEUED)
         self.replies: dict[int, tuple[threading.Event, list[tuple[Header, bytes]]]] = {}
         self.replies_lock = threading.Lock()
         self.next_id = 0x8000
@@ -76,6 +77,8 @@ class _Connection:
         """Doorbell writes run on the reader (the handler was idle)."""
         self.reader = threading.Thread(target=self._read_loop, name=f"vfio-user-reader-{number}", daemon=True)
         self.handler = threading.Thread(target=self._handle_loop, name=f"vfio-user-handler-{number}", daemon=True)
+        self.spoke = False
+        """A whole message arrived (the server's first-message deadline is met)."""
 
     def start(self) -> None:
         self.reader.start()
@@ -158,6 +161,7 @@ class _Connection:
             return False
         if got is None:
             return False
+        self.spoke = True
         hdr, payload, fds = got
         if hdr.kind == p.TYPE_REPLY:
             p.close_fds(fds)
@@ -272,7 +276,7 @@ class _Connection:
                 "max_msg_fds": p.MAX_MSG_FDS,
                 "max_data_xfer_size": p.MAX_DATA_XFER,
                 "pgsizes": 4096,
-                "max_dma_maps": 65535,
+                "max_dma_maps": p.MAX_DMA_MAPS,
                 "write_multiple": True,
             }
         }
@@ -494,6 +498,8 @@ class VfioUserServer:
         self.doorbells = doorbells
         self.controller = controller if controller is not None else Controller(config)
         self.doorbell_scan_us = doorbell_scan_us
+        self.first_message_timeout = p.FIRST_MESSAGE_TIMEOUT
+        """Seconds a new client has to send its first whole message before it is disconnected."""
         self.connections = 0
         """Clients accepted so far."""
         self._listener: socket.socket | None = None
@@ -563,8 +569,19 @@ class VfioUserServer:
                 self._current = conn
             log.info("client %d connected", conn.number)
             with self._lock:
+                # One client at a time: one that connects and never completes
+                # a message would hold the server for ever.
+                silent_until: float | None = time.monotonic() + self.first_message_timeout
                 while self._current is conn and not self._stopping:
-                    self._idle.wait()
+                    if conn.spoke or silent_until is None:
+                        self._idle.wait()
+                    elif (left := silent_until - time.monotonic()) > 0:
+                        self._idle.wait(left)
+                    else:
+                        log.warning("client %d sent no message within %g s; closing the connection",
+                                    conn.number, self.first_message_timeout)
+                        conn.close()
+                        silent_until = None
 
     def _connection_done(self, conn: _Connection) -> None:
         if not self.controller.closed:

@@ -10,16 +10,26 @@
 //! runs can make later commands fail with a Data Transfer Error but can never
 //! make a worker touch unmapped host memory.
 //!
+//! A region can also shrink under the device: whoever shares the memory can
+//! truncate its file, and touching a page past the end raises SIGBUS. Every
+//! fd-backed region but a memfd sealed against shrinking is guarded by
+//! [`guard`]: a fault in it turns the region into zero pages and marks it
+//! lost, the access that faulted (and any other that ran meanwhile) learns
+//! it from [`MemoryMap::lost`], and the next snapshot has the region as
+//! [`Kind::Lost`], which fails every access as an unmapped range does.
+//!
 //! vm-memory offers the same shape (`GuestMemoryAtomic`); this module stays
 //! hand-written because the hot path wants one binary search and a raw
 //! pointer per PRP segment, and IOVA regions here may sit anywhere in a
 //! 64-bit space with holes, as vfio-user clients place them.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+
+pub mod guard;
 
 /// Errors of guest memory mapping and access.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -62,6 +72,10 @@ pub enum MemError {
     /// The transport failed to move the bytes of a remote range.
     #[error("DMA transport failed for {iova:#x}+{len:#x}: {reason}")]
     Transport { iova: u64, len: u64, reason: String },
+    /// The range is in a region whose memory was lost under the device
+    /// (its file shrank): it stays mapped, but no access reaches it.
+    #[error("guest range {iova:#x}+{len:#x} is in a region whose memory was lost (its file shrank under the device); unmap it")]
+    Lost { iova: u64, len: u64 },
     /// The mapping would extend past the end of the file, where access faults.
     #[error("fd {fd} is {file_size:#x} bytes long; offset {offset:#x} + size {size:#x} goes past its end")]
     PastEnd {
@@ -94,6 +108,35 @@ enum Backing {
     },
     /// In the client only: every access is a transport message.
     Remote,
+    /// An fd region whose file shrank under the device: the region it
+    /// wraps stays mapped (zero pages) until this one is dropped, and
+    /// every access fails.
+    Lost { _mapping: Arc<Region> },
+}
+
+/// What a region is, as [`MemoryMap::region_info`] tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A memfd sealed against shrinking: trusted, not guarded.
+    Sealed,
+    /// Any other fd: guarded against the file shrinking (SIGBUS).
+    Guarded,
+    /// No fd: reached through the transport.
+    Remote,
+    /// Guarded, and its file shrank: every access fails.
+    Lost,
+}
+
+impl Kind {
+    /// The kind's name, as the Python API reports it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Sealed => "sealed",
+            Kind::Guarded => "guarded",
+            Kind::Remote => "remote",
+            Kind::Lost => "lost",
+        }
+    }
 }
 
 /// One DMA region. Owns its host mapping, if it has one.
@@ -102,6 +145,8 @@ pub struct Region {
     len: u64,
     backing: Backing,
     writable: bool,
+    /// Registered with the SIGBUS guard (fd regions that can shrink).
+    guard: Option<guard::Guard>,
 }
 
 // SAFETY: a Region is an owned shared mapping (or none); its pointers are
@@ -114,6 +159,9 @@ unsafe impl Sync for Region {}
 
 impl Drop for Region {
     fn drop(&mut self) {
+        // Unregistered before munmap: once the range can be reused by
+        // another mapping, a fault there must not be taken for ours.
+        drop(self.guard.take());
         if let Backing::Fd {
             map_base, map_len, ..
         } = self.backing
@@ -126,6 +174,26 @@ impl Drop for Region {
             }
         }
     }
+}
+
+/// False for a memfd sealed against shrinking (`F_SEAL_SHRINK`), whose
+/// pages cannot go away under a mapping; true for every other fd. A sealed
+/// hugetlbfs memfd still can: a hole punched in it is refilled from the
+/// huge page pool on the next touch, and an empty pool raises SIGBUS.
+fn can_shrink(fd: RawFd) -> bool {
+    // SAFETY: fcntl F_GET_SEALS takes no pointer; an fd that is not a
+    // memfd fails with EINVAL.
+    let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+    if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+        return true;
+    }
+    // SAFETY: fstatfs writes only into the buffer we pass.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fs` is a valid, writable statfs buffer.
+    if unsafe { libc::fstatfs(fd, &mut fs) } != 0 {
+        return true;
+    }
+    fs.f_type == libc::HUGETLBFS_MAGIC
 }
 
 /// The host's page size (what mmap offsets and madvise ranges align to).
@@ -210,6 +278,18 @@ impl Region {
         if base == libc::MAP_FAILED {
             return Err(bad(std::io::Error::last_os_error().to_string()));
         }
+        let guard = if can_shrink(fd) {
+            match guard::Guard::register(base, map_len, prot) {
+                Ok(g) => Some(g),
+                Err(reason) => {
+                    // SAFETY: the mapping made above, used by nobody yet.
+                    unsafe { libc::munmap(base, map_len) };
+                    return Err(bad(reason));
+                }
+            }
+        } else {
+            None
+        };
         Ok(Region {
             iova,
             len: size,
@@ -220,7 +300,36 @@ impl Region {
                 map_len,
             },
             writable,
+            guard,
         })
+    }
+
+    /// What the region is.
+    fn kind(&self) -> Kind {
+        match (&self.backing, &self.guard) {
+            (Backing::Fd { .. }, None) => Kind::Sealed,
+            (Backing::Fd { .. }, Some(_)) => Kind::Guarded,
+            (Backing::Remote, _) => Kind::Remote,
+            (Backing::Lost { .. }, _) => Kind::Lost,
+        }
+    }
+
+    /// True for a guarded fd region the SIGBUS handler found shrunk (still
+    /// `Backing::Fd` in snapshots taken before the loss was noticed).
+    #[inline]
+    fn faulted(&self) -> bool {
+        self.guard.as_ref().is_some_and(guard::Guard::lost)
+    }
+
+    /// True when host range `[p, p + len)` overlaps this fd region's mapping.
+    fn holds(&self, p: usize, len: usize) -> bool {
+        match self.backing {
+            Backing::Fd { host, .. } => {
+                let start = host as usize;
+                p < start.saturating_add(self.len as usize) && start < p.saturating_add(len)
+            }
+            _ => false,
+        }
     }
 
     /// A remote region of `size` bytes at `iova`: no host mapping.
@@ -235,6 +344,7 @@ impl Region {
             len: size,
             backing: Backing::Remote,
             writable,
+            guard: None,
         })
     }
 
@@ -250,9 +360,79 @@ impl Region {
 pub struct MemoryMap {
     regions: Vec<Arc<Region>>,
     transport: Option<Arc<dyn DmaTransport>>,
+    /// Some region is guarded: accesses must check [`MemoryMap::lost`].
+    /// False for a map of sealed memfds and remote regions only, which
+    /// pays nothing for the guard.
+    guarded: bool,
+    /// The loss epoch up to which every loss of a region of this map is
+    /// known: none of its `Backing::Fd` regions had faulted then.
+    epoch: AtomicU64,
 }
 
 impl MemoryMap {
+    fn new(
+        regions: Vec<Arc<Region>>,
+        transport: Option<Arc<dyn DmaTransport>>,
+        epoch: u64,
+    ) -> MemoryMap {
+        let guarded = regions.iter().any(|r| r.kind() == Kind::Guarded);
+        MemoryMap {
+            regions,
+            transport,
+            guarded,
+            epoch: AtomicU64::new(epoch),
+        }
+    }
+
+    /// True when this map has guarded regions (and so accesses through it
+    /// must be followed by [`MemoryMap::lost`]).
+    #[inline]
+    pub fn guarded(&self) -> bool {
+        self.guarded
+    }
+
+    /// True when a region of this snapshot lost its memory (its file
+    /// shrank) since the snapshot was taken: an access through it since
+    /// then may have faulted, or read and written zero pages, and must be
+    /// treated as failed. Call it after a sequence of accesses, before
+    /// their result counts (a completion, a status). Costs a branch for a
+    /// map with no guarded region, two loads otherwise.
+    #[inline]
+    pub fn lost(&self) -> bool {
+        self.guarded && guard::epoch() != self.epoch.load(Ordering::Relaxed) && self.scan_lost()
+    }
+
+    /// The slow part of [`MemoryMap::lost`]: the epoch moved (a fault in
+    /// some guarded region of the process); is it one of ours?
+    #[cold]
+    fn scan_lost(&self) -> bool {
+        let e = guard::epoch();
+        if self.regions.iter().any(|r| r.faulted()) {
+            return true;
+        }
+        // Every loss up to `e` is visible (epoch() is Acquire) and none is
+        // ours: later calls need not look again until the epoch moves.
+        self.epoch.fetch_max(e, Ordering::Relaxed);
+        false
+    }
+
+    /// True when guest range `[iova, iova + len)` overlaps a region whose
+    /// memory was lost (retired or faulted since this snapshot).
+    pub fn range_lost(&self, iova: u64, len: u64) -> bool {
+        let last = iova.saturating_add(len.max(1) - 1);
+        self.regions
+            .iter()
+            .any(|r| iova <= r.end() && r.iova <= last && (r.faulted() || r.kind() == Kind::Lost))
+    }
+
+    /// True when host range `[p, p + len)` (a buffer translated against
+    /// this snapshot) lies in a region whose memory was lost since.
+    pub fn host_lost(&self, p: *const u8, len: usize) -> bool {
+        self.regions
+            .iter()
+            .any(|r| r.faulted() && r.holds(p as usize, len))
+    }
+
     /// Host pointer for guest range `[iova, iova+len)`, which must lie inside
     /// one region (and a writable one when `write`). `len` may be 0. A range
     /// in a remote region is [`MemError::Remote`]: accessible, but only
@@ -279,6 +459,7 @@ impl MemoryMap {
             // SAFETY: iova - r.iova < r.len, so the pointer stays inside the mapping.
             Backing::Fd { host, .. } => Ok(unsafe { host.add((iova - r.iova) as usize) }),
             Backing::Remote => Err(MemError::Remote { iova, len }),
+            Backing::Lost { .. } => Err(MemError::Lost { iova, len }),
         }
     }
 
@@ -413,6 +594,18 @@ impl MemoryMap {
             .map(|r| (r.iova, r.len, r.writable))
             .collect()
     }
+
+    /// The regions as (iova, size, writable, kind), ascending. A region
+    /// that faulted since this snapshot was taken is reported lost.
+    pub fn region_info(&self) -> Vec<(u64, u64, bool, Kind)> {
+        self.regions
+            .iter()
+            .map(|r| {
+                let kind = if r.faulted() { Kind::Lost } else { r.kind() };
+                (r.iova, r.len, r.writable, kind)
+            })
+            .collect()
+    }
 }
 
 /// The guest memory of one controller.
@@ -420,6 +613,12 @@ pub struct GuestMemory {
     map: ArcSwap<MemoryMap>,
     /// Serialises writers so two concurrent map/unmap calls cannot lose one another.
     writer: Mutex<()>,
+    /// Regions whose memory was lost (counted once each).
+    lost_regions: AtomicU64,
+    /// Lost regions as (iova, size) not yet taken by [`GuestMemory::take_losses`].
+    losses: Mutex<Vec<(u64, u64)>>,
+    /// `losses` is not empty.
+    losses_due: AtomicBool,
 }
 
 impl Default for GuestMemory {
@@ -434,14 +633,85 @@ impl GuestMemory {
         GuestMemory {
             map: ArcSwap::from_pointee(MemoryMap::default()),
             writer: Mutex::new(()),
+            lost_regions: AtomicU64::new(0),
+            losses: Mutex::new(Vec::new()),
+            losses_due: AtomicBool::new(false),
         }
     }
 
     /// The current map; hold it for a batch, not forever (it keeps unmapped
-    /// regions alive).
+    /// regions alive). It may hold a region lost since it was published
+    /// ([`MemoryMap::lost`] says so after the accesses; then
+    /// [`GuestMemory::refresh`]).
     #[inline]
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<MemoryMap>> {
         self.map.load()
+    }
+
+    /// The current map once every region the SIGBUS guard found shrunk is
+    /// replaced with a lost one (which fails every access); each is
+    /// counted and queued for [`GuestMemory::take_losses`] once, since a
+    /// lost region is not guarded any more. For the cold path after
+    /// [`MemoryMap::lost`] said so: the hot path pays nothing for it.
+    #[cold]
+    pub fn refresh(&self) -> arc_swap::Guard<Arc<MemoryMap>> {
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.map.load_full();
+        // Read before the flags: every loss up to `e` is visible below.
+        let e = guard::epoch();
+        if !cur.regions.iter().any(|r| r.faulted()) {
+            cur.epoch.fetch_max(e, Ordering::Relaxed);
+            return self.map.load();
+        }
+        let mut lost = Vec::new();
+        let regions = cur
+            .regions
+            .iter()
+            .map(|r| {
+                if !r.faulted() {
+                    return Arc::clone(r);
+                }
+                lost.push((r.iova, r.len));
+                Arc::new(Region {
+                    iova: r.iova,
+                    len: r.len,
+                    backing: Backing::Lost {
+                        _mapping: Arc::clone(r),
+                    },
+                    writable: r.writable,
+                    guard: None,
+                })
+            })
+            .collect();
+        self.map
+            .store(Arc::new(MemoryMap::new(regions, cur.transport.clone(), e)));
+        self.lost_regions
+            .fetch_add(lost.len() as u64, Ordering::Relaxed);
+        self.losses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(lost);
+        self.losses_due.store(true, Ordering::Release);
+        self.map.load()
+    }
+
+    /// Regions whose memory was lost so far (each counted once).
+    pub fn lost_regions(&self) -> u64 {
+        self.lost_regions.load(Ordering::Relaxed)
+    }
+
+    /// True when lost regions wait to be reported.
+    #[inline]
+    pub fn losses_due(&self) -> bool {
+        self.losses_due.load(Ordering::Relaxed)
+    }
+
+    /// The lost regions, (iova, size), not taken before.
+    #[cold]
+    pub fn take_losses(&self) -> Vec<(u64, u64)> {
+        let mut l = self.losses.lock().unwrap_or_else(|e| e.into_inner());
+        self.losses_due.store(false, Ordering::Relaxed);
+        std::mem::take(&mut *l)
     }
 
     /// Maps `size` bytes of `fd` at `offset` as guest range `iova`.
@@ -489,11 +759,21 @@ impl GuestMemory {
         let mut regions = cur.regions.clone();
         let at = regions.partition_point(|r| r.iova < iova);
         regions.insert(at, region);
-        self.map.store(Arc::new(MemoryMap {
-            regions,
-            transport: cur.transport.clone(),
-        }));
+        self.store(&cur, regions, cur.transport.clone());
         Ok(())
+    }
+
+    /// Publishes a new map; losses `cur` had not seen are still to be
+    /// seen in it (its epoch is `cur`'s).
+    fn store(
+        &self,
+        cur: &MemoryMap,
+        regions: Vec<Arc<Region>>,
+        transport: Option<Arc<dyn DmaTransport>>,
+    ) {
+        let epoch = cur.epoch.load(Ordering::Relaxed);
+        self.map
+            .store(Arc::new(MemoryMap::new(regions, transport, epoch)));
     }
 
     /// Sets (Some) or removes (None) the transport that reaches remote
@@ -502,10 +782,7 @@ impl GuestMemory {
     pub fn set_transport(&self, transport: Option<Arc<dyn DmaTransport>>) {
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.map.load_full();
-        self.map.store(Arc::new(MemoryMap {
-            regions: cur.regions.clone(),
-            transport,
-        }));
+        self.store(&cur, cur.regions.clone(), transport);
     }
 
     /// Removes the mapping that is exactly `[iova, iova+size)`.
@@ -519,10 +796,7 @@ impl GuestMemory {
             .ok_or(MemError::NotMapped { iova, size })?;
         let mut regions = cur.regions.clone();
         regions.remove(pos);
-        self.map.store(Arc::new(MemoryMap {
-            regions,
-            transport: cur.transport.clone(),
-        }));
+        self.store(&cur, regions, cur.transport.clone());
         Ok(())
     }
 
@@ -530,309 +804,9 @@ impl GuestMemory {
     pub fn clear(&self) {
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.map.load_full();
-        self.map.store(Arc::new(MemoryMap {
-            regions: Vec::new(),
-            transport: cur.transport.clone(),
-        }));
+        self.store(&cur, Vec::new(), cur.transport.clone());
     }
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-
-    pub(crate) fn memfd(size: u64) -> OwnedFd {
-        // SAFETY: memfd_create with a valid C string; we own the returned fd.
-        let fd = unsafe { libc::memfd_create(c"nvmefast-test".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: fd is a fresh memfd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: ftruncate on our own fd.
-        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) }, 0);
-        fd
-    }
-
-    #[test]
-    fn map_translate_bounds() {
-        let m = GuestMemory::new();
-        let fd = memfd(0x10000);
-        m.map(0x1_0000_0000, 0x4000, fd.as_raw_fd(), 0x1000, true)
-            .unwrap();
-        let s = m.snapshot();
-        assert!(s.translate(0x1_0000_0000, 0x4000, true).is_ok());
-        assert!(s.translate(0x1_0000_3fff, 1, true).is_ok());
-        assert_eq!(
-            s.translate(0x1_0000_3fff, 2, false),
-            Err(MemError::Unmapped {
-                iova: 0x1_0000_3fff,
-                len: 2
-            })
-        );
-        assert!(s.translate(0xffff_ffff, 1, false).is_err());
-        assert!(s.translate(u64::MAX, 2, false).is_err());
-        s.write(0x1_0000_0010, b"hello").unwrap();
-        let mut b = [0u8; 5];
-        s.read(0x1_0000_0010, &mut b).unwrap();
-        assert_eq!(&b, b"hello");
-    }
-
-    #[test]
-    fn offset_is_honoured_and_unaligned_offsets_work() {
-        let m = GuestMemory::new();
-        let fd = memfd(0x3000);
-        m.map(0, 0x1000, fd.as_raw_fd(), 0x1000, true).unwrap();
-        m.map(0x10000, 0x100, fd.as_raw_fd(), 0x1008, true).unwrap();
-        let s = m.snapshot();
-        s.write(0x8, &[0xab; 4]).unwrap();
-        let mut b = [0u8; 4];
-        s.read(0x10000, &mut b).unwrap();
-        assert_eq!(b, [0xab; 4], "both mappings see the same file bytes");
-    }
-
-    #[test]
-    fn overlap_unmap_and_errors() {
-        let m = GuestMemory::new();
-        let fd = memfd(0x4000);
-        m.map(0x2000, 0x2000, fd.as_raw_fd(), 0, true).unwrap();
-        assert!(matches!(
-            m.map(0x3000, 0x2000, fd.as_raw_fd(), 0, true),
-            Err(MemError::Overlap { .. })
-        ));
-        assert!(matches!(
-            m.map(0x1000, 0x1001, fd.as_raw_fd(), 0, true),
-            Err(MemError::Overlap { .. })
-        ));
-        m.map(0x1000, 0x1000, fd.as_raw_fd(), 0, true).unwrap();
-        assert_eq!(
-            m.map(0x9000, 0, fd.as_raw_fd(), 0, true),
-            Err(MemError::ZeroSize)
-        );
-        assert!(matches!(
-            m.map(0x9000, 0x1000, fd.as_raw_fd(), 0x3800, true),
-            Err(MemError::PastEnd { .. })
-        ));
-        assert!(matches!(
-            m.map(0x9000, 0x1000, -1, 0, true),
-            Err(MemError::BadFd { .. })
-        ));
-        assert!(matches!(
-            m.map(u64::MAX, 2, fd.as_raw_fd(), 0, true),
-            Err(MemError::Overflow { .. })
-        ));
-        assert_eq!(
-            m.unmap(0x2000, 0x1000),
-            Err(MemError::NotMapped {
-                iova: 0x2000,
-                size: 0x1000
-            })
-        );
-        let held = m.snapshot();
-        m.unmap(0x2000, 0x2000).unwrap();
-        // A snapshot taken before unmap still reads safely; a new one does not see it.
-        let mut b = [0u8; 8];
-        held.read(0x2000, &mut b).unwrap();
-        assert!(m.snapshot().read(0x2000, &mut b).is_err());
-        assert_eq!(m.snapshot().regions(), vec![(0x1000, 0x1000, true)]);
-    }
-
-    /// A client's memory behind the transport: `base`-relative bytes, a log
-    /// of (is_write, iova, len) calls, and a switch that makes calls fail.
-    pub(crate) struct FakeClient {
-        pub base: u64,
-        pub bytes: Mutex<Vec<u8>>,
-        pub log: Mutex<Vec<(bool, u64, usize)>>,
-        pub fail: std::sync::atomic::AtomicBool,
-    }
-
-    impl FakeClient {
-        pub(crate) fn new(base: u64, size: usize) -> Arc<FakeClient> {
-            Arc::new(FakeClient {
-                base,
-                bytes: Mutex::new(vec![0; size]),
-                log: Mutex::new(Vec::new()),
-                fail: std::sync::atomic::AtomicBool::new(false),
-            })
-        }
-
-        fn range(&self, iova: u64, len: usize) -> Result<std::ops::Range<usize>, String> {
-            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err("client went away".into());
-            }
-            let at = iova
-                .checked_sub(self.base)
-                .ok_or("below the client's memory")? as usize;
-            Ok(at..at + len)
-        }
-    }
-
-    impl DmaTransport for FakeClient {
-        fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), String> {
-            self.log.lock().unwrap().push((false, iova, buf.len()));
-            let r = self.range(iova, buf.len())?;
-            buf.copy_from_slice(&self.bytes.lock().unwrap()[r]);
-            Ok(())
-        }
-
-        fn write(&self, iova: u64, data: &[u8]) -> Result<(), String> {
-            self.log.lock().unwrap().push((true, iova, data.len()));
-            let r = self.range(iova, data.len())?;
-            self.bytes.lock().unwrap()[r].copy_from_slice(data);
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn remote_regions_go_through_the_transport() {
-        let m = GuestMemory::new();
-        m.map_remote(0x10_0000, 0x2000, true).unwrap();
-        let s = m.snapshot();
-        let mut b = [0u8; 4];
-        assert_eq!(
-            s.read(0x10_0000, &mut b),
-            Err(MemError::NoTransport {
-                iova: 0x10_0000,
-                len: 4
-            })
-        );
-        let c = FakeClient::new(0x10_0000, 0x2000);
-        m.set_transport(Some(c.clone()));
-        let s = m.snapshot();
-        s.write(0x10_0010, b"abcd").unwrap();
-        assert_eq!(&c.bytes.lock().unwrap()[0x10..0x14], b"abcd");
-        c.bytes.lock().unwrap()[0x100..0x108]
-            .copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
-        assert_eq!(s.read_u64(0x10_0100).unwrap(), 0x1122_3344_5566_7788);
-        s.read(0x10_0010, &mut b).unwrap();
-        assert_eq!(&b, b"abcd");
-        assert_eq!(
-            *c.log.lock().unwrap(),
-            vec![
-                (true, 0x10_0010, 4),
-                (false, 0x10_0100, 8),
-                (false, 0x10_0010, 4)
-            ]
-        );
-        // No host address, and no atomics: callers fall back to copies.
-        assert_eq!(
-            s.translate(0x10_0000, 16, true),
-            Err(MemError::Remote {
-                iova: 0x10_0000,
-                len: 16
-            })
-        );
-        assert!(matches!(s.atomic_u64(0x10_0000, true), Ok(None)));
-        assert!(matches!(s.atomic_u32(0x10_0000, false), Ok(None)));
-        // Bounds are the region's, as for fd regions: the transport never
-        // sees a range that leaves it.
-        assert_eq!(
-            s.read(0x10_1ffc, &mut [0u8; 8]),
-            Err(MemError::Unmapped {
-                iova: 0x10_1ffc,
-                len: 8
-            })
-        );
-        assert!(s.atomic_u64(0x10_1ffc, false).is_err());
-        c.fail.store(true, std::sync::atomic::Ordering::SeqCst);
-        assert!(matches!(
-            s.write(0x10_0000, b"x"),
-            Err(MemError::Transport {
-                iova: 0x10_0000,
-                len: 1,
-                ..
-            })
-        ));
-        m.set_transport(None);
-        assert!(matches!(
-            m.snapshot().read_u64(0x10_0000),
-            Err(MemError::NoTransport { .. })
-        ));
-    }
-
-    #[test]
-    fn remote_regions_are_read_only_when_mapped_so() {
-        let m = GuestMemory::new();
-        let c = FakeClient::new(0, 0x1000);
-        m.set_transport(Some(c.clone()));
-        m.map_remote(0, 0x1000, false).unwrap();
-        let s = m.snapshot();
-        assert_eq!(s.write(0, b"x"), Err(MemError::ReadOnly { iova: 0 }));
-        assert!(matches!(
-            s.atomic_u64(0, true),
-            Err(MemError::ReadOnly { iova: 0 })
-        ));
-        s.read(0, &mut [0u8; 1]).unwrap();
-        assert_eq!(
-            c.log.lock().unwrap().len(),
-            1,
-            "the refused write sent nothing"
-        );
-    }
-
-    #[test]
-    fn remote_and_fd_regions_share_overlap_and_unmap_rules() {
-        let m = GuestMemory::new();
-        let fd = memfd(0x4000);
-        m.map(0x2000, 0x2000, fd.as_raw_fd(), 0, true).unwrap();
-        assert!(matches!(
-            m.map_remote(0x3000, 0x2000, true),
-            Err(MemError::Overlap { other: 0x2000, .. })
-        ));
-        assert_eq!(m.map_remote(0x9000, 0, true), Err(MemError::ZeroSize));
-        assert!(matches!(
-            m.map_remote(u64::MAX, 2, true),
-            Err(MemError::Overflow { .. })
-        ));
-        m.map_remote(0x4000, 0x1000, false).unwrap();
-        assert!(matches!(
-            m.map(0x4800, 0x1000, fd.as_raw_fd(), 0, true),
-            Err(MemError::Overlap { other: 0x4000, .. })
-        ));
-        m.map_remote(0x1000, 0x1000, true).unwrap();
-        assert_eq!(
-            m.snapshot().regions(),
-            vec![
-                (0x1000, 0x1000, true),
-                (0x2000, 0x2000, true),
-                (0x4000, 0x1000, false)
-            ]
-        );
-        // A range spanning an fd region and a remote one is in no one region.
-        assert!(matches!(
-            m.snapshot().translate(0x3ff8, 16, false),
-            Err(MemError::Unmapped { .. })
-        ));
-        assert_eq!(
-            m.unmap(0x4000, 0x800),
-            Err(MemError::NotMapped {
-                iova: 0x4000,
-                size: 0x800
-            })
-        );
-        m.unmap(0x4000, 0x1000).unwrap();
-        assert!(matches!(
-            m.snapshot().read(0x4000, &mut [0u8; 1]),
-            Err(MemError::Unmapped { .. })
-        ));
-        // Unmapping keeps the transport; clear keeps it too.
-        let c = FakeClient::new(0x1000, 0x1000);
-        m.set_transport(Some(c.clone()));
-        m.unmap(0x2000, 0x2000).unwrap();
-        m.snapshot().write(0x1000, b"y").unwrap();
-        m.clear();
-        m.map_remote(0x1000, 0x1000, true).unwrap();
-        m.snapshot().write(0x1001, b"z").unwrap();
-        assert_eq!(&c.bytes.lock().unwrap()[..2], b"yz");
-    }
-
-    #[test]
-    fn read_only_regions_refuse_device_writes() {
-        let m = GuestMemory::new();
-        let fd = memfd(0x1000);
-        m.map(0, 0x1000, fd.as_raw_fd(), 0, false).unwrap();
-        let s = m.snapshot();
-        assert_eq!(s.write(0, b"x"), Err(MemError::ReadOnly { iova: 0 }));
-        let mut b = [0u8; 1];
-        s.read(0, &mut b).unwrap();
-    }
-}
+pub(crate) mod tests;
