@@ -71,6 +71,12 @@ impl CustomBackend {
         }
     }
 
+    /// The storage object (its metadata methods serve the namespace's
+    /// metadata).
+    pub fn storage(&self) -> Arc<dyn Storage> {
+        self.storage.clone()
+    }
+
     /// Format NVM changed the LBA size.
     pub fn set_lba_size(&self, lba_size: u32) {
         self.lba_shift

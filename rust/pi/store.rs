@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::Format;
-use crate::backend::{Backend, Errno, RamBackend, Storage, StorageRef};
+use crate::backend::{Backend, Errno, RamBackend, Storage};
 
 /// A store's failure as errno (a storage object's failure is EPROTO, as
 /// for its data).
@@ -131,12 +131,7 @@ impl Store {
     /// The store for `fmt` on a namespace of `lbas` blocks kept by
     /// `backend` (None without metadata). `storage` is the embedder's
     /// object of a custom namespace. Err says what to change.
-    pub fn open(
-        fmt: Format,
-        lbas: u64,
-        backend: &Backend,
-        storage: Option<&StorageRef>,
-    ) -> Result<Option<Arc<Store>>, String> {
+    pub fn open(fmt: Format, lbas: u64, backend: &Backend) -> Result<Option<Arc<Store>>, String> {
         if !fmt.has_metadata() {
             return Ok(None);
         }
@@ -146,15 +141,15 @@ impl Store {
         let store = match backend {
             Backend::Ram(_) => Store::Ram(RamBackend::new(len).map_err(|e| e.to_string())?),
             Backend::Null(_) => Store::Nowhere,
-            Backend::Custom(_) => {
-                let s = storage.ok_or("a custom namespace needs its storage object")?;
-                if !s.0.has_metadata() {
+            Backend::Custom(c) => {
+                let s = c.storage();
+                if !s.has_metadata() {
                     return Err("metadata_size needs a storage object with read_metadata(lba, nlb) and \
                                 write_metadata(lba, data) methods (see nvmefast.Storage); add them, or \
                                 drop metadata_size"
                         .into());
                 }
-                Store::Custom(s.0.clone())
+                Store::Custom(s)
             }
             Backend::File(f) => {
                 let meta = std::fs::metadata(f.path()).map_err(|e| e.to_string())?;
@@ -184,7 +179,6 @@ impl Store {
         fmt: Format,
         lbas: u64,
         backend: &Backend,
-        storage: Option<&StorageRef>,
     ) -> Result<Option<Arc<Store>>, String> {
         if let (Some(old), true) = (&old, fmt.has_metadata()) {
             if let Store::File(f) = &**old {
@@ -198,7 +192,7 @@ impl Store {
         }
         // Let go of an old companion (its lock) before opening anew.
         drop(old);
-        let store = Store::open(fmt, lbas, backend, storage)?;
+        let store = Store::open(fmt, lbas, backend)?;
         if let Some(s) = &store {
             // A storage object's metadata reads back as it kept it: make
             // every block deallocated.
@@ -381,7 +375,7 @@ mod tests {
     #[test]
     fn never_written_metadata_reads_deallocated_then_as_written() {
         let ram = Backend::new("ram", 1 << 20, 512, None, None).unwrap();
-        let s = Store::open(fmt8(), 2048, &ram, None).unwrap().unwrap();
+        let s = Store::open(fmt8(), 2048, &ram).unwrap().unwrap();
         let mut out = [0u8; 16];
         s.read(5, 8, &mut out).unwrap();
         assert_eq!(out, [0xFF; 16], "deallocated: all FFh");
@@ -393,9 +387,7 @@ mod tests {
         s.read(5, 8, &mut out).unwrap();
         assert_eq!(out[..8], data[..8]);
         assert_eq!(out[8..], [0xFF; 8]);
-        assert!(Store::open(Format::NONE, 2048, &ram, None)
-            .unwrap()
-            .is_none());
+        assert!(Store::open(Format::NONE, 2048, &ram).unwrap().is_none());
     }
 
     #[test]
@@ -411,7 +403,7 @@ mod tests {
         let _ = std::fs::remove_file(&md);
         {
             let b = Backend::new("file", 1 << 20, 512, Some(&spec), None).unwrap();
-            let s = Store::open(fmt8(), 2048, &b, None).unwrap().unwrap();
+            let s = Store::open(fmt8(), 2048, &b).unwrap().unwrap();
             assert_eq!(s.kind(), "file");
             s.write(2047, 8, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
             s.flush().unwrap();
@@ -424,7 +416,7 @@ mod tests {
             "stored inverted"
         );
         let b = Backend::new("file", 1 << 20, 512, Some(&spec), None).unwrap();
-        let s = Store::open(fmt8(), 2048, &b, None).unwrap().unwrap();
+        let s = Store::open(fmt8(), 2048, &b).unwrap().unwrap();
         let mut out = [0u8; 16];
         s.read(2046, 8, &mut out).unwrap();
         assert_eq!(
@@ -432,16 +424,16 @@ mod tests {
             [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4, 5, 6, 7, 8]
         );
         // Another format's companion is refused with what to do.
-        let e = Store::open(fmt8(), 1024, &b, None).err().unwrap();
+        let e = Store::open(fmt8(), 1024, &b).err().unwrap();
         assert!(
             e.contains("is in use") || e.contains("another format"),
             "{e}"
         );
         drop(s);
-        let e = Store::open(fmt8(), 1024, &b, None).err().unwrap();
+        let e = Store::open(fmt8(), 1024, &b).err().unwrap();
         assert!(e.contains("another format"), "{e}");
-        let s = Store::open(fmt8(), 2048, &b, None).unwrap();
-        let s = Store::reformat(s, Format { ms: 16, ..fmt8() }, 2048, &b, None)
+        let s = Store::open(fmt8(), 2048, &b).unwrap();
+        let s = Store::reformat(s, Format { ms: 16, ..fmt8() }, 2048, &b)
             .unwrap()
             .unwrap();
         assert_eq!(std::fs::metadata(&md).unwrap().len(), 2048 * 16);
