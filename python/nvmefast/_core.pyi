@@ -184,8 +184,23 @@ class Engine:
         instead of executing it. False when no such command is queued (it
         already ran: I/O executes as soon as it is fetched).
         """
-    def format_namespace(self, nsid: int, lba_size: int) -> None:
-        """Format NVM: namespace ``nsid`` gets ``lba_size`` (512 or 4096) and reads as zeroes."""
+    def format_namespace(
+        self,
+        nsid: int,
+        lba_size: int,
+        metadata_size: int = 0,
+        extended_lba: bool = False,
+        pi_type: int = 0,
+        pi_first: bool = False,
+        guard: str = "crc16",
+    ) -> None:
+        """Format NVM: namespace ``nsid`` gets ``lba_size`` (512 or 4096) and
+        the metadata format given (none by default); its data reads as zeroes
+        and every block's metadata is deallocated (reads back all FFh, the PI
+        escape). ConfigError for a combination that is not an LBA format."""
+    def namespace_format(self, nsid: int) -> dict[str, Any]:
+        """The current format of namespace ``nsid``: lba_size, metadata_size,
+        extended_lba, pi_type, pi_first, guard ("crc16" or "crc64")."""
     def namespace_lba_size(self, nsid: int) -> int:
         """The current LBA data size of namespace ``nsid``."""
     def namespace_size(self, nsid: int) -> int:
@@ -330,8 +345,10 @@ class FaultTable:
         skip: int,
         probability: float,
         seed: int,
+        pi_field: str = "",
     ) -> int:
-        """Add a rule after the others; its id. ConfigError for a contradiction."""
+        """Add a rule after the others; its id. ConfigError for a contradiction.
+        ``pi_field`` ("guard", "app", "ref") is the field of a ``corrupt-pi`` action."""
     def remove(self, id: int) -> bool:
         """Remove rule ``id``; False when there is none."""
     def clear(self) -> None:

@@ -231,6 +231,7 @@ impl Before {
             Action::PowerLoss => Before::PowerLoss,
             Action::Delay { .. }
             | Action::Corrupt { .. }
+            | Action::CorruptPi { .. }
             | Action::DropIrq
             | Action::DelayIrq { .. } => Before::Run,
         }
