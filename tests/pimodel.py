@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
+from nvmefast import NamespaceConfig
+from nvmefast.testing import pi as hpi
 from piref import Tuple, guard, pattern, pi_size, tuple_bytes
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "REF_CHECK",
     "Fmt",
     "all_formats",
+    "status",
 ]
 
 # Status values (SCT << 8 | SC): NVMe Base 2.0 Figures 101/102/103, NVM Command Set 1.0 Figure 16/17.
@@ -65,10 +68,14 @@ class Fmt:
     def all_ones_ref(self) -> int:
         return (1 << self.ref_bits) - 1
 
-    def config(self, size: int) -> dict[str, object]:
-        """``NamespaceConfig`` keywords of a RAM namespace in this format."""
-        return dict(size_bytes=size, lba_size=self.lba, metadata_size=self.ms, extended_lba=self.extended,
-                    pi_type=self.pi, pi_first=self.pi_first, guard=self.guard)
+    def namespace(self, size: int) -> NamespaceConfig:
+        """A RAM namespace of ``size`` bytes in this format."""
+        return NamespaceConfig(size_bytes=size, lba_size=self.lba, metadata_size=self.ms, extended_lba=self.extended,
+                               pi_type=self.pi, pi_first=self.pi_first, guard=self.guard)
+
+    def host_format(self) -> hpi.PiFormat:
+        """The host driver's view of this format (what Identify says)."""
+        return hpi.PiFormat(self.lba, self.ms, self.extended, self.pi, self.pi_first, self.guard)
 
     def id(self) -> str:
         text = f"{self.lba}+{self.ms}"
@@ -151,6 +158,11 @@ class Fmt:
         if self.pi == 3:
             return INVALID_PI
         return 0
+
+
+def status(r: hpi.PiResult) -> int:
+    """The 11-bit status (SCT << 8 | SC) of a command."""
+    return r.completion.sct << 8 | r.completion.sc
 
 
 def all_formats() -> Iterator[Fmt]:

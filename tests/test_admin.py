@@ -94,7 +94,7 @@ def test_identify_controller(host: Host, config: ControllerConfig) -> None:
     assert ident.sqes == 0x66 and ident.cqes == 0x44
     assert ident.nn == len(config.namespaces)
     assert ident.vwc == 0x05  # present; flush to NSID FFFFFFFFh not supported
-    assert ident.sgls == 0x00010001  # SGLs without alignment, bit bucket
+    assert ident.sgls == 0x000B0001  # SGLs without alignment, bit bucket, metadata: byte-aligned, SGL (17, 19)
     subnqn = raw[768:1024].rstrip(b"\0").decode()
     assert subnqn.startswith("nqn.") and config.serial in subnqn
     assert struct.unpack_from("<H", raw, 2048)[0] != 0  # PSD0.MP

@@ -40,8 +40,8 @@ def test_identify_controller_2_0_fields(host: Host, config: ControllerConfig) ->
     assert u16(raw, 520) == 1 << 0 | 1 << 2 | 1 << 3 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 8
     assert raw[524] == 0  # FNA: Format NVM per namespace, no secure erase
     assert raw[525] == 0x05  # VWC present; no broadcast flush
-    assert u16(raw, 534) == 1  # OCFS: Copy source range format 0
-    assert u32(raw, 536) == 0x00010001  # SGLS: no alignment requirement, bit bucket
+    assert u16(raw, 534) == 0b11  # OCFS: Copy source range formats 0 and 1 (the 64-bit guard's)
+    assert u32(raw, 536) == 0x000B0001  # SGLS: no alignment requirement, bit bucket, MPTR bits 17 and 19
     assert u16(raw, 514) == 0  # MAXCMD: not reported
 
 

@@ -16,10 +16,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from nvmefast import Controller, ControllerConfig, NamespaceConfig
+from nvmefast import Controller, ControllerConfig
 from nvmefast.testing import Host
 from nvmefast.testing import pi as hpi
-from pimodel import APP_CHECK, GUARD_CHECK, INVALID_PI, PRACT, PRCHK_APP, PRCHK_GUARD, PRCHK_REF, REF_CHECK, Fmt, all_formats
+from pimodel import (
+    APP_CHECK, GUARD_CHECK, INVALID_PI, PRACT, PRCHK_APP, PRCHK_GUARD, PRCHK_REF, REF_CHECK, Fmt, all_formats, status,
+)
 from piref import Tuple
 
 FORMATS = tuple(all_formats())
@@ -35,7 +37,7 @@ def _nsid(fmt: Fmt) -> int:
 @pytest.fixture(scope="module")
 def pihost() -> Iterator[Host]:
     """One controller, one namespace per format, a host with an I/O queue."""
-    namespaces = [NamespaceConfig(**f.config(NS_BYTES)) for f in FORMATS]  # type: ignore[arg-type]
+    namespaces = [f.namespace(NS_BYTES) for f in FORMATS]
     with Controller(ControllerConfig(namespaces=namespaces)) as ctrl, Host(ctrl) as host:
         host.enable()
         host.set_num_queues(1, 1)
@@ -43,12 +45,6 @@ def pihost() -> Iterator[Host]:
         yield host
 
 
-def status(r: hpi.PiResult) -> int:
-    return r.completion.sct << 8 | r.completion.sc
-
-
-def hfmt(f: Fmt) -> hpi.PiFormat:
-    return hpi.PiFormat(f.lba, f.ms, f.extended, f.pi, f.pi_first, f.guard)
 
 
 def ilbrt_for(f: Fmt, slba: int) -> int:
@@ -62,14 +58,14 @@ def prchk_all(f: Fmt) -> int:
 
 
 def raw(host: Host, f: Fmt, slba: int, nlb: int) -> hpi.PiResult:
-    r = hpi.read(host, _nsid(f), slba, nlb, fmt=hfmt(f))
+    r = hpi.read(host, _nsid(f), slba, nlb, fmt=f.host_format())
     assert r.ok, r.completion
     return r
 
 
 def store(host: Host, f: Fmt, slba: int, data: bytes, md: bytes) -> None:
     """Write ``data`` and ``md`` as they are (PRACT 0, no checks)."""
-    r = hpi.write(host, _nsid(f), slba, data, md, fmt=hfmt(f))
+    r = hpi.write(host, _nsid(f), slba, data, md, fmt=f.host_format())
     assert r.ok, r.completion
 
 
@@ -77,9 +73,9 @@ def store(host: Host, f: Fmt, slba: int, data: bytes, md: bytes) -> None:
 def test_metadata_without_pi_round_trips(pihost: Host, f: Fmt) -> None:
     """No PI: metadata is stored as sent, and PRINFO is ignored (NVMCS Figure 9)."""
     data, md = f.data(4), f.metadata(4)
-    r = hpi.write(pihost, _nsid(f), 8, data, md, prinfo=PRACT | PRCHK_GUARD | PRCHK_REF, ilbrt=99, fmt=hfmt(f))
+    r = hpi.write(pihost, _nsid(f), 8, data, md, prinfo=PRACT | PRCHK_GUARD | PRCHK_REF, ilbrt=99, fmt=f.host_format())
     assert r.ok, r.completion
-    back = hpi.read(pihost, _nsid(f), 8, 4, prinfo=PRACT | PRCHK_GUARD | PRCHK_APP, lbatm=0xFFFF, fmt=hfmt(f))
+    back = hpi.read(pihost, _nsid(f), 8, 4, prinfo=PRACT | PRCHK_GUARD | PRCHK_APP, lbatm=0xFFFF, fmt=f.host_format())
     assert back.ok and back.data == data and back.metadata == md
 
 
@@ -92,7 +88,7 @@ def test_pract_write_inserts_the_tuples(pihost: Host, f: Fmt) -> None:
     data = f.data(nlb, seed=slba)
     sent = b"" if f.stripped(PRACT) else f.metadata(nlb)
     r = hpi.write(pihost, _nsid(f), slba, data, sent, prinfo=PRACT | prchk_all(f), ilbrt=ilbrt, lbat=LBAT,
-                  fmt=hfmt(f))  # fmt: skip
+                  fmt=f.host_format())  # fmt: skip
     assert r.ok, r.completion
     back = raw(pihost, f, slba, nlb)
     assert back.data == data
@@ -109,7 +105,7 @@ def test_pract_read_checks_then_strips_or_passes(pihost: Host, f: Fmt) -> None:
     md = f.good(data, nlb, LBAT, ilbrt)
     store(pihost, f, slba, data, md)
     r = hpi.read(pihost, _nsid(f), slba, nlb, prinfo=PRACT | prchk_all(f), ilbrt=ilbrt, lbat=LBAT,
-                 lbatm=0xFFFF, fmt=hfmt(f))  # fmt: skip
+                 lbatm=0xFFFF, fmt=f.host_format())  # fmt: skip
     assert r.ok, r.completion
     assert r.data == data
     assert r.metadata == (b"" if f.stripped(PRACT) else md)
@@ -140,7 +136,7 @@ def test_write_checks_incoming_pi(pihost: Host, f: Fmt, what: str) -> None:
     prchk = prchk_all(f)
     want = f.check(data, md, nlb, prchk, ilbrt, LBAT, 0xFFFF)
     r = hpi.write(pihost, _nsid(f), slba, data, md, prinfo=prchk, ilbrt=ilbrt, lbat=LBAT, lbatm=0xFFFF,
-                  fmt=hfmt(f))  # fmt: skip
+                  fmt=f.host_format())  # fmt: skip
     assert status(r) == want, r.completion
     back = raw(pihost, f, slba, nlb)
     assert (back.data, back.metadata) == ((data, md) if want == 0 else (before, before_md))
@@ -158,7 +154,7 @@ def test_read_every_prinfo(pihost: Host, f: Fmt, prinfo: int) -> None:
         md = _corrupted(f, data, md, i, what)
     store(pihost, f, slba, data, md)
     want = f.prinfo_status(slba, prinfo, ilbrt) or f.check(data, md, nlb, prinfo & 0b111, ilbrt, LBAT, 0xFFFF)
-    r = hpi.read(pihost, _nsid(f), slba, nlb, prinfo=prinfo, ilbrt=ilbrt, lbat=LBAT, lbatm=0xFFFF, fmt=hfmt(f))
+    r = hpi.read(pihost, _nsid(f), slba, nlb, prinfo=prinfo, ilbrt=ilbrt, lbat=LBAT, lbatm=0xFFFF, fmt=f.host_format())
     assert status(r) == want, r.completion
     if want == 0:
         assert r.data == data
@@ -169,10 +165,10 @@ def test_read_every_prinfo(pihost: Host, f: Fmt, prinfo: int) -> None:
 def test_type1_ilbrt_must_be_the_slba(pihost: Host, f: Fmt) -> None:
     slba = 48
     store(pihost, f, slba, f.data(1), f.good(f.data(1), 1, 0, slba))
-    r = hpi.read(pihost, _nsid(f), slba, 1, prinfo=PRCHK_REF, ilbrt=slba + 1, fmt=hfmt(f))
+    r = hpi.read(pihost, _nsid(f), slba, 1, prinfo=PRCHK_REF, ilbrt=slba + 1, fmt=f.host_format())
     assert status(r) == INVALID_PI and r.completion.dnr, r.completion
     # Without the reference check ILBRT is not looked at.
-    assert hpi.read(pihost, _nsid(f), slba, 1, prinfo=PRCHK_GUARD, ilbrt=slba + 1, fmt=hfmt(f)).ok
+    assert hpi.read(pihost, _nsid(f), slba, 1, prinfo=PRCHK_GUARD, ilbrt=slba + 1, fmt=f.host_format()).ok
 
 
 @pytest.mark.parametrize("f", [f for f in PI_FORMATS if f.pi == 2], ids=Fmt.id)
@@ -183,13 +179,13 @@ def test_type2_reference_tags_start_anywhere_and_wrap(pihost: Host, f: Fmt) -> N
     for ilbrt in (f.all_ones_ref - 1, 0x1234_89AB_CDEF & f.all_ones_ref):
         data = f.data(nlb, seed=ilbrt & 0xFF)
         r = hpi.write(pihost, _nsid(f), slba, data, None if f.stripped(PRACT) else f.metadata(nlb),
-                      prinfo=PRACT, ilbrt=ilbrt, fmt=hfmt(f))  # fmt: skip
+                      prinfo=PRACT, ilbrt=ilbrt, fmt=f.host_format())  # fmt: skip
         assert r.ok, r.completion
         refs = [f.tuple_in(f.block(raw(pihost, f, slba, nlb).metadata, i, f.ms)).ref for i in range(nlb)]
         assert refs == [(ilbrt + i) & f.all_ones_ref for i in range(nlb)]
-        assert hpi.read(pihost, _nsid(f), slba, nlb, prinfo=PRCHK_REF, ilbrt=ilbrt, fmt=hfmt(f)).ok
+        assert hpi.read(pihost, _nsid(f), slba, nlb, prinfo=PRCHK_REF, ilbrt=ilbrt, fmt=f.host_format()).ok
         assert status(hpi.read(pihost, _nsid(f), slba, nlb, prinfo=PRCHK_REF, ilbrt=ilbrt + 1,
-                               fmt=hfmt(f))) == REF_CHECK  # fmt: skip
+                               fmt=f.host_format())) == REF_CHECK  # fmt: skip
 
 
 @pytest.mark.parametrize("f", [f for f in PI_FORMATS if f.pi == 3], ids=Fmt.id)
@@ -197,11 +193,11 @@ def test_type3_reference_tag_is_not_checked(pihost: Host, f: Fmt) -> None:
     """Type 3: PRACT inserts ILBRT unchanged in every block; a reference check is Invalid PI."""
     slba, nlb = 64, 2
     r = hpi.write(pihost, _nsid(f), slba, f.data(nlb), None if f.stripped(PRACT) else f.metadata(nlb),
-                  prinfo=PRACT, ilbrt=0x0BAD_F00D, fmt=hfmt(f))  # fmt: skip
+                  prinfo=PRACT, ilbrt=0x0BAD_F00D, fmt=f.host_format())  # fmt: skip
     assert r.ok
     md = raw(pihost, f, slba, nlb).metadata
     assert [f.tuple_in(f.block(md, i, f.ms)).ref for i in range(nlb)] == [0x0BAD_F00D] * nlb
-    assert status(hpi.read(pihost, _nsid(f), slba, nlb, prinfo=PRCHK_REF, fmt=hfmt(f))) == INVALID_PI
+    assert status(hpi.read(pihost, _nsid(f), slba, nlb, prinfo=PRCHK_REF, fmt=f.host_format())) == INVALID_PI
 
 
 @pytest.mark.parametrize("f", PI_FORMATS, ids=Fmt.id)
@@ -212,7 +208,7 @@ def test_application_tag_mask(pihost: Host, f: Fmt) -> None:
     store(pihost, f, slba, data, f.good(data, 1, 0x5678, ilbrt_for(f, slba)))
     for elbat, elbatm, ok in ((0x5678, 0xFFFF, True), (0x5679, 0xFFFF, False), (0x5679, 0xFFFE, True),
                               (0x0000, 0x0000, True), (0x1678, 0xF000, False)):  # fmt: skip
-        r = hpi.read(pihost, _nsid(f), slba, 1, prinfo=PRCHK_APP, lbat=elbat, lbatm=elbatm, fmt=hfmt(f))
+        r = hpi.read(pihost, _nsid(f), slba, 1, prinfo=PRCHK_APP, lbat=elbat, lbatm=elbatm, fmt=f.host_format())
         assert status(r) == (0 if ok else APP_CHECK), (hex(elbat), hex(elbatm), r.completion)
 
 
@@ -227,23 +223,26 @@ def test_escape_values_disable_checking(pihost: Host, f: Fmt) -> None:
     store(pihost, f, slba, data, escaped)
     prinfo = prchk_all(f)
     assert hpi.read(pihost, _nsid(f), slba, 1, prinfo=prinfo, ilbrt=ilbrt_for(f, slba), lbatm=0xFFFF,
-                    fmt=hfmt(f)).ok  # fmt: skip
+                    fmt=f.host_format()).ok  # fmt: skip
     # Type 3 with a reference tag that is not all ones: not an escape, the guard is checked.
     half = f.with_tuple(m, Tuple(0x1234, 0xFFFF, 5))
     store(pihost, f, slba, data, half)
-    r = hpi.read(pihost, _nsid(f), slba, 1, prinfo=PRCHK_GUARD, ilbrt=ilbrt_for(f, slba), fmt=hfmt(f))
+    r = hpi.read(pihost, _nsid(f), slba, 1, prinfo=PRCHK_GUARD, ilbrt=ilbrt_for(f, slba), fmt=f.host_format())
     assert status(r) == (GUARD_CHECK if f.pi == 3 else 0), r.completion
 
 
-@pytest.mark.parametrize("f", PI_FORMATS, ids=Fmt.id)
+@pytest.mark.parametrize("f", FORMATS, ids=Fmt.id)
 def test_never_written_blocks_read_as_deallocated(pihost: Host, f: Fmt) -> None:
-    """DLFEAT 001b, bit 4 clear: data and non-PI metadata 00h, PI all FFh (the escape), so
-    every check passes."""
+    """DLFEAT 001b: a deallocated block's data and metadata read 00h, but for its PI, which
+    reads all FFh (bit 4 clear: guard FFFFh too), the escape, so every check passes."""
     slba, nlb = NS_BYTES // f.lba - 2, 2
-    r = hpi.read(pihost, _nsid(f), slba, nlb, prinfo=prchk_all(f), ilbrt=ilbrt_for(f, slba), lbatm=0xFFFF,
-                 fmt=hfmt(f))  # fmt: skip
-    assert r.ok, r.completion
+    if f.pi:
+        r = hpi.read(pihost, _nsid(f), slba, nlb, prinfo=prchk_all(f), ilbrt=ilbrt_for(f, slba), lbatm=0xFFFF,
+                     fmt=f.host_format())  # fmt: skip
+        assert r.ok, r.completion
     back = raw(pihost, f, slba, nlb)
     assert back.data == bytes(nlb * f.lba)
-    want = f.with_tuple(bytes(f.ms), Tuple(0xFFFF if f.guard == "crc16" else 2**64 - 1, 0xFFFF, f.all_ones_ref))
+    want = bytes(f.ms)
+    if f.pi:
+        want = f.with_tuple(want, Tuple(0xFFFF if f.guard == "crc16" else 2**64 - 1, 0xFFFF, f.all_ones_ref))
     assert back.metadata == want * nlb

@@ -14,6 +14,7 @@ from nvmefast.cli_terms import BENCH_TERMS, SERVE_TERMS, Terms, in_cli_terms, na
 from nvmefast.config import BACKENDS, CACHE_MODES, IO_PATHS, LBA_SIZES, NamespaceConfig
 from nvmefast.errors import ConfigError, NvmeFastError
 from nvmefast.faults import FaultRule, FaultRuleError
+from nvmefast.lba_format import NamespaceFormat
 from nvmefast.namespace_spec import USAGE, NamespaceSpec, options_help, parse_namespace, parse_size
 
 __all__ = ["NamespaceSpec", "describe_namespace", "main", "parse_size"]
@@ -294,11 +295,13 @@ def _namespace_config(spec: NamespaceSpec, args: argparse.Namespace) -> Namespac
         raise ConfigError(f"--namespace {spec.text}: {in_cli_terms(str(e), namespace_terms(spec.text))}") from None
 
 
-def describe_namespace(nsid: int, info: Mapping[str, object]) -> str:
-    """One line saying how namespace ``nsid`` is served (the serve log's)."""
+def describe_namespace(nsid: int, info: Mapping[str, object], fmt: NamespaceFormat | None = None) -> str:
+    """One line saying how namespace ``nsid`` is served (the serve log's); ``fmt``: its format."""
     size = info["size_bytes"]
     assert isinstance(size, int)
     text = f"namespace {nsid}: {info['backend']} {_format_size(size)}"
+    if fmt is not None and fmt.metadata_size:
+        text += f", {fmt.describe()}"
     if info["backend"] == "file":
         mode = "read-only" if info["readonly"] else "read-write"
         text += f" {info['path']}, io {info['io']}, cache {info['cache']}, {mode}"
@@ -363,7 +366,8 @@ def _serve(args: argparse.Namespace) -> int:
     # Rules go in before the socket listens: the first client meets them.
     faults = [server.controller.faults.add(rule) for rule in args.fault or ()]
     for nsid in range(1, len(specs) + 1):
-        log.info("%s", describe_namespace(nsid, server.controller.namespace_info(nsid)))
+        fmt = NamespaceFormat.of_engine(server.controller.engine.namespace_format(nsid))
+        log.info("%s", describe_namespace(nsid, server.controller.namespace_info(nsid), fmt))
     log.info("%d iothread(s), up to %d I/O queue pairs, polling %s", args.iothreads, args.queues, args.polling)
     for fault in faults:
         log.info("fault rule %d: %s", fault.id, fault.rule)

@@ -176,6 +176,16 @@ class NamespaceFormat:
         extended = 1 << 4 if self.extended_lba and self.metadata_size else 0
         return (self.index & 0xF) | extended | (self.index >> 4) << 5
 
+    def describe(self) -> str:
+        """``512+8 bytes, metadata separate, PI type 1 (CRC-16 guard, last)``: how a person says it."""
+        if not self.metadata_size:
+            return f"{self.lba_size}-byte blocks"
+        text = f"{self.lba_size}+{self.metadata_size} bytes, metadata {'extended' if self.extended_lba else 'separate'}"
+        if self.pi_type:
+            where = "first" if self.pi_first else "last"
+            text += f", PI type {self.pi_type} ({'CRC-64' if self.guard == 'crc64' else 'CRC-16'} guard, {where})"
+        return text
+
     @property
     def dps(self) -> int:
         """End-to-end Data Protection Type Settings: type bits 2:0, bit 3 PI first."""

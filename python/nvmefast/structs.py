@@ -128,11 +128,15 @@ OACS_DBBUF = 1 << 8
 """OACS bit 8: Doorbell Buffer Config."""
 OAES_NS_ATTRIBUTE = 1 << 8
 """OAES bit 8: Namespace Attribute Notices (Changed Namespace List)."""
-SGLS = 0x00010001
+SGLS = 0x000B0001
 """SGL Support: bits 1:0 = 01b SGLs without alignment requirement (Data
-Block, Segment, Last Segment), bit 16 SGL Bit Bucket. Keyed SGLs: none."""
+Block, Segment, Last Segment), bit 16 SGL Bit Bucket, bit 17 a byte-aligned
+contiguous metadata buffer with SGL data (PSDT 01b), bit 19 MPTR pointing at
+an SGL descriptor (PSDT 10b). Keyed SGLs: none."""
 OCFS_FORMAT_0 = 1 << 0
 """Optional Copy Formats Supported: source range entry format 0."""
+OCFS_FORMAT_1 = 1 << 1
+"""Optional Copy Formats Supported: format 1 (the 64-bit guard's 40-byte entries)."""
 KAS = 1
 """Keep Alive Support: timer granularity in 100 ms units (nonzero: Keep Alive supported)."""
 LPA_CSE = 1 << 1
@@ -218,7 +222,7 @@ def build_identify_controller(config: ControllerConfig) -> bytes:
     struct.pack_into("<H", buf, 520, ONCS)
     buf[524] = _FNA
     buf[525] = (_VWC_PRESENT | _VWC_NO_BROADCAST_FLUSH) if config.volatile_write_cache else 0
-    struct.pack_into("<H", buf, 534, OCFS_FORMAT_0)
+    struct.pack_into("<H", buf, 534, OCFS_FORMAT_0 | OCFS_FORMAT_1)
     struct.pack_into("<I", buf, 536, SGLS)
     subnqn = (SUBNQN_PREFIX + config.serial).encode("ascii")
     buf[768 : 768 + len(subnqn)] = subnqn

@@ -93,7 +93,8 @@ def enable_lbafee(host: Host, lbafee: bool = True) -> Completion:
 def format_nvm(host: Host, nsid: int, lbaf: int, *, mset: bool = False, pi: int = 0, pil: bool = False,
                ses: int = 0, timeout: float = 30) -> Completion:
     """Format NVM (80h): LBA format ``lbaf`` (bits 5:4 go to LBAFU), MSET, PI, PIL, SES."""
-    cdw10 = (lbaf & 0xF) | int(mset) << 4 | (pi & 0x7) << 5 | int(pil) << 8 | (ses & 0x7) << 9 | ((lbaf >> 4) & 0x3) << 12
+    cdw10 = (lbaf & 0xF) | int(mset) << 4 | (pi & 0x7) << 5 | int(pil) << 8 | (ses & 0x7) << 9
+    cdw10 |= ((lbaf >> 4) & 0x3) << 12
     return host.admin(build_sqe(_ADMIN_FORMAT_NVM, nsid=nsid, cdw10=cdw10), timeout)
 
 
