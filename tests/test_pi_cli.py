@@ -95,7 +95,10 @@ def test_the_serve_log_says_the_format() -> None:
     info = {"backend": "ram", "size_bytes": 64 * MiB, "path": None, "io": "memory", "cache": "memory",
             "readonly": False}  # fmt: skip
     line = describe_namespace(1, info, NamespaceFormat(512, 8, pi_type=1))
-    assert line == "namespace 1: ram 64M, 512+8 bytes, metadata separate, PI type 1 (CRC-16 guard, last)"
-    line = describe_namespace(2, info, NamespaceFormat(4096, 16, True, 3, True, "crc64"))
-    assert line.endswith("4096+16 bytes, metadata extended, PI type 3 (CRC-64 guard, first)")
+    assert line == "namespace 1: ram 64M, 512+8 bytes, metadata separate, PI type 1 (CRC-16 guard)"
+    line = describe_namespace(2, info, NamespaceFormat(4096, 64, True, 3, True, "crc64"))
+    assert line.endswith("4096+64 bytes, metadata extended, PI type 3 (CRC-64 guard, first)")
+    line = describe_namespace(2, info, NamespaceFormat(512, 16, False, 2, False))
+    assert line.endswith("512+16 bytes, metadata separate, PI type 2 (CRC-16 guard, last)")
+    assert describe_namespace(4, info, NamespaceFormat(4096, 8)).endswith("4096+8 bytes, metadata separate")
     assert describe_namespace(3, info, NamespaceFormat(512)) == "namespace 3: ram 64M"

@@ -2,15 +2,17 @@
 Debian's nvme-cli in a guest, against namespaces with metadata and protection
 information.
 
-One boot per target runs ``tests/guest/pi_checks.sh`` over three namespaces:
+One boot per target runs ``tests/guest/pi_checks.sh`` over five namespaces:
 
-======  ==========  ========  ===========  ========================
-NSID    LBA + MS    PI type   guard        Linux integrity format
-======  ==========  ========  ===========  ========================
-1       512 + 8     1         CRC-16       T10-DIF-TYPE1-CRC
-2       4096 + 8    3         CRC-16       T10-DIF-TYPE3-CRC
-3       4096 + 16   1 (first) CRC-64/NVME  EXT-DIF-TYPE1-CRC64
-======  ==========  ========  ===========  ========================
+======  ==============  =========  ===========  ========================
+NSID    LBA + MS        PI type    guard        Linux integrity format
+======  ==============  =========  ===========  ========================
+1       512 + 8         1          CRC-16       T10-DIF-TYPE1-CRC
+2       4096 + 8        3          CRC-16       T10-DIF-TYPE3-CRC
+3       4096 + 16       1 (first)  CRC-64/NVME  EXT-DIF-TYPE1-CRC64
+4       512 + 16        1 (last)   CRC-16       nop
+5       512 + 8 (ext)   1          CRC-16       none
+======  ==============  =========  ===========  ========================
 
 The targets are QEMU's own NVMe (``-device nvme-ns,ms=...,mset=0,pi=...``: the
 control; a check that fails there is a wrong check) and `nvmefast serve` with
@@ -23,7 +25,9 @@ come from :mod:`piref` (bit-by-bit CRCs checked against the published
 values), never from nvmefast. Against nvmefast, ``corrupt-pi`` fault rules
 corrupt the guard or the reference tag of what a read returns: Linux's own
 verification must catch it (the read fails with EILSEQ, the kernel logs the
-tag error); against QEMU the same reads succeed.
+tag error); against QEMU the same reads succeed. Namespaces 4 and 5 show what
+Linux does with layouts it gives no integrity buffers to (a block-layer write
+and read; for the extended one, the tuple the controller inserted).
 
 The guest reports ``CHECK key=value`` lines (nvme-cli results as ``RC
 STATUS``) and ``KLOG step=line`` kernel messages; the assertions are here, with
@@ -83,6 +87,9 @@ class PiNs:
     pi_first: bool
     integrity_format: str
     tag_size: int
+    extended: bool = False
+    mode: str = "full"
+    """``full``: every check; ``linux``: what Linux makes of it, and one block-layer write and read."""
 
     @property
     def psize(self) -> int:
@@ -143,7 +150,7 @@ class PiNs:
         return "".join(
             f"{k}={v}\n"
             for k, v in (
-                ("L", self.lba), ("MS", self.ms), ("T", self.pi), ("P", self.psize), ("PRCHK", self.prchk),
+                ("MODE", self.mode), ("EXT", int(self.extended)), ("L", self.lba), ("MS", self.ms), ("T", self.pi), ("P", self.psize), ("PRCHK", self.prchk),
                 ("BLK_LBA", self.blk_lba), ("PRACT_LBA", self.pract_lba), ("HOSTPI_LBA", self.host_lba),
                 ("BADGUARD_LBA", self.badguard_lba), ("BADREF_LBA", self.badref_lba),
                 ("FAULT_LBAS", f"'{self.fault_guard_lba} {self.fault_ref_lba}'"),
@@ -165,7 +172,7 @@ class PiNs:
         return [
             "-drive", f"file={image},if=none,id=pi{self.nsid},format=raw",
             "-device", f"nvme-ns,bus=nvme0,drive=pi{self.nsid},nsid={self.nsid},logical_block_size={self.lba},"
-            f"physical_block_size={self.lba},ms={self.ms},mset=0,pi={self.pi},pil={int(self.pi_first)},"
+            f"physical_block_size={self.lba},ms={self.ms},mset={int(self.extended)},pi={self.pi},pil={int(self.pi_first)},"
             f"pif={2 if self.guard == 'crc64' else 0}",
         ]  # fmt: skip
 
@@ -175,6 +182,8 @@ class PiNs:
             opts.append(f"guard={self.guard}")
         if self.pi_first:
             opts.append("pi-first")
+        if self.extended:
+            opts.append("extended")
         return f"ram:{NS_BYTES >> 20}M:{self.lba}:" + ":".join(opts)
 
     def fault_rules(self) -> list[str]:
@@ -188,7 +197,13 @@ NAMESPACES = (
     PiNs(1, 512, 8, 1, "crc16", False, "T10-DIF-TYPE1-CRC", 2),
     PiNs(2, 4096, 8, 3, "crc16", False, "T10-DIF-TYPE3-CRC", 6),
     PiNs(3, 4096, 16, 1, "crc64", True, "EXT-DIF-TYPE1-CRC64", 2),
+    # Linux 6.1 takes PI only first in the metadata or filling it: PI last behind 8 other bytes is "nop".
+    PiNs(4, 512, 16, 1, "crc16", False, "nop", 0, mode="linux"),
+    # Extended LBAs: no integrity buffers; Linux sends PRACT and the controller inserts and strips.
+    PiNs(5, 512, 8, 1, "crc16", False, "none", 0, extended=True, mode="linux"),
 )
+FULL = tuple(ns for ns in NAMESPACES if ns.mode == "full")
+FULL_IDS = [f"n{ns.nsid}" for ns in FULL]
 
 
 def guest_files() -> dict[str, bytes]:
@@ -239,7 +254,7 @@ def _boot_nvmefast(tool: Path, initrd: Path, workdir: Path) -> Boot:
     extra: list[str] = []
     for ns in NAMESPACES[1:]:
         extra += ["--namespace", ns.cli()]
-    for ns in NAMESPACES:
+    for ns in FULL:
         for rule in ns.fault_rules():
             extra += ["--fault", rule]
     server = start_server(workdir, "pi", tuple(extra), namespace=NAMESPACES[0].cli())
@@ -280,7 +295,7 @@ def test_guest_ran_to_the_end(run: Run, capsys: pytest.CaptureFixture[str]) -> N
     assert int(run.check("ctratt"), 16) & (1 << 15), run.fail("CTRATT.ELBAS is clear")
 
 
-@pytest.mark.parametrize("ns", NAMESPACES, ids=lambda ns: f"n{ns.nsid}")
+@pytest.mark.parametrize("ns", FULL, ids=FULL_IDS)
 def test_linux_registers_integrity(run: Run, ns: PiNs) -> None:
     s = f"_n{ns.nsid}"
     assert run.check("format" + s) == ns.integrity_format, run.fail(f"nvme0n{ns.nsid} integrity format")
@@ -301,7 +316,7 @@ def test_identify_namespace_as_nvme_cli_reads_it(run: Run, ns: PiNs) -> None:
     assert int(run.check("id_dpc" + s), 16) == 0x1F, run.fail("DPC: types 1-3, first and last")
     assert int(run.check("id_dps" + s), 16) == ns.pi | (8 if ns.pi_first else 0), run.fail("DPS")
     flbas = int(run.check("id_flbas" + s), 16)
-    assert flbas & 0x10 == 0, run.fail("FLBAS bit 4: metadata in a separate buffer")
+    assert bool(flbas & 0x10) == ns.extended, run.fail("FLBAS bit 4: metadata at the end of the data")
     inuse = run.check("id_inuse" + s)
     m = re.match(r"lbaf\s+(\d+) : ms:(\d+) lbads:(\d+) rp:\d+", inuse)
     assert m, run.fail(f"no LBA format in use: {inuse!r}")
@@ -310,11 +325,31 @@ def test_identify_namespace_as_nvme_cli_reads_it(run: Run, ns: PiNs) -> None:
     assert pif and int(pif[1]) == (2 if ns.guard == "crc64" else 0), run.fail("ELBAF.PIF of the format in use")
 
 
-@pytest.mark.parametrize("ns", NAMESPACES, ids=lambda ns: f"n{ns.nsid}")
+@pytest.mark.parametrize("ns", FULL, ids=FULL_IDS)
 def test_block_layer_reads_back_intact(run: Run, ns: PiNs) -> None:
     s = f"_n{ns.nsid}"
     assert run.check("blk_direct" + s) == md5(PATTERN), run.fail("O_DIRECT write + read")
     assert run.check("blk_buffered" + s) == md5(PATTERN), run.fail("page cache write + read")
+
+
+LINUX = tuple(ns for ns in NAMESPACES if ns.mode == "linux")
+
+
+@pytest.mark.parametrize("ns", LINUX, ids=[f"n{ns.nsid}" for ns in LINUX])
+def test_layouts_linux_gives_no_integrity_buffers(run: Run, ns: PiNs) -> None:
+    """PI last behind other metadata: Linux 6.1 registers ``nop`` and moves metadata it never
+    fills or checks. Extended LBAs: no integrity at all, Linux sets PRACT and the controller
+    inserts the tuple (guard = CRC of the data, app 0, ref = the LBA) and strips it again."""
+    s = f"_n{ns.nsid}"
+    assert (run.check("format" + s), run.check("tag_size" + s), run.check("capable" + s)) == (
+        ns.integrity_format, "0", "0"), run.fail("integrity")  # fmt: skip
+    assert run.check("blk_rw" + s) == f"0 {md5(PATTERN[: 2 * ns.lba])}", run.fail("block-layer write + read")
+    blocks = NS_BYTES // (ns.lba + ns.ms) if run.target == "qemu" else NS_BYTES // ns.lba
+    assert run.check("size_sectors" + s) == str(blocks * ns.lba // 512), run.fail("size")
+    if ns.extended:
+        assert run.nvme("ext_read" + s) == (0, None), run.fail("nvme read of data and metadata together")
+        got = Tuple.parse(ns.guard, bytes.fromhex(run.check("ext_md" + s)))
+        assert got == ns.tuple_of(0, 0, ns.blk_lba), run.fail("the tuple the controller inserted for Linux")
 
 
 def _tuples(run: Run, key: str, ns: PiNs, count: int) -> list[Tuple]:
@@ -327,7 +362,7 @@ def _tuples(run: Run, key: str, ns: PiNs, count: int) -> list[Tuple]:
     return out
 
 
-@pytest.mark.parametrize("ns", NAMESPACES, ids=lambda ns: f"n{ns.nsid}")
+@pytest.mark.parametrize("ns", FULL, ids=FULL_IDS)
 def test_stored_pi_is_what_linux_generated(run: Run, ns: PiNs) -> None:
     """Linux's tuples as the device stored them: guard = CRC of the block, app 0, ref = the
     LBA (Type 1) or 0 (Type 3)."""
@@ -338,7 +373,7 @@ def test_stored_pi_is_what_linux_generated(run: Run, ns: PiNs) -> None:
     assert _tuples(run, "kernel_md" + s, ns, 2) == want, run.fail("stored tuples")
 
 
-@pytest.mark.parametrize("ns", NAMESPACES, ids=lambda ns: f"n{ns.nsid}")
+@pytest.mark.parametrize("ns", FULL, ids=FULL_IDS)
 def test_pract_inserts_and_strips(run: Run, ns: PiNs) -> None:
     """nvme-cli --prinfo with PRACT: the controller generates the tuples (guard = CRC of the
     data, app = LBAT, ref = ILBRT + i for Type 1, ILBRT for Type 3), checks and strips them."""
@@ -352,7 +387,7 @@ def test_pract_inserts_and_strips(run: Run, ns: PiNs) -> None:
     assert run.check("pract_blk" + s) == f"0 {md5(ns.block(0))}", run.fail("block-layer read of PRACT data")
 
 
-@pytest.mark.parametrize("ns", NAMESPACES, ids=lambda ns: f"n{ns.nsid}")
+@pytest.mark.parametrize("ns", FULL, ids=FULL_IDS)
 def test_host_pi_checked_by_the_controller(run: Run, ns: PiNs) -> None:
     s = f"_n{ns.nsid}"
     assert run.nvme("host_write" + s) == (0, None), run.fail("write with good PI, guard/app/ref checked")
@@ -374,7 +409,7 @@ def _eilseq(run: Run, key: str) -> None:
     assert rc == "1" and os.strerror(errno.EILSEQ) in message, run.fail(f"{key}: want EILSEQ, got {message!r}")
 
 
-@pytest.mark.parametrize("ns", NAMESPACES, ids=lambda ns: f"n{ns.nsid}")
+@pytest.mark.parametrize("ns", FULL, ids=FULL_IDS)
 def test_bad_guard_is_refused(run: Run, ns: PiNs) -> None:
     s = f"_n{ns.nsid}"
     assert run.nvme("badguard_write" + s)[1] == GUARD_CHECK, run.fail("write with a bad guard, guard checked")
@@ -386,7 +421,7 @@ def test_bad_guard_is_refused(run: Run, ns: PiNs) -> None:
     _protection_error_logged(run, "badguard_blk" + s, GUARD_CHECK & 0xFF)
 
 
-@pytest.mark.parametrize("ns", NAMESPACES, ids=lambda ns: f"n{ns.nsid}")
+@pytest.mark.parametrize("ns", FULL, ids=FULL_IDS)
 def test_wrong_reference_tag_is_refused(run: Run, ns: PiNs) -> None:
     s = f"_n{ns.nsid}"
     # Type 1: ILBRT must be the SLBA; Type 3 has no reference tag to check.
@@ -404,7 +439,7 @@ def test_wrong_reference_tag_is_refused(run: Run, ns: PiNs) -> None:
     _protection_error_logged(run, "badref_blk" + s, REF_CHECK & 0xFF)
 
 
-@pytest.mark.parametrize("ns", NAMESPACES, ids=lambda ns: f"n{ns.nsid}")
+@pytest.mark.parametrize("ns", FULL, ids=FULL_IDS)
 def test_corrupt_pi_rule_fails_the_guest_read(run: Run, ns: PiNs) -> None:
     """``corrupt-pi=guard`` / ``=ref`` on what a read returns: the controller checked the stored PI
     and passed, Linux's own verification catches the corruption. QEMU has no rule: reads succeed."""

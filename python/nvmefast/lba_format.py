@@ -177,13 +177,16 @@ class NamespaceFormat:
         return (self.index & 0xF) | extended | (self.index >> 4) << 5
 
     def describe(self) -> str:
-        """``512+8 bytes, metadata separate, PI type 1 (CRC-16 guard, last)``: how a person says it."""
+        """``512+16 bytes, metadata separate, PI type 1 (CRC-16 guard, last)``: how a person says it."""
         if not self.metadata_size:
             return f"{self.lba_size}-byte blocks"
         text = f"{self.lba_size}+{self.metadata_size} bytes, metadata {'extended' if self.extended_lba else 'separate'}"
         if self.pi_type:
-            where = "first" if self.pi_first else "last"
-            text += f", PI type {self.pi_type} ({'CRC-64' if self.guard == 'crc64' else 'CRC-16'} guard, {where})"
+            guard = "CRC-64" if self.guard == "crc64" else "CRC-16"
+            # Where the PI sits says something only when the metadata has room for more.
+            where = "" if self.metadata_size == PI_SIZE[GUARDS[self.guard]] else (
+                ", first" if self.pi_first else ", last")
+            text += f", PI type {self.pi_type} ({guard} guard{where})"
         return text
 
     @property
