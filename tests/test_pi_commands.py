@@ -351,3 +351,13 @@ def test_bad_metadata_sgls(pihost: Host) -> None:
     pihost.write_mem(desc, data_block(1 << 52, 16).encode())
     r = hpi.read(pihost, n, 160, 2, mptr_sgl=True, mptr=desc, fmt=f.host_format())
     assert status(r) == DATA_TRANSFER_ERROR
+
+
+def test_a_zero_block_0_with_a_wrong_guard_is_an_error(pihost: Host) -> None:
+    """QEMU forgives a guard error on an all-zero LBA 0 (raw images report it allocated);
+    the spec has no such exception."""
+    f = FORMATS["t1"]
+    md = f.with_tuple(bytes(f.ms), Tuple(0x1234, 0, 0))
+    assert hpi.write(pihost, nsid("t1"), 0, bytes(f.lba), md, fmt=f.host_format()).ok
+    r = hpi.read(pihost, nsid("t1"), 0, 1, prinfo=PRCHK_GUARD | PRCHK_REF, ilbrt=0, fmt=f.host_format())
+    assert status(r) == GUARD_CHECK

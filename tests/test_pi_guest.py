@@ -2,17 +2,18 @@
 Debian's nvme-cli in a guest, against namespaces with metadata and protection
 information.
 
-One boot per target runs ``tests/guest/pi_checks.sh`` over five namespaces:
+One boot per target runs ``tests/guest/pi_checks.sh`` over six namespaces:
 
-======  ==============  =========  ===========  ========================
-NSID    LBA + MS        PI type    guard        Linux integrity format
-======  ==============  =========  ===========  ========================
-1       512 + 8         1          CRC-16       T10-DIF-TYPE1-CRC
-2       4096 + 8        3          CRC-16       T10-DIF-TYPE3-CRC
-3       4096 + 16       1 (first)  CRC-64/NVME  EXT-DIF-TYPE1-CRC64
-4       512 + 16        1 (last)   CRC-16       nop
-5       512 + 8 (ext)   1          CRC-16       none
-======  ==============  =========  ===========  ========================
+======  ===============  =========  ===========  ========================
+NSID    LBA + MS         PI type    guard        Linux integrity format
+======  ===============  =========  ===========  ========================
+1       512 + 8          1          CRC-16       T10-DIF-TYPE1-CRC
+2       4096 + 8         3          CRC-16       T10-DIF-TYPE3-CRC
+3       4096 + 16        1 (first)  CRC-64/NVME  EXT-DIF-TYPE1-CRC64
+4       512 + 16         1 (last)   CRC-16       nop
+5       512 + 8 (ext)    1          CRC-16       none
+6       4096 + 16 (ext)  3 (first)  CRC-16       none, size 0
+======  ===============  =========  ===========  ========================
 
 The targets are QEMU's own NVMe (``-device nvme-ns,ms=...,mset=0,pi=...``: the
 control; a check that fails there is a wrong check) and `nvmefast serve` with
@@ -25,9 +26,9 @@ come from :mod:`piref` (bit-by-bit CRCs checked against the published
 values), never from nvmefast. Against nvmefast, ``corrupt-pi`` fault rules
 corrupt the guard or the reference tag of what a read returns: Linux's own
 verification must catch it (the read fails with EILSEQ, the kernel logs the
-tag error); against QEMU the same reads succeed. Namespaces 4 and 5 show what
+tag error); against QEMU the same reads succeed. Namespaces 4 to 6 show what
 Linux does with layouts it gives no integrity buffers to (a block-layer write
-and read; for the extended one, the tuple the controller inserted).
+and read; for an extended one, the tuple the controller inserted).
 
 The guest reports ``CHECK key=value`` lines (nvme-cli results as ``RC
 STATUS``) and ``KLOG step=line`` kernel messages; the assertions are here, with
@@ -201,6 +202,8 @@ NAMESPACES = (
     PiNs(4, 512, 16, 1, "crc16", False, "nop", 0, mode="linux"),
     # Extended LBAs: no integrity buffers; Linux sends PRACT and the controller inserts and strips.
     PiNs(5, 512, 8, 1, "crc16", False, "none", 0, extended=True, mode="linux"),
+    # Extended LBAs with more metadata than PI: Linux cannot use them at all (size 0).
+    PiNs(6, 4096, 16, 3, "crc16", True, "none", 0, extended=True, mode="linux"),
 )
 FULL = tuple(ns for ns in NAMESPACES if ns.mode == "full")
 FULL_IDS = [f"n{ns.nsid}" for ns in FULL]
@@ -343,6 +346,9 @@ def test_layouts_linux_gives_no_integrity_buffers(run: Run, ns: PiNs) -> None:
     s = f"_n{ns.nsid}"
     assert (run.check("format" + s), run.check("tag_size" + s), run.check("capable" + s)) == (
         ns.integrity_format, "0", "0"), run.fail("integrity")  # fmt: skip
+    if ns.extended and ns.ms > ns.psize:
+        assert run.check("size_sectors" + s) == "0", run.fail("an extended namespace Linux cannot use")
+        return
     assert run.check("blk_rw" + s) == f"0 {md5(PATTERN[: 2 * ns.lba])}", run.fail("block-layer write + read")
     blocks = NS_BYTES // (ns.lba + ns.ms) if run.target == "qemu" else NS_BYTES // ns.lba
     assert run.check("size_sectors" + s) == str(blocks * ns.lba // 512), run.fail("size")
