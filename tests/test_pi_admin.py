@@ -267,3 +267,10 @@ def test_format_of_a_read_only_namespace(tmp_path: Path) -> None:
     with Controller(cfg) as ctrl, Host(ctrl) as host:
         host.enable()
         assert_status(hpi.format_nvm(host, 1, 2, pi=1), NS_WRITE_PROTECTED)
+
+
+@pytest.mark.nvme_config(namespaces=CRC64_NS)
+@pytest.mark.nvme_host(lbafee=True)
+def test_the_nvme_host_marker_sets_lbafee(nvme_host: Host) -> None:
+    assert_status(hpi.format_nvm(nvme_host, 1, 5, pi=1), SUCCESS)
+    assert hpi.namespace_format(nvme_host, 1).guard == "crc64"
