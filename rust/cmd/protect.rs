@@ -115,15 +115,46 @@ fn store_failure(e: i32, write: bool, lba: u64, nsid: u32, ctx: &mut IoContext<'
     file_failure(e, write, lba, nsid, ctx.smart)
 }
 
-fn store_of(ns: &Namespace) -> std::sync::Arc<Store> {
-    ns.meta
-        .store()
-        .unwrap_or_else(|| std::sync::Arc::new(Store::Nowhere))
+/// Every block of a namespace whose store was let go reads deallocated.
+static NOWHERE: Store = Store::Nowhere;
+
+/// The namespace's store for one command (no reference count taken).
+fn store_of(ns: &Namespace) -> StoreRef {
+    StoreRef(ns.meta.store_guard())
 }
 
-/// The guards of the data in `data` (pieces) into `b.guards`.
-fn guards_of(fmt: Format, lbs: usize, pieces: &[&[u8]], md: &[u8], out: &mut Vec<u64>) {
-    check::guards(fmt, lbs, pieces, md, out);
+/// A loaded store: derefs to it, or to [`NOWHERE`].
+struct StoreRef(arc_swap::Guard<Option<std::sync::Arc<Store>>>);
+
+impl std::ops::Deref for StoreRef {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        self.0.as_deref().unwrap_or(&NOWHERE)
+    }
+}
+
+/// The guards of the command's data into `b.guards`: in guest memory
+/// (`segs`, when `in_place`) or in `b.data`.
+///
+/// # Safety
+/// With `in_place`, every segment is host memory translated against a
+/// snapshot the caller holds.
+unsafe fn data_guards(segs: &[Segment], in_place: bool, fmt: Format, lbs: usize, b: &mut Bufs) {
+    if !in_place {
+        check::guards(fmt, lbs, &[&b.data], &b.md, &mut b.guards);
+    } else if let [one] = segs {
+        // The usual case, one contiguous piece: no list to build.
+        if let super::segment::Target::Host(p) = one.target {
+            // SAFETY: the caller's contract.
+            let data = unsafe { std::slice::from_raw_parts(p.cast_const(), one.len) };
+            check::guards(fmt, lbs, &[data], &b.md, &mut b.guards);
+        }
+    } else {
+        let mut pieces = Vec::with_capacity(segs.len());
+        // SAFETY: the caller's contract.
+        unsafe { host_slices(segs, &mut pieces) };
+        check::guards(fmt, lbs, &pieces, &b.md, &mut b.guards);
+    }
 }
 
 /// XORs the last byte of `field` in the first block's PI (corrupt-pi).
@@ -219,15 +250,9 @@ fn read_cmd(
         corrupt(fmt, &mut b.md, c);
     }
     if checked {
-        let mut pieces: Vec<&[u8]> = Vec::with_capacity(4);
-        if in_place {
-            // SAFETY: all_host: every segment is host memory translated
-            // against ctx.mem, which outlives this call.
-            unsafe { host_slices(ctx.segs, &mut pieces) };
-        } else {
-            pieces.push(&b.data);
-        }
-        guards_of(fmt, lbs, &pieces, &b.md, &mut b.guards);
+        // SAFETY: in_place: every segment is host memory translated against
+        // ctx.mem, which outlives this call.
+        unsafe { data_guards(ctx.segs, in_place, fmt, lbs, b) };
         check::check(fmt, &b.guards, &b.md, p.checks, t).map_err(|e| pi_failure(e, slba, nsid))?;
     }
     if let (Some(c), false, true) = (ctx.corrupt_pi, strip, fmt.pi != 0) {
@@ -301,14 +326,8 @@ fn write_cmd(
         b.md.resize(n * ms, 0);
     }
     if fmt.pi != 0 && (p.pract || !p.checks.none()) {
-        let mut pieces: Vec<&[u8]> = Vec::with_capacity(4);
-        if in_place {
-            // SAFETY: all_host: host memory translated against ctx.mem.
-            unsafe { host_slices(ctx.segs, &mut pieces) };
-        } else {
-            pieces.push(&b.data);
-        }
-        guards_of(fmt, lbs, &pieces, &b.md, &mut b.guards);
+        // SAFETY: as in read_cmd.
+        unsafe { data_guards(ctx.segs, in_place, fmt, lbs, b) };
         if p.pract {
             check::generate(fmt, &b.guards, &mut b.md, t);
         } else {

@@ -224,6 +224,12 @@ impl Meta {
         self.store.load_full()
     }
 
+    /// The store for one command: no reference count taken (the hot path).
+    #[inline]
+    pub fn store_guard(&self) -> arc_swap::Guard<Option<Arc<Store>>> {
+        self.store.load()
+    }
+
     /// Installs a format and its store.
     pub fn set(&self, format: Format, store: Option<Arc<Store>>) {
         self.store.store(store);
