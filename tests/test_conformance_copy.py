@@ -87,9 +87,16 @@ def test_copy_size_limits(host: Host, nsid: int) -> None:
     assert_still_works(host, nsid)
 
 
-@pytest.mark.parametrize("desfmt", [1, 2, 3, 4, 0xF])
+@pytest.mark.parametrize("desfmt", [2, 3, 4, 0xF])
 def test_copy_descriptor_format_unsupported(host: Host, desfmt: int) -> None:
     assert_status(copy(host, 1, 100, [(0, 1)], desfmt=desfmt), GENERIC, INVALID_FIELD)
+    assert_still_works(host)
+
+
+def test_copy_descriptor_format_1_needs_the_64b_guard(host: Host) -> None:
+    """Format 1h is for namespaces with 32b/64b guard PI (NVM Command Set 1.0,
+    Figure 30): on another, Invalid Namespace or Format (0/0Bh)."""
+    assert_status(copy(host, 1, 100, [(0, 1)], desfmt=1), GENERIC, 0x0B)
     assert_still_works(host)
 
 
