@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from nvmutil import (
-    COMMAND_SIZE_LIMIT_EXCEEDED, COMMAND_SPECIFIC, DATA_TRANSFER_ERROR, GENERIC, INVALID_FIELD,
+    COMMAND_SIZE_LIMIT_EXCEEDED, COMMAND_SPECIFIC, DATA_TRANSFER_ERROR, GENERIC, INVALID_FIELD, INVALID_NSID,
     LBA, LBA_OUT_OF_RANGE, NSIDS, NSZE, TWO_NAMESPACES, UNMAPPED, assert_ok, assert_status,
     assert_still_works, fill, read,
 )
@@ -93,10 +93,11 @@ def test_copy_descriptor_format_unsupported(host: Host, desfmt: int) -> None:
     assert_still_works(host)
 
 
-def test_copy_descriptor_format_1_needs_the_64b_guard(host: Host) -> None:
-    """Format 1h is for namespaces with 32b/64b guard PI (NVM Command Set 1.0,
-    Figure 30): on another, Invalid Namespace or Format (0/0Bh)."""
-    assert_status(copy(host, 1, 100, [(0, 1)], desfmt=1), GENERIC, 0x0B)
+def test_copy_format_1_is_for_the_64_bit_guard(host: Host) -> None:
+    """Format 1 is supported (OCFS bit 1), for namespaces whose PI has the 64-bit guard; on
+    any other (16-bit guard formats, as these without PI are) it is Invalid Namespace or
+    Format (NVM Command Set 1.0 3.2.2)."""
+    assert_status(copy(host, 1, 100, [(0, 1)], desfmt=1), GENERIC, INVALID_NSID)
     assert_still_works(host)
 
 
