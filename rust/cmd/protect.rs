@@ -231,7 +231,7 @@ fn read_cmd(
     b.md.clear();
     b.md.resize(nlb as usize * ms, 0);
     store
-        .read(slba, ms as u32, &mut b.md)
+        .read(slba, fmt, &mut b.md)
         .map_err(|e| store_failure(e, false, slba, nsid, ctx))?;
     let strip = moved_md == 0;
     let checked = fmt.pi != 0 && !p.checks.none();
@@ -343,7 +343,7 @@ fn write_cmd(
             .map_err(|e| file_failure(e, true, slba, nsid, ctx.smart))?;
     }
     store
-        .write(slba, ms as u32, &b.md)
+        .write(slba, fmt, &b.md)
         .map_err(|e| store_failure(e, true, slba, nsid, ctx))
 }
 
@@ -368,7 +368,7 @@ fn read_checked(
     b.md.clear();
     b.md.resize(nlb as usize * ms, 0);
     store
-        .read(slba, ms as u32, &mut b.md)
+        .read(slba, fmt, &mut b.md)
         .map_err(|e| store_failure(e, false, slba, nsid, ctx))?;
     if fmt.pi != 0 && !p.checks.none() {
         check::guards(fmt, 1 << shift, &[&b.data], &b.md, &mut b.guards);
@@ -489,7 +489,7 @@ pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe, ns: &Namespace) -> Resul
     }
     .map_err(|e| file_failure(e, true, slba, nsid, ctx.smart))?;
     let r = if deac {
-        store.deallocate(slba, nlb, ms)
+        store.deallocate(slba, nlb, fmt)
     } else {
         with_bufs(|b| {
             b.md.clear();
@@ -504,7 +504,7 @@ pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe, ns: &Namespace) -> Resul
                 b.guards.resize(nlb as usize, r.finish());
                 check::generate(fmt, &b.guards, &mut b.md, tags(fmt, sqe));
             }
-            store.write(slba, ms, &b.md)
+            store.write(slba, fmt, &b.md)
         })
     };
     r.map_err(|e| store_failure(e, true, slba, nsid, ctx))?;
@@ -522,7 +522,7 @@ pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe, ns: &Namespace) -> Resul
 /// goes too (reads back all FFh).
 pub fn deallocated(ns: &Namespace, slba: u64, nlb: u64) -> Result<(), i32> {
     match ns.meta.store() {
-        Some(s) => s.deallocate(slba, nlb, u32::from(ns.meta.format().ms)),
+        Some(s) => s.deallocate(slba, nlb, ns.meta.format()),
         None => Ok(()),
     }
 }
@@ -553,7 +553,6 @@ pub fn copy(
         check_prinfo(fmt, pr, t.ilbrt, slba, nsid)?;
     }
     let shift = ns.lba_shift();
-    let ms = u32::from(fmt.ms);
     let store = store_of(ns);
     let total: u64 = ranges.iter().map(|r| r.1).sum();
     let fua = sqe.cdw(12) & (1 << 30) != 0;
@@ -579,7 +578,7 @@ pub fn copy(
         meta::write_data(ns, sdlba << shift, &data)
             .map_err(|e| file_failure(e, true, sdlba, nsid, ctx.smart))?;
         store
-            .write(sdlba, ms, &md)
+            .write(sdlba, fmt, &md)
             .map_err(|e| store_failure(e, true, sdlba, nsid, ctx))?;
         if fua {
             ns.backend

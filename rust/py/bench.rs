@@ -286,7 +286,10 @@ fn measure_irq_delivery(
 #[pyo3(signature = (guard, seconds=0.5))]
 fn floor_guard(py: Python<'_>, guard: &str, seconds: f64) -> PyResult<f64> {
     let g = crate::pi::Guard::parse(guard).ok_or_else(|| {
-        config_err(py, format!("guard {guard:?} must be \"crc16\" or \"crc64\""))
+        config_err(
+            py,
+            format!("guard {guard:?} must be \"crc16\" or \"crc64\""),
+        )
     })?;
     Ok(py.detach(|| {
         let block: Vec<u8> = (0..4096u32).map(|i| (i * 31) as u8).collect();
