@@ -482,7 +482,11 @@ mod tests {
         assert_eq!(std::fs::metadata(&md).unwrap().len(), 2048 * 16);
         let mut out = [0u8; 16];
         s.read(2047, Format { ms: 16, ..fmt8() }, &mut out).unwrap();
-        assert_eq!(out[..8], [0; 8], "reformatted: deallocated, 00h outside the PI");
+        assert_eq!(
+            out[..8],
+            [0; 8],
+            "reformatted: deallocated, 00h outside the PI"
+        );
         assert_eq!(out[8..], [0xFF; 8], "reformatted: deallocated, PI all FFh");
         drop(s);
         let _ = std::fs::remove_file(&md);
