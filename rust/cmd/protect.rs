@@ -335,7 +335,9 @@ fn write_cmd(
                 .map_err(|e| pi_failure(e, slba, nsid))?;
         }
     }
-    ns.will_write(off, nlb << shift, sqe.cdw(12) & (1 << 30) != 0);
+    let fua = sqe.cdw(12) & (1 << 30) != 0;
+    ns.will_write(off, nlb << shift, fua);
+    ns.meta.will_write(&ns.cache, slba, nlb, fua);
     if in_place {
         rw_segments(ctx, sqe, ns, off, false)?;
     } else {
@@ -476,6 +478,7 @@ pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe, ns: &Namespace) -> Resul
     let (off, len) = (slba << shift, nlb << shift);
     let fua = sqe.cdw(12) & (1 << 30) != 0;
     ns.will_write(off, len, fua);
+    ns.meta.will_write(&ns.cache, slba, nlb, fua);
     let store = store_of(ns);
     let ms = u32::from(fmt.ms);
     let deac = sqe.cdw(12) & (1 << 25) != 0;
@@ -521,6 +524,7 @@ pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe, ns: &Namespace) -> Resul
 /// Dataset Management deallocated `nlb` blocks at `slba`: their metadata
 /// goes too (reads back all FFh).
 pub fn deallocated(ns: &Namespace, slba: u64, nlb: u64) -> Result<(), i32> {
+    ns.meta.will_write(&ns.cache, slba, nlb, false);
     match ns.meta.store() {
         Some(s) => s.deallocate(slba, nlb, ns.meta.format()),
         None => Ok(()),
@@ -575,6 +579,7 @@ pub fn copy(
             }
         }
         ns.will_write(sdlba << shift, total << shift, fua);
+        ns.meta.will_write(&ns.cache, sdlba, total, fua);
         meta::write_data(ns, sdlba << shift, &data)
             .map_err(|e| file_failure(e, true, sdlba, nsid, ctx.smart))?;
         store
