@@ -165,6 +165,20 @@ fn corrupt(fmt: Format, md: &mut [u8], (field, xor): (Field, u8)) {
     }
 }
 
+/// One Read or Write on a namespace with metadata, as `rw` decoded it.
+#[derive(Clone, Copy)]
+struct Rw<'s> {
+    store: &'s Store,
+    fmt: Format,
+    p: Prinfo,
+    t: Tags,
+    slba: u64,
+    nlb: u64,
+    /// Metadata bytes per block that move between host and device (0 when
+    /// PRACT strips or inserts all of it).
+    moved_md: usize,
+}
+
 /// Read (02h) and Write (01h) on a namespace with metadata.
 pub fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, ns: &Namespace, read: bool) -> Result<u32, Failure> {
     let nsid = sqe.nsid();
@@ -193,10 +207,19 @@ pub fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, ns: &Namespace, read: bool) -> Res
         if !fmt.extended && moved_md != 0 {
             meta::metadata_pointer(ctx.mem, sqe, nlb * ms as u64, read, slba, &mut b.msegs)?;
         }
+        let c = Rw {
+            store: &store,
+            fmt,
+            p,
+            t,
+            slba,
+            nlb,
+            moved_md,
+        };
         if read {
-            read_cmd(ctx, sqe, ns, &store, fmt, p, t, (slba, nlb), moved_md, b)?;
+            read_cmd(ctx, sqe, ns, &c, b)?;
         } else {
-            write_cmd(ctx, sqe, ns, &store, fmt, p, t, (slba, nlb), moved_md, b)?;
+            write_cmd(ctx, sqe, ns, &c, b)?;
             if fua {
                 ns.backend
                     .flush()
@@ -209,19 +232,22 @@ pub fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, ns: &Namespace, read: bool) -> Res
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn read_cmd(
     ctx: &mut IoContext<'_>,
     sqe: &Sqe,
     ns: &Namespace,
-    store: &Store,
-    fmt: Format,
-    p: Prinfo,
-    t: Tags,
-    (slba, nlb): (u64, u64),
-    moved_md: usize,
+    c: &Rw<'_>,
     b: &mut Bufs,
 ) -> Result<(), Failure> {
+    let Rw {
+        store,
+        fmt,
+        p,
+        t,
+        slba,
+        nlb,
+        moved_md,
+    } = *c;
     let nsid = sqe.nsid();
     let shift = ns.lba_shift();
     let lbs = 1usize << shift;
@@ -275,19 +301,22 @@ fn read_cmd(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn write_cmd(
     ctx: &mut IoContext<'_>,
     sqe: &Sqe,
     ns: &Namespace,
-    store: &Store,
-    fmt: Format,
-    p: Prinfo,
-    t: Tags,
-    (slba, nlb): (u64, u64),
-    moved_md: usize,
+    c: &Rw<'_>,
     b: &mut Bufs,
 ) -> Result<(), Failure> {
+    let Rw {
+        store,
+        fmt,
+        p,
+        t,
+        slba,
+        nlb,
+        moved_md,
+    } = *c;
     let nsid = sqe.nsid();
     let shift = ns.lba_shift();
     let lbs = 1usize << shift;

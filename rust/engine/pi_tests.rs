@@ -19,26 +19,13 @@ const A: u32 = 2;
 const R: u32 = 1;
 
 fn engine_with(lba_size: u32, fmt: Format) -> Engine {
-    Engine::new(EngineConfig {
-        namespaces: vec![NamespaceSpec {
-            size_bytes: 1 << 20,
-            lba_size,
-            backend: "ram".into(),
-            metadata: fmt,
-            ..NamespaceSpec::default()
-        }],
-        msix_vectors: 2,
-        max_qid: 1,
-        max_queue_entries: 64,
-        mdts_bytes: 0,
-        poll_us: 50,
-        msix_embedder_managed: true,
-        polling: Polling::Adaptive,
-        iothreads: 1,
-        affinity: Vec::new(),
-        doorbell_stride: 4,
+    super::nvm_tests::engine_with(NamespaceSpec {
+        size_bytes: 1 << 20,
+        lba_size,
+        backend: "ram".into(),
+        metadata: fmt,
+        ..NamespaceSpec::default()
     })
-    .unwrap()
 }
 
 struct Rig {
