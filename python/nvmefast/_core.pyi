@@ -23,6 +23,7 @@ __all__ = [
     "bench_io",
     "floor_eventfd_pingpong",
     "floor_file_uring",
+    "floor_guard",
     "floor_memcpy_4k",
     "floor_shm_pingpong",
     "floor_unix_socket_rtt",
