@@ -23,6 +23,7 @@ __all__ = [
     "bench_io",
     "floor_eventfd_pingpong",
     "floor_file_uring",
+    "floor_guard",
     "floor_memcpy_4k",
     "floor_shm_pingpong",
     "floor_unix_socket_rtt",
@@ -433,8 +434,12 @@ def bench_io(
     page_fd: tuple[int, int, int] | None = None,
     doorbell_eventfds: tuple[int, int] | None = None,
     doorbell_stride: int = 4,
+    prinfo: int = 0,
 ) -> dict[str, float]:
     """Drive one I/O queue pair from a Rust host thread.
+
+    ``prinfo``: PRINFO (CDW12 bits 29:26) of every command, with ILBRT the
+    SLBA (type 1 reference tags).
 
     ``workload`` is ``"randread"`` or ``"randwrite"`` (random block reads or
     writes until ``seconds``
@@ -458,6 +463,9 @@ def floor_shm_pingpong(iterations: int, max_seconds: float = 2.0) -> float:
 def floor_unix_socket_rtt(iterations: int, max_seconds: float = 2.0) -> float:
     """Mean round trip in ns of a 16-byte request and reply over a UNIX
     socket pair between two threads (bounded like floor_eventfd_pingpong)."""
+
+def floor_guard(guard: str, seconds: float = 0.5) -> float:
+    """GB/s of the PI guard (``"crc16"`` or ``"crc64"``) over 4 KiB blocks."""
 
 def floor_memcpy_4k(buffer_bytes: int, seconds: float) -> float:
     """Random 4 KiB memcpys per second out of a buffer of ``buffer_bytes``."""

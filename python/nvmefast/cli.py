@@ -107,6 +107,14 @@ def _parser() -> argparse.ArgumentParser:
         help="instead: the cost of one interrupt by eventfd, KVM irqfd, KVM_SIGNAL_MSI and a Python "
         "callback, its end-to-end effect at QD 1 and 64, and interrupt coalescing",
     )
+    b.add_argument(
+        "--pi",
+        type=int,
+        choices=(1, 2, 3),
+        help="instead: 4 KiB reads with PRCHK and writes with PRACT on a namespace with protection "
+        "information of this type, against the same without, the guard's GB/s as the floor",
+    )
+    b.add_argument("--guard", choices=("crc16", "crc64"), default="crc16", help="the PI guard of --pi (default crc16)")
     _serve_parser(sub)
     pl = sub.add_parser(
         "plot",
@@ -414,6 +422,13 @@ def _bench(args: argparse.Namespace) -> int:
         print(format_irq_table(result))
         _write_results(args, irq_json(result), progress)
         return 1 if any(r["errors"] for r in result.end_to_end + result.coalescing) else 0
+    if args.pi is not None:
+        from nvmefast.bench_pi import format_pi_table, pi_json, run_pi_bench
+
+        res = run_pi_bench(args.pi, args.guard, args.seconds, progress=progress)
+        print(format_pi_table(res))
+        _write_results(args, pi_json(res), progress)
+        return 1 if any(row["errors"] for row in res.rows) else 0
     if args.vfio_user is not None:
         return _bench_vfio_user(args, progress)
     if args.doorbell == "trap":

@@ -99,6 +99,7 @@ impl Namespace {
         if let Some(s) = self.meta.store() {
             s.flush()?;
         }
+        self.meta.flushed();
         self.cache.flushed();
         Ok(())
     }

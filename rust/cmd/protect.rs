@@ -115,15 +115,46 @@ fn store_failure(e: i32, write: bool, lba: u64, nsid: u32, ctx: &mut IoContext<'
     file_failure(e, write, lba, nsid, ctx.smart)
 }
 
-fn store_of(ns: &Namespace) -> std::sync::Arc<Store> {
-    ns.meta
-        .store()
-        .unwrap_or_else(|| std::sync::Arc::new(Store::Nowhere))
+/// Every block of a namespace whose store was let go reads deallocated.
+static NOWHERE: Store = Store::Nowhere;
+
+/// The namespace's store for one command (no reference count taken).
+fn store_of(ns: &Namespace) -> StoreRef {
+    StoreRef(ns.meta.store_guard())
 }
 
-/// The guards of the data in `data` (pieces) into `b.guards`.
-fn guards_of(fmt: Format, lbs: usize, pieces: &[&[u8]], md: &[u8], out: &mut Vec<u64>) {
-    check::guards(fmt, lbs, pieces, md, out);
+/// A loaded store: derefs to it, or to [`NOWHERE`].
+struct StoreRef(arc_swap::Guard<Option<std::sync::Arc<Store>>>);
+
+impl std::ops::Deref for StoreRef {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        self.0.as_deref().unwrap_or(&NOWHERE)
+    }
+}
+
+/// The guards of the command's data into `b.guards`: in guest memory
+/// (`segs`, when `in_place`) or in `b.data`.
+///
+/// # Safety
+/// With `in_place`, every segment is host memory translated against a
+/// snapshot the caller holds.
+unsafe fn data_guards(segs: &[Segment], in_place: bool, fmt: Format, lbs: usize, b: &mut Bufs) {
+    if !in_place {
+        check::guards(fmt, lbs, &[&b.data], &b.md, &mut b.guards);
+    } else if let [one] = segs {
+        // The usual case, one contiguous piece: no list to build.
+        if let super::segment::Target::Host(p) = one.target {
+            // SAFETY: the caller's contract.
+            let data = unsafe { std::slice::from_raw_parts(p.cast_const(), one.len) };
+            check::guards(fmt, lbs, &[data], &b.md, &mut b.guards);
+        }
+    } else {
+        let mut pieces = Vec::with_capacity(segs.len());
+        // SAFETY: the caller's contract.
+        unsafe { host_slices(segs, &mut pieces) };
+        check::guards(fmt, lbs, &pieces, &b.md, &mut b.guards);
+    }
 }
 
 /// XORs the last byte of `field` in the first block's PI (corrupt-pi).
@@ -132,6 +163,20 @@ fn corrupt(fmt: Format, md: &mut [u8], (field, xor): (Field, u8)) {
     if let Some(b) = md.get_mut(at) {
         *b ^= xor;
     }
+}
+
+/// One Read or Write on a namespace with metadata, as `rw` decoded it.
+#[derive(Clone, Copy)]
+struct Rw<'s> {
+    store: &'s Store,
+    fmt: Format,
+    p: Prinfo,
+    t: Tags,
+    slba: u64,
+    nlb: u64,
+    /// Metadata bytes per block that move between host and device (0 when
+    /// PRACT strips or inserts all of it).
+    moved_md: usize,
 }
 
 /// Read (02h) and Write (01h) on a namespace with metadata.
@@ -162,10 +207,19 @@ pub fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, ns: &Namespace, read: bool) -> Res
         if !fmt.extended && moved_md != 0 {
             meta::metadata_pointer(ctx.mem, sqe, nlb * ms as u64, read, slba, &mut b.msegs)?;
         }
+        let c = Rw {
+            store: &store,
+            fmt,
+            p,
+            t,
+            slba,
+            nlb,
+            moved_md,
+        };
         if read {
-            read_cmd(ctx, sqe, ns, &store, fmt, p, t, (slba, nlb), moved_md, b)?;
+            read_cmd(ctx, sqe, ns, &c, b)?;
         } else {
-            write_cmd(ctx, sqe, ns, &store, fmt, p, t, (slba, nlb), moved_md, b)?;
+            write_cmd(ctx, sqe, ns, &c, b)?;
             if fua {
                 ns.backend
                     .flush()
@@ -178,19 +232,22 @@ pub fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, ns: &Namespace, read: bool) -> Res
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn read_cmd(
     ctx: &mut IoContext<'_>,
     sqe: &Sqe,
     ns: &Namespace,
-    store: &Store,
-    fmt: Format,
-    p: Prinfo,
-    t: Tags,
-    (slba, nlb): (u64, u64),
-    moved_md: usize,
+    c: &Rw<'_>,
     b: &mut Bufs,
 ) -> Result<(), Failure> {
+    let Rw {
+        store,
+        fmt,
+        p,
+        t,
+        slba,
+        nlb,
+        moved_md,
+    } = *c;
     let nsid = sqe.nsid();
     let shift = ns.lba_shift();
     let lbs = 1usize << shift;
@@ -200,7 +257,7 @@ fn read_cmd(
     b.md.clear();
     b.md.resize(nlb as usize * ms, 0);
     store
-        .read(slba, ms as u32, &mut b.md)
+        .read(slba, fmt, &mut b.md)
         .map_err(|e| store_failure(e, false, slba, nsid, ctx))?;
     let strip = moved_md == 0;
     let checked = fmt.pi != 0 && !p.checks.none();
@@ -219,15 +276,9 @@ fn read_cmd(
         corrupt(fmt, &mut b.md, c);
     }
     if checked {
-        let mut pieces: Vec<&[u8]> = Vec::with_capacity(4);
-        if in_place {
-            // SAFETY: all_host: every segment is host memory translated
-            // against ctx.mem, which outlives this call.
-            unsafe { host_slices(ctx.segs, &mut pieces) };
-        } else {
-            pieces.push(&b.data);
-        }
-        guards_of(fmt, lbs, &pieces, &b.md, &mut b.guards);
+        // SAFETY: in_place: every segment is host memory translated against
+        // ctx.mem, which outlives this call.
+        unsafe { data_guards(ctx.segs, in_place, fmt, lbs, b) };
         check::check(fmt, &b.guards, &b.md, p.checks, t).map_err(|e| pi_failure(e, slba, nsid))?;
     }
     if let (Some(c), false, true) = (ctx.corrupt_pi, strip, fmt.pi != 0) {
@@ -250,19 +301,22 @@ fn read_cmd(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn write_cmd(
     ctx: &mut IoContext<'_>,
     sqe: &Sqe,
     ns: &Namespace,
-    store: &Store,
-    fmt: Format,
-    p: Prinfo,
-    t: Tags,
-    (slba, nlb): (u64, u64),
-    moved_md: usize,
+    c: &Rw<'_>,
     b: &mut Bufs,
 ) -> Result<(), Failure> {
+    let Rw {
+        store,
+        fmt,
+        p,
+        t,
+        slba,
+        nlb,
+        moved_md,
+    } = *c;
     let nsid = sqe.nsid();
     let shift = ns.lba_shift();
     let lbs = 1usize << shift;
@@ -301,14 +355,8 @@ fn write_cmd(
         b.md.resize(n * ms, 0);
     }
     if fmt.pi != 0 && (p.pract || !p.checks.none()) {
-        let mut pieces: Vec<&[u8]> = Vec::with_capacity(4);
-        if in_place {
-            // SAFETY: all_host: host memory translated against ctx.mem.
-            unsafe { host_slices(ctx.segs, &mut pieces) };
-        } else {
-            pieces.push(&b.data);
-        }
-        guards_of(fmt, lbs, &pieces, &b.md, &mut b.guards);
+        // SAFETY: as in read_cmd.
+        unsafe { data_guards(ctx.segs, in_place, fmt, lbs, b) };
         if p.pract {
             check::generate(fmt, &b.guards, &mut b.md, t);
         } else {
@@ -316,7 +364,9 @@ fn write_cmd(
                 .map_err(|e| pi_failure(e, slba, nsid))?;
         }
     }
-    ns.will_write(off, nlb << shift, sqe.cdw(12) & (1 << 30) != 0);
+    let fua = sqe.cdw(12) & (1 << 30) != 0;
+    ns.will_write(off, nlb << shift, fua);
+    ns.meta.will_write(&ns.cache, slba, nlb, fua);
     if in_place {
         rw_segments(ctx, sqe, ns, off, false)?;
     } else {
@@ -324,7 +374,7 @@ fn write_cmd(
             .map_err(|e| file_failure(e, true, slba, nsid, ctx.smart))?;
     }
     store
-        .write(slba, ms as u32, &b.md)
+        .write(slba, fmt, &b.md)
         .map_err(|e| store_failure(e, true, slba, nsid, ctx))
 }
 
@@ -349,7 +399,7 @@ fn read_checked(
     b.md.clear();
     b.md.resize(nlb as usize * ms, 0);
     store
-        .read(slba, ms as u32, &mut b.md)
+        .read(slba, fmt, &mut b.md)
         .map_err(|e| store_failure(e, false, slba, nsid, ctx))?;
     if fmt.pi != 0 && !p.checks.none() {
         check::guards(fmt, 1 << shift, &[&b.data], &b.md, &mut b.guards);
@@ -457,6 +507,7 @@ pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe, ns: &Namespace) -> Resul
     let (off, len) = (slba << shift, nlb << shift);
     let fua = sqe.cdw(12) & (1 << 30) != 0;
     ns.will_write(off, len, fua);
+    ns.meta.will_write(&ns.cache, slba, nlb, fua);
     let store = store_of(ns);
     let ms = u32::from(fmt.ms);
     let deac = sqe.cdw(12) & (1 << 25) != 0;
@@ -470,7 +521,7 @@ pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe, ns: &Namespace) -> Resul
     }
     .map_err(|e| file_failure(e, true, slba, nsid, ctx.smart))?;
     let r = if deac {
-        store.deallocate(slba, nlb, ms)
+        store.deallocate(slba, nlb, fmt)
     } else {
         with_bufs(|b| {
             b.md.clear();
@@ -485,7 +536,7 @@ pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe, ns: &Namespace) -> Resul
                 b.guards.resize(nlb as usize, r.finish());
                 check::generate(fmt, &b.guards, &mut b.md, tags(fmt, sqe));
             }
-            store.write(slba, ms, &b.md)
+            store.write(slba, fmt, &b.md)
         })
     };
     r.map_err(|e| store_failure(e, true, slba, nsid, ctx))?;
@@ -502,8 +553,9 @@ pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe, ns: &Namespace) -> Resul
 /// Dataset Management deallocated `nlb` blocks at `slba`: their metadata
 /// goes too (reads back all FFh).
 pub fn deallocated(ns: &Namespace, slba: u64, nlb: u64) -> Result<(), i32> {
+    ns.meta.will_write(&ns.cache, slba, nlb, false);
     match ns.meta.store() {
-        Some(s) => s.deallocate(slba, nlb, u32::from(ns.meta.format().ms)),
+        Some(s) => s.deallocate(slba, nlb, ns.meta.format()),
         None => Ok(()),
     }
 }
@@ -534,7 +586,6 @@ pub fn copy(
         check_prinfo(fmt, pr, t.ilbrt, slba, nsid)?;
     }
     let shift = ns.lba_shift();
-    let ms = u32::from(fmt.ms);
     let store = store_of(ns);
     let total: u64 = ranges.iter().map(|r| r.1).sum();
     let fua = sqe.cdw(12) & (1 << 30) != 0;
@@ -557,10 +608,11 @@ pub fn copy(
             }
         }
         ns.will_write(sdlba << shift, total << shift, fua);
+        ns.meta.will_write(&ns.cache, sdlba, total, fua);
         meta::write_data(ns, sdlba << shift, &data)
             .map_err(|e| file_failure(e, true, sdlba, nsid, ctx.smart))?;
         store
-            .write(sdlba, ms, &md)
+            .write(sdlba, fmt, &md)
             .map_err(|e| store_failure(e, true, sdlba, nsid, ctx))?;
         if fua {
             ns.backend

@@ -19,26 +19,13 @@ const A: u32 = 2;
 const R: u32 = 1;
 
 fn engine_with(lba_size: u32, fmt: Format) -> Engine {
-    Engine::new(EngineConfig {
-        namespaces: vec![NamespaceSpec {
-            size_bytes: 1 << 20,
-            lba_size,
-            backend: "ram".into(),
-            metadata: fmt,
-            ..NamespaceSpec::default()
-        }],
-        msix_vectors: 2,
-        max_qid: 1,
-        max_queue_entries: 64,
-        mdts_bytes: 0,
-        poll_us: 50,
-        msix_embedder_managed: true,
-        polling: Polling::Adaptive,
-        iothreads: 1,
-        affinity: Vec::new(),
-        doorbell_stride: 4,
+    super::nvm_tests::engine_with(NamespaceSpec {
+        size_bytes: 1 << 20,
+        lba_size,
+        backend: "ram".into(),
+        metadata: fmt,
+        ..NamespaceSpec::default()
     })
-    .unwrap()
 }
 
 struct Rig {
@@ -530,4 +517,34 @@ fn format_nvm_switches_metadata_and_corrupt_pi_fires() {
         Status::GUARD_CHECK_ERROR.dnr(),
         "stripped PI: the device's check sees it"
     );
+}
+
+#[test]
+fn a_power_loss_rolls_metadata_back_with_the_data() {
+    let f = type1(8, Guard::Crc16);
+    let mut r = rig(512, f);
+    r.e.track_unflushed(true);
+    let old = pattern(512, 1);
+    let new = pattern(512, 2);
+    r.put(r.data, &old);
+    let s = r.cmd(op::WRITE, 4, 1, PRACT, 4, (0, 0));
+    assert_eq!(r.run(s), Status::SUCCESS);
+    let mut flush = Sqe::new(op::FLUSH, 8, 1);
+    flush.dw[1] = 1;
+    assert_eq!(r.run(flush), Status::SUCCESS);
+    r.put(r.data, &new);
+    let s = r.cmd(op::WRITE, 4, 1, PRACT, 4, (0x99, 0));
+    assert_eq!(r.run(s), Status::SUCCESS);
+    assert_eq!(r.e.power_loss(), 1, "one unflushed block");
+    r.e.power_on();
+    r.q = r.h.create_queue_pair(&r.e, 1, 16, 1, false).unwrap();
+    r.put(r.md, &[0u8; 8]);
+    let s = r.cmd(op::READ, 4, 1, G | R, 4, (0, 0));
+    assert_eq!(
+        r.run(s),
+        Status::SUCCESS,
+        "data and PI rolled back together"
+    );
+    assert_eq!(r.get(r.data, 512), old);
+    assert_eq!(r.get(r.md, 8), tuple(f, &old, &[], 0, 4));
 }

@@ -11,8 +11,9 @@ pub mod crc;
 pub mod store;
 pub mod tuple;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 
@@ -203,6 +204,14 @@ impl Format {
 pub struct Meta {
     format: AtomicU32,
     store: ArcSwapOption<Store>,
+    /// While a power loss is tracked (the data's `VolatileCache`): the
+    /// metadata each block held before its first unflushed write, by LBA,
+    /// so a power loss rolls it back with the data.
+    unflushed: Mutex<HashMap<u64, Box<[u8]>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Meta {
@@ -224,10 +233,60 @@ impl Meta {
         self.store.load_full()
     }
 
+    /// The store for one command: no reference count taken (the hot path).
+    #[inline]
+    pub fn store_guard(&self) -> arc_swap::Guard<Option<Arc<Store>>> {
+        self.store.load()
+    }
+
     /// Installs a format and its store.
     pub fn set(&self, format: Format, store: Option<Arc<Store>>) {
+        lock(&self.unflushed).clear();
         self.store.store(store);
         self.format.store(format.pack(), Ordering::Relaxed);
+    }
+
+    /// The metadata of `nlb` blocks at `lba` is about to change (see
+    /// `VolatileCache::will_write`, which `cache` is): keeps the pre-image
+    /// of each block's metadata first written since the last Flush, while a
+    /// power loss is tracked; `fua` or the write cache off: durable.
+    pub fn will_write(&self, cache: &crate::backend::VolatileCache, lba: u64, nlb: u64, fua: bool) {
+        if !cache.tracking() {
+            return;
+        }
+        let (Some(store), fmt) = (self.store(), self.format()) else {
+            return;
+        };
+        let mut m = lock(&self.unflushed);
+        let durable = fua || !cache.enabled();
+        for b in lba..lba.saturating_add(nlb) {
+            if durable {
+                m.remove(&b);
+            } else if let std::collections::hash_map::Entry::Vacant(e) = m.entry(b) {
+                let mut pre = vec![0u8; usize::from(fmt.ms)].into_boxed_slice();
+                if store.read(b, fmt, &mut pre).is_ok() {
+                    e.insert(pre);
+                }
+            }
+        }
+    }
+
+    /// A Flush completed (or tracking stopped): nothing to roll back.
+    pub fn flushed(&self) {
+        lock(&self.unflushed).clear();
+    }
+
+    /// The power went: the metadata of every unflushed block goes back to
+    /// what it was, and is made durable.
+    pub fn power_loss(&self) {
+        let pre = std::mem::take(&mut *lock(&self.unflushed));
+        let (Some(store), fmt) = (self.store(), self.format()) else {
+            return;
+        };
+        for (lba, md) in pre {
+            let _ = store.write(lba, fmt, &md);
+        }
+        let _ = store.flush();
     }
 }
 

@@ -2,12 +2,14 @@
 //! namespace's data, a companion file beside a file namespace's image (so
 //! the image stays a raw disk image), or the embedder's storage object.
 //!
-//! Memory and file stores keep each block's metadata at `LBA * MS`,
-//! bit-inverted: memory never written, a file hole and a punched range all
-//! read back as FFh bytes, which is what a deallocated block's metadata
-//! reads as (its PI then escapes every check: application tag FFFFh,
-//! reference tag all ones, guard FFFFh, DLFEAT bit 4 clear). Deallocating
-//! is dropping pages or punching holes, as for the data.
+//! Memory and file stores keep each block's metadata at `LBA * MS`, its
+//! protection information bit-inverted and the other bytes as they are:
+//! memory never written, a file hole and a punched range all read back as
+//! what a deallocated block's metadata reads as (NVM Command Set 1.0
+//! Figure 97, DLFEAT 001b with bit 4 clear): 00h outside the PI, and PI all
+//! FFh, which escapes every check (application tag FFFFh, reference tag all
+//! ones, guard FFFFh). Deallocating is dropping pages or punching holes, as
+//! for the data.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -197,7 +199,7 @@ impl Store {
             // A storage object's metadata reads back as it kept it: make
             // every block deallocated.
             if let Store::Custom(_) = &**s {
-                s.deallocate(0, lbas, u32::from(fmt.ms)).map_err(|e| {
+                s.deallocate(0, lbas, fmt).map_err(|e| {
                     format!("the storage object failed to deallocate metadata ({e})")
                 })?;
             }
@@ -205,16 +207,17 @@ impl Store {
         Ok(store)
     }
 
-    /// Reads the metadata of `nlb` blocks from `lba` (`ms` bytes each) into
-    /// `out` (exactly `nlb * ms` bytes).
-    pub fn read(&self, lba: u64, ms: u32, out: &mut [u8]) -> Result<(), Errno> {
+    /// Reads the metadata of `nlb` blocks from `lba` (`fmt.ms` bytes each)
+    /// into `out` (exactly `nlb * ms` bytes).
+    pub fn read(&self, lba: u64, fmt: Format, out: &mut [u8]) -> Result<(), Errno> {
+        let ms = u32::from(fmt.ms);
         let off = lba * u64::from(ms);
         match self {
             Store::Ram(r) => {
                 // SAFETY: out holds out.len() bytes; the caller's LBA range
                 // check keeps off + len inside the LBAs x MS mapping.
                 unsafe { r.read(off, out.as_mut_ptr(), out.len()) };
-                invert(out);
+                invert_pi(out, fmt);
             }
             Store::File(f) => {
                 let iov = [libc::iovec {
@@ -223,26 +226,41 @@ impl Store {
                 }];
                 // SAFETY: iov names out, valid for its length.
                 unsafe { crate::aio::transfer_all(f.file.as_raw_fd(), false, off, &iov, 0)? };
-                invert(out);
+                invert_pi(out, fmt);
             }
             Store::Custom(s) => {
                 let nlb = (out.len() / ms.max(1) as usize) as u64;
                 s.read_metadata(lba, nlb, ms, out)
                     .map_err(|_| STORAGE_FAILED)?;
             }
-            Store::Nowhere => out.fill(0xFF),
+            Store::Nowhere => {
+                out.fill(0);
+                invert_pi(out, fmt);
+            }
         }
         Ok(())
     }
 
-    /// Stores `data` (whole blocks' metadata, `ms` bytes each) at `lba`.
-    pub fn write(&self, lba: u64, ms: u32, data: &[u8]) -> Result<(), Errno> {
+    /// Stores `data` (whole blocks' metadata, `fmt.ms` bytes each) at `lba`.
+    pub fn write(&self, lba: u64, fmt: Format, data: &[u8]) -> Result<(), Errno> {
+        let ms = u32::from(fmt.ms);
         let off = lba * u64::from(ms);
         match self {
+            Store::Ram(r) if data.len() <= 256 => {
+                // One 4 KiB command's worth: inverted on the stack.
+                let mut tmp = [0u8; 256];
+                tmp[..data.len()].copy_from_slice(data);
+                invert_pi(&mut tmp[..data.len()], fmt);
+                // SAFETY: tmp holds data.len() bytes; the caller's range
+                // check keeps off + len inside the mapping.
+                unsafe { r.write(off, tmp.as_ptr(), data.len()) };
+                Ok(())
+            }
             Store::Ram(_) | Store::File(_) => BOUNCE.with(|b| {
                 let mut b = b.borrow_mut();
                 b.clear();
-                b.extend(data.iter().map(|x| !x));
+                b.extend_from_slice(data);
+                invert_pi(&mut b, fmt);
                 match self {
                     // SAFETY: b holds data.len() bytes; the caller's range
                     // check keeps off + len inside the mapping.
@@ -272,8 +290,10 @@ impl Store {
         }
     }
 
-    /// Deallocates the metadata of `nlb` blocks at `lba`: reads back FFh.
-    pub fn deallocate(&self, lba: u64, nlb: u64, ms: u32) -> Result<(), Errno> {
+    /// Deallocates the metadata of `nlb` blocks at `lba`: reads back 00h,
+    /// its PI FFh.
+    pub fn deallocate(&self, lba: u64, nlb: u64, fmt: Format) -> Result<(), Errno> {
+        let ms = u32::from(fmt.ms);
         let (off, len) = (lba * u64::from(ms), nlb * u64::from(ms));
         match self {
             // SAFETY: the caller's range check keeps it inside the mapping.
@@ -292,7 +312,7 @@ impl Store {
                     )
                 };
                 if r != 0 {
-                    // No holes here: write the inverted FFh (zeroes) instead.
+                    // No holes here: write what a hole holds (zeroes).
                     let zeros = vec![0u8; usize::try_from(len).map_err(|_| libc::EINVAL)?];
                     let iov = [libc::iovec {
                         iov_base: zeros.as_ptr().cast_mut().cast(),
@@ -311,9 +331,10 @@ impl Store {
                 let mut at = 0;
                 while at < nlb {
                     let n = CHUNK.min(nlb - at);
-                    let ff =
-                        vec![0xFFu8; usize::try_from(n * u64::from(ms)).map_err(|_| libc::EINVAL)?];
-                    self.write(lba + at, ms, &ff)?;
+                    let mut d =
+                        vec![0u8; usize::try_from(n * u64::from(ms)).map_err(|_| libc::EINVAL)?];
+                    invert_pi(&mut d, fmt);
+                    self.write(lba + at, fmt, &d)?;
                     at += n;
                 }
             }
@@ -353,10 +374,17 @@ impl Store {
     }
 }
 
+/// Flips the PI bytes of each block's metadata in `b` (nothing without PI).
 #[inline]
-fn invert(b: &mut [u8]) {
-    for x in b {
-        *x = !*x;
+fn invert_pi(b: &mut [u8], fmt: Format) {
+    let (ms, off, n) = (usize::from(fmt.ms), fmt.pi_offset(), fmt.pi_size());
+    if n == 0 || ms == 0 {
+        return;
+    }
+    for block in b.chunks_exact_mut(ms) {
+        for x in &mut block[off..off + n] {
+            *x = !*x;
+        }
     }
 }
 
@@ -377,16 +405,31 @@ mod tests {
         let ram = Backend::new("ram", 1 << 20, 512, None, None).unwrap();
         let s = Store::open(fmt8(), 2048, &ram).unwrap().unwrap();
         let mut out = [0u8; 16];
-        s.read(5, 8, &mut out).unwrap();
-        assert_eq!(out, [0xFF; 16], "deallocated: all FFh");
+        s.read(5, fmt8(), &mut out).unwrap();
+        assert_eq!(out, [0xFF; 16], "deallocated: PI all FFh");
         let data: Vec<u8> = (0..16).collect();
-        s.write(5, 8, &data).unwrap();
-        s.read(5, 8, &mut out).unwrap();
+        s.write(5, fmt8(), &data).unwrap();
+        s.read(5, fmt8(), &mut out).unwrap();
         assert_eq!(out[..], data[..]);
-        s.deallocate(6, 1, 8).unwrap();
-        s.read(5, 8, &mut out).unwrap();
+        s.deallocate(6, 1, fmt8()).unwrap();
+        s.read(5, fmt8(), &mut out).unwrap();
         assert_eq!(out[..8], data[..8]);
         assert_eq!(out[8..], [0xFF; 8]);
+        // 16 bytes with the PI last: the first 8 are not PI and read 00h.
+        let last = Format { ms: 16, ..fmt8() };
+        let s = Store::open(last, 2048, &ram).unwrap().unwrap();
+        let mut out = [1u8; 16];
+        s.read(0, last, &mut out).unwrap();
+        assert_eq!(
+            out[..8],
+            [0; 8],
+            "DLFEAT 001b: metadata outside the PI reads 00h"
+        );
+        assert_eq!(out[8..], [0xFF; 8], "DLFEAT bit 4 clear: PI all FFh");
+        let no_pi = Format { pi: 0, ..last };
+        let s = Store::open(no_pi, 2048, &ram).unwrap().unwrap();
+        s.read(0, no_pi, &mut out).unwrap();
+        assert_eq!(out, [0; 16], "without PI: all 00h");
         assert!(Store::open(Format::NONE, 2048, &ram).unwrap().is_none());
     }
 
@@ -405,7 +448,7 @@ mod tests {
             let b = Backend::new("file", 1 << 20, 512, Some(&spec), None).unwrap();
             let s = Store::open(fmt8(), 2048, &b).unwrap().unwrap();
             assert_eq!(s.kind(), "file");
-            s.write(2047, 8, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+            s.write(2047, fmt8(), &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
             s.flush().unwrap();
         }
         assert_eq!(std::fs::metadata(&md).unwrap().len(), 2048 * 8);
@@ -418,7 +461,7 @@ mod tests {
         let b = Backend::new("file", 1 << 20, 512, Some(&spec), None).unwrap();
         let s = Store::open(fmt8(), 2048, &b).unwrap().unwrap();
         let mut out = [0u8; 16];
-        s.read(2046, 8, &mut out).unwrap();
+        s.read(2046, fmt8(), &mut out).unwrap();
         assert_eq!(
             out,
             [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4, 5, 6, 7, 8]
@@ -438,8 +481,13 @@ mod tests {
             .unwrap();
         assert_eq!(std::fs::metadata(&md).unwrap().len(), 2048 * 16);
         let mut out = [0u8; 16];
-        s.read(2047, 16, &mut out).unwrap();
-        assert_eq!(out, [0xFF; 16], "reformatted: deallocated");
+        s.read(2047, Format { ms: 16, ..fmt8() }, &mut out).unwrap();
+        assert_eq!(
+            out[..8],
+            [0; 8],
+            "reformatted: deallocated, 00h outside the PI"
+        );
+        assert_eq!(out[8..], [0xFF; 8], "reformatted: deallocated, PI all FFh");
         drop(s);
         let _ = std::fs::remove_file(&md);
         let _ = std::fs::remove_file(&path);

@@ -88,7 +88,9 @@ impl PyFaultTable {
                     other => {
                         return Err(config_err(
                             py,
-                            format!("corrupt-pi field {other:?} must be \"guard\", \"app\" or \"ref\""),
+                            format!(
+                                "corrupt-pi field {other:?} must be \"guard\", \"app\" or \"ref\""
+                            ),
                         ))
                     }
                 },

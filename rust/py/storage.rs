@@ -179,7 +179,12 @@ impl Storage for PyStorage {
             return Err("no write_metadata()".into());
         };
         attached(
-            || format!("write_metadata({lba}, <{} blocks>)", data.len() / ms.max(1) as usize),
+            || {
+                format!(
+                    "write_metadata({lba}, <{} blocks>)",
+                    data.len() / ms.max(1) as usize
+                )
+            },
             |py| {
                 lifecycle::call(f.bind(py), (lba, PyBytes::new(py, data)))?;
                 Ok(Ok(()))
