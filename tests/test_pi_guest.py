@@ -76,6 +76,10 @@ REF_CHECK = 0x284
 pytestmark = pytest.mark.timeout(SETUP_TIMEOUT + 2 * BOOT_TIMEOUT)
 
 
+STEP_MIB = {"blk": 1, "pract": 3, "host": 4, "badguard": 5, "badref": 6, "fault_guard": 7, "fault_ref": 8}
+"""Where (in MiB) each step of the guest script writes and reads."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PiNs:
     """One namespace of the test, and where each step of the guest script works on it."""
@@ -101,36 +105,9 @@ class PiNs:
         """PRCHK as Linux sets it: guard and reference tag, guard only for Type 3."""
         return 0b100 if self.pi == 3 else 0b101
 
-    def lba_at(self, mib: int) -> int:
-        return (mib << 20) // self.lba
-
-    @property
-    def blk_lba(self) -> int:
-        return self.lba_at(1)
-
-    @property
-    def pract_lba(self) -> int:
-        return self.lba_at(3)
-
-    @property
-    def host_lba(self) -> int:
-        return self.lba_at(4)
-
-    @property
-    def badguard_lba(self) -> int:
-        return self.lba_at(5)
-
-    @property
-    def badref_lba(self) -> int:
-        return self.lba_at(6)
-
-    @property
-    def fault_guard_lba(self) -> int:
-        return self.lba_at(7)
-
-    @property
-    def fault_ref_lba(self) -> int:
-        return self.lba_at(8)
+    def at(self, step: str) -> int:
+        """The first LBA a step of the guest script works on: its own MiB of the namespace."""
+        return (STEP_MIB[step] << 20) // self.lba
 
     def block(self, i: int) -> bytes:
         """Block ``i`` of the pattern the guest writes."""
@@ -152,16 +129,16 @@ class PiNs:
             f"{k}={v}\n"
             for k, v in (
                 ("MODE", self.mode), ("EXT", int(self.extended)), ("L", self.lba), ("MS", self.ms), ("T", self.pi), ("P", self.psize), ("PRCHK", self.prchk),
-                ("BLK_LBA", self.blk_lba), ("PRACT_LBA", self.pract_lba), ("HOSTPI_LBA", self.host_lba),
-                ("BADGUARD_LBA", self.badguard_lba), ("BADREF_LBA", self.badref_lba),
-                ("FAULT_LBAS", f"'{self.fault_guard_lba} {self.fault_ref_lba}'"),
+                ("BLK_LBA", self.at("blk")), ("PRACT_LBA", self.at("pract")), ("HOSTPI_LBA", self.at("host")),
+                ("BADGUARD_LBA", self.at('badguard')), ("BADREF_LBA", self.at('badref')),
+                ("FAULT_LBAS", f"'{self.at('fault_guard')} {self.at('fault_ref')}'"),
             )
         )  # fmt: skip
 
     def files(self) -> dict[str, bytes]:
-        good = self.tuple_of(0, APP_HOST, self.host_lba)
-        bad_guard = Tuple(self.tuple_of(0, 0, 0).guard ^ 0x5A5A, 0, self.badguard_lba)
-        bad_ref = self.tuple_of(0, 0, self.badref_lba + 1)
+        good = self.tuple_of(0, APP_HOST, self.at("host"))
+        bad_guard = Tuple(self.tuple_of(0, 0, 0).guard ^ 0x5A5A, 0, self.at("badguard"))
+        bad_ref = self.tuple_of(0, 0, self.at('badref') + 1)
         return {
             f"/pi/n{self.nsid}/env": self.env().encode(),
             f"/pi/n{self.nsid}/good.md": self.md(good),
@@ -189,8 +166,8 @@ class PiNs:
 
     def fault_rules(self) -> list[str]:
         return [
-            f"read nsid={self.nsid} lba={self.fault_guard_lba} -> corrupt-pi=guard",
-            f"read nsid={self.nsid} lba={self.fault_ref_lba} -> corrupt-pi=ref",
+            f"read nsid={self.nsid} lba={self.at('fault_guard')} -> corrupt-pi=guard",
+            f"read nsid={self.nsid} lba={self.at('fault_ref')} -> corrupt-pi=ref",
         ]
 
 
@@ -355,7 +332,7 @@ def test_layouts_linux_gives_no_integrity_buffers(run: Run, ns: PiNs) -> None:
     if ns.extended:
         assert run.nvme("ext_read" + s) == (0, None), run.fail("nvme read of data and metadata together")
         got = Tuple.parse(ns.guard, bytes.fromhex(run.check("ext_md" + s)))
-        assert got == ns.tuple_of(0, 0, ns.blk_lba), run.fail("the tuple the controller inserted for Linux")
+        assert got == ns.tuple_of(0, 0, ns.at("blk")), run.fail("the tuple the controller inserted for Linux")
 
 
 def _tuples(run: Run, key: str, ns: PiNs, count: int) -> list[Tuple]:
@@ -375,7 +352,7 @@ def test_stored_pi_is_what_linux_generated(run: Run, ns: PiNs) -> None:
     s = f"_n{ns.nsid}"
     assert run.nvme("kernel_read" + s) == (0, None), run.fail("nvme read -y -M -p 0")
     assert run.check("kernel_data" + s) == md5(PATTERN[: 2 * ns.lba]), run.fail("data")
-    want = [ns.tuple_of(i, 0, ns.blk_lba + i if ns.pi == 1 else 0) for i in range(2)]
+    want = [ns.tuple_of(i, 0, ns.at("blk") + i if ns.pi == 1 else 0) for i in range(2)]
     assert _tuples(run, "kernel_md" + s, ns, 2) == want, run.fail("stored tuples")
 
 
@@ -388,7 +365,7 @@ def test_pract_inserts_and_strips(run: Run, ns: PiNs) -> None:
     assert run.nvme("pract_read" + s) == (0, None), run.fail("PRACT read with checks")
     assert run.check("pract_data" + s) == md5(PATTERN[: 2 * ns.lba]), run.fail("PRACT read data")
     assert run.nvme("pract_md_read" + s) == (0, None), run.fail("nvme read -y -M")
-    want = [ns.tuple_of(i, APP_PRACT, ns.pract_lba + (i if ns.pi != 3 else 0)) for i in range(2)]
+    want = [ns.tuple_of(i, APP_PRACT, ns.at("pract") + (i if ns.pi != 3 else 0)) for i in range(2)]
     assert _tuples(run, "pract_md" + s, ns, 2) == want, run.fail("tuples the controller generated")
     assert run.check("pract_blk" + s) == f"0 {md5(ns.block(0))}", run.fail("block-layer read of PRACT data")
 
@@ -398,7 +375,7 @@ def test_host_pi_checked_by_the_controller(run: Run, ns: PiNs) -> None:
     s = f"_n{ns.nsid}"
     assert run.nvme("host_write" + s) == (0, None), run.fail("write with good PI, guard/app/ref checked")
     assert run.nvme("host_read" + s) == (0, None), run.fail("read with good PI, checked")
-    assert _tuples(run, "host_md" + s, ns, 1) == [ns.tuple_of(0, APP_HOST, ns.host_lba)], run.fail("tuple")
+    assert _tuples(run, "host_md" + s, ns, 1) == [ns.tuple_of(0, APP_HOST, ns.at("host"))], run.fail("tuple")
     assert run.nvme("host_badapp" + s)[1] == APP_CHECK, run.fail("app tag 5679h against 5678h, mask FFFFh")
     assert run.nvme("host_maskedapp" + s) == (0, None), run.fail("app tag mismatch outside LBATM")
     assert run.check("host_blk" + s) == f"0 {md5(ns.block(0))}", run.fail("block-layer read")
@@ -450,7 +427,7 @@ def test_corrupt_pi_rule_fails_the_guest_read(run: Run, ns: PiNs) -> None:
     """``corrupt-pi=guard`` / ``=ref`` on what a read returns: the controller checked the stored PI
     and passed, Linux's own verification catches the corruption. QEMU has no rule: reads succeed."""
     s = f"_n{ns.nsid}"
-    guard_key, ref_key = f"fault{ns.fault_guard_lba}{s}", f"fault{ns.fault_ref_lba}{s}"
+    guard_key, ref_key = f"fault{ns.at('fault_guard')}{s}", f"fault{ns.at('fault_ref')}{s}"
     intact = f"0 {md5(ns.block(0))}"
     if run.target == "qemu":
         assert run.check(guard_key) == intact and run.check(ref_key) == intact, run.fail("control reads")
