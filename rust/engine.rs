@@ -68,6 +68,8 @@ pub struct NamespaceSpec {
     pub file: Option<FileSpec>,
     /// The embedder's blocks of a `"custom"` namespace.
     pub storage: Option<StorageRef>,
+    /// Metadata and protection information (default: none).
+    pub metadata: crate::pi::Format,
 }
 
 /// What a namespace turned out to be once opened.
@@ -335,17 +337,21 @@ impl Engine {
                     ns.lba_size
                 )));
             }
-            namespaces.push(Namespace::new(
-                Backend::new(
-                    &ns.backend,
+            namespaces.push(
+                Namespace::new(
+                    Backend::new(
+                        &ns.backend,
+                        ns.size_bytes,
+                        ns.lba_size,
+                        ns.file.as_ref(),
+                        ns.storage.as_ref(),
+                    )?,
                     ns.size_bytes,
                     ns.lba_size,
-                    ns.file.as_ref(),
-                    ns.storage.as_ref(),
-                )?,
-                ns.size_bytes,
-                ns.lba_size,
-            ));
+                )
+                .with_metadata(ns.metadata)
+                .map_err(|e| EngineError::Config(format!("namespace {}: {e}", i + 1)))?,
+            );
         }
         if cfg.iothreads == 0 || cfg.iothreads > 64 {
             return Err(EngineError::Config(format!(
@@ -981,6 +987,9 @@ mod irq_tests;
 
 #[cfg(test)]
 mod nvm_tests;
+
+#[cfg(test)]
+mod pi_tests;
 
 #[cfg(test)]
 mod remote_tests;

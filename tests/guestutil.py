@@ -214,7 +214,7 @@ class Boot:
     seconds: float
     console: str  # QEMU's stdout: the guest's serial console
     qemu_stderr: str
-    server: Server
+    server: Server | None  # None: QEMU's own device, no server
     checks: dict[str, str] = dataclasses.field(default_factory=dict)
     irqs: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # phase -> vector -> count
     fails: list[str] = dataclasses.field(default_factory=list)
@@ -248,7 +248,8 @@ class Boot:
             f"{self.seconds:.1f} s, server alive after: {self.server_alive_after}\n"
             f"----- guest console -----\n{self.console.replace(chr(13), '')}\n"
             f"----- QEMU stderr -----\n{self.qemu_stderr}\n"
-            f"----- server log ({self.server.log_path}) -----\n{tail(self.server.log(), 200)}\n"
+            + (f"----- server log ({self.server.log_path}) -----\n{tail(self.server.log(), 200)}\n"
+               if self.server is not None else "")
         )
 
     def summary(self) -> str:

@@ -94,7 +94,7 @@ def test_identify_controller(host: Host, config: ControllerConfig) -> None:
     assert ident.sqes == 0x66 and ident.cqes == 0x44
     assert ident.nn == len(config.namespaces)
     assert ident.vwc == 0x05  # present; flush to NSID FFFFFFFFh not supported
-    assert ident.sgls == 0x00010001  # SGLs without alignment, bit bucket
+    assert ident.sgls == 0x000B0001  # SGLs without alignment, bit bucket, metadata: byte-aligned, SGL (17, 19)
     subnqn = raw[768:1024].rstrip(b"\0").decode()
     assert subnqn.startswith("nqn.") and config.serial in subnqn
     assert struct.unpack_from("<H", raw, 2048)[0] != 0  # PSD0.MP
@@ -118,8 +118,9 @@ def test_identify_namespace(host: Host) -> None:
         assert_status(c, SUCCESS)
         ns = IdentifyNamespace.parse(raw)
         assert (ns.nsze, ns.ncap, ns.nuse) == (lbas, lbas, lbas)
-        assert ns.nlbaf == 1 and ns.flbas == (0 if lbads == 9 else 1)
-        assert [(f.lbads, f.ms) for f in ns.lbaf] == [(9, 0), (12, 0)]
+        assert ns.nlbaf == 6 and ns.flbas == (0 if lbads == 9 else 1)
+        # 0 and 1 without metadata, then 512+8, 512+16, 4096+8, 4096+16, 4096+64
+        assert [(f.lbads, f.ms) for f in ns.lbaf] == [(9, 0), (12, 0), (9, 8), (9, 16), (12, 8), (12, 16), (12, 64)]
         assert ns.lba_size == 1 << lbads
         assert raw[104:120] != bytes(16)  # NGUID
         assert raw[120:128] != bytes(8)  # EUI64

@@ -40,8 +40,8 @@ def test_identify_controller_2_0_fields(host: Host, config: ControllerConfig) ->
     assert u16(raw, 520) == 1 << 0 | 1 << 2 | 1 << 3 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 8
     assert raw[524] == 0  # FNA: Format NVM per namespace, no secure erase
     assert raw[525] == 0x05  # VWC present; no broadcast flush
-    assert u16(raw, 534) == 1  # OCFS: Copy source range format 0
-    assert u32(raw, 536) == 0x00010001  # SGLS: no alignment requirement, bit bucket
+    assert u16(raw, 534) == 0b11  # OCFS: Copy source range formats 0 and 1 (the 64-bit guard's)
+    assert u32(raw, 536) == 0x000B0001  # SGLS: no alignment requirement, bit bucket, MPTR bits 17 and 19
     assert u16(raw, 514) == 0  # MAXCMD: not reported
 
 
@@ -55,15 +55,19 @@ def test_identify_namespace_nvm_fields(host: Host) -> None:
         assert_status(c, SUCCESS)
         assert (u64(raw, 0), u64(raw, 8), u64(raw, 16)) == (lbas, lbas, lbas)  # NSZE NCAP NUSE
         assert raw[24] == 0  # NSFEAT
-        assert raw[25] == 1  # NLBAF: two formats, 0's based
+        assert raw[25] == 6  # NLBAF: seven formats, 0's based
         assert raw[26] == flbas  # FLBAS: the current format, no metadata
-        assert raw[33] == 0x09  # DLFEAT: WZ deallocate; deallocated reads 00h
+        assert (raw[27], raw[28], raw[29]) == (0x03, 0x1F, 0)  # MC, DPC: all; DPS: no PI
+        assert raw[33] == 0x09  # DLFEAT: WZ deallocate; deallocated reads 00h; PI of them FFh
         assert u16(raw, 74) == 256  # MSSRL
         assert u32(raw, 76) == 4096  # MCL
         assert raw[80] == 127  # MSRC, 0's based
         assert u32(raw, 128) == 9 << 16  # LBAF0: 512 B, no metadata, best performance
         assert u32(raw, 132) == 12 << 16  # LBAF1: 4096 B
-        assert raw[136:192] == bytes(56)  # no more formats
+        # LBAF2-6: MS bits 15:0 with 512 or 4096 B
+        assert [u32(raw, 136 + 4 * i) for i in range(5)] == [9 << 16 | 8, 9 << 16 | 16, 12 << 16 | 8,
+                                                             12 << 16 | 16, 12 << 16 | 64]
+        assert raw[156:192] == bytes(36)  # no more formats
 
 
 # -- I/O Command Set specific and independent structures -------------------------------------------
@@ -180,12 +184,13 @@ def test_format_invalid_nsid(host: Host, nsid: int) -> None:
 @pytest.mark.parametrize(
     ("cdw10", "status"),
     [
-        (2, INVALID_FORMAT),  # LBAF 2: NLBAF is 1
+        (7, INVALID_FORMAT),  # LBAF 7: NLBAF is 6
         (0xF, INVALID_FORMAT),
-        (1 << 12, INVALID_FORMAT),  # LBAFU: format 16
         (1 << 5, INVALID_FORMAT),  # PI type 1 without metadata
         (3 << 5, INVALID_FORMAT),
-        (1 << 4, INVALID_FORMAT),  # MSET: no metadata to put in an extended LBA
+        (1 << 5 | 1 << 8, INVALID_FORMAT),  # PI first, still no metadata
+        (4 << 5, INVALID_FIELD),  # PI 100b: reserved
+        (7 << 5 | 2, INVALID_FIELD),  # PI 111b, even with metadata
         (2 << 9, INVALID_FIELD),  # SES: cryptographic erase (FNA bit 2 clear)
         (7 << 9, INVALID_FIELD),  # SES reserved
     ],
@@ -198,6 +203,11 @@ def test_format_invalid_fields(host: Host, cdw10: int, status: tuple[int, int]) 
 def test_format_user_data_erase_and_pil_alone_are_accepted(host: Host) -> None:
     assert_status(format_nvm(host, 1, 1, cdw10=1 << 9), SUCCESS)  # SES 001b
     assert_status(format_nvm(host, 1, 0, cdw10=1 << 8), SUCCESS)  # PIL without PI
+    assert_status(format_nvm(host, 1, 0, cdw10=1 << 4), SUCCESS)  # MSET without metadata: not applicable
+    assert identify(host, 0x00, 1)[1][26] == 0  # FLBAS bit 4 stays clear: there is no metadata
+    # LBAFU is ignored while Host Behavior Support LBAFEE is clear: format 16 is format 0.
+    assert_status(format_nvm(host, 1, 1, cdw10=1 << 12), SUCCESS)
+    assert identify(host, 0x00, 1)[1][26] == 1
 
 
 # -- Keep Alive (18h) ----------------------------------------------------------------------------

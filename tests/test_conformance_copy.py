@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from nvmutil import (
-    COMMAND_SIZE_LIMIT_EXCEEDED, COMMAND_SPECIFIC, DATA_TRANSFER_ERROR, GENERIC, INVALID_FIELD,
+    COMMAND_SIZE_LIMIT_EXCEEDED, COMMAND_SPECIFIC, DATA_TRANSFER_ERROR, GENERIC, INVALID_FIELD, INVALID_NSID,
     LBA, LBA_OUT_OF_RANGE, NSIDS, NSZE, TWO_NAMESPACES, UNMAPPED, assert_ok, assert_status,
     assert_still_works, fill, read,
 )
@@ -87,9 +87,17 @@ def test_copy_size_limits(host: Host, nsid: int) -> None:
     assert_still_works(host, nsid)
 
 
-@pytest.mark.parametrize("desfmt", [1, 2, 3, 4, 0xF])
+@pytest.mark.parametrize("desfmt", [2, 3, 4, 0xF])
 def test_copy_descriptor_format_unsupported(host: Host, desfmt: int) -> None:
     assert_status(copy(host, 1, 100, [(0, 1)], desfmt=desfmt), GENERIC, INVALID_FIELD)
+    assert_still_works(host)
+
+
+def test_copy_format_1_is_for_the_64_bit_guard(host: Host) -> None:
+    """Format 1 is supported (OCFS bit 1), for namespaces whose PI has the 64-bit guard; on
+    any other (16-bit guard formats, as these without PI are) it is Invalid Namespace or
+    Format (NVM Command Set 1.0 3.2.2)."""
+    assert_status(copy(host, 1, 100, [(0, 1)], desfmt=1), GENERIC, INVALID_NSID)
     assert_still_works(host)
 
 

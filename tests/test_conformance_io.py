@@ -298,8 +298,8 @@ def test_commands_interleaved_on_one_queue(host: Host) -> None:
         (build_sqe(op.IO_COPY, nsid=1, prp1=cpy, **copy_cdws(200, 2)), (GENERIC, 0)),
         (build_sqe(op.IO_COMPARE, nsid=1, prp1=buf, **lba_fields(1, 1)), (MEDIA, COMPARE_FAILURE)),
         (verify_sqe(1, NSZE[1], 1), (GENERIC, LBA_OUT_OF_RANGE)),
-        (build_sqe(op.IO_COPY, nsid=1, prp1=cpy, **copy_cdws(200, 2, desfmt=1)),
-         (GENERIC, INVALID_FIELD)),
+        (build_sqe(op.IO_COPY, nsid=1, prp1=cpy, **copy_cdws(200, 2, desfmt=2)),
+         (GENERIC, INVALID_FIELD)),  # format 2h: not supported (format 1h is, for the 64-bit guard)
     ]
     cids = [(host.submit(sqe, 1), want) for sqe, want in sqes * 4]
     for cid, want in cids:

@@ -13,7 +13,7 @@ import pytest
 from adminutil import MiB, SUCCESS, assert_status, cmd, format_nvm, get_log, u16
 from nvmefast import CommandError, ControllerConfig, NamespaceConfig
 from nvmefast.testing import Host, build_sqe
-from nvmefast.testing import nvm
+from nvmefast.testing import nvm, pi
 from nvmefast.testing.sgl import bit_bucket, data_block
 
 ONCS_COMPARE, ONCS_DSM, ONCS_WRITE_ZEROES, ONCS_SAVE_SELECT = 1 << 0, 1 << 2, 1 << 3, 1 << 4
@@ -93,10 +93,17 @@ def test_each_lba_format_can_be_formatted_to_and_used(host: Host) -> None:
         assert now.format_index == index and now.lba_size == fmt.lba_size
         assert now.nsze == 4 * MiB // fmt.lba_size
         data = pattern(2 * fmt.lba_size, index)
-        host.write(1, now.nsze - 2, data)
-        assert host.read(1, now.nsze - 2, 2) == data
-        with pytest.raises(CommandError):
-            host.read(1, now.nsze - 1, 2)  # LBA range follows the new size
+        if fmt.ms:  # with metadata, in a separate buffer (MSET 0)
+            md = pattern(2 * fmt.ms, index + 1)
+            assert pi.write(host, 1, now.nsze - 2, data, md).ok
+            back = pi.read(host, 1, now.nsze - 2, 2)
+            assert (back.data, back.metadata) == (data, md)
+            assert not pi.read(host, 1, now.nsze - 1, 2).ok  # LBA range follows the new size
+        else:
+            host.write(1, now.nsze - 2, data)
+            assert host.read(1, now.nsze - 2, 2) == data
+            with pytest.raises(CommandError):
+                host.read(1, now.nsze - 1, 2)  # LBA range follows the new size
         host.flush(1)
 
 

@@ -29,14 +29,32 @@ pub const MDTS_BYTES: u64 = 128 << 10;
 /// checked byte for byte after every command; 2 stores nothing; 4 is a file
 /// in /dev/shm served through io_uring, so its Reads and Writes complete
 /// asynchronously; 5 is the embedder's storage ([`crate::storage`]), which
-/// checks every call the core makes to it.
-pub const NAMESPACES: [(u32, &str, u64, u32); 5] = [
+/// checks every call the core makes to it; 6 ([`PI_NSID`]) carries 8 bytes
+/// of separate metadata with type 1 protection information, so MPTR,
+/// PRINFO, ILBRT (CDW14), LBAT/LBATM (CDW15) of the input matter.
+pub const NAMESPACES: [(u32, &str, u64, u32); 6] = [
     (1, "ram", 64 << 10, 512),
     (2, "null", 1 << 20, 512),
     (3, "ram", 64 << 10, 4096),
     (4, "file", 64 << 10, 512),
     (5, "custom", 64 << 10, 512),
+    (6, "ram", 64 << 10, 512),
 ];
+
+/// The namespace with metadata and protection information.
+pub const PI_NSID: u32 = 6;
+
+/// The metadata format of namespace `nsid`.
+pub fn metadata(nsid: u32) -> nvmefast::pi::Format {
+    if nsid != PI_NSID {
+        return nvmefast::pi::Format::NONE;
+    }
+    nvmefast::pi::Format {
+        ms: 8,
+        pi: 1,
+        ..nvmefast::pi::Format::NONE
+    }
+}
 
 /// Which region a guest range lies in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,6 +230,23 @@ pub fn status_allowed(sqe: &Sqe, status: Status) -> bool {
         );
     }
     if common.contains(&status) {
+        return true;
+    }
+    // End-to-end protection: the checks' statuses, a bad PRINFO for the
+    // format, a metadata SGL of the wrong length.
+    let pi = [
+        s(Status::GUARD_CHECK_ERROR),
+        s(Status::APP_TAG_CHECK_ERROR),
+        s(Status::REF_TAG_CHECK_ERROR),
+        s(Status::INVALID_PI),
+        Status::INVALID_PI,
+        s(Status::METADATA_SGL_LENGTH_INVALID),
+    ];
+    let pi_opcodes = matches!(
+        sqe.opcode(),
+        op::READ | op::WRITE | op::COMPARE | op::VERIFY | op::WRITE_ZEROES | op::COPY
+    );
+    if sqe.nsid() == PI_NSID && pi_opcodes && pi.contains(&status) {
         return true;
     }
     match sqe.opcode() {

@@ -136,6 +136,7 @@ impl Rig {
                     }),
                     storage: (backend == "custom")
                         .then(|| StorageRef(Arc::new(Blocks::new(size_bytes as usize, lba_size)))),
+                    metadata: model::metadata(nsid),
                 })
                 .collect(),
             msix_vectors: 2,

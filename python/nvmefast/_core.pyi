@@ -23,6 +23,7 @@ __all__ = [
     "bench_io",
     "floor_eventfd_pingpong",
     "floor_file_uring",
+    "floor_guard",
     "floor_memcpy_4k",
     "floor_shm_pingpong",
     "floor_unix_socket_rtt",
@@ -188,8 +189,23 @@ class Engine:
         instead of executing it. False when no such command is queued (it
         already ran: I/O executes as soon as it is fetched).
         """
-    def format_namespace(self, nsid: int, lba_size: int) -> None:
-        """Format NVM: namespace ``nsid`` gets ``lba_size`` (512 or 4096) and reads as zeroes."""
+    def format_namespace(
+        self,
+        nsid: int,
+        lba_size: int,
+        metadata_size: int = 0,
+        extended_lba: bool = False,
+        pi_type: int = 0,
+        pi_first: bool = False,
+        guard: str = "crc16",
+    ) -> None:
+        """Format NVM: namespace ``nsid`` gets ``lba_size`` (512 or 4096) and
+        the metadata format given (none by default); its data reads as zeroes
+        and every block's metadata is deallocated (reads back all FFh, the PI
+        escape). ConfigError for a combination that is not an LBA format."""
+    def namespace_format(self, nsid: int) -> dict[str, Any]:
+        """The current format of namespace ``nsid``: lba_size, metadata_size,
+        extended_lba, pi_type, pi_first, guard ("crc16" or "crc64")."""
     def namespace_lba_size(self, nsid: int) -> int:
         """The current LBA data size of namespace ``nsid``."""
     def namespace_size(self, nsid: int) -> int:
@@ -334,8 +350,10 @@ class FaultTable:
         skip: int,
         probability: float,
         seed: int,
+        pi_field: str = "",
     ) -> int:
-        """Add a rule after the others; its id. ConfigError for a contradiction."""
+        """Add a rule after the others; its id. ConfigError for a contradiction.
+        ``pi_field`` ("guard", "app", "ref") is the field of a ``corrupt-pi`` action."""
     def remove(self, id: int) -> bool:
         """Remove rule ``id``; False when there is none."""
     def clear(self) -> None:
@@ -420,8 +438,12 @@ def bench_io(
     page_fd: tuple[int, int, int] | None = None,
     doorbell_eventfds: tuple[int, int] | None = None,
     doorbell_stride: int = 4,
+    prinfo: int = 0,
 ) -> dict[str, float]:
     """Drive one I/O queue pair from a Rust host thread.
+
+    ``prinfo``: PRINFO (CDW12 bits 29:26) of every command, with ILBRT the
+    SLBA (type 1 reference tags).
 
     ``workload`` is ``"randread"`` or ``"randwrite"`` (random block reads or
     writes until ``seconds``
@@ -445,6 +467,9 @@ def floor_shm_pingpong(iterations: int, max_seconds: float = 2.0) -> float:
 def floor_unix_socket_rtt(iterations: int, max_seconds: float = 2.0) -> float:
     """Mean round trip in ns of a 16-byte request and reply over a UNIX
     socket pair between two threads (bounded like floor_eventfd_pingpong)."""
+
+def floor_guard(guard: str, seconds: float = 0.5) -> float:
+    """GB/s of the PI guard (``"crc16"`` or ``"crc64"``) over 4 KiB blocks."""
 
 def floor_memcpy_4k(buffer_bytes: int, seconds: float) -> float:
     """Random 4 KiB memcpys per second out of a buffer of ``buffer_bytes``."""

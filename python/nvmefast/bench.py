@@ -165,9 +165,9 @@ class BenchSession:
         self.host.close()
         self.controller.close()
 
-    def fill(self) -> int:
+    def fill(self, prinfo: int = 0) -> int:
         """Write every block of the namespace once, through the device; returns blocks written."""
-        return int(self.drive("poll", 64, 1.0, "fill")["ios"])
+        return int(self.drive("poll", 64, 1.0, "fill", prinfo=prinfo)["ios"])
 
     def drive(
         self,
@@ -178,6 +178,7 @@ class BenchSession:
         delivery: Callable[[Controller], None] | None = None,
         ring_each: bool = False,
         queues: int = 1,
+        prinfo: int = 0,
     ) -> dict[str, float]:
         """Run one point on fresh queue pairs; returns ``_core.bench_io``'s figures.
 
@@ -187,6 +188,7 @@ class BenchSession:
         show what each way of delivering interrupts costs the device.
         ``queues`` > 1: that many queue pairs at ``qd`` each, each driven by
         its own host thread; the figures are summed (latency: I/O-weighted).
+        ``prinfo``: PRINFO of every command (ILBRT = SLBA).
         """
         host = self.host
         region = host.mem.regions[0]
@@ -221,6 +223,7 @@ class BenchSession:
                     shadow=self._shadow,
                     page_fd=self._page,
                     doorbell_stride=4 << self.controller.config.doorbell_stride,
+                    prinfo=prinfo,
                 )
                 if self.cfg.doorbell == "ioeventfd":
                     pair = (os.eventfd(0, os.EFD_CLOEXEC), os.eventfd(0, os.EFD_CLOEXEC))

@@ -14,6 +14,7 @@ from nvmefast.cli_terms import BENCH_TERMS, SERVE_TERMS, Terms, in_cli_terms, na
 from nvmefast.config import BACKENDS, CACHE_MODES, IO_PATHS, LBA_SIZES, NamespaceConfig
 from nvmefast.errors import ConfigError, NvmeFastError
 from nvmefast.faults import FaultRule, FaultRuleError
+from nvmefast.lba_format import NamespaceFormat
 from nvmefast.namespace_spec import USAGE, NamespaceSpec, options_help, parse_namespace, parse_size
 
 __all__ = ["NamespaceSpec", "describe_namespace", "main", "parse_size"]
@@ -106,6 +107,14 @@ def _parser() -> argparse.ArgumentParser:
         help="instead: the cost of one interrupt by eventfd, KVM irqfd, KVM_SIGNAL_MSI and a Python "
         "callback, its end-to-end effect at QD 1 and 64, and interrupt coalescing",
     )
+    b.add_argument(
+        "--pi",
+        type=int,
+        choices=(1, 2, 3),
+        help="instead: 4 KiB reads with PRCHK and writes with PRACT on a namespace with protection "
+        "information of this type, against the same without, the guard's GB/s as the floor",
+    )
+    b.add_argument("--guard", choices=("crc16", "crc64"), default="crc16", help="the PI guard of --pi (default crc16)")
     _serve_parser(sub)
     pl = sub.add_parser(
         "plot",
@@ -294,11 +303,13 @@ def _namespace_config(spec: NamespaceSpec, args: argparse.Namespace) -> Namespac
         raise ConfigError(f"--namespace {spec.text}: {in_cli_terms(str(e), namespace_terms(spec.text))}") from None
 
 
-def describe_namespace(nsid: int, info: Mapping[str, object]) -> str:
-    """One line saying how namespace ``nsid`` is served (the serve log's)."""
+def describe_namespace(nsid: int, info: Mapping[str, object], fmt: NamespaceFormat | None = None) -> str:
+    """One line saying how namespace ``nsid`` is served (the serve log's); ``fmt``: its format."""
     size = info["size_bytes"]
     assert isinstance(size, int)
     text = f"namespace {nsid}: {info['backend']} {_format_size(size)}"
+    if fmt is not None and fmt.metadata_size:
+        text += f", {fmt.describe()}"
     if info["backend"] == "file":
         mode = "read-only" if info["readonly"] else "read-write"
         text += f" {info['path']}, io {info['io']}, cache {info['cache']}, {mode}"
@@ -363,7 +374,8 @@ def _serve(args: argparse.Namespace) -> int:
     # Rules go in before the socket listens: the first client meets them.
     faults = [server.controller.faults.add(rule) for rule in args.fault or ()]
     for nsid in range(1, len(specs) + 1):
-        log.info("%s", describe_namespace(nsid, server.controller.namespace_info(nsid)))
+        fmt = NamespaceFormat.of_engine(server.controller.engine.namespace_format(nsid))
+        log.info("%s", describe_namespace(nsid, server.controller.namespace_info(nsid), fmt))
     log.info("%d iothread(s), up to %d I/O queue pairs, polling %s", args.iothreads, args.queues, args.polling)
     for fault in faults:
         log.info("fault rule %d: %s", fault.id, fault.rule)
@@ -410,6 +422,13 @@ def _bench(args: argparse.Namespace) -> int:
         print(format_irq_table(result))
         _write_results(args, irq_json(result), progress)
         return 1 if any(r["errors"] for r in result.end_to_end + result.coalescing) else 0
+    if args.pi is not None:
+        from nvmefast.bench_pi import format_pi_table, pi_json, run_pi_bench
+
+        res = run_pi_bench(args.pi, args.guard, args.seconds, progress=progress)
+        print(format_pi_table(res))
+        _write_results(args, pi_json(res), progress)
+        return 1 if any(row["errors"] for row in res.rows) else 0
     if args.vfio_user is not None:
         return _bench_vfio_user(args, progress)
     if args.doorbell == "trap":

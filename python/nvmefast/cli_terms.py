@@ -39,10 +39,14 @@ def namespace_terms(example_spec: str | None = None) -> Terms:
             terms.append((rf"NamespaceConfig\.{opt.field}\b", f":{opt.key}"))
             terms.append((rf"\b{opt.field}\b", f":{opt.key}"))
         else:
-            example = f" (--namespace {example_spec}:{opt.example})" if example_spec else ""
+            given = example_spec is not None and f":{opt.key}=" in example_spec
+            example = f" (--namespace {example_spec}:{opt.example})" if example_spec and not given else ""
+            # guard='crc64' -> guard=crc64; pi_type 1 -> pi=1
+            terms.append((rf"(?:NamespaceConfig\.)?\b{opt.field}=(['\"])(.*?)\1", rf"{opt.key}=\2"))
+            terms.append((rf"(?:NamespaceConfig\.)?\b{opt.field}[= ](\d\w*)", rf"{opt.key}=\1"))
             terms.append((rf"NamespaceConfig\.{opt.field}\b", f"{opt.form}{example}"))
-            terms.append((rf"\b{opt.field}[= ](\d\w*)", rf"{opt.key}=\1"))
-            terms.append((rf"\b{opt.field}\b", f"{opt.key}="))
+            if opt.field != opt.key:  # a key that is the field's name is a word of prose too (guard)
+                terms.append((rf"\b{opt.field}\b", f"{opt.key}="))
     terms += [
         (r",? or None for its size", ", or leave size= out for the file's own size"),
         (r"\blba_size=(\d+)", r":\1 (the LBA size)"),

@@ -22,6 +22,10 @@ MIB = 1 << 20
 """One mebibyte, for writing sizes."""
 
 LBA_SIZES = (512, 4096)
+METADATA_SIZES: dict[int, tuple[int, ...]] = {512: (0, 8, 16), 4096: (0, 8, 16, 64)}
+"""Metadata sizes of the LBA formats, by LBA data size."""
+GUARDS = ("crc16", "crc64")
+"""Protection information guards: CRC-16 T10-DIF (16b) and CRC-64/NVME (64b)."""
 """LBA data sizes a namespace may use."""
 BACKENDS = ("ram", "null", "file")
 """Namespace backends the core implements."""
@@ -127,6 +131,22 @@ class NamespaceConfig:
       filter refuses it; the environment variable
       ``NVMEFAST_FILE_IO=threads|io_uring`` overrides ``auto``).
 
+    Metadata and end-to-end protection (any backend; see docs/protection.md):
+
+    - ``metadata_size``: metadata bytes per block, 0 (none, the default),
+      8 or 16 (with 512-byte LBAs), 8, 16 or 64 (with 4096-byte LBAs).
+    - ``extended_lba``: the metadata is interleaved with the data (an
+      extended LBA) rather than a separate buffer (MPTR).
+    - ``pi_type``: protection information type 0 (none), 1, 2 or 3.
+    - ``pi_first``: the PI is the first bytes of the metadata (else the last).
+    - ``guard``: ``"crc16"`` (8-byte tuple, CRC-16 T10-DIF) or ``"crc64"``
+      (16-byte tuple, CRC-64/NVME; needs metadata_size 16 or more and
+      4096-byte LBAs).
+
+    A file namespace keeps its metadata in a companion file, ``PATH.md``; a
+    storage object needs ``read_metadata(lba, nlb)`` and
+    ``write_metadata(lba, data)`` for it.
+
     What can be checked without opening the file is checked here (a path
     that is a directory, a missing file without a size, a regular file
     whose length is not a multiple of ``lba_size`` or exceeds
@@ -141,6 +161,11 @@ class NamespaceConfig:
     readonly: bool = False
     cache: str = "auto"
     io: str = "auto"
+    metadata_size: int = 0
+    extended_lba: bool = False
+    pi_type: int = 0
+    pi_first: bool = False
+    guard: str = "crc16"
 
     def __post_init__(self) -> None:
         _check_int("NamespaceConfig.lba_size", self.lba_size, 1, None)
@@ -148,6 +173,7 @@ class NamespaceConfig:
             raise ConfigError(
                 f"NamespaceConfig.lba_size must be one of {LBA_SIZES}, got {self.lba_size}"
             )
+        self._check_metadata()
         if not isinstance(self.backend, str):
             self._check_storage()
             return
@@ -191,6 +217,47 @@ class NamespaceConfig:
                 f"NamespaceConfig.{given[0]} applies to backend 'file' only; drop it for a {self.backend!r} namespace"
             )
 
+    def _check_metadata(self) -> None:
+        _check_int("NamespaceConfig.metadata_size", self.metadata_size, 0, None)
+        _check_int("NamespaceConfig.pi_type", self.pi_type, 0, None)
+        for name in ("extended_lba", "pi_first"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"NamespaceConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        sizes = METADATA_SIZES[self.lba_size]
+        if self.metadata_size not in sizes:
+            raise ConfigError(
+                f"NamespaceConfig.metadata_size {self.metadata_size} is not an LBA format with lba_size "
+                f"{self.lba_size}; use one of {sizes}"
+            )
+        if self.pi_type not in (0, 1, 2, 3):
+            raise ConfigError(f"NamespaceConfig.pi_type must be 0 (none), 1, 2 or 3, got {self.pi_type}")
+        if self.guard not in GUARDS:
+            raise ConfigError(f"NamespaceConfig.guard must be one of {GUARDS}, got {self.guard!r}")
+        if self.extended_lba and not self.metadata_size:
+            raise ConfigError("NamespaceConfig.extended_lba needs metadata: set metadata_size, or drop extended_lba")
+        if not self.pi_type:
+            if self.pi_first:
+                raise ConfigError("NamespaceConfig.pi_first needs protection information: set pi_type, or drop pi_first")
+            if self.guard != "crc16":
+                raise ConfigError("NamespaceConfig.guard='crc64' needs protection information: set pi_type 1, 2 or 3")
+            return
+        if self.guard == "crc64":
+            if self.lba_size != 4096:
+                raise ConfigError(
+                    f"NamespaceConfig.guard='crc64' needs lba_size 4096 (64-bit guard formats are for 4 KiB "
+                    f"LBAs and larger), got {self.lba_size}"
+                )
+            if self.metadata_size < 16:
+                raise ConfigError(
+                    f"NamespaceConfig.guard='crc64' needs metadata_size 16 or more for its 16-byte tuple, "
+                    f"got {self.metadata_size}"
+                )
+        elif self.metadata_size < 8:
+            raise ConfigError(
+                f"NamespaceConfig.pi_type {self.pi_type} needs metadata_size 8 or more for its 8-byte tuple "
+                f"(set metadata_size=8), got {self.metadata_size}"
+            )
+
     def _check_storage(self) -> None:
         missing = [m for m in ("read", "write") if not callable(getattr(self.backend, m, None))]
         if missing:
@@ -199,6 +266,14 @@ class NamespaceConfig:
                 f"and write(lba, data) (see nvmefast.Storage); {type(self.backend).__name__} has no "
                 f"{' or '.join(m + '()' for m in missing)}"
             )
+        if self.metadata_size:
+            lacking = [m for m in ("read_metadata", "write_metadata") if not callable(getattr(self.backend, m, None))]
+            if lacking:
+                raise ConfigError(
+                    f"NamespaceConfig.metadata_size needs a storage object with read_metadata(lba, nlb) and "
+                    f"write_metadata(lba, data) (see nvmefast.Storage); {type(self.backend).__name__} has no "
+                    f"{' or '.join(m + '()' for m in lacking)}: add them, or drop metadata_size"
+                )
         if self.size_bytes is None:
             object.__setattr__(self, "size_bytes", DEFAULT_SIZE)
         _check_int("NamespaceConfig.size_bytes", self.size_bytes, 1, None)

@@ -72,6 +72,11 @@ def _engine_namespace(ns: NamespaceConfig) -> NamespaceSpec:
         )
     else:
         entry.update(backend=ns.backend, size_bytes=ns.size)
+    if ns.metadata_size:
+        entry.update(
+            metadata_size=ns.metadata_size, extended_lba=ns.extended_lba, pi_type=ns.pi_type,
+            pi_first=ns.pi_first, guard=ns.guard,
+        )
     return entry
 
 

@@ -44,6 +44,7 @@ ACTIONS = (
     "delay",
     "never",
     "corrupt",
+    "corrupt-pi",
     "drop-irq",
     "delay-irq",
     "cfs",
@@ -52,8 +53,12 @@ ACTIONS = (
 """The actions a rule can take, by name."""
 
 Action = Literal[
-    "status", "transfer-error", "delay", "never", "corrupt", "drop-irq", "delay-irq", "cfs", "power-loss"
+    "status", "transfer-error", "delay", "never", "corrupt", "corrupt-pi", "drop-irq", "delay-irq", "cfs",
+    "power-loss",
 ]
+
+PI_FIELDS = ("guard", "app", "ref")
+"""The protection information fields ``corrupt-pi`` can corrupt."""
 
 IO_OPCODES: dict[str, int] = {
     "flush": 0x00,
@@ -125,6 +130,10 @@ class FaultRule:
       Delete SQ, or an Abort when ``abortable``);
     - ``"corrupt"``: a Read executed, then byte ``byte`` of its data XORed
       with ``xor``;
+    - ``"corrupt-pi"``: a Read executed, then the last byte of the
+      protection information field ``pi_field`` (``"guard"``, ``"app"``,
+      ``"ref"``) of its first block XORed with ``xor`` in what it returns
+      (when PRACT strips the PI, before the controller's own check);
     - ``"drop-irq"`` / ``"delay-irq"``: posted; the interrupt of its batch
       dropped, or sent ``delay`` seconds late;
     - ``"cfs"``: CSTS.CFS, nothing more fetched, this command never
@@ -150,6 +159,7 @@ class FaultRule:
     skip: int = 0
     probability: float = 1.0
     seed: int = 0
+    pi_field: str | None = None
 
     def __post_init__(self) -> None:
         self._check()
@@ -192,16 +202,21 @@ class FaultRule:
             raise bad("delay= belongs to delay and delay-irq only")
         if self.abortable and self.action not in ("delay", "never"):
             raise bad("abortable belongs to delay and never only")
-        if self.action == "corrupt":
+        if self.action == "corrupt-pi":
+            if self.pi_field not in PI_FIELDS:
+                raise bad(f"corrupt-pi needs pi_field, one of {', '.join(PI_FIELDS)} (text: corrupt-pi=guard)")
+        elif self.pi_field is not None:
+            raise bad("pi_field belongs to corrupt-pi only")
+        if self.action in ("corrupt", "corrupt-pi"):
             if self.opcode not in (None, IO_OPCODES["read"]):
-                raise bad(f"corrupt changes what a Read returns; opcode {self.opcode:#04x} is not read (02h)")
+                raise bad(f"{self.action} changes what a Read returns; opcode {self.opcode:#04x} is not read (02h)")
             if not isinstance(self.byte, int) or not 0 <= self.byte < 1 << 32:
                 raise bad(f"byte {self.byte!r} must be an offset in 0..2**32-1")
             if not isinstance(self.xor, int) or not 1 <= self.xor <= 0xFF:
                 raise bad(f"xor {self.xor!r} must be in 1..255 (0 would change nothing)")
         if self.admin:
-            if self.action == "corrupt":
-                raise bad('corrupt applies to I/O commands only; match queue "io" or an I/O queue ID')
+            if self.action in ("corrupt", "corrupt-pi"):
+                raise bad(f'{self.action} applies to I/O commands only; match queue "io" or an I/O queue ID')
             if self.lba is not None:
                 raise bad("admin commands have no LBA range; drop lba or match I/O queues")
         for name, value in (("count", self.count), ("skip", self.skip), ("seed", self.seed)):
@@ -229,6 +244,8 @@ class FaultRule:
         if not words:
             raise FaultRuleError(f"fault rule {text!r}: no action after '->'; use one of {', '.join(ACTIONS)}")
         action = words[0]
+        if action.startswith("corrupt-pi="):
+            action, fields["pi_field"] = action.split("=", 1)
         if action not in ACTIONS:
             raise FaultRuleError(f"fault rule {text!r}: unknown action {action!r}; use one of {', '.join(ACTIONS)}")
         fields["action"] = action
@@ -274,6 +291,10 @@ class FaultRule:
             action.append("abortable")
         if self.action == "corrupt":
             action += [f"byte={self.byte}", f"xor={self.xor:#04x}"]
+        if self.action == "corrupt-pi":
+            action = [f"corrupt-pi={self.pi_field}"]
+            if self.xor != 0xFF:
+                action.append(f"xor={self.xor:#04x}")
         return " ".join(parts) + " -> " + " ".join(action)
 
 
@@ -333,6 +354,10 @@ def _action_args(text: str, action: str, words: list[str], fields: dict[str, obj
         elif action == "corrupt" and word.startswith(("byte=", "xor=")):
             key, value = word.split("=", 1)
             fields[key] = _int(text, word, value)
+        elif action == "corrupt-pi" and word.startswith("xor="):
+            fields["xor"] = _int(text, word, word[4:])
+        elif action == "corrupt-pi" and "pi_field" not in fields and word in PI_FIELDS:
+            fields["pi_field"] = word
         else:
             rest.append(word)
     if action == "status":
@@ -475,6 +500,7 @@ class Faults:
                 skip=rule.skip,
                 probability=float(rule.probability),
                 seed=rule.seed,
+                pi_field=rule.pi_field or "",
             )
         except ConfigError as e:
             raise FaultRuleError(f"fault rule '{rule}': {e}") from None

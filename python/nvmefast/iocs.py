@@ -5,8 +5,7 @@ Offsets are those of NVMe Base Specification 2.0 (Figure 280 I/O Command Set
 Independent Identify Namespace, Figure 290 Identify I/O Command Set data
 structure, Figure 210 Changed Namespace List, Figure 211 Commands Supported
 and Effects) and NVM Command Set Specification 1.0 (Figure 99 NVM Command
-Set Identify Controller; the NVM Identify Namespace of CNS 05h is all zeroes
-for a controller without protection information or storage tags).
+Set Identify Controller, Figure 100 NVM Command Set Identify Namespace).
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping
 
+from nvmefast.lba_format import LBA_FORMATS, elbaf
 from nvmefast.structs import IDENTIFY_SIZE
 
 __all__ = [
@@ -76,13 +76,18 @@ COMMAND_EFFECTS_LOG_SIZE = 4096
 """The Commands Supported and Effects log page."""
 
 
-def build_identify_ns_nvm() -> bytes:
-    """NVM Command Set Identify Namespace (CNS 05h, CSI 00h).
+def build_identify_ns_nvm(guard: str = "crc16") -> bytes:
+    """NVM Command Set Identify Namespace (CNS 05h, CSI 00h) of a namespace
+    configured with ``guard``.
 
-    LBSTM 0 (no storage tags), PIC 0 (no protection information), every
-    Extended LBA Format 0 (no storage tag, 16-bit guard): all zeroes.
+    LBSTM 0 and PIC 0 (no storage tags), then an Extended LBA Format per LBA
+    Format: STS 0, PIF the guard of that format's PI
+    (:func:`nvmefast.lba_format.pif`).
     """
-    return bytes(IDENTIFY_SIZE)
+    buf = bytearray(IDENTIFY_SIZE)
+    for i, fmt in enumerate(LBA_FORMATS):
+        struct.pack_into("<I", buf, 12 + 4 * i, elbaf(guard, fmt))
+    return bytes(buf)
 
 
 def build_identify_ctrl_nvm() -> bytes:

@@ -51,6 +51,28 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2).upper()]
 
 
+def _number(allowed: tuple[int, ...]) -> Callable[[str], int]:
+    """A converter to an int of ``allowed``."""
+
+    def convert(text: str) -> int:
+        if not text.isdigit() or int(text) not in allowed:
+            raise argparse.ArgumentTypeError(f"use one of {', '.join(map(str, allowed))}")
+        return int(text)
+
+    return convert
+
+
+def _choice(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    """A converter to one of the words ``allowed``."""
+
+    def convert(text: str) -> str:
+        if text not in allowed:
+            raise argparse.ArgumentTypeError(f"use {' or '.join(allowed)}")
+        return text
+
+    return convert
+
+
 @dataclasses.dataclass(frozen=True)
 class NamespaceOption:
     """One row of :data:`OPTIONS`: an option of ``--namespace``."""
@@ -87,6 +109,29 @@ OPTIONS: Mapping[str, NamespaceOption] = {
             "size", "size_bytes", "the namespace size: a missing image is created at it and a shorter one "
             "extended, both sparse (as truncate -s does); a longer one is refused, never truncated",
             value="SIZE", convert=parse_size, example="size=1G", kinds=("file",),
+        ),
+        # Metadata and protection information (docs/protection.md).
+        NamespaceOption(
+            "md", "metadata_size", "metadata bytes per block, in a separate buffer unless :extended "
+            "(8 or 16; 64 with 4096-byte blocks); a file namespace keeps it in PATH.md",
+            value="BYTES", convert=_number((8, 16, 64)), example="md=8",
+        ),
+        NamespaceOption(
+            "pi", "pi_type", "protection information type 1, 2 or 3 in the metadata (0: none)",
+            value="TYPE", convert=_number((0, 1, 2, 3)), example="pi=1",
+        ),
+        NamespaceOption(
+            "pi-first", "pi_first", "protection information in the first bytes of the metadata, not the last",
+            example="pi-first",
+        ),
+        NamespaceOption(
+            "extended", "extended_lba", "metadata at the end of each block's data (an extended LBA), not "
+            "in a separate buffer", example="extended",
+        ),
+        NamespaceOption(
+            "guard", "guard", "the PI guard: crc16 (CRC-16 T10-DIF, 8-byte PI) or crc64 (CRC-64/NVME, "
+            "16-byte PI: needs md=16 or more and 4096-byte blocks)",
+            value="CRC", convert=_choice(("crc16", "crc64")), example="guard=crc64",
         ),
     )
 }

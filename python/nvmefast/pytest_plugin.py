@@ -26,10 +26,14 @@ Markers:
 
 - ``@pytest.mark.nvme_config(config=None, **fields)``: a whole
   ``ControllerConfig``, or its fields (``namespaces=[...]``, ``serial=...``).
-  ``namespaces`` may also be ``NamespaceConfig`` keyword dicts.
+  ``namespaces`` may also be ``NamespaceConfig`` keyword dicts, e.g.
+  ``dict(lba_size=4096, metadata_size=16, pi_type=1, guard="crc64")``.
 - ``@pytest.mark.nvme_host(irq=True, memory_bytes=64 << 20, queues=1,
-  entries=None)``: how ``nvme_host`` is built; ``queues=0`` leaves I/O queue
-  creation to the test.
+  entries=None, lbafee=False)``: how ``nvme_host`` is built; ``queues=0``
+  leaves I/O queue creation to the test; ``lbafee=True`` enables the
+  extended LBA formats (Host Behavior Support, as Linux does) so Format NVM
+  may select the 64-bit guard. For I/O with metadata and PI, see
+  :mod:`nvmefast.testing.pi`.
 - ``@pytest.mark.nvme_server(doorbells="trap", doorbell_scan_us=100)``: the
   server's options.
 - ``@pytest.mark.nvme_faults(*rules)``: fault rules (text form or
@@ -71,7 +75,7 @@ __all__ = [
 DEFAULT_NAMESPACE_BYTES = 16 << 20
 """Size of the default configuration's one RAM namespace."""
 
-_HOST_OPTIONS = {"irq": True, "memory_bytes": 64 << 20, "queues": 1, "entries": None}
+_HOST_OPTIONS = {"irq": True, "memory_bytes": 64 << 20, "queues": 1, "entries": None, "lbafee": False}
 _SERVER_OPTIONS = {"doorbells": "trap", "doorbell_scan_us": 100}
 
 
@@ -81,7 +85,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "nvme_config(config=None, **fields): the ControllerConfig of the nvmefast fixtures"
     )
     config.addinivalue_line(
-        "markers", "nvme_host(irq=True, memory_bytes=67108864, queues=1, entries=None): how nvme_host is built"
+        "markers",
+        "nvme_host(irq=True, memory_bytes=67108864, queues=1, entries=None, lbafee=False): how nvme_host is built",
     )
     config.addinivalue_line(
         "markers", "nvme_faults(*rules): fault rules installed on the fixtures' controllers"
@@ -170,6 +175,12 @@ def nvme_host(request: pytest.FixtureRequest, nvme_controller: Controller) -> It
         raise ConfigError(f"@pytest.mark.nvme_host(queues={queues}) must be 0 or more")
     with Host(nvme_controller, memory_bytes=int(opts["memory_bytes"]), irq=bool(opts["irq"])) as host:
         host.enable()
+        if opts["lbafee"]:
+            from nvmefast.testing.pi import enable_lbafee
+
+            completion = enable_lbafee(host)
+            if not completion.ok:
+                raise ConfigError(f"@pytest.mark.nvme_host(lbafee=True): Set Features 16h failed: {completion}")
         if queues:
             host.set_num_queues(queues, queues)
             for qid in range(1, queues + 1):

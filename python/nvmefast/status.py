@@ -71,6 +71,8 @@ class Status(enum.IntEnum):
     """PRP Offset Invalid."""
     NAMESPACE_WRITE_PROTECTED = _code(SCT_GENERIC, 0x20)
     """Namespace is Write Protected."""
+    METADATA_SGL_LENGTH_INVALID = _code(SCT_GENERIC, 0x10)
+    """Metadata SGL Length Invalid."""
     LBA_RANGE = _code(SCT_GENERIC, 0x80)
     """LBA Out of Range."""
     CAPACITY_EXCEEDED = _code(SCT_GENERIC, 0x81)
@@ -97,6 +99,8 @@ class Status(enum.IntEnum):
     """Feature Identifier Not Saveable."""
     INVALID_FORMAT = _code(SCT_COMMAND_SPECIFIC, 0x0A)
     """Invalid Format (Format NVM: an LBA format or protection setting not supported)."""
+    INVALID_PROTECTION_INFO = _code(SCT_COMMAND_SPECIFIC, 0x81)
+    """Invalid Protection Information (PRINFO not valid for the format, a type 1 ILBRT that is not the SLBA)."""
     FEATURE_NOT_CHANGEABLE = _code(SCT_COMMAND_SPECIFIC, 0x0E)
     """Feature Not Changeable."""
     FEATURE_NOT_NS_SPECIFIC = _code(SCT_COMMAND_SPECIFIC, 0x0F)
@@ -107,6 +111,12 @@ class Status(enum.IntEnum):
     """Write Fault: the backing file failed a write (EIO)."""
     UNRECOVERED_READ_ERROR = _code(SCT_MEDIA, 0x81)
     """Unrecovered Read Error: the backing file failed a read (EIO)."""
+    END_TO_END_GUARD_CHECK_ERROR = _code(SCT_MEDIA, 0x82)
+    """End-to-end Guard Check Error: a PI guard does not match the data's CRC."""
+    END_TO_END_APP_TAG_CHECK_ERROR = _code(SCT_MEDIA, 0x83)
+    """End-to-end Application Tag Check Error."""
+    END_TO_END_REF_TAG_CHECK_ERROR = _code(SCT_MEDIA, 0x84)
+    """End-to-end Reference Tag Check Error."""
 
 
 _NAMES: dict[int, str] = {
@@ -122,6 +132,7 @@ _NAMES: dict[int, str] = {
     Status.COMMAND_SEQUENCE_ERROR: "Command Sequence Error",
     Status.INVALID_PRP_OFFSET: "PRP Offset Invalid",
     Status.NAMESPACE_WRITE_PROTECTED: "Namespace is Write Protected",
+    Status.METADATA_SGL_LENGTH_INVALID: "Metadata SGL Length Invalid",
     Status.LBA_RANGE: "LBA Out of Range",
     Status.CAPACITY_EXCEEDED: "Capacity Exceeded",
     Status.INVALID_CQ: "Completion Queue Invalid",
@@ -134,10 +145,14 @@ _NAMES: dict[int, str] = {
     Status.INVALID_QUEUE_DELETION: "Invalid Queue Deletion",
     Status.FID_NOT_SAVEABLE: "Feature Identifier Not Saveable",
     Status.INVALID_FORMAT: "Invalid Format",
+    Status.INVALID_PROTECTION_INFO: "Invalid Protection Information",
     Status.FEATURE_NOT_CHANGEABLE: "Feature Not Changeable",
     Status.FEATURE_NOT_NS_SPECIFIC: "Feature Not Namespace Specific",
     Status.WRITE_FAULT: "Write Fault",
     Status.UNRECOVERED_READ_ERROR: "Unrecovered Read Error",
+    Status.END_TO_END_GUARD_CHECK_ERROR: "End-to-end Guard Check Error",
+    Status.END_TO_END_APP_TAG_CHECK_ERROR: "End-to-end Application Tag Check Error",
+    Status.END_TO_END_REF_TAG_CHECK_ERROR: "End-to-end Reference Tag Check Error",
 }
 
 

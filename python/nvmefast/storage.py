@@ -25,6 +25,14 @@ controller writes zero blocks. A Read or Write is one call for the whole
 command, whatever its PRPs or SGL look like; blocks of a partial-block
 access (Compare, Copy) are read and written whole.
 
+A namespace with metadata (``NamespaceConfig(metadata_size=...)``) needs
+two more: ``read_metadata(lba, nlb)`` returns exactly ``nlb *
+metadata_size`` bytes, and ``write_metadata(lba, data)`` stores whole
+blocks' metadata. Blocks never written should return ``FFh`` bytes (what a
+deallocated block's metadata reads as; its protection information then
+passes every check); deallocation and Format NVM write ``FFh`` bytes
+through ``write_metadata``.
+
 An exception, or a ``read`` returning anything but bytes of the right
 length, completes the command with Internal Error, is logged on the
 ``nvmefast.backend`` logger and counted (``Controller.counters()``:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import struct
 import uuid
 from collections.abc import Sequence
 
 from nvmefast.config import ControllerConfig, NamespaceConfig
+from nvmefast.lba_format import CTRATT_ELBAS, DPC, MC, NamespaceFormat, lbaf, metadata_available
+from nvmefast.lba_format import LBA_FORMATS as _FORMATS
 
 __all__ = [
     "CSI_NVM",
@@ -82,9 +83,10 @@ CCTEMP = 373
 COMPOSITE_TEMPERATURE = 310
 """The composite temperature the SMART log reports, Kelvin (37 C)."""
 
-LBA_FORMATS = (512, 4096)
-"""LBA data sizes of LBA Format 0 and 1 (NLBAF = 1), neither with metadata.
-Format NVM switches a namespace between them."""
+LBA_FORMATS = tuple(f.lba_size for f in _FORMATS)
+"""The LBA data size of each LBA Format, by index (0: 512, 1: 4096, neither
+with metadata; the formats with metadata, and which, are
+:data:`nvmefast.lba_format.LBA_FORMATS`)."""
 
 # Copy limits (Identify Namespace), in logical blocks of the current format.
 # The core enforces exactly these: change them together with rust/cmd.
@@ -97,7 +99,9 @@ MSRC = 127
 
 DLFEAT = 0x09
 """Deallocate Logical Block Features: bit 3 Write Zeroes may deallocate
-(DEAC), bits 2:0 = 001b deallocated blocks read as all 00h."""
+(DEAC), bits 2:0 = 001b deallocated blocks read as all 00h (their metadata
+too, but for protection information); bit 4 clear: the PI of a deallocated
+block is all FFh (guard FFFFh: the escape, so checks pass)."""
 
 ONCS_COMPARE = 1 << 0
 """ONCS bit 0: Compare."""
@@ -124,11 +128,15 @@ OACS_DBBUF = 1 << 8
 """OACS bit 8: Doorbell Buffer Config."""
 OAES_NS_ATTRIBUTE = 1 << 8
 """OAES bit 8: Namespace Attribute Notices (Changed Namespace List)."""
-SGLS = 0x00010001
+SGLS = 0x000B0001
 """SGL Support: bits 1:0 = 01b SGLs without alignment requirement (Data
-Block, Segment, Last Segment), bit 16 SGL Bit Bucket. Keyed SGLs: none."""
+Block, Segment, Last Segment), bit 16 SGL Bit Bucket, bit 17 a byte-aligned
+contiguous metadata buffer with SGL data (PSDT 01b), bit 19 MPTR pointing at
+an SGL descriptor (PSDT 10b). Keyed SGLs: none."""
 OCFS_FORMAT_0 = 1 << 0
 """Optional Copy Formats Supported: source range entry format 0."""
+OCFS_FORMAT_1 = 1 << 1
+"""Optional Copy Formats Supported: format 1 (the 64-bit guard's 40-byte entries)."""
 KAS = 1
 """Keep Alive Support: timer granularity in 100 ms units (nonzero: Keep Alive supported)."""
 LPA_CSE = 1 << 1
@@ -197,6 +205,7 @@ def build_identify_controller(config: ControllerConfig) -> bytes:
     struct.pack_into("<H", buf, 78, 0)  # CNTLID
     struct.pack_into("<I", buf, 80, NVME_VERSION)
     struct.pack_into("<I", buf, 92, OAES_NS_ATTRIBUTE)
+    struct.pack_into("<I", buf, 96, CTRATT_ELBAS)  # CTRATT: the 64-bit guard formats (lba_format.py)
     buf[111] = _CNTRLTYPE_IO
     struct.pack_into("<H", buf, 256, OACS_FORMAT_NVM | OACS_DBBUF)
     buf[258] = ACL
@@ -213,7 +222,7 @@ def build_identify_controller(config: ControllerConfig) -> bytes:
     struct.pack_into("<H", buf, 520, ONCS)
     buf[524] = _FNA
     buf[525] = (_VWC_PRESENT | _VWC_NO_BROADCAST_FLUSH) if config.volatile_write_cache else 0
-    struct.pack_into("<H", buf, 534, OCFS_FORMAT_0)
+    struct.pack_into("<H", buf, 534, OCFS_FORMAT_0 | OCFS_FORMAT_1)
     struct.pack_into("<I", buf, 536, SGLS)
     subnqn = (SUBNQN_PREFIX + config.serial).encode("ascii")
     buf[768 : 768 + len(subnqn)] = subnqn
@@ -222,25 +231,24 @@ def build_identify_controller(config: ControllerConfig) -> bytes:
     return bytes(buf)
 
 
-def _lbaf(lba_size: int) -> int:
-    # LBA Format: MS 15:0 = 0 (no metadata), LBADS 23:16, RP 25:24 = 0 (best).
-    return int(math.log2(lba_size)) << 16
-
-
 def lba_format_index(lba_size: int) -> int:
-    """The LBA Format index (FLBAS bits 3:0) of ``lba_size``."""
+    """The LBA Format index (FLBAS bits 3:0) of ``lba_size`` without metadata."""
     return LBA_FORMATS.index(lba_size)
 
 
 def build_identify_namespace(
-    ns: NamespaceConfig | None, ids: NamespaceIds | None, lba_size: int, *, shared: bool = False
+    ns: NamespaceConfig | None, ids: NamespaceIds | None, fmt: int | NamespaceFormat, *, shared: bool = False
 ) -> bytes:
-    """The Identify Namespace data structure (CNS 00h) of a namespace whose
-    current LBA data size is ``lba_size`` (it changes with Format NVM).
+    """The Identify Namespace data structure (CNS 00h) of a namespace formatted
+    as ``fmt`` (it changes with Format NVM; an int is an LBA data size without
+    metadata).
 
     ``ns`` None gives the fields common to all namespaces (NSID FFFFFFFFh):
-    sizes and identifiers zero, FLBAS the format of ``lba_size``.
+    sizes and identifiers zero, FLBAS the format of ``fmt``.
     """
+    if isinstance(fmt, int):
+        fmt = NamespaceFormat(fmt)
+    lba_size = fmt.lba_size
     buf = bytearray(IDENTIFY_SIZE)
     # A namespace keeps its bytes across Format NVM; a 4 KiB format of a size
     # that is no multiple of 4 KiB loses the tail.
@@ -249,8 +257,13 @@ def build_identify_namespace(
     # NSFEAT 0: NUSE is NCAP (no thin provisioning reporting), no DULBE
     # (Error Recovery rejects it), no namespace atomicity or I/O hints.
     buf[24] = 0
-    buf[25] = len(LBA_FORMATS) - 1  # NLBAF, 0's based
-    buf[26] = lba_format_index(lba_size)  # FLBAS: bits 3:0, no metadata
+    buf[25] = len(_FORMATS) - 1  # NLBAF, 0's based
+    buf[26] = fmt.flbas
+    # Metadata and PI capabilities, when the storage can keep metadata.
+    with_metadata = ns is None or metadata_available(ns)
+    buf[27] = MC if with_metadata else 0
+    buf[28] = DPC if with_metadata else 0
+    buf[29] = fmt.dps
     buf[30] = NMIC_SHARED if shared else 0  # NMIC
     buf[33] = DLFEAT
     # NSATTR (byte 99) bit 0: write protected. The core fails writes to a
@@ -260,8 +273,8 @@ def build_identify_namespace(
     if ids is not None:
         buf[104:120] = ids.nguid
         buf[120:128] = ids.eui64
-    for i, size in enumerate(LBA_FORMATS):
-        struct.pack_into("<I", buf, 128 + 4 * i, _lbaf(size))
+    for i, f in enumerate(_FORMATS):
+        struct.pack_into("<I", buf, 128 + 4 * i, lbaf(f, available=with_metadata or not f.metadata_size))
     return bytes(buf)
 
 

@@ -27,6 +27,20 @@ pub trait Storage: Send + Sync {
     /// Deallocates `nlb` blocks at `lba` (they must read back as zeroes:
     /// DLFEAT 001b); `Ok(false)`: not implemented, the caller zeroes them.
     fn deallocate(&self, lba: u64, nlb: u64, lba_size: u32) -> Result<bool, String>;
+    /// True when the storage keeps metadata (`read_metadata` and
+    /// `write_metadata`); without it a namespace cannot have metadata.
+    fn has_metadata(&self) -> bool {
+        false
+    }
+    /// Fills `buf` (exactly `nlb` blocks of `ms` bytes) with the metadata
+    /// of the blocks from `lba`.
+    fn read_metadata(&self, _lba: u64, _nlb: u64, _ms: u32, _buf: &mut [u8]) -> Result<(), String> {
+        Err("this storage keeps no metadata".into())
+    }
+    /// Stores `data` (whole blocks' metadata, `ms` bytes each) at `lba`.
+    fn write_metadata(&self, _lba: u64, _data: &[u8], _ms: u32) -> Result<(), String> {
+        Err("this storage keeps no metadata".into())
+    }
 }
 
 /// Errno a failed [`Storage`] call maps to (Internal Error, see
@@ -55,6 +69,12 @@ impl CustomBackend {
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         }
+    }
+
+    /// The storage object (its metadata methods serve the namespace's
+    /// metadata).
+    pub fn storage(&self) -> Arc<dyn Storage> {
+        self.storage.clone()
     }
 
     /// Format NVM changed the LBA size.

@@ -68,6 +68,11 @@ impl VolatileCache {
         self.enabled.store(on, Ordering::Relaxed);
     }
 
+    /// True when a write without FUA waits for a Flush to be durable.
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
     /// Blocks holding unflushed data.
     pub fn unflushed_blocks(&self) -> usize {
         lock(&self.blocks).len()

@@ -22,6 +22,8 @@ pub struct Namespace {
     lbas: AtomicU64,
     /// Unflushed writes, tracked for a power loss (fault injection).
     pub cache: VolatileCache,
+    /// Metadata and protection information (`pi/`): format and store.
+    pub meta: crate::pi::Meta,
 }
 
 impl Namespace {
@@ -34,7 +36,17 @@ impl Namespace {
             size_bytes,
             lbas: AtomicU64::new(size_bytes >> lba_size.trailing_zeros()),
             cache: VolatileCache::default(),
+            meta: crate::pi::Meta::default(),
         }
+    }
+
+    /// The namespace with metadata of format `fmt` (checked against its
+    /// LBA size); Err says what to change.
+    pub fn with_metadata(self, fmt: crate::pi::Format) -> Result<Self, String> {
+        fmt.validate(1 << self.lba_shift())?;
+        let store = crate::pi::Store::open(fmt, self.lbas(), &self.backend)?;
+        self.meta.set(fmt, store);
+        Ok(self)
     }
 
     /// log2 of the LBA data size.
@@ -84,6 +96,10 @@ impl Namespace {
     /// Flushes the backend; what was written is durable after it.
     pub fn flush(&self) -> Result<(), Errno> {
         self.backend.flush()?;
+        if let Some(s) = self.meta.store() {
+            s.flush()?;
+        }
+        self.meta.flushed();
         self.cache.flushed();
         Ok(())
     }
@@ -126,6 +142,8 @@ pub struct IoContext<'a> {
     /// the asynchronous path too (the worker has served its share of them
     /// synchronously this pass).
     pub offload_inline: bool,
+    /// A fault rule's `corrupt-pi` on this Read: the PI field and XOR.
+    pub corrupt_pi: Option<(crate::pi::tuple::Field, u8)>,
 }
 
 /// SQE byte offsets of fields, for Parameter Error Location.
@@ -133,6 +151,7 @@ pub(super) mod loc {
     pub const OPCODE: u16 = 0;
     pub const PSDT: u16 = 1;
     pub const NSID: u16 = 4;
+    pub const MPTR: u16 = 16;
     pub const DPTR: u16 = 24;
     pub const CDW10: u16 = 40;
     pub const CDW12: u16 = 48;
@@ -355,8 +374,12 @@ pub(super) fn lba_transfer<'a>(
 
 #[inline]
 fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, read: bool) -> Result<u32, Failure> {
+    let ns = namespace(ctx, sqe.nsid())?;
+    if ns.meta.active() {
+        return super::protect::rw(ctx, sqe, ns, read);
+    }
     if !read {
-        writable(namespace(ctx, sqe.nsid())?, 0, sqe.nsid())?;
+        writable(ns, 0, sqe.nsid())?;
     }
     let (ns, off, len) = lba_transfer(ctx, sqe, read)?;
     let fua = sqe.cdw(12) & (1 << 30) != 0;
@@ -389,7 +412,7 @@ pub fn count(smart: &mut Smart, read: bool, len: u64) {
 /// Moves the data of a Read or Write between the namespace at byte `off`
 /// and the segments in `ctx.segs`, synchronously.
 #[inline]
-fn rw_segments(
+pub(super) fn rw_segments(
     ctx: &mut IoContext<'_>,
     sqe: &Sqe,
     ns: &Namespace,
@@ -565,9 +588,11 @@ pub fn start(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<Started, Failure> {
         .checked_sub(1)
         .and_then(|i| ctx.namespaces.get(i as usize))
         .is_some_and(|ns| {
-            ns.backend
-                .as_file()
-                .is_some_and(|f| ctx.offload_inline || f.io_path() != crate::aio::IoPath::Inline)
+            // Metadata moves beside the data: synchronously.
+            !ns.meta.active()
+                && ns.backend.as_file().is_some_and(|f| {
+                    ctx.offload_inline || f.io_path() != crate::aio::IoPath::Inline
+                })
         });
     if !is_file || sqe.fuse() != 0 || !matches!(opcode, op::READ | op::WRITE | op::FLUSH) {
         return execute(ctx, sqe).map(Started::Done);

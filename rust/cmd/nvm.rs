@@ -34,6 +34,10 @@ fn fua_flush(
 
 /// 05h Compare: the host's data against the namespace.
 pub fn compare(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
+    let ns = namespace(ctx, sqe.nsid())?;
+    if ns.meta.active() {
+        return super::protect::compare(ctx, sqe, ns);
+    }
     let (ns, mut off, len) = lba_transfer(ctx, sqe, false)?;
     let slba = off >> ns.lba_shift();
     if ctx.segs.iter().any(Segment::is_remote) {
@@ -78,6 +82,9 @@ pub fn compare(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
 /// too: DLFEAT 001b). No data pointer; not limited by MDTS.
 pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
     let ns = namespace(ctx, sqe.nsid())?;
+    if ns.meta.active() {
+        return super::protect::write_zeroes(ctx, sqe, ns);
+    }
     let (slba, nlb) = lba_range(ns, sqe)?;
     writable(ns, slba, sqe.nsid())?;
     let shift = ns.lba_shift();
@@ -123,6 +130,7 @@ pub fn dataset_management(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Fai
             ns.will_write(slba << shift, len << shift, false);
             // SAFETY: checked against the namespace above.
             unsafe { ns.backend.deallocate(slba << shift, len << shift) }
+                .and_then(|()| super::protect::deallocated(ns, slba, len))
                 .map_err(|e| file_failure(e, true, slba, nsid, ctx.smart))?;
         }
     }
@@ -132,19 +140,24 @@ pub fn dataset_management(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Fai
 /// 0Ch Verify: the range must exist; the data is always intact here.
 pub fn verify(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
     let ns = namespace(ctx, sqe.nsid())?;
+    if ns.meta.active() {
+        return super::protect::verify(ctx, sqe, ns);
+    }
     lba_range(ns, sqe)?;
     Ok(0)
 }
 
-/// 19h Copy with source range entries format 0: each source range in
-/// order to consecutive LBAs from SDLBA, within MSRC, MSSRL and MCL.
+/// 19h Copy with source range entries format 0 (or 1 on a namespace with
+/// the 64b guard): each source range in order to consecutive LBAs from
+/// SDLBA, within MSRC, MSSRL and MCL.
 pub fn copy(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
     let nsid = sqe.nsid();
     let ns = namespace(ctx, nsid)?;
     let sdlba = u64::from(sqe.cdw(10)) | (u64::from(sqe.cdw(11)) << 32);
     let nr = sqe.cdw(12) & 0xff;
     let format = (sqe.cdw(12) >> 8) & 0xf;
-    if format != 0 {
+    if format > 1 {
+        // Formats 2h and 3h name other namespaces (not supported).
         return Err(fail(
             Status::INVALID_FIELD.dnr(),
             loc::CDW12 + 1,
@@ -152,6 +165,16 @@ pub fn copy(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
             nsid,
         ));
     }
+    if format != super::protect::copy_format(ns) {
+        // Format 0h is for 16b guard PI (or none), 1h for the 64b guard.
+        return Err(fail(
+            Status::INVALID_NAMESPACE.dnr(),
+            loc::CDW12 + 1,
+            sdlba,
+            nsid,
+        ));
+    }
+    let entry = if format == 1 { 40 } else { 32 };
     if nr > MSRC {
         return Err(fail(
             Status::COMMAND_SIZE_LIMIT_EXCEEDED.dnr(),
@@ -160,11 +183,12 @@ pub fn copy(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
             nsid,
         ));
     }
-    read_buffer(ctx, sqe, (nr as usize + 1) * 32)?;
+    read_buffer(ctx, sqe, (nr as usize + 1) * entry)?;
     let lbas = ns.lbas();
     let mut total = 0u64;
     let mut ranges = Vec::with_capacity(nr as usize + 1);
-    for e in ctx.scratch.chunks_exact(32) {
+    let mut tagged = Vec::new();
+    for e in ctx.scratch.chunks_exact(entry) {
         let slba = u64::from_le_bytes(e[8..16].try_into().unwrap_or_default());
         let nlb = u64::from(u16::from_le_bytes([e[16], e[17]])) + 1;
         if nlb > MSSRL {
@@ -178,6 +202,9 @@ pub fn copy(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
         match slba.checked_add(nlb) {
             Some(end) if end <= lbas => ranges.push((slba, nlb)),
             _ => return Err(fail(Status::LBA_OUT_OF_RANGE.dnr(), loc::DPTR, slba, nsid)),
+        }
+        if ns.meta.active() {
+            tagged.push((slba, nlb, super::protect::entry_tags(format, e)));
         }
         total += nlb;
     }
@@ -201,6 +228,9 @@ pub fn copy(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
         }
     }
     writable(ns, sdlba, nsid)?;
+    if ns.meta.active() {
+        return super::protect::copy(ctx, sqe, ns, sdlba, &tagged);
+    }
     let shift = ns.lba_shift();
     let mut dst = sdlba;
     ns.will_write(sdlba << shift, total << shift, sqe.cdw(12) & (1 << 30) != 0);

@@ -49,6 +49,9 @@ pub struct Params {
     /// Ring the SQ doorbell after every command (as a guest driver without
     /// batching does) instead of once per batch of reaped completions.
     pub ring_each: bool,
+    /// PRINFO (CDW12 bits 29:26) of every command, with ILBRT (CDW14) the
+    /// SLBA (type 1 reference tags); 0 for none.
+    pub prinfo: u32,
 }
 
 /// What came out.
@@ -217,6 +220,8 @@ pub fn run<M: Mmio + ?Sized>(
         };
         let lba = block * lbas_per_block;
         s.set_lba_range(lba, lbas_per_block as u32);
+        s.dw[12] |= (p.prinfo & 0xf) << 26;
+        s.dw[14] = lba as u32;
         s
     };
     let start = Instant::now();

@@ -101,6 +101,10 @@ pub struct Plan {
     /// reads corrupted, and some commands failed with [`INJECTED`], which
     /// the oracle accepts. Exactly once must hold all the same.
     pub faults: bool,
+    /// The namespace carries 8 bytes of metadata with type 1 protection
+    /// information, and every read asks for PRACT with the guard and
+    /// reference tag checked (ILBRT = SLBA): the PI path under the oracle.
+    pub pi: bool,
 }
 
 /// The status the fault rules of [`Plan::faults`] fail commands with
@@ -134,6 +138,7 @@ impl Plan {
             storage: Storage::Ram,
             mute: false,
             faults: false,
+            pi: false,
         }
     }
 }
@@ -288,6 +293,15 @@ pub fn engine_for(plan: &Plan) -> Result<Engine, String> {
             lba_size: LBA,
             backend: backend.into(),
             file,
+            metadata: if plan.pi {
+                crate::pi::Format {
+                    ms: 8,
+                    pi: 1,
+                    ..crate::pi::Format::NONE
+                }
+            } else {
+                crate::pi::Format::NONE
+            },
             ..NamespaceSpec::default()
         }],
         msix_vectors: plan.iothreads + 1,
@@ -500,6 +514,8 @@ pub struct Oracle {
     poison: Sqe,
     /// A status rules inject, accepted as a completion (not a fault).
     injected: Option<Status>,
+    /// Reads carry PRACT and PRCHK (see [`Oracle::with_pi`]).
+    pi: bool,
     pub report: Report,
 }
 
@@ -516,8 +532,16 @@ impl Oracle {
             bufs,
             poison,
             injected: None,
+            pi: false,
             report: Report::default(),
         }
+    }
+
+    /// Reads with PRACT and the guard and reference tag checked (the
+    /// namespace has type 1 PI with MS = 8, so no metadata moves).
+    pub fn with_pi(mut self, on: bool) -> Self {
+        self.pi = on;
+        self
     }
 
     /// Accepts completions with `status` (injected by fault rules).
@@ -549,6 +573,11 @@ impl Oracle {
         let mut sqe = Sqe::new(io::READ, cid, 1);
         sqe.set_prps(self.bufs + u64::from(buf) * 4096, 0);
         sqe.set_lba_range(lba, 1);
+        if self.pi {
+            // PRACT, PRCHK guard and reference tag; ILBRT = SLBA (type 1).
+            sqe.dw[12] |= 0xd << 26;
+            sqe.dw[14] = lba as u32;
+        }
         q.push(&sqe);
         self.inflight.insert(cid, buf);
         self.report.submitted += 1;
@@ -642,7 +671,7 @@ fn drive(
     let mut inner = Pauser::new(seed ^ 0xaaaa, plan.pause_per_mille, plan.max_pause_us);
     q.ringer.between = Some(Box::new(move || inner.maybe()));
     let lbas = NS_BYTES / u64::from(LBA);
-    let mut o = Oracle::new(plan.qd, bufs);
+    let mut o = Oracle::new(plan.qd, bufs).with_pi(plan.pi);
     if plan.faults {
         o = o.accepting(INJECTED);
     }

@@ -218,3 +218,28 @@ fn random_doorbell_programs_keep_exactly_once() {
     }
     assert!(commands > 100, "the programs submitted almost nothing");
 }
+
+/// The protection information path under the oracle: a namespace with
+/// type 1 PI (MS 8), every read with PRACT and the guard and reference tag
+/// checked, over every doorbell mode and polling mode, QD 1 and a full
+/// queue: each command completes once, successfully.
+#[test]
+fn exactly_once_with_protection_information() {
+    let mut total = 0;
+    for doorbell in Doorbell::ALL {
+        for polling in POLLINGS {
+            for qd in [1u32, 31] {
+                let mut p = Plan::new(doorbell, polling, 2, qd);
+                p.commands = 500;
+                p.pi = true;
+                p.pause_per_mille = if qd == 1 { 20 } else { 0 };
+                p.seed = u64::from(qd) * 17 + 3;
+                let r = run(&p);
+                assert!(r.faults.is_empty(), "{p:?}: {:?}", r.faults);
+                assert_eq!(r.completed, p.commands * 2, "{p:?}");
+                total += r.completed;
+            }
+        }
+    }
+    eprintln!("PI: {total} commands, each completed exactly once");
+}

@@ -408,6 +408,7 @@ fn file_quick_bench() {
                 eventfd: None,
                 buf_iova: buf,
                 ring_each: false,
+                prinfo: 0,
             };
             let o = bench::run(&e, &h.mem, &mut q, &p).unwrap();
             println!(

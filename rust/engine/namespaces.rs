@@ -39,11 +39,25 @@ impl Engine {
     /// Format NVM: namespace `nsid` (1-based) gets `lba_size` and reads as
     /// zeroes. Every worker is held off while it happens.
     pub fn format_namespace(&self, nsid: u32, lba_size: u32) -> Result<(), EngineError> {
+        self.format_nvm(nsid, lba_size, crate::pi::Format::NONE)
+    }
+
+    /// Format NVM with metadata: namespace `nsid` gets `lba_size` and the
+    /// metadata format `fmt`; its data reads as zeroes and every block's
+    /// metadata is deallocated (reads back all FFh: the PI escape). Every
+    /// worker is held off while it happens.
+    pub fn format_nvm(
+        &self,
+        nsid: u32,
+        lba_size: u32,
+        fmt: crate::pi::Format,
+    ) -> Result<(), EngineError> {
         if !matches!(lba_size, 512 | 4096) {
             return Err(EngineError::Config(format!(
                 "lba_size {lba_size} must be 512 or 4096"
             )));
         }
+        fmt.validate(lba_size).map_err(EngineError::Config)?;
         let ns = nsid
             .checked_sub(1)
             .and_then(|i| self.shared.namespaces.get(i as usize))
@@ -59,7 +73,20 @@ impl Engine {
                 "formatting namespace {nsid} failed: {}",
                 std::io::Error::from_raw_os_error(e)
             ))
-        })
+        })?;
+        let store = crate::pi::Store::reformat(ns.meta.store(), fmt, ns.lbas(), &ns.backend)
+            .map_err(|e| EngineError::Config(format!("formatting namespace {nsid}: {e}")))?;
+        if let Some(s) = &store {
+            s.set_write_cache(self.write_cache());
+        }
+        ns.meta.set(fmt, store);
+        Ok(())
+    }
+
+    /// The metadata format of namespace `nsid`.
+    pub fn namespace_format(&self, nsid: u32) -> Option<crate::pi::Format> {
+        let ns = self.shared.namespaces.get(nsid.checked_sub(1)? as usize)?;
+        Some(ns.meta.format())
     }
 
     /// The size in bytes of namespace `nsid` (a file's, as opened).
@@ -105,6 +132,11 @@ impl Engine {
     pub fn flush_all(&self) -> Result<(), i32> {
         let mut first = Ok(());
         for ns in self.shared.namespaces.iter() {
+            if let Some(Err(e)) = ns.meta.store().map(|s| s.flush()) {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
             if let Some(f) = ns.backend.as_file() {
                 if f.readonly() {
                     continue;
@@ -129,6 +161,11 @@ impl Engine {
             if let Some(f) = ns.backend.as_file() {
                 f.release();
             }
+            // The metadata companion goes too (its lock with it).
+            if let Some(s) = ns.meta.store() {
+                let _ = s.flush();
+            }
+            ns.meta.set(ns.meta.format(), None);
         }
     }
 
@@ -137,6 +174,9 @@ impl Engine {
     pub fn set_write_cache(&self, on: bool) {
         for ns in self.shared.namespaces.iter() {
             ns.cache.set_enabled(on);
+            if let Some(s) = ns.meta.store() {
+                s.set_write_cache(on);
+            }
             if let Some(f) = ns.backend.as_file() {
                 f.set_write_cache(on);
             }

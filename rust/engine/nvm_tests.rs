@@ -10,13 +10,18 @@ use std::time::{Duration, Instant};
 /// A 1 MiB RAM namespace, two vectors, one I/O queue pair: the engine the
 /// command-set and remote-memory tests share.
 pub(super) fn engine() -> Engine {
+    engine_with(NamespaceSpec {
+        size_bytes: 1 << 20,
+        lba_size: 512,
+        backend: "ram".into(),
+        ..NamespaceSpec::default()
+    })
+}
+
+/// The same engine with namespace `ns`.
+pub(super) fn engine_with(ns: NamespaceSpec) -> Engine {
     Engine::new(EngineConfig {
-        namespaces: vec![NamespaceSpec {
-            size_bytes: 1 << 20,
-            lba_size: 512,
-            backend: "ram".into(),
-            ..NamespaceSpec::default()
-        }],
+        namespaces: vec![ns],
         msix_vectors: 2,
         max_qid: 1,
         max_queue_entries: 64,

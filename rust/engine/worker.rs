@@ -435,6 +435,7 @@ impl Shared {
                     // signals what it served while io-wq threads (on every
                     // core) copy the rest, as fio's io_uring does.
                     offload_inline: inline >= INLINE_PASS,
+                    corrupt_pi: fault.and_then(Action::pi_corruption),
                 };
                 let mut started = match before {
                     Before::Fail(f) => Err(f),

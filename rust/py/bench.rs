@@ -49,7 +49,7 @@ const NOTIFIER_KINDS: &[(&str, Kind)] = &[
 
 /// Drives one queue pair with random reads from a Rust host thread.
 #[pyfunction]
-#[pyo3(signature = (engine, *, mem_fd, mem_iova, mem_size, sqid, sq_iova, cq_iova, qsize, buf_iova, nsid, ns_lbas, lba_size, block_size, qd, seconds, mode, eventfd, workload="randread", ring_each=false, doorbell="mmio", shadow=None, page_fd=None, doorbell_eventfds=None, doorbell_stride=4))]
+#[pyo3(signature = (engine, *, mem_fd, mem_iova, mem_size, sqid, sq_iova, cq_iova, qsize, buf_iova, nsid, ns_lbas, lba_size, block_size, qd, seconds, mode, eventfd, workload="randread", ring_each=false, doorbell="mmio", shadow=None, page_fd=None, doorbell_eventfds=None, doorbell_stride=4, prinfo=0))]
 #[allow(clippy::too_many_arguments)]
 fn bench_io<'py>(
     py: Python<'py>,
@@ -77,6 +77,7 @@ fn bench_io<'py>(
     page_fd: Option<(i32, usize, usize)>,
     doorbell_eventfds: Option<(i32, i32)>,
     doorbell_stride: usize,
+    prinfo: u32,
 ) -> PyResult<Bound<'py, PyDict>> {
     choice(py, "doorbell", doorbell, DOORBELLS)?;
     // The host loop builds atomics on these addresses and divides by the
@@ -143,6 +144,7 @@ fn bench_io<'py>(
         eventfd,
         buf_iova,
         ring_each,
+        prinfo,
     };
     let r = py.detach(|| -> Result<bench::Outcome, String> {
         let mem = HostMemory::from_fd(mem_fd, mem_size, mem_iova).map_err(|e| e.to_string())?;
@@ -277,7 +279,36 @@ fn measure_irq_delivery(
 }
 
 /// Adds the benchmark and floor functions to the module.
+/// GB/s of the protection information guard (`"crc16"`: CRC-16 T10-DIF,
+/// `"crc64"`: CRC-64/NVME) over 4 KiB blocks, for `seconds`: the floor of
+/// what PRCHK guard checks and PRACT insertion cost per byte.
+#[pyfunction]
+#[pyo3(signature = (guard, seconds=0.5))]
+fn floor_guard(py: Python<'_>, guard: &str, seconds: f64) -> PyResult<f64> {
+    let g = crate::pi::Guard::parse(guard).ok_or_else(|| {
+        config_err(
+            py,
+            format!("guard {guard:?} must be \"crc16\" or \"crc64\""),
+        )
+    })?;
+    Ok(py.detach(|| {
+        let block: Vec<u8> = (0..4096u32).map(|i| (i * 31) as u8).collect();
+        let start = std::time::Instant::now();
+        let mut bytes = 0u64;
+        let mut sink = 0u64;
+        while start.elapsed().as_secs_f64() < seconds {
+            for _ in 0..256 {
+                sink ^= crate::pi::crc::of(g, std::hint::black_box(&block));
+            }
+            bytes += 256 * 4096;
+        }
+        std::hint::black_box(sink);
+        bytes as f64 / start.elapsed().as_secs_f64() / 1e9
+    }))
+}
+
 pub(super) fn add_functions(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(floor_guard, m)?)?;
     m.add_function(wrap_pyfunction!(bench_io, m)?)?;
     m.add_function(wrap_pyfunction!(floor_eventfd_pingpong, m)?)?;
     m.add_function(wrap_pyfunction!(floor_shm_pingpong, m)?)?;

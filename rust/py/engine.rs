@@ -53,6 +53,7 @@ fn namespace_spec(py: Python<'_>, ns: &Bound<'_, PyAny>) -> PyResult<NamespaceSp
             backend,
             file: None,
             storage: Some(StorageRef(Arc::new(storage))),
+            ..NamespaceSpec::default()
         });
     }
     if let Ok((size_bytes, lba_size, backend)) = ns.extract::<(u64, u32, String)>() {
@@ -60,8 +61,7 @@ fn namespace_spec(py: Python<'_>, ns: &Bound<'_, PyAny>) -> PyResult<NamespaceSp
             size_bytes,
             lba_size,
             backend,
-            file: None,
-            storage: None,
+            ..NamespaceSpec::default()
         });
     }
     let (size_bytes, lba_size, backend, path, readonly, cache, io) = ns
@@ -119,6 +119,12 @@ const NAMESPACE_KEYS: &[&str] = &[
     "cache",
     "io",
     "storage",
+    // Metadata and protection information (py/pi.rs).
+    "metadata_size",
+    "extended_lba",
+    "pi_type",
+    "pi_first",
+    "guard",
 ];
 
 /// The dict form: `size_bytes`, `lba_size` and `backend` required; `path`,
@@ -165,6 +171,7 @@ fn namespace_from_dict(py: Python<'_>, d: &Bound<'_, PyDict>) -> PyResult<Namesp
         backend,
         file: file_spec(py, get(py, d, "path")?, readonly, &cache, &io)?,
         storage,
+        metadata: super::pi::from_dict(py, d)?,
     })
 }
 
@@ -399,9 +406,32 @@ impl PyEngine {
         }
     }
 
-    fn format_namespace(&self, py: Python<'_>, nsid: u32, lba_size: u32) -> PyResult<()> {
-        py.detach(|| self.inner.format_namespace(nsid, lba_size))
+    #[pyo3(signature = (nsid, lba_size, metadata_size=0, extended_lba=false, pi_type=0, pi_first=false, guard="crc16"))]
+    #[allow(clippy::too_many_arguments)]
+    fn format_namespace(
+        &self,
+        py: Python<'_>,
+        nsid: u32,
+        lba_size: u32,
+        metadata_size: u64,
+        extended_lba: bool,
+        pi_type: u64,
+        pi_first: bool,
+        guard: &str,
+    ) -> PyResult<()> {
+        let f = super::pi::format(py, metadata_size, extended_lba, pi_type, pi_first, guard)?;
+        py.detach(|| self.inner.format_nvm(nsid, lba_size, f))
             .map_err(|e| to_py(py, e))
+    }
+
+    fn namespace_format<'py>(&self, py: Python<'py>, nsid: u32) -> PyResult<Bound<'py, PyDict>> {
+        let (Some(f), Some(lba)) = (
+            self.inner.namespace_format(nsid),
+            self.inner.namespace_lba_size(nsid),
+        ) else {
+            return Err(config_err(py, format!("namespace {nsid} does not exist")));
+        };
+        super::pi::to_dict(py, lba, f)
     }
 
     fn namespace_lba_size(&self, py: Python<'_>, nsid: u32) -> PyResult<u32> {

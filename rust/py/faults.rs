@@ -9,6 +9,7 @@ use pyo3::types::PyDict;
 use super::errors::config_err;
 use crate::engine::faults::{Action, Firing, Match, QueueMatch};
 use crate::engine::Engine;
+use crate::pi::tuple::Field;
 use crate::spec::Status;
 
 /// An engine's fault rules (`Engine.faults()`).
@@ -43,7 +44,7 @@ fn queue_match(py: Python<'_>, queue: &Bound<'_, PyAny>) -> PyResult<QueueMatch>
 #[pymethods]
 impl PyFaultTable {
     /// Adds a rule (checked by nvmefast.faults.FaultRule first); returns its id.
-    #[pyo3(signature = (*, queue, opcode, nsid, lba, action, status, delay_ns, abortable, byte, xor, count, skip, probability, seed))]
+    #[pyo3(signature = (*, queue, opcode, nsid, lba, action, status, delay_ns, abortable, byte, xor, count, skip, probability, seed, pi_field=""))]
     #[allow(clippy::too_many_arguments)]
     fn add(
         &self,
@@ -62,6 +63,7 @@ impl PyFaultTable {
         skip: u64,
         probability: f64,
         seed: u64,
+        pi_field: &str,
     ) -> PyResult<u64> {
         let matcher = Match {
             queue: queue_match(py, queue)?,
@@ -78,6 +80,22 @@ impl PyFaultTable {
             },
             "never" => Action::Never { abortable },
             "corrupt" => Action::Corrupt { offset: byte, xor },
+            "corrupt-pi" => Action::CorruptPi {
+                field: match pi_field {
+                    "guard" => Field::Guard,
+                    "app" => Field::App,
+                    "ref" => Field::Ref,
+                    other => {
+                        return Err(config_err(
+                            py,
+                            format!(
+                                "corrupt-pi field {other:?} must be \"guard\", \"app\" or \"ref\""
+                            ),
+                        ))
+                    }
+                },
+                xor,
+            },
             "drop-irq" => Action::DropIrq,
             "delay-irq" => Action::DelayIrq { ns: delay_ns },
             "cfs" => Action::Cfs,

@@ -11,6 +11,7 @@
 //! - `lifecycle`: worker thread states, and stopping at interpreter exit;
 //! - `storage`: a Python object as a namespace's blocks;
 //! - `faults`: the fault rule table and power state;
+//! - `pi`: metadata settings (namespace keys, Format NVM arguments);
 //! - `trace`: command trace records as dicts;
 //! - `bench`: benchmark drivers and floors;
 //! - `vfio_bench`: the vfio-user benchmark client.
@@ -23,6 +24,7 @@ mod engine;
 mod errors;
 mod faults;
 mod lifecycle;
+mod pi;
 mod storage;
 mod trace;
 mod vfio_bench;

@@ -22,6 +22,8 @@ pub(super) struct PyStorage {
     flush: Option<Py<PyAny>>,
     write_zeroes: Option<Py<PyAny>>,
     deallocate: Option<Py<PyAny>>,
+    read_metadata: Option<Py<PyAny>>,
+    write_metadata: Option<Py<PyAny>>,
 }
 
 impl PyStorage {
@@ -45,6 +47,8 @@ impl PyStorage {
             flush: method("flush"),
             write_zeroes: method("write_zeroes"),
             deallocate: method("deallocate"),
+            read_metadata: method("read_metadata"),
+            write_metadata: method("write_metadata"),
         })
     }
 }
@@ -137,6 +141,55 @@ impl Storage for PyStorage {
 
     fn deallocate(&self, lba: u64, nlb: u64, _lba_size: u32) -> Result<bool, String> {
         optional(self.deallocate.as_ref(), "deallocate", lba, nlb)
+    }
+
+    fn has_metadata(&self) -> bool {
+        self.read_metadata.is_some() && self.write_metadata.is_some()
+    }
+
+    fn read_metadata(&self, lba: u64, nlb: u64, ms: u32, buf: &mut [u8]) -> Result<(), String> {
+        let Some(f) = &self.read_metadata else {
+            return Err("no read_metadata()".into());
+        };
+        attached(
+            || format!("read_metadata({lba}, {nlb})"),
+            |py| {
+                let got = lifecycle::call(f.bind(py), (lba, nlb))?;
+                let data = got.extract::<PyBackedBytes>().map_err(|_| {
+                    pyo3::exceptions::PyTypeError::new_err(format!(
+                        "read_metadata() must return bytes, not {}",
+                        got.get_type()
+                    ))
+                })?;
+                if data.len() != buf.len() {
+                    return Ok(Err(format!(
+                        "read_metadata({lba}, {nlb}) returned {} bytes, not {} ({nlb} blocks of {ms})",
+                        data.len(),
+                        buf.len()
+                    )));
+                }
+                buf.copy_from_slice(&data);
+                Ok(Ok(()))
+            },
+        )
+    }
+
+    fn write_metadata(&self, lba: u64, data: &[u8], ms: u32) -> Result<(), String> {
+        let Some(f) = &self.write_metadata else {
+            return Err("no write_metadata()".into());
+        };
+        attached(
+            || {
+                format!(
+                    "write_metadata({lba}, <{} blocks>)",
+                    data.len() / ms.max(1) as usize
+                )
+            },
+            |py| {
+                lifecycle::call(f.bind(py), (lba, PyBytes::new(py, data)))?;
+                Ok(Ok(()))
+            },
+        )
     }
 }
 

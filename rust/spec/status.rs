@@ -36,6 +36,20 @@ impl Status {
     pub const WRITE_FAULT: Status = Status::new(SCT_MEDIA, 0x80);
     /// Media and data integrity: Unrecovered Read Error (an EIO on a read).
     pub const UNRECOVERED_READ_ERROR: Status = Status::new(SCT_MEDIA, 0x81);
+    /// Metadata SGL Length Invalid: a PSDT 10b metadata SGL describes too
+    /// little or too much.
+    pub const METADATA_SGL_LENGTH_INVALID: Status = Status::new(SCT_GENERIC, 0x10);
+    /// Command specific: Invalid Format (Format NVM).
+    pub const INVALID_FORMAT: Status = Status::new(SCT_COMMAND_SPECIFIC, 0x0a);
+    /// Command specific: Invalid Protection Information (PRINFO not valid
+    /// for the namespace's format, a type 1 ILBRT that is not the SLBA).
+    pub const INVALID_PI: Status = Status::new(SCT_COMMAND_SPECIFIC, 0x81);
+    /// Media and data integrity: End-to-end Guard Check Error.
+    pub const GUARD_CHECK_ERROR: Status = Status::new(SCT_MEDIA, 0x82);
+    /// Media and data integrity: End-to-end Application Tag Check Error.
+    pub const APP_TAG_CHECK_ERROR: Status = Status::new(SCT_MEDIA, 0x83);
+    /// Media and data integrity: End-to-end Reference Tag Check Error.
+    pub const REF_TAG_CHECK_ERROR: Status = Status::new(SCT_MEDIA, 0x84);
     /// Generic: Namespace is Write Protected (a read-only file namespace).
     pub const NAMESPACE_WRITE_PROTECTED: Status = Status::new(SCT_GENERIC, 0x20);
 

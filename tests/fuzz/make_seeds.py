@@ -28,10 +28,11 @@ READ, WRITE, FLUSH, COMPARE, WRITE_ZEROES, DSM, VERIFY, COPY = 0x02, 0x01, 0x00,
 
 
 def make_sqe(opcode: int, cid: int, nsid: int, *, prp1: int = 0, prp2: int = 0, cdw10: int = 0,
-        cdw11: int = 0, cdw12: int = 0, psdt: int = 0, fuse: int = 0) -> bytes:
+        cdw11: int = 0, cdw12: int = 0, psdt: int = 0, fuse: int = 0, mptr: int = 0, cdw14: int = 0,
+        cdw15: int = 0) -> bytes:
     """A 64-byte SQE with the given fields (PRP1/PRP2 double as SGL1)."""
     dw0 = opcode | (fuse << 8) | (psdt << 14) | (cid << 16)
-    return struct.pack("<IIQQQQIIIIII", dw0, nsid, 0, 0, prp1, prp2, cdw10, cdw11, cdw12, 0, 0, 0)
+    return struct.pack("<IIQQQQIIIIII", dw0, nsid, 0, mptr, prp1, prp2, cdw10, cdw11, cdw12, 0, cdw14, cdw15)
 
 
 def lba(opcode: int, nsid: int, slba: int, nlb: int, **kw: int) -> bytes:
@@ -68,6 +69,22 @@ def pattern(n: int) -> bytes:
     """Recognisable non-zero data."""
     return bytes((i * 7 + 3) % 255 + 1 for i in range(n))
 
+
+PRACT, PR_G, PR_A, PR_R = 8, 4, 2, 1
+PI_DATA = guest((0x1000, pattern(0x1000)), (0x3000, sgl_desc(0x2000, 8, 0)), (0x3FFF, b"\0"))
+PI_SEEDS: dict[str, bytes] = {
+    "pi-write-pract": make_sqe(WRITE, 0x20, 6, prp1=0x1000, mptr=0x2000, cdw12=(PRACT | PR_G | PR_R) << 26) + PI_DATA,
+    "pi-read-prchk": make_sqe(READ, 0x20, 6, prp1=0x1000, mptr=0x2000, cdw12=(PR_G | PR_A | PR_R) << 26,
+                              cdw15=0xFFFF0000) + PI_DATA,
+    "pi-write-bad-guard": make_sqe(WRITE, 0x20, 6, prp1=0x1000, mptr=0x2000, cdw12=PR_G << 26) + PI_DATA,
+    "pi-read-metadata-sgl": make_sqe(READ, 0x20, 6, mptr=0x3000, cdw12=PR_G << 26,
+                                     **{**sgl1(0x1000, 512, 0), "psdt": 2}) + PI_DATA,
+    "pi-read-bad-ilbrt": make_sqe(READ, 0x20, 6, prp1=0x1000, mptr=0x2000, cdw12=PR_R << 26, cdw14=5) + PI_DATA,
+    "pi-write-zeroes-prchk": make_sqe(WRITE_ZEROES, 0x20, 6, cdw12=(PRACT | PR_G) << 26) + PI_DATA,
+    "pi-verify-pract": make_sqe(VERIFY, 0x20, 6, cdw12=(PRACT | PR_G) << 26) + PI_DATA,
+    "pi-compare": make_sqe(COMPARE, 0x20, 6, prp1=0x1000, mptr=0x2000, cdw12=(PR_G | PR_R) << 26) + PI_DATA,
+    "pi-mptr-unmapped": make_sqe(READ, 0x20, 6, prp1=0x1000, mptr=0x1_0000) + PI_DATA,
+}
 
 SQE_SEEDS: dict[str, bytes] = {
     "write-prp1-offset": lba(WRITE, 1, 0, 1, prp1=0x200) + guest((0x200, pattern(512))),
@@ -136,6 +153,9 @@ SQE_SEEDS: dict[str, bytes] = {
     "dsm-file-remote-list": make_sqe(DSM, 1, 4, prp1=C + 0x700, cdw10=0x8D, cdw11=1 << 2),
     "copy-list-in-readonly": make_sqe(COPY, 1, 3, prp1=B, cdw10=0xFFFFFFFF, cdw11=0xFFFFFFFF),
     "sgl-write-last-segment-remote": lba(WRITE, 3, 0, 1, cdw12=1 << 30, **sgl1(C + 0x155, 0xD020, 3)),
+    # Namespace 6: 8 bytes of separate metadata, type 1 PI (issue 24). PRINFO
+    # is CDW12 29:26 (PRACT 8, guard 4, app 2, ref 1), MPTR the metadata.
+    **PI_SEEDS,
 }
 
 

@@ -57,8 +57,10 @@ class HostBehavior:
     """Host Behavior Support: ACRE (byte 0), ETDAS (byte 1), LBAFEE (byte 2).
 
     Each is one bit wide; a value with reserved bits set is an Invalid Field.
-    None changes what this controller does: it asks for no command retry
-    delay (CRDT 0), has no telemetry and only two LBA formats.
+    ACRE and ETDAS change nothing here (no command retry delay, CRDT 0; no
+    telemetry). LBAFEE enables the extended LBA formats: Format NVM to a
+    format with the 64-bit guard needs it, and only with it does Format NVM
+    read LBAFU (:mod:`nvmefast.admin.format_nvm`).
     """
 
     SIZE = 512

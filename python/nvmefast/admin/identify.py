@@ -23,6 +23,7 @@ from nvmefast.iocs import (
     build_identify_ns_nvm,
     build_iocs_combinations,
 )
+from nvmefast.lba_format import NamespaceFormat
 from nvmefast.status import Status
 from nvmefast.structs import (
     CSI_NVM,
@@ -95,9 +96,8 @@ def identify(admin: Admin, cmd: AdminCommand) -> Result:
                 ns = config.namespaces[namespace_index(admin, cmd.nsid)]
                 ids = namespace_ids(config.serial, cmd.nsid)
                 # The core owns the current format: Format NVM changes it.
-                data = build_identify_namespace(
-                    ns, ids, admin.engine.namespace_lba_size(cmd.nsid), shared=config.multi_controller
-                )
+                fmt = NamespaceFormat.of_engine(admin.engine.namespace_format(cmd.nsid))
+                data = build_identify_namespace(ns, ids, fmt, shared=config.multi_controller)
         case Cns.CONTROLLER:
             data = build_identify_controller(config)
         case Cns.ACTIVE_NAMESPACE_IDS:
@@ -106,9 +106,9 @@ def identify(admin: Admin, cmd: AdminCommand) -> Result:
             namespace_index(admin, cmd.nsid)
             data = build_ns_id_descriptors(namespace_ids(config.serial, cmd.nsid))
         case Cns.CSI_NAMESPACE:
-            namespace_index(admin, cmd.nsid)
+            ns = config.namespaces[namespace_index(admin, cmd.nsid)]
             _check_csi(cmd)
-            data = build_identify_ns_nvm()
+            data = build_identify_ns_nvm(ns.guard)
         case Cns.CSI_CONTROLLER:
             _check_csi(cmd)
             data = build_identify_ctrl_nvm()

@@ -77,6 +77,11 @@ class IdentifyController:
             sgls=struct.unpack_from("<I", raw, 536)[0],
         )
 
+    @property
+    def ctratt(self) -> int:
+        """Controller Attributes (bytes 99:96); bit 15 ELBAS: extended LBA formats (64-bit guard)."""
+        return int(struct.unpack_from("<I", self.raw, 96)[0])
+
 
 @dataclass(frozen=True)
 class LbaFormat:
@@ -166,6 +171,41 @@ class IdentifyNamespace:
         return self.raw[80]
 
     @property
+    def mc(self) -> int:
+        """Metadata Capabilities (byte 27): bit 0 extended LBAs, bit 1 a separate buffer."""
+        return self.raw[27]
+
+    @property
+    def dpc(self) -> int:
+        """End-to-end Data Protection Capabilities (byte 28): Types 1-3 (bits 2:0), PI first (3), last (4)."""
+        return self.raw[28]
+
+    @property
+    def dps(self) -> int:
+        """End-to-end Data Protection Type Settings (byte 29): PI type bits 2:0, bit 3 PI first."""
+        return self.raw[29]
+
+    @property
+    def metadata_size(self) -> int:
+        """Metadata bytes per block of the format in use (its LBAF MS)."""
+        return self.lbaf[self.format_index].ms
+
+    @property
+    def extended_lba(self) -> bool:
+        """FLBAS bit 4: metadata at the end of each block's data (when there is metadata)."""
+        return bool(self.flbas & 0x10) and self.metadata_size > 0
+
+    @property
+    def pi_type(self) -> int:
+        """DPS bits 2:0: the protection information type, 0 for none."""
+        return self.dps & 0x7
+
+    @property
+    def pi_first(self) -> bool:
+        """DPS bit 3: PI in the first bytes of the metadata (else the last)."""
+        return bool(self.dps & 0x8)
+
+    @property
     def nsattr(self) -> int:
         """Namespace Attributes (byte 99); bit 0: the namespace is write protected."""
         return self.raw[99]
@@ -174,6 +214,50 @@ class IdentifyNamespace:
     def write_protected(self) -> bool:
         """NSATTR bit 0."""
         return bool(self.nsattr & 1)
+
+
+@dataclass(frozen=True)
+class ExtendedLbaFormat:
+    """One Extended LBA Format of the NVM Command Set Identify Namespace (NVM Command Set 1.0
+    Figure 101): storage tag size in bits and the Protection Information Format."""
+
+    sts: int
+    pif: int
+    """00b 16-bit guard, 01b 32-bit guard, 10b 64-bit guard."""
+
+    @property
+    def guard(self) -> str:
+        """``crc16``, ``crc32c`` or ``crc64``: the guard of this format's PI."""
+        return {0: "crc16", 1: "crc32c", 2: "crc64"}.get(self.pif, "reserved")
+
+    @property
+    def pi_size(self) -> int:
+        """Bytes of one PI tuple: 8 with the 16-bit guard, 16 with the 32- and 64-bit guards."""
+        return 8 if self.pif == 0 else 16
+
+
+@dataclass(frozen=True)
+class IdentifyNamespaceNvm:
+    """The NVM Command Set Identify Namespace (CNS 05h, CSI 00h; NVM Command Set 1.0 Figure 100)."""
+
+    raw: bytes
+    lbstm: int
+    pic: int
+    elbaf: tuple[ExtendedLbaFormat, ...]
+    """All 64 entries (only those up to NLBAF of Identify Namespace mean anything)."""
+
+    @classmethod
+    def parse(cls, raw: bytes) -> IdentifyNamespaceNvm:
+        """Parse a 4096-byte NVM Command Set Identify Namespace data structure."""
+        if len(raw) != IDENTIFY_SIZE:
+            raise ValueError(f"Identify Namespace (NVM) is {IDENTIFY_SIZE} bytes, got {len(raw)}")
+        entries = struct.unpack_from("<64I", raw, 12)
+        return cls(
+            raw=bytes(raw),
+            lbstm=struct.unpack_from("<Q", raw, 0)[0],
+            pic=raw[8],
+            elbaf=tuple(ExtendedLbaFormat(sts=e & 0x7F, pif=(e >> 7) & 0x3) for e in entries),
+        )
 
 
 def parse_nsid_list(raw: bytes) -> list[int]:

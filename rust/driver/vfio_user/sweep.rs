@@ -95,6 +95,7 @@ impl VfioBench {
             eventfd: Some(efd),
             buf_iova: self.buf,
             ring_each: false,
+            prinfo: 0,
         };
         let before = self.host.client.messages();
         let mmio = self.host.mmio();

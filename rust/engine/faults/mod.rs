@@ -231,6 +231,7 @@ impl Before {
             Action::PowerLoss => Before::PowerLoss,
             Action::Delay { .. }
             | Action::Corrupt { .. }
+            | Action::CorruptPi { .. }
             | Action::DropIrq
             | Action::DelayIrq { .. } => Before::Run,
         }
@@ -471,7 +472,11 @@ impl Shared {
         }
         self.namespaces
             .iter()
-            .map(|ns| ns.cache.power_loss(&ns.backend).unwrap_or(0))
+            .map(|ns| {
+                // The metadata of the blocks rolled back goes back with them.
+                ns.meta.power_loss();
+                ns.cache.power_loss(&ns.backend).unwrap_or(0)
+            })
             .sum()
     }
 }
@@ -578,6 +583,7 @@ impl Engine {
             if !ns.cache.set_tracking(&ns.backend, on) {
                 untracked.push(i as u32 + 1);
             }
+            ns.meta.flushed();
         }
         untracked
     }

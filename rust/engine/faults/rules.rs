@@ -92,6 +92,13 @@ pub enum Action {
     /// A Read executed, then byte `offset` of the data it returned is
     /// XORed with `xor` (past the end of the transfer: the last byte).
     Corrupt { offset: u32, xor: u8 },
+    /// A Read executed, then the last byte of this protection information
+    /// field of its first block is XORed with `xor` in what it returns (or,
+    /// when the PI is stripped, before the device's own check).
+    CorruptPi {
+        field: crate::pi::tuple::Field,
+        xor: u8,
+    },
     /// Executed and posted; the interrupt of the batch carrying it is not sent.
     DropIrq,
     /// Executed and posted; the interrupt of the batch carrying it is sent
@@ -114,6 +121,7 @@ impl Action {
             Action::Delay { .. } => "delay",
             Action::Never { .. } => "never",
             Action::Corrupt { .. } => "corrupt",
+            Action::CorruptPi { .. } => "corrupt-pi",
             Action::DropIrq => "drop-irq",
             Action::DelayIrq { .. } => "delay-irq",
             Action::Cfs => "cfs",
@@ -127,9 +135,23 @@ impl Action {
             self,
             Action::Delay { .. }
                 | Action::Corrupt { .. }
+                | Action::CorruptPi { .. }
                 | Action::DropIrq
                 | Action::DelayIrq { .. }
         )
+    }
+
+    /// The PI field and XOR of a `corrupt-pi` action.
+    pub fn pi_corruption(self) -> Option<(crate::pi::tuple::Field, u8)> {
+        match self {
+            Action::CorruptPi { field, xor } => Some((field, xor)),
+            _ => None,
+        }
+    }
+
+    /// True for the actions that change what a Read returns.
+    fn corrupts(self) -> bool {
+        matches!(self, Action::Corrupt { .. } | Action::CorruptPi { .. })
     }
 }
 
@@ -189,14 +211,14 @@ impl Rule {
             if matcher.lba.is_some() {
                 return Err(RuleError::AdminLba);
             }
-            if matches!(action, Action::Corrupt { .. }) {
+            if action.corrupts() {
                 return Err(RuleError::IoOnly {
                     action: action.name(),
                 });
             }
         }
         match action {
-            Action::Corrupt { .. } => match matcher.opcode {
+            Action::Corrupt { .. } | Action::CorruptPi { .. } => match matcher.opcode {
                 None | Some(io::READ) => {}
                 Some(o) => return Err(RuleError::CorruptOpcode(o)),
             },
@@ -242,7 +264,7 @@ impl Rule {
         {
             return false;
         }
-        if matches!(self.action, Action::Corrupt { .. }) && cmd.opcode != io::READ {
+        if self.action.corrupts() && cmd.opcode != io::READ {
             return false;
         }
         match m.lba {
