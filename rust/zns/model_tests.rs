@@ -1,0 +1,1 @@
+//! The state machine against a reference model written from the spec tables.
