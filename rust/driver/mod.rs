@@ -15,6 +15,7 @@ pub mod floor;
 pub mod irqcost;
 pub mod ring;
 pub mod vfio_user;
+pub mod zone_append;
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
