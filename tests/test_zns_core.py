@@ -296,3 +296,18 @@ def test_power_loss_rolls_write_pointers_back_to_the_last_flush() -> None:
         host.create_io_queue_pair(1, entries=64)
         assert host.read(1, 0, 3) == b"a" * 1024 + bytes(512)
         assert host.read(1, 8192, 2) == b"c" * 512 + bytes(512)
+
+
+# -- bench --zoned ---------------------------------------------------------------
+
+def test_bench_zoned_prints_every_workload_beside_plain_writes() -> None:
+    out = subprocess.run([sys.executable, "-m", "nvmefast.cli", "bench", "--zoned", "--seconds", "0.05", "--qd", "1,4",
+                          "--mode", "poll", "--size", "64M", "--zone-size", "4M"],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    for row in ("seqwrite   poll     4", "zonewrite  poll     4", "zoneappend poll     4",
+                "target: zoneappend poll QD4", "zone management"):
+        assert row in out.stdout, out.stdout
+    bad = subprocess.run([sys.executable, "-m", "nvmefast.cli", "bench", "--zoned", "--size", "64M", "--zone-size", "3M"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "not a power of two" in bad.stderr

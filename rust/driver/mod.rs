@@ -6,6 +6,7 @@
 //! into guest memory, doorbells rung, CQEs consumed by phase tag.
 
 pub mod bench;
+pub mod bench_zoned;
 pub mod doorbell_fuzz;
 pub mod exactly_once;
 #[cfg(test)]
