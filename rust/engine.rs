@@ -68,6 +68,8 @@ pub struct NamespaceSpec {
     pub file: Option<FileSpec>,
     /// The embedder's blocks of a `"custom"` namespace.
     pub storage: Option<StorageRef>,
+    /// Zones: a zoned namespace (Zoned Namespace Command Set).
+    pub zones: Option<crate::zns::ZoneSpec>,
 }
 
 /// What a namespace turned out to be once opened.
@@ -253,6 +255,7 @@ struct Shared {
     /// (NO_TAIL: none): what the INTx level is judged from, by any worker.
     cq_tails: Box<[AtomicU32]>,
     events: Mutex<Option<EventCallback>>,
+    zone_events: Mutex<Option<zoned::ZoneEventCallback>>,
     /// ioeventfds by doorbell index (kept to unwatch them).
     ioeventfds: Mutex<Vec<Option<OwnedFd>>>,
     stop: AtomicBool,
@@ -333,7 +336,7 @@ impl Engine {
                     ns.lba_size
                 )));
             }
-            namespaces.push(Namespace::new(
+            let mut n = Namespace::new(
                 Backend::new(
                     &ns.backend,
                     ns.size_bytes,
@@ -343,7 +346,9 @@ impl Engine {
                 )?,
                 ns.size_bytes,
                 ns.lba_size,
-            ));
+            );
+            zoned::attach(&mut n, ns, i + 1)?;
+            namespaces.push(n);
         }
         if cfg.iothreads == 0 || cfg.iothreads > 64 {
             return Err(EngineError::Config(format!(
@@ -392,6 +397,7 @@ impl Engine {
             intx: Mutex::new(IntxLine::default()),
             cq_tails: (0..n).map(|_| AtomicU32::new(NO_TAIL)).collect(),
             events: Mutex::new(None),
+            zone_events: Mutex::new(None),
             ioeventfds: Mutex::new((0..n * 2).map(|_| None).collect()),
             stop: AtomicBool::new(false),
             fatal: AtomicBool::new(false),
@@ -968,6 +974,8 @@ mod placement;
 mod poll;
 pub mod trace;
 mod worker;
+mod zoned;
+pub use zoned::{ZoneEventCallback, ZoneRow};
 
 #[cfg(test)]
 mod file_tests;

@@ -62,8 +62,12 @@ class Engine:
 
     ``namespaces`` is a sequence of dicts with keys ``size_bytes``,
     ``lba_size``, ``backend`` and, for a file, ``path``, ``readonly``,
-    ``cache``, ``io`` (for ``"custom"``: ``storage``, a storage object; an
-    unknown key is a ConfigError), or of the older tuples
+    ``cache``, ``io`` (for ``"custom"``: ``storage``, a storage object;
+    ``zones``: None or a dict of ``size_bytes`` (required),
+    ``capacity_bytes``, ``max_open``, ``max_active``, ``append_size_limit``,
+    ``descriptor_extension_bytes``, ``cross_read`` (0/False: the zone size,
+    no limit, MDTS, no extension) for a zoned namespace; an unknown key is a
+    ConfigError), or of the older tuples
     ``(size_bytes, lba_size, backend)`` or
     ``(size_bytes, lba_size, backend, path, readonly, cache, io)``;
     namespace IDs are 1-based in that order. ``backend`` is ``"ram"``,
@@ -308,6 +312,26 @@ class Engine:
         """
     def take_errors(self) -> list[tuple[int, int, int, int, int, int]]:
         """Failed I/O commands since the last call: (sqid, cid, status, param_loc, lba, nsid)."""
+    # zoned namespaces
+    def zone_geometry(self, nsid: int) -> dict[str, Any] | None:
+        """None for a conventional namespace; else zone_lbas, capacity_lbas, zones,
+        max_open, max_active (counts, 0 = no limit), zasl_bytes (0 = MDTS),
+        zde_bytes, cross_read."""
+    def zone_report(self, nsid: int) -> list[tuple[int, int, int, int, int]] | None:
+        """Every zone as (zslba, zcap, wp, state, attrs): ZS and ZA values, wp as Zone
+        Management Receive reports it (all ones for Full, Read Only, Offline)."""
+    def take_changed_zones(self, nsid: int, clear: bool = True) -> tuple[list[int], bool] | None:
+        """The Changed Zone List (ZSLBAs, each once) and whether it overflowed (more
+        than 511); ``clear`` empties it."""
+    def set_zone_event_handler(self, handler: Callable[[int], object] | None) -> None:
+        """``handler(nsid)`` runs (on a worker, no lock held) when the controller
+        changes a zone of ``nsid`` by itself (fault rules, zone_action)."""
+    def zone_action(self, nsid: int, zone: int, action: str) -> bool:
+        """The controller's own change to zone index ``zone``: "readonly", "offline",
+        "finish-recommended" or "reset-recommended"; True when the zone changed."""
+    def set_io_command_sets(self, nvm: bool, zoned: bool) -> None:
+        """Which I/O command sets are enabled (CC.CSS); namespaces of the others are
+        not attached (Invalid Namespace or Format)."""
 
 @final
 class FaultTable:
@@ -330,6 +354,7 @@ class FaultTable:
         skip: int,
         probability: float,
         seed: int,
+        zone: int | None = None,
     ) -> int:
         """Add a rule after the others; its id. ConfigError for a contradiction."""
     def remove(self, id: int) -> bool:

@@ -54,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
         "--backend", choices=tuple(dict.fromkeys((*BACKENDS, "file"))), default="ram", help="namespace backend (default ram)"
     )
     _bench_file_arguments(b)
+    z = b.add_argument_group("--zoned")
+    z.add_argument(
+        "--zoned",
+        action="store_true",
+        help="sequential writes and Zone Appends on a zoned RAM namespace beside sequential writes on a "
+        "conventional one, and the zone Finish/Reset rates",
+    )
+    z.add_argument("--zone-size", type=parse_size, default=16 << 20, help="zone size with --zoned (default 16M)")
     b.add_argument("--size", type=parse_size, default=1 << 30, help="namespace size, e.g. 256M or 1G (default 1G)")
     b.add_argument("--lba-size", type=int, choices=LBA_SIZES, default=512, help="LBA size (default 512)")
     b.add_argument("--poll-us", type=int, default=50, help="worker polling window after work, in us (default 50)")
@@ -412,6 +420,8 @@ def _bench(args: argparse.Namespace) -> int:
         return 1 if any(r["errors"] for r in result.end_to_end + result.coalescing) else 0
     if args.vfio_user is not None:
         return _bench_vfio_user(args, progress)
+    if args.zoned:
+        return _bench_zoned(args, progress)
     if args.doorbell == "trap":
         print("nvmefast bench: --doorbell trap is a vfio-user mode: add --vfio-user", file=sys.stderr)
         return 2
@@ -438,6 +448,35 @@ def _bench(args: argparse.Namespace) -> int:
     print(format_table(cfg, floors, points))
     _write_results(args, to_json(cfg, floors, points), progress)
     return 1 if any(p.errors for p in points) else 0
+
+
+def _bench_zoned(args: argparse.Namespace, progress: Callable[[str], None]) -> int:
+    from nvmefast.bench import BenchConfig
+    from nvmefast.bench_zoned import failed, format_zoned_table, run_zoned_bench, zoned_json
+    from nvmefast.config import ZoneConfig
+
+    if args.backend != "ram" or args.doorbell not in (None, "mmio"):
+        print("nvmefast bench: --zoned measures RAM namespaces with MMIO doorbells: drop --backend and --doorbell",
+              file=sys.stderr)
+        return 2
+    try:
+        ZoneConfig(size_bytes=args.zone_size).check(args.lba_size, args.size)
+    except ConfigError as e:
+        print(f"nvmefast bench: --zone-size: {e}", file=sys.stderr)
+        return 2
+    mode = args.mode or "both"
+    cfg = BenchConfig(
+        qds=args.qd,
+        modes=("irq", "poll") if mode == "both" else (mode,),
+        seconds=args.seconds,
+        size_bytes=args.size,
+        lba_size=args.lba_size,
+        poll_us=args.poll_us,
+    )
+    result = run_zoned_bench(cfg, args.zone_size, progress)
+    print(format_zoned_table(cfg, result))
+    _write_results(args, zoned_json(cfg, result), progress)
+    return 1 if failed(result) else 0
 
 
 def _bench_vfio_user(args: argparse.Namespace, progress: Callable[[str], None]) -> int:

@@ -56,6 +56,8 @@ def _engine_namespace(ns: NamespaceConfig) -> NamespaceSpec:
         )
     else:
         entry.update(backend=ns.backend, size_bytes=ns.size)
+    if ns.zones is not None:
+        entry["zones"] = ns.zones.engine_dict()
     return entry
 
 

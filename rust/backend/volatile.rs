@@ -68,6 +68,12 @@ impl VolatileCache {
         self.enabled.store(on, Ordering::Relaxed);
     }
 
+    /// The Volatile Write Cache feature as last set (off: every write is
+    /// durable when it completes).
+    pub fn write_cache(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
     /// Blocks holding unflushed data.
     pub fn unflushed_blocks(&self) -> usize {
         lock(&self.blocks).len()

@@ -33,8 +33,13 @@ fn fua_flush(
 }
 
 /// 05h Compare: the host's data against the namespace.
-pub fn compare(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
+pub fn compare(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
     let (ns, mut off, len) = lba_transfer(ctx, sqe, false)?;
+    if let Some(z) = &ns.zones {
+        if let Some(r) = crate::zns::io::compare(ctx, sqe, ns, z, off, len) {
+            return r;
+        }
+    }
     let slba = off >> ns.lba_shift();
     if ctx.segs.iter().any(Segment::is_remote) {
         segment::fetch_remote(ctx.mem, ctx.segs, ctx.scratch)
@@ -76,22 +81,28 @@ pub fn compare(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
 
 /// 08h Write Zeroes (DEAC bit 25 deallocates, which reads back as zeroes
 /// too: DLFEAT 001b). No data pointer; not limited by MDTS.
-pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
+pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
     let ns = namespace(ctx, sqe.nsid())?;
     let (slba, nlb) = lba_range(ns, sqe)?;
     writable(ns, slba, sqe.nsid())?;
     let shift = ns.lba_shift();
     let (off, len) = (slba << shift, nlb << shift);
-    ns.will_write(off, len, sqe.cdw(12) & (1 << 30) != 0);
     // DEAC (CDW12 bit 25): deallocate rather than write zeroes.
-    if sqe.cdw(12) & (1 << 25) != 0 {
-        // SAFETY: the range check keeps it inside the namespace.
-        unsafe { ns.backend.deallocate(off, len) }
-    } else {
-        // SAFETY: as above.
-        unsafe { ns.backend.zero(off, len) }
+    let deac = sqe.cdw(12) & (1 << 25) != 0;
+    let zero = || {
+        if deac {
+            // SAFETY: the range check keeps it inside the namespace.
+            unsafe { ns.backend.deallocate(off, len) }
+        } else {
+            // SAFETY: as above.
+            unsafe { ns.backend.zero(off, len) }
+        }
+    };
+    if let Some(z) = &ns.zones {
+        return crate::zns::io::write_zeroes(ctx, sqe, ns, z, slba, nlb, zero);
     }
-    .map_err(|e| file_failure(e, true, slba, sqe.nsid(), ctx.smart))?;
+    ns.will_write(off, len, sqe.cdw(12) & (1 << 30) != 0);
+    zero().map_err(|e| file_failure(e, true, slba, sqe.nsid(), ctx.smart))?;
     fua_flush(ctx, ns, sqe, slba)?;
     ctx.smart.host_write_commands += 1;
     Ok(0)
@@ -99,7 +110,7 @@ pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> 
 
 /// 09h Dataset Management: with AD (CDW11 bit 2) the ranges are
 /// deallocated; the integral hints (IDR, IDW) change nothing here.
-pub fn dataset_management(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
+pub fn dataset_management(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
     let nsid = sqe.nsid();
     let ns = namespace(ctx, nsid)?;
     let nr = (sqe.cdw(10) & 0xff) as usize + 1;
@@ -116,6 +127,12 @@ pub fn dataset_management(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Fai
             _ => return Err(fail(Status::LBA_OUT_OF_RANGE.dnr(), loc::DPTR, slba, nsid)),
         }
     }
+    if let Some(z) = &ns.zones {
+        // A range in an Offline zone: Zone Is Offline (ZNS 1.1, 3.3.3).
+        for &(slba, len) in &ranges {
+            crate::zns::io::check_range(z, slba, len, nsid, false)?;
+        }
+    }
     if deallocate {
         writable(ns, 0, nsid)?;
         let shift = ns.lba_shift();
@@ -130,15 +147,18 @@ pub fn dataset_management(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Fai
 }
 
 /// 0Ch Verify: the range must exist; the data is always intact here.
-pub fn verify(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
+pub fn verify(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
     let ns = namespace(ctx, sqe.nsid())?;
-    lba_range(ns, sqe)?;
+    let (slba, nlb) = lba_range(ns, sqe)?;
+    if let Some(z) = &ns.zones {
+        crate::zns::io::check_range(z, slba, nlb, sqe.nsid(), true)?;
+    }
     Ok(0)
 }
 
 /// 19h Copy with source range entries format 0: each source range in
 /// order to consecutive LBAs from SDLBA, within MSRC, MSSRL and MCL.
-pub fn copy(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
+pub fn copy(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
     let nsid = sqe.nsid();
     let ns = namespace(ctx, nsid)?;
     let sdlba = u64::from(sqe.cdw(10)) | (u64::from(sqe.cdw(11)) << 32);
@@ -201,6 +221,9 @@ pub fn copy(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
         }
     }
     writable(ns, sdlba, nsid)?;
+    if let Some(z) = &ns.zones {
+        return crate::zns::io::copy(ctx, sqe, ns, z, sdlba, total, &ranges);
+    }
     let shift = ns.lba_shift();
     let mut dst = sdlba;
     ns.will_write(sdlba << shift, total << shift, sqe.cdw(12) & (1 << 30) != 0);

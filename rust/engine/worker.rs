@@ -35,6 +35,8 @@ pub(super) struct Signals {
     intx: Option<(LevelCallback, bool)>,
     /// AER info codes of invalid doorbell values found in memory.
     events: Vec<u8>,
+    /// NSIDs whose zones the controller changed (fault rules).
+    pub(super) zone_events: Vec<u32>,
 }
 
 /// Info code of "Invalid Doorbell Write Value" (NVMe Base 2.0, Figure 150).
@@ -150,7 +152,7 @@ impl Shared {
             self.fatal.store(true, Ordering::SeqCst);
         }
         if self.trace.on() {
-            self.trace.admin_done(cid, status.field(), dw0);
+            self.trace.admin_done(cid, status.field(), u64::from(dw0));
         }
     }
 
@@ -228,6 +230,9 @@ impl Shared {
         }
         if let Some((cb, level)) = out.intx.take() {
             cb(level);
+        }
+        for nsid in out.zone_events.drain(..) {
+            self.zone_event(nsid);
         }
         if !out.events.is_empty() {
             let handler = lock(&self.events).clone();
@@ -338,7 +343,7 @@ impl Shared {
                     }
                 }
                 let fault = if faulty {
-                    self.fault_for(&sqe, qid, fetch, w)
+                    self.fault_for(&sqe, qid, fetch, w, out)
                 } else {
                     None
                 };
@@ -365,7 +370,7 @@ impl Shared {
                     Before::Hold { abortable, stop } => {
                         // Its CQ slot stays reserved: a lost command still
                         // holds the device's resources until a reset.
-                        let result = (Status::SUCCESS, 0);
+                        let result = (Status::SUCCESS, 0u64);
                         let ids = (qid, cqid, sqe.cid());
                         q.faults
                             .hold(None, gen, ids.0, ids.1, ids.2, result, abortable, fetch);
@@ -386,7 +391,7 @@ impl Shared {
                             a,
                             gen,
                             (0, 0, sqe.cid()),
-                            (Status::SUCCESS, 0),
+                            (Status::SUCCESS, 0u64),
                             None,
                         );
                     }
@@ -467,7 +472,11 @@ impl Shared {
                     self.trace.completed(f, status.field(), dw0);
                 }
                 if cq
-                    .post(&mem, Cqe::new(qid, sqe.cid(), status, dw0), sq.head as u16)
+                    .post(
+                        &mem,
+                        Cqe::with_result(qid, sqe.cid(), status, dw0),
+                        sq.head as u16,
+                    )
                     .is_err()
                 {
                     q.stats.cqe_post_errors += 1;
@@ -638,7 +647,7 @@ impl Shared {
                         q.admin_pending.swap_remove(pos);
                         if let Some((d, abortable)) = q.faults.take_admin_delay(sqe.cid()) {
                             // A fault rule delays this completion.
-                            let r = (status, dw0);
+                            let r = (status, u64::from(dw0));
                             q.faults
                                 .hold(Some(d), gen, 0, 0, sqe.cid(), r, abortable, None);
                         } else {

@@ -11,6 +11,7 @@
 //! - `lifecycle`: worker thread states, and stopping at interpreter exit;
 //! - `storage`: a Python object as a namespace's blocks;
 //! - `faults`: the fault rule table and power state;
+//! - `zones`: zoned namespaces (the `zones` namespace key, zone methods);
 //! - `trace`: command trace records as dicts;
 //! - `bench`: benchmark drivers and floors;
 //! - `vfio_bench`: the vfio-user benchmark client.
@@ -26,6 +27,7 @@ mod lifecycle;
 mod storage;
 mod trace;
 mod vfio_bench;
+mod zones;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
