@@ -33,7 +33,6 @@ from guestutil import (  # noqa: F401  (tool and workdir are fixtures)
     SETUP_TIMEOUT,
     Boot,
     boot,
-    report,
     start_server,
     tool,
     workdir,
@@ -236,6 +235,5 @@ def test_nvmefast_zns(tool: Path, workdir: Path, initrd: Path, capsys: pytest.Ca
         srv.stop()
     with capsys.disabled():
         print(f"\n{summary(b)}")
-    report(capsys, b)
     assert b.server_alive_after, f"the server died during the boot{b.diagnostics()}"
     assert_zoned_guest(b)

@@ -124,6 +124,9 @@ class Controller:
         # Invalid values a worker finds in the doorbell page or the shadow
         # buffer (no MMIO write to refuse) are reported like refused writes.
         self._engine.set_event_handler(self._registers.doorbell_event)
+        # Zones the controller moves on its own (fault rules) reach the
+        # Changed Zone List and the Zone Descriptor Changed notice.
+        self._engine.set_zone_event_handler(self._admin.zone_descriptors_changed)
         self._engine.start()
 
     # -- lifecycle -----------------------------------------------------------
@@ -150,6 +153,7 @@ class Controller:
         # breaks the cycle so the engine's memory goes now, not at GC time.
         try:
             engine.set_admin_handler(None)
+            engine.set_zone_event_handler(None)
         except NvmeFastError:
             log.debug("engine refused to drop the admin handler after close", exc_info=True)
         # The register file, admin layer and MSI-X registers hold the engine

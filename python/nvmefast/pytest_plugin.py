@@ -26,7 +26,9 @@ Markers:
 
 - ``@pytest.mark.nvme_config(config=None, **fields)``: a whole
   ``ControllerConfig``, or its fields (``namespaces=[...]``, ``serial=...``).
-  ``namespaces`` may also be ``NamespaceConfig`` keyword dicts.
+  ``namespaces`` may also be ``NamespaceConfig`` keyword dicts, whose
+  ``zones`` may in turn be a ``ZoneConfig`` keyword dict: a zoned namespace
+  is ``{"size_bytes": 64 << 20, "lba_size": 4096, "zones": {"size_bytes": 4 << 20}}``.
 - ``@pytest.mark.nvme_host(irq=True, memory_bytes=64 << 20, queues=1,
   entries=None)``: how ``nvme_host`` is built; ``queues=0`` leaves I/O queue
   creation to the test.
@@ -52,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from nvmefast.config import ControllerConfig, NamespaceConfig
+from nvmefast.config import ControllerConfig, NamespaceConfig, ZoneConfig
 from nvmefast.controller import Controller
 from nvmefast.errors import ConfigError
 
@@ -110,7 +112,11 @@ def _namespace(ns: NamespaceConfig | Mapping[str, Any]) -> NamespaceConfig:
     if isinstance(ns, NamespaceConfig):
         return ns
     if isinstance(ns, Mapping):
-        return NamespaceConfig(**ns)
+        fields = dict(ns)
+        zones = fields.get("zones")
+        if isinstance(zones, Mapping):
+            fields["zones"] = ZoneConfig(**zones)
+        return NamespaceConfig(**fields)
     raise ConfigError(f"a namespace must be a NamespaceConfig or a dict of its fields, got {ns!r}")
 
 

@@ -101,6 +101,14 @@ class Status(enum.IntEnum):
     """Feature Not Changeable."""
     FEATURE_NOT_NS_SPECIFIC = _code(SCT_COMMAND_SPECIFIC, 0x0F)
     """Feature Not Namespace Specific."""
+    IOCS_NOT_SUPPORTED = _code(SCT_COMMAND_SPECIFIC, 0x29)
+    """I/O Command Set Not Supported."""
+    IOCS_NOT_ENABLED = _code(SCT_COMMAND_SPECIFIC, 0x2A)
+    """I/O Command Set Not Enabled."""
+    IOCS_COMBINATION_REJECTED = _code(SCT_COMMAND_SPECIFIC, 0x2B)
+    """I/O Command Set Combination Rejected (I/O Command Set Profile feature)."""
+    INVALID_IOCS = _code(SCT_COMMAND_SPECIFIC, 0x2C)
+    """Invalid I/O Command Set."""
     # Zoned Namespace Command Set 1.1, Figure 11 (SCT 1h)
     ZONE_BOUNDARY_ERROR = _code(SCT_COMMAND_SPECIFIC, 0xB8)
     """Zone Boundary Error: the LBA range crosses a zone's writable capacity (or zones)."""
@@ -153,6 +161,10 @@ _NAMES: dict[int, str] = {
     Status.INVALID_FORMAT: "Invalid Format",
     Status.FEATURE_NOT_CHANGEABLE: "Feature Not Changeable",
     Status.FEATURE_NOT_NS_SPECIFIC: "Feature Not Namespace Specific",
+    Status.IOCS_NOT_SUPPORTED: "I/O Command Set Not Supported",
+    Status.IOCS_NOT_ENABLED: "I/O Command Set Not Enabled",
+    Status.IOCS_COMBINATION_REJECTED: "I/O Command Set Combination Rejected",
+    Status.INVALID_IOCS: "Invalid I/O Command Set",
     Status.ZONE_BOUNDARY_ERROR: "Zone Boundary Error",
     Status.ZONE_IS_FULL: "Zone Is Full",
     Status.ZONE_IS_READ_ONLY: "Zone Is Read Only",

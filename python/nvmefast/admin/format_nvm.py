@@ -6,7 +6,8 @@ metadata); MSET bit 4, PI bits 7:5 and PIL bit 8 describe metadata and
 protection information, which no format has; SES bits 11:9 is the Secure
 Erase Setting. NSID FFFFFFFFh formats every namespace (FNA bit 0 is 0, so
 one namespace may also be formatted alone); formatting a read-only namespace
-gets Namespace is Write Protected. The core reformats and zeroes the
+gets Namespace is Write Protected, and a zoned one Invalid Format (its
+zones are fixed in bytes; QEMU refuses it likewise). The core reformats and zeroes the
 namespace; the NSIDs join the Changed Namespace List and a Namespace
 Attribute Changed notice is raised (if Asynchronous Event Configuration bit
 8 allows it).
@@ -58,6 +59,8 @@ def format_nvm(admin: Admin, cmd: AdminCommand) -> Result:
     if mset:
         raise Reject(Status.INVALID_FORMAT, param_location(CDW10, 4))
     lba_size = LBA_FORMATS[lbaf]
+    if any(admin.config.namespaces[nsid - 1].zones is not None for nsid in nsids):
+        raise Reject(Status.INVALID_FORMAT, param_location(NSID))
     if any(admin.config.namespaces[nsid - 1].readonly for nsid in nsids):
         # A format writes every block: not on a write-protected namespace.
         raise Reject(Status.NAMESPACE_WRITE_PROTECTED, param_location(NSID))
