@@ -332,6 +332,18 @@ def test_zone_changes_are_logged_even_without_the_notice(host: Host, controller:
     assert _changed(host, rae=False).zslbas == (zslba(2),)
 
 
+def test_a_fault_rule_on_a_zone_raises_the_notice(host: Host, controller: Controller) -> None:
+    ok(cmd(host, SET_FEATURES, cdw10=FID_AEC, cdw11=1 << 27))
+    controller.faults.add("write zone=2 count=1 -> zone-readonly")
+    aer = host.submit_aer()
+    host.write(ZNS_NSID, zslba(1), b"\x01" * LBA)  # another zone: no match
+    c = write_blocks(host, zslba(2))
+    assert (c.sct, c.sc) == (1, 0xBA)  # Zone Is Read Only: the zone changed before the write ran
+    c = host.wait(0, aer)
+    assert (c.dw0, c.dw1) == (NOTICE_DW0, ZNS_NSID)
+    assert _changed(host, rae=False).zslbas == (zslba(2),)
+
+
 def test_host_commands_do_not_log_zone_changes(host: Host) -> None:
     host.write(ZNS_NSID, zslba(1), b"\x01" * LBA)  # Empty -> Implicitly Opened
     host.zone_send(ZNS_NSID, zslba(1), 0x02)  # Finish

@@ -21,7 +21,7 @@ import pytest
 
 from nvmefast import Controller, NamespaceConfig, ZoneConfig
 from nvmefast.testing import Host
-from nvmefast.testing.nvm import copy, write_zeroes
+from nvmefast.testing.nvm import compare, copy, verify, write_zeroes
 from nvmefast.testing.zns import assigned_lba, zone_append
 from znsutil import (
     C, CLOSE, E, EO, F, FINISH, INVALID_FIELD, IO, LBA, MAX_ACTIVE, MAX_OPEN, NAMESPACES, OPEN, SUCCESS,
@@ -128,6 +128,16 @@ def test_reads_above_the_write_pointer_are_zeroes(host: Host) -> None:
 def test_reads_do_not_cross_zone_boundaries(host: Host) -> None:
     c, _ = read_completion(host, zslba(2) - 1, 2)
     assert_status(c, ZONE_BOUNDARY_ERROR)  # OZCS.RAZB is clear
+    # Verify and Compare are read commands too (ZNS 1.1 Figure 11).
+    assert_status(verify(host, ZNS_NSID, zslba(2) - 1, 2), ZONE_BOUNDARY_ERROR)
+    assert_status(compare(host, ZNS_NSID, zslba(2) - 1, bytes(2 * LBA)), ZONE_BOUNDARY_ERROR)
+    assert_status(verify(host, ZNS_NSID, zslba(2) - 2, 2), SUCCESS)
+
+
+def test_offline_zones_refuse_verify_and_compare(host: Host, controller: Controller) -> None:
+    assert controller.engine.zone_action(ZNS_NSID, 3, "offline")
+    assert_status(verify(host, ZNS_NSID, zslba(3), 1), ZONE_IS_OFFLINE)
+    assert_status(compare(host, ZNS_NSID, zslba(3), bytes(LBA)), ZONE_IS_OFFLINE)
 
 
 @pytest.mark.nvme_config(namespaces=[NamespaceConfig(

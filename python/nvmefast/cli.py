@@ -11,7 +11,7 @@ from typing import Any
 
 from nvmefast import __version__
 from nvmefast.cli_terms import BENCH_TERMS, SERVE_TERMS, Terms, in_cli_terms, namespace_terms
-from nvmefast.config import BACKENDS, CACHE_MODES, IO_PATHS, LBA_SIZES, NamespaceConfig
+from nvmefast.config import BACKENDS, CACHE_MODES, IO_PATHS, LBA_SIZES, NamespaceConfig, ZoneConfig
 from nvmefast.errors import ConfigError, NvmeFastError
 from nvmefast.faults import FaultRule, FaultRuleError
 from nvmefast.namespace_spec import USAGE, NamespaceSpec, options_help, parse_namespace, parse_size
@@ -302,14 +302,22 @@ def _namespace_config(spec: NamespaceSpec, args: argparse.Namespace) -> Namespac
         raise ConfigError(f"--namespace {spec.text}: {in_cli_terms(str(e), namespace_terms(spec.text))}") from None
 
 
-def describe_namespace(nsid: int, info: Mapping[str, object]) -> str:
-    """One line saying how namespace ``nsid`` is served (the serve log's)."""
+def describe_namespace(nsid: int, info: Mapping[str, object], zones: ZoneConfig | None = None) -> str:
+    """One line saying how namespace ``nsid`` is served (the serve log's), and its zones if it is zoned."""
     size = info["size_bytes"]
     assert isinstance(size, int)
     text = f"namespace {nsid}: {info['backend']} {_format_size(size)}"
     if info["backend"] == "file":
         mode = "read-only" if info["readonly"] else "read-write"
         text += f" {info['path']}, io {info['io']}, cache {info['cache']}, {mode}"
+    if zones is not None:
+        text += f", zoned: {size // zones.size_bytes} zones of {_format_size(zones.size_bytes)}"
+        if zones.capacity != zones.size_bytes:
+            text += f" ({_format_size(zones.capacity)} writable)"
+        limits = [f"{n} {name}" for name, n in (("open", zones.max_open), ("active", zones.max_active)) if n]
+        text += f", at most {' and '.join(limits)}" if limits else ", no open or active limit"
+        if zones.append_size_limit is not None:
+            text += f", appends up to {_format_size(zones.append_size_limit)}"
     return text
 
 
@@ -371,7 +379,8 @@ def _serve(args: argparse.Namespace) -> int:
     # Rules go in before the socket listens: the first client meets them.
     faults = [server.controller.faults.add(rule) for rule in args.fault or ()]
     for nsid in range(1, len(specs) + 1):
-        log.info("%s", describe_namespace(nsid, server.controller.namespace_info(nsid)))
+        zones = server.controller.config.namespaces[nsid - 1].zones
+        log.info("%s", describe_namespace(nsid, server.controller.namespace_info(nsid), zones))
     log.info("%d iothread(s), up to %d I/O queue pairs, polling %s", args.iothreads, args.queues, args.polling)
     for fault in faults:
         log.info("fault rule %d: %s", fault.id, fault.rule)
