@@ -178,14 +178,30 @@ pub(crate) fn rw(
         count(ctx.smart, true, len);
         return Ok(0);
     }
-    let fua = sqe.cdw(12) & (1 << 30) != 0;
     let r = reserve(ns, z, Some(slba), nlb, nsid, true)?;
+    // A Write's completion carries nothing in DW0/DW1.
+    write_reserved(ctx, sqe, ns, z, r, len).map(|_| 0)
+}
+
+/// Moves a Write's or Zone Append's data (in `ctx.segs`, `len` bytes) to
+/// the blocks `r` reserved, then releases them; Ok carries the LBA.
+fn write_reserved(
+    ctx: &mut IoContext<'_>,
+    sqe: &Sqe,
+    ns: &Namespace,
+    z: &Zones,
+    r: Reservation,
+    len: u64,
+) -> Result<u64, Failure> {
+    let fua = sqe.cdw(12) & (1 << 30) != 0;
+    let lba = r.slba;
+    let off = lba << ns.lba_shift();
     ns.will_write(off, len, fua);
     let moved = rw_segments(ctx, sqe, ns, off, false);
-    written(ctx, ns, z, r, fua, nsid)?;
+    written(ctx, ns, z, r, fua, sqe.nsid())?;
     moved?;
     count(ctx.smart, false, len);
-    Ok(0)
+    Ok(lba)
 }
 
 /// Reserves `nlb` blocks at `slba` (None: a Zone Append to the zone of
@@ -259,15 +275,8 @@ pub fn append(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
         return Err(invalid(loc::CDW12));
     }
     data_pointer(ctx, sqe, len, false, zslba)?;
-    let fua = sqe.cdw(12) & (1 << 30) != 0;
     let r = reserve_in(ns, z, None, zslba, nlb, nsid, true)?;
-    let alba = r.slba;
-    ns.will_write(alba << shift, len, fua);
-    let moved = rw_segments(ctx, sqe, ns, alba << shift, false);
-    written(ctx, ns, z, r, fua, nsid)?;
-    moved?;
-    count(ctx.smart, false, len);
-    Ok(alba)
+    write_reserved(ctx, sqe, ns, z, r, len)
 }
 
 /// Compare on a zoned namespace: Below its frontiers, as on any namespace

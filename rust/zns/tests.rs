@@ -211,7 +211,12 @@ fn writes_follow_the_write_pointer_to_full() {
         dnr(Status::ZONE_BOUNDARY_ERROR)
     );
     assert_eq!(r.zone(1, 0), (IOPEN, 8), "refused writes move nothing");
-    assert_eq!(r.write(1, 8, 88, 3).status(), Status::SUCCESS);
+    let c = r.write(1, 8, 88, 3);
+    assert_eq!(
+        (c.status(), c.dw0, c.dw1),
+        (Status::SUCCESS, 0, 0),
+        "a Write returns no LBA"
+    );
     assert_eq!(
         r.zone(1, 0),
         (FULL, u64::MAX),
