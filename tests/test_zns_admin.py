@@ -14,14 +14,13 @@ import struct
 
 import pytest
 
-from adminutil import NSID_ALL, format_nvm, get_log, identify, ok, u16, u32, u64
-from adminutil import AER, SET_FEATURES, GET_FEATURES, cmd
+from adminutil import GET_FEATURES, NSID_ALL, SET_FEATURES, cmd, format_nvm, get_log, identify, ok, u16, u32, u64
 from nvmefast import Controller, HostTimeoutError, NamespaceConfig, ZoneConfig
 from nvmefast.testing import Host
 from nvmefast.testing.zns import ChangedZoneList, IdentifyNamespaceZns
 from znsutil import (
-    CONVENTIONAL, INVALID_FIELD, INVALID_FORMAT, INVALID_NSID, IOCS_COMBINATION_REJECTED, LBA,
-    MAX_ACTIVE, MAX_OPEN, NAMESPACE_BYTES, NAMESPACES, NVM_NSID, SUCCESS, ZONE, ZONE_BYTES, ZNS_NSID, ZONED,
+    INVALID_FIELD, INVALID_FORMAT, INVALID_NSID, IOCS_COMBINATION_REJECTED, LBA,
+    MAX_ACTIVE, MAX_OPEN, NAMESPACE_BYTES, NAMESPACES, NVM_NSID, SUCCESS, ZONE, ZONE_BYTES, ZNS_NSID,
     assert_status, read_completion, write_blocks, zslba,
 )  # fmt: skip
 

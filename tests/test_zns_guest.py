@@ -182,6 +182,27 @@ EXPECTED: dict[str, Callable[[str], bool]] = {
 }
 """Each CHECK key the guest prints, and what its value must be on a correct device."""
 
+FAULT_ZONE = 7
+FAULT_RULE = f"write zone={FAULT_ZONE} count=1 -> zone-readonly"
+FAULT_EXPECTED: dict[str, Callable[[str], bool]] = {
+    # The rule moves the zone to Read Only before the write runs: Zone Is Read Only (BAh),
+    # the zone reports "ro", the Changed Zone List names it, and with AEC bit 27 set the
+    # Zone Descriptor Changed notice (type 2h, info EFh, log BFh) reaches Linux, which logs it.
+    "fault_aec_rc": _is("0"),
+    "fault_write_rc": _nonzero,
+    "fault_zone_cond": _is("ro"),
+    "fault_dmesg": _is("async event result 00bfef02;sc 0xba;"),
+    "fault_changed_rc": _is("0"),
+    "fault_changed_has_zone": _nonzero,
+    # Read Only -> Reset is Invalid Zone State Transition; Offline Zone takes it offline,
+    # and then reads fail too (Zone Is Offline).
+    "fault_reset_rc": _nonzero,
+    "fault_offline_rc": _is("0"),
+    "fault_zone_after_offline": _is("of"),
+    "fault_read_offline_rc": _nonzero,
+}
+"""What the zone fault shows in the nvmefast boot."""
+
 
 @pytest.fixture(scope="module")
 def initrd(tool: Path, workdir: Path) -> Path:
@@ -192,18 +213,18 @@ def initrd(tool: Path, workdir: Path) -> Path:
     return build_tools_initrd(tool, GUEST_SCRIPT, workdir / "zns_checks.initrd")
 
 
-def assert_zoned_guest(b: Boot) -> None:
-    """Every expectation of :data:`EXPECTED`, all mismatches in one message."""
+def assert_zoned_guest(b: Boot, expected: dict[str, Callable[[str], bool]] = EXPECTED) -> None:
+    """Every expectation of ``expected``, all mismatches in one message."""
     d = b.diagnostics
     assert not b.fails, f"{b.label}: the guest reported FAIL {b.fails}{d()}"
     assert b.guest_exit == 0, f"{b.label}: the guest script did not finish (GUEST-EXIT {b.guest_exit}){d()}"
     assert b.exit_status == 0, f"{b.label}: QEMU did not exit cleanly (status {b.exit_status}){d()}"
     wrong = [
         f"  {key}: {b.checks.get(key, '<missing>')!r}"
-        for key, ok in EXPECTED.items()
+        for key, ok in expected.items()
         if key not in b.checks or not ok(b.checks[key])
     ]
-    assert not wrong, f"{b.label}: {len(wrong)} of {len(EXPECTED)} checks wrong:\n" + "\n".join(wrong) + d()
+    assert not wrong, f"{b.label}: {len(wrong)} of {len(expected)} checks wrong:\n" + "\n".join(wrong) + d()
 
 
 def summary(b: Boot) -> str:
@@ -214,7 +235,8 @@ def summary(b: Boot) -> str:
 
 
 def test_qemu_zns_control(tool: Path, workdir: Path, initrd: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """QEMU's own ZNS meets every expectation: the guest script checks the right things."""
+    """QEMU's own ZNS meets every expectation: the guest script checks the right things.
+    (It has no zone faults to inject: the fault section does not run.)"""
     image = workdir / "qemu-zns.img"
     with open(image, "wb") as f:
         f.truncate(NAMESPACE)
@@ -227,13 +249,16 @@ def test_qemu_zns_control(tool: Path, workdir: Path, initrd: Path, capsys: pytes
 
 
 def test_nvmefast_zns(tool: Path, workdir: Path, initrd: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """nvmefast's zoned namespace, through vfio-user-pci, meets the same expectations."""
-    srv = start_server(workdir, "zns", namespace=NVMEFAST_NAMESPACE)
+    """nvmefast's zoned namespace, through vfio-user-pci, meets the same expectations, and a
+    zone fault rule shows in the guest as the spec says."""
+    srv = start_server(workdir, "zns", ("--fault", FAULT_RULE), namespace=NVMEFAST_NAMESPACE)
     try:
-        b = boot(tool, srv, initrd, "nvmefast zns")
+        # The later -append replaces the tool's kernel command line: the same one plus the zone.
+        b = boot(tool, srv, initrd, "nvmefast zns",
+                 ("-append", f"console=ttyS0 quiet panic=-1 zns.fault_zone={FAULT_ZONE}"))
     finally:
         srv.stop()
     with capsys.disabled():
         print(f"\n{summary(b)}")
     assert b.server_alive_after, f"the server died during the boot{b.diagnostics()}"
-    assert_zoned_guest(b)
+    assert_zoned_guest(b, {**EXPECTED, **FAULT_EXPECTED})

@@ -24,7 +24,7 @@ from nvmefast.testing import Host
 from nvmefast.testing.nvm import compare, copy, verify, write_zeroes
 from nvmefast.testing.zns import assigned_lba, zone_append
 from znsutil import (
-    C, CLOSE, E, EO, F, FINISH, INVALID_FIELD, IO, LBA, MAX_ACTIVE, MAX_OPEN, NAMESPACES, OPEN, SUCCESS,
+    C, CLOSE, E, EO, F, FINISH, INVALID_FIELD, IO, LBA, LBA_OUT_OF_RANGE, MAX_ACTIVE, MAX_OPEN, NAMESPACES, OPEN, SUCCESS,
     TOO_MANY_ACTIVE_ZONES, TOO_MANY_OPEN_ZONES, ZCAP, ZNS_NSID, ZONE, ZONE_BOUNDARY_ERROR, ZONE_INVALID_WRITE,
     ZONE_IS_FULL, ZONE_IS_OFFLINE, ZONE_IS_READ_ONLY, ZONES, assert_status, block, read_completion, state,
     fill, states, status, write_blocks, zone, zslba,
@@ -178,6 +178,13 @@ def test_zone_append_after_writes_and_to_the_capacity(host: Host) -> None:
 def test_zone_append_needs_a_zone_start(host: Host, slba: int) -> None:
     assert_status(zone_append(host, ZNS_NSID, slba, block(1)), INVALID_FIELD)
     assert states(host) == [E] * ZONES
+
+
+@pytest.mark.parametrize("slba", [ZONES * ZONE, 2**63])
+def test_io_past_the_namespace(host: Host, slba: int) -> None:
+    assert_status(zone_append(host, ZNS_NSID, slba, block(1)), LBA_OUT_OF_RANGE)
+    assert_status(write_blocks(host, slba), LBA_OUT_OF_RANGE)
+    assert_status(read_completion(host, slba)[0], LBA_OUT_OF_RANGE)
 
 
 @pytest.mark.nvme_config(mdts=5, namespaces=[NamespaceConfig(

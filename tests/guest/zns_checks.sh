@@ -12,7 +12,8 @@
 # decides what the device should look like and checks the values here against it.
 #
 # Zones used (the device needs >= 16): 1-2 writes and appends, 3-4 zone management,
-# 0.. for the open/active limits, 8-11 fio sequential with verify, 12-15 fio random.
+# 0.. for the open/active limits, 8-11 fio sequential with verify, 12-15 fio random,
+# and with zns.fault_zone=N on the kernel command line zone N for a zone fault (nvmefast only).
 
 DEV=/dev/nvme0n1
 CTRL=/sys/class/nvme/nvme0
@@ -211,6 +212,30 @@ check fio_io_errors "$(dmesg | grep -c 'I/O Error')"
 check after_fio "$(conds)"
 blkzone reset $DEV; check final_reset_rc $?
 check final "$(conds)"
+# -- a zone the controller takes away (nvmefast's fault injection; the host test passes
+#    zns.fault_zone=N on the kernel command line and a rule making zone N Read Only on a write) --
+FZ=
+for kv in $(cat /proc/cmdline); do case "$kv" in zns.fault_zone=*) FZ=${kv#*=};; esac; done
+if [ -n "$FZ" ]; then
+  # Linux enables only the notices it handles; add Zone Descriptor Changed (AEC bit 27).
+  aec=$(nvme get-feature /dev/nvme0 -f 0x0b 2>/dev/null | sed -n 's/.*Current value: *\(0x[0-9a-fA-F]*\).*/\1/p')
+  nvme set-feature /dev/nvme0 -f 0x0b -v $(( ${aec:-0} | 1 << 27 )) > /dev/null 2>&1; check fault_aec_rc $?
+  dmesg -c > /dev/null
+  dd if=/tmp/pat of=$DEV bs=4096 count=1 seek=$((FZ * ZB)) oflag=seek_bytes,direct 2>/dev/null
+  check fault_write_rc $?
+  check fault_zone_cond "$(zone $FZ | cut -d' ' -f2)"
+  i=0; while ! dmesg | grep -q 'async event result' && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+  check fault_dmesg "$(dmesg | grep -o -e 'sc 0x[0-9a-f]*' -e 'async event result [0-9a-f]*' | sort -u | tr '\n' ';')"
+  nvme zns changed-zone-list $DEV > /tmp/out 2>&1; check fault_changed_rc $?
+  # nvme-cli 2.3 prints each ZSLBA in decimal ("zid 000: 14336"), others in hex.
+  check fault_changed_has_zone "$(grep -c -i -w -e "$(zslba $FZ)" -e "$(printf '0x%x' $(zslba $FZ))" /tmp/out)"
+  log < /tmp/out
+  blkzone reset -o $((FZ * ZS)) -c 1 $DEV 2>/dev/null; check fault_reset_rc $?
+  nvme zns offline-zone $DEV -s $(zslba $FZ) > /dev/null 2>&1; check fault_offline_rc $?
+  check fault_zone_after_offline "$(zone $FZ | cut -d' ' -f2)"
+  dd if=$DEV of=/dev/null bs=4096 count=1 skip=$((FZ * ZB)) iflag=skip_bytes,direct 2>/dev/null
+  check fault_read_offline_rc $?
+fi
 check timeouts "$(dmesg | grep -i nvme | grep -c -i -e timeout -e 'completion polled')"
 check state_end "$(cat $CTRL/state)"
 dmesg_report
