@@ -3,9 +3,10 @@
 The host keeps up to AERL+1 AER commands outstanding; the controller
 completes one per event with dword 0 = type | info << 8 | log page << 16
 (NVMe 1.4 5.2, Figure 146) and, for a Zone Descriptor Changed notice, the
-zoned namespace's NSID in dword 1 (ZNS 1.1 Figure 43). After an event of some type has been reported,
-that type is masked until the host reads the event's log page with Retain
-Asynchronous Event (RAE) cleared; events of a masked type wait in a queue.
+zoned namespace's NSID in dword 1 (ZNS 1.1 Figure 43). After an event of
+some type has been reported, that type is masked until the host reads the
+event's log page with Retain Asynchronous Event (RAE) cleared; events of a
+masked type wait in a queue.
 This is QEMU's ``nvme_process_aers`` / ``nvme_clear_events`` contract.
 
 Everything here runs under the admin lock; the completions a state change
