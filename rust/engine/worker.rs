@@ -33,10 +33,18 @@ const DEEP_BACKLOG: u32 = 16;
 pub(super) struct Signals {
     vectors: Vec<u16>,
     intx: Option<(LevelCallback, bool)>,
-    /// AER info codes of invalid doorbell values found in memory.
-    events: Vec<u8>,
-    /// NSIDs whose zones the controller changed (fault rules).
-    pub(super) zone_events: Vec<u32>,
+    /// Events for the control plane (rare: one empty check per delivery).
+    pub(super) events: Vec<Event>,
+}
+
+/// What a pass tells the control plane once its locks are dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Event {
+    /// An invalid value found in the doorbell page or shadow buffer: the
+    /// AER info code.
+    Doorbell(u8),
+    /// The controller changed zones of this NSID by itself (a fault rule).
+    Zones(u32),
 }
 
 /// Info code of "Invalid Doorbell Write Value" (NVMe Base 2.0, Figure 150).
@@ -130,7 +138,7 @@ impl Shared {
                 self.doorbells
                     .invalid_writes
                     .fetch_add(1, Ordering::Relaxed);
-                out.events.push(INVALID_DOORBELL_VALUE);
+                out.events.push(Event::Doorbell(INVALID_DOORBELL_VALUE));
             }
             _ => {}
         }
@@ -231,14 +239,16 @@ impl Shared {
         if let Some((cb, level)) = out.intx.take() {
             cb(level);
         }
-        for nsid in out.zone_events.drain(..) {
-            self.zone_event(nsid);
-        }
         if !out.events.is_empty() {
             let handler = lock(&self.events).clone();
-            for info in out.events.drain(..) {
-                if let Some(h) = &handler {
-                    h(info);
+            for e in out.events.drain(..) {
+                match e {
+                    Event::Doorbell(info) => {
+                        if let Some(h) = &handler {
+                            h(info);
+                        }
+                    }
+                    Event::Zones(nsid) => self.zone_event(nsid),
                 }
             }
         }
