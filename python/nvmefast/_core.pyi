@@ -446,7 +446,13 @@ def bench_io(
 
     ``workload`` is ``"randread"`` or ``"randwrite"`` (random block reads or
     writes until ``seconds``
-    pass) or ``"fill"`` (write every block once, in order).
+    pass) or ``"fill"`` (write every block once, in order); ``bench --zoned``'s
+    ``"seqwrite"`` (sequential writes, wrapping), and on a zoned namespace
+    ``"zonewrite"`` (sequential writes zone by zone), ``"zoneappend"`` (Zone
+    Appends zone by zone), ``"zonefill"`` (every zone written once) and
+    ``"zonemgmt"`` (QD 1 write, Finish, Reset per zone); the zoned ones reset
+    every zone first and between laps, and add ``zone_resets``,
+    ``zone_reset_ns``, ``zone_finishes``, ``zone_finish_ns`` to the figures.
 
     The queues must already exist (created through the admin queue); guest
     memory ``mem_fd`` is mapped by the driver itself. ``mode`` is ``"irq"``
