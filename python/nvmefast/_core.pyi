@@ -215,8 +215,10 @@ class Engine:
         """Copy ``data`` to the host buffer the PRPs describe; returns an NVMe status."""
     def read_prp(self, prp1: int, prp2: int, length: int) -> tuple[int, bytes]:
         """Copy ``length`` bytes from the host buffer; returns (status, data)."""
-    def complete_admin(self, cid: int, status: int, dw0: int = 0) -> None:
-        """Post the completion of an outstanding admin command.
+    def complete_admin(self, cid: int, status: int, dw0: int = 0, dw1: int = 0) -> None:
+        """Post the completion of an outstanding admin command, with ``dw0``
+        and ``dw1`` in CQE dwords 0 and 1 (an AER's Zone Descriptor Changed
+        notice carries the NSID in dword 1).
 
         Any admin command fetched and not yet completed is accepted, including
         one whose handler is still running (it then returns None and nothing
@@ -331,7 +333,7 @@ class Engine:
         "finish-recommended" or "reset-recommended"; True when the zone changed."""
     def set_io_command_sets(self, nvm: bool, zoned: bool) -> None:
         """Which I/O command sets are enabled (CC.CSS); namespaces of the others are
-        not attached (Invalid Namespace or Format)."""
+        inactive: I/O to them completes with Invalid Field in Command (DNR)."""
 
 @final
 class FaultTable:

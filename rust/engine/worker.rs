@@ -146,7 +146,14 @@ impl Shared {
     }
 
     /// Posts an admin completion to CQ 0 unless a reset intervened.
-    pub(super) fn post_admin(&self, q: &mut Queues, gen: u64, cid: u16, status: Status, dw0: u32) {
+    pub(super) fn post_admin(
+        &self,
+        q: &mut Queues,
+        gen: u64,
+        cid: u16,
+        status: Status,
+        result: u64,
+    ) {
         if gen != self.generation.load(Ordering::SeqCst) {
             return;
         }
@@ -155,12 +162,15 @@ impl Shared {
             return;
         };
         let mem = self.mem.snapshot();
-        if cq.post(&mem, Cqe::new(0, cid, status, dw0), sqhd).is_err() {
+        if cq
+            .post(&mem, Cqe::with_result(0, cid, status, result), sqhd)
+            .is_err()
+        {
             q.stats.cqe_post_errors += 1;
             self.fatal.store(true, Ordering::SeqCst);
         }
         if self.trace.on() {
-            self.trace.admin_done(cid, status.field(), u64::from(dw0));
+            self.trace.admin_done(cid, status.field(), result);
         }
     }
 
@@ -661,7 +671,7 @@ impl Shared {
                             q.faults
                                 .hold(Some(d), gen, 0, 0, sqe.cid(), r, abortable, None);
                         } else {
-                            self.post_admin(&mut q, gen, sqe.cid(), status, dw0);
+                            self.post_admin(&mut q, gen, sqe.cid(), status, u64::from(dw0));
                         }
                     }
                 }
