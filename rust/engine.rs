@@ -929,7 +929,13 @@ impl Engine {
     // ---- admin data and completions ----------------------------------------
 
     /// Posts the completion of deferred admin command `cid`.
-    pub fn complete_admin(&self, cid: u16, status: Status, dw0: u32) -> Result<(), EngineError> {
+    pub fn complete_admin(
+        &self,
+        cid: u16,
+        status: Status,
+        dw0: u32,
+        dw1: u32,
+    ) -> Result<(), EngineError> {
         let mut q = lock(&self.shared.workers[0].queues);
         let pos = q
             .admin_pending
@@ -938,7 +944,13 @@ impl Engine {
             .ok_or(EngineError::NotDeferred { cid })?;
         q.admin_pending.swap_remove(pos);
         let gen = self.shared.generation.load(Ordering::SeqCst);
-        self.shared.post_admin(&mut q, gen, cid, status, dw0);
+        self.shared.post_admin(
+            &mut q,
+            gen,
+            cid,
+            status,
+            u64::from(dw0) | u64::from(dw1) << 32,
+        );
         let mut out = worker::Signals::default();
         self.shared.decide_signals(0, &mut q, &mut out);
         drop(q);

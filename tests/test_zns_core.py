@@ -37,6 +37,7 @@ RESET, FINISH = 0x04, 0x02
     ({"max_open": 4, "max_active": 2}, "lower max_open or raise max_active"),
     ({"append_size_limit": 6144}, "power-of-two multiple of 4096"),
     ({"append_size_limit": 2048}, "power-of-two multiple of 4096"),
+    ({"append_size_limit": 4096}, "ZASL 0 means MDTS"),
     ({"descriptor_extension_bytes": 100}, "multiple of 64"),
     ({"descriptor_extension_bytes": 256 * 64}, "must be in 0..16320"),
     ({"max_open": -1}, "ZoneConfig.max_open must be in"),

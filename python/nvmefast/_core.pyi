@@ -215,8 +215,10 @@ class Engine:
         """Copy ``data`` to the host buffer the PRPs describe; returns an NVMe status."""
     def read_prp(self, prp1: int, prp2: int, length: int) -> tuple[int, bytes]:
         """Copy ``length`` bytes from the host buffer; returns (status, data)."""
-    def complete_admin(self, cid: int, status: int, dw0: int = 0) -> None:
-        """Post the completion of an outstanding admin command.
+    def complete_admin(self, cid: int, status: int, dw0: int = 0, dw1: int = 0) -> None:
+        """Post the completion of an outstanding admin command, with ``dw0``
+        and ``dw1`` in CQE dwords 0 and 1 (an AER's Zone Descriptor Changed
+        notice carries the NSID in dword 1).
 
         Any admin command fetched and not yet completed is accepted, including
         one whose handler is still running (it then returns None and nothing
@@ -331,7 +333,7 @@ class Engine:
         "finish-recommended" or "reset-recommended"; True when the zone changed."""
     def set_io_command_sets(self, nvm: bool, zoned: bool) -> None:
         """Which I/O command sets are enabled (CC.CSS); namespaces of the others are
-        not attached (Invalid Namespace or Format)."""
+        inactive: I/O to them completes with Invalid Field in Command (DNR)."""
 
 @final
 class FaultTable:
@@ -446,7 +448,13 @@ def bench_io(
 
     ``workload`` is ``"randread"`` or ``"randwrite"`` (random block reads or
     writes until ``seconds``
-    pass) or ``"fill"`` (write every block once, in order).
+    pass) or ``"fill"`` (write every block once, in order); ``bench --zoned``'s
+    ``"seqwrite"`` (sequential writes, wrapping), and on a zoned namespace
+    ``"zonewrite"`` (sequential writes zone by zone), ``"zoneappend"`` (Zone
+    Appends zone by zone), ``"zonefill"`` (every zone written once) and
+    ``"zonemgmt"`` (QD 1 write, Finish, Reset per zone); the zoned ones reset
+    every zone first and between laps, and add ``zone_resets``,
+    ``zone_reset_ns``, ``zone_finishes``, ``zone_finish_ns`` to the figures.
 
     The queues must already exist (created through the admin queue); guest
     memory ``mem_fd`` is mapped by the driver itself. ``mode`` is ``"irq"``

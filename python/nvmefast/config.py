@@ -153,10 +153,10 @@ class ZoneConfig:
         if self.append_size_limit is not None:
             _check_int("ZoneConfig.append_size_limit", self.append_size_limit, 1, None)
             zasl = self.append_size_limit
-            if zasl < 4096 or zasl & (zasl - 1):
+            if zasl < 8192 or zasl & (zasl - 1):
                 raise ConfigError(
-                    f"ZoneConfig.append_size_limit {zasl} must be a power-of-two multiple of 4096 (4K, 8K, ... "
-                    "128K), or None for MDTS"
+                    f"ZoneConfig.append_size_limit {zasl} must be a power-of-two multiple of 4096 of at least "
+                    "8192 (8K, 16K, ... 128K): ZASL 0 means MDTS, so 4K cannot be reported; use None for MDTS"
                 )
         _check_int("ZoneConfig.descriptor_extension_bytes", self.descriptor_extension_bytes, 0, ZDE_MAX)
         if self.descriptor_extension_bytes % 64:

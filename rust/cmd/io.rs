@@ -190,12 +190,18 @@ pub fn execute(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
 }
 
 pub(crate) fn namespace<'a>(ctx: &IoContext<'a>, nsid: u32) -> Result<&'a Namespace, Failure> {
-    nsid.checked_sub(1)
+    let ns = nsid
+        .checked_sub(1)
         .and_then(|i| ctx.namespaces.get(i as usize))
-        // Relaxed: set by the control plane while the host has no I/O
-        // outstanding (CC.EN 0 -> 1).
-        .filter(|ns| !ns.detached.load(Ordering::Relaxed))
-        .ok_or(fail(Status::INVALID_NAMESPACE.dnr(), loc::NSID, 0, nsid))
+        .ok_or(fail(Status::INVALID_NAMESPACE.dnr(), loc::NSID, 0, nsid))?;
+    // Relaxed: set by the control plane while the host has no I/O
+    // outstanding (CC.EN 0 -> 1). A valid NSID whose command set is not
+    // enabled is inactive: Invalid Field (as QEMU's nvme_io_cmd; the Base
+    // spec keeps Invalid Namespace or Format for invalid NSIDs).
+    if ns.detached.load(Ordering::Relaxed) {
+        return Err(fail(Status::INVALID_FIELD.dnr(), loc::NSID, 0, nsid));
+    }
+    Ok(ns)
 }
 
 /// SLBA (CDW10-11) and NLB (CDW12 bits 15:0, 0's based, returned 1-based),

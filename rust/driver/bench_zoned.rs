@@ -26,6 +26,9 @@ pub enum Workload {
     ZoneAppend,
     /// QD 1: a block written to a zone, Finish, Reset; zone by zone.
     ZoneMgmt,
+    /// Every block of every zone written once, then stop (so later runs
+    /// touch memory that is there, as `bench`'s fill does).
+    ZoneFill,
 }
 
 /// A zoned namespace's geometry in LBAs: (zone size, capacity, zones).
@@ -126,6 +129,7 @@ pub fn run<M: Mmio + ?Sized>(
     let deadline = start + Duration::from_secs_f64(p.seconds);
     let mut outstanding = 0u32;
     let mut wrapped = false;
+    let mut done = false;
     let mut idle = Instant::now();
     loop {
         // Fill the queue; past the last zone, drain it and reset them all.
@@ -139,6 +143,7 @@ pub fn run<M: Mmio + ?Sized>(
                     continue;
                 }
                 wrapped = true;
+                done = w == Workload::ZoneFill;
                 break;
             };
             free.pop();
@@ -156,7 +161,7 @@ pub fn run<M: Mmio + ?Sized>(
             out.doorbells += 1;
         }
         if outstanding == 0 {
-            if !wrapped || Instant::now() >= deadline {
+            if !wrapped || done || Instant::now() >= deadline {
                 break;
             }
             let t = Instant::now();

@@ -33,10 +33,18 @@ const DEEP_BACKLOG: u32 = 16;
 pub(super) struct Signals {
     vectors: Vec<u16>,
     intx: Option<(LevelCallback, bool)>,
-    /// AER info codes of invalid doorbell values found in memory.
-    events: Vec<u8>,
-    /// NSIDs whose zones the controller changed (fault rules).
-    pub(super) zone_events: Vec<u32>,
+    /// Events for the control plane (rare: one empty check per delivery).
+    pub(super) events: Vec<Event>,
+}
+
+/// What a pass tells the control plane once its locks are dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Event {
+    /// An invalid value found in the doorbell page or shadow buffer: the
+    /// AER info code.
+    Doorbell(u8),
+    /// The controller changed zones of this NSID by itself (a fault rule).
+    Zones(u32),
 }
 
 /// Info code of "Invalid Doorbell Write Value" (NVMe Base 2.0, Figure 150).
@@ -130,7 +138,7 @@ impl Shared {
                 self.doorbells
                     .invalid_writes
                     .fetch_add(1, Ordering::Relaxed);
-                out.events.push(INVALID_DOORBELL_VALUE);
+                out.events.push(Event::Doorbell(INVALID_DOORBELL_VALUE));
             }
             _ => {}
         }
@@ -138,7 +146,14 @@ impl Shared {
     }
 
     /// Posts an admin completion to CQ 0 unless a reset intervened.
-    pub(super) fn post_admin(&self, q: &mut Queues, gen: u64, cid: u16, status: Status, dw0: u32) {
+    pub(super) fn post_admin(
+        &self,
+        q: &mut Queues,
+        gen: u64,
+        cid: u16,
+        status: Status,
+        result: u64,
+    ) {
         if gen != self.generation.load(Ordering::SeqCst) {
             return;
         }
@@ -147,12 +162,15 @@ impl Shared {
             return;
         };
         let mem = self.mem.snapshot();
-        if cq.post(&mem, Cqe::new(0, cid, status, dw0), sqhd).is_err() {
+        if cq
+            .post(&mem, Cqe::with_result(0, cid, status, result), sqhd)
+            .is_err()
+        {
             q.stats.cqe_post_errors += 1;
             self.fatal.store(true, Ordering::SeqCst);
         }
         if self.trace.on() {
-            self.trace.admin_done(cid, status.field(), u64::from(dw0));
+            self.trace.admin_done(cid, status.field(), result);
         }
     }
 
@@ -231,14 +249,16 @@ impl Shared {
         if let Some((cb, level)) = out.intx.take() {
             cb(level);
         }
-        for nsid in out.zone_events.drain(..) {
-            self.zone_event(nsid);
-        }
         if !out.events.is_empty() {
             let handler = lock(&self.events).clone();
-            for info in out.events.drain(..) {
-                if let Some(h) = &handler {
-                    h(info);
+            for e in out.events.drain(..) {
+                match e {
+                    Event::Doorbell(info) => {
+                        if let Some(h) = &handler {
+                            h(info);
+                        }
+                    }
+                    Event::Zones(nsid) => self.zone_event(nsid),
                 }
             }
         }
@@ -651,7 +671,7 @@ impl Shared {
                             q.faults
                                 .hold(Some(d), gen, 0, 0, sqe.cid(), r, abortable, None);
                         } else {
-                            self.post_admin(&mut q, gen, sqe.cid(), status, dw0);
+                            self.post_admin(&mut q, gen, sqe.cid(), status, u64::from(dw0));
                         }
                     }
                 }

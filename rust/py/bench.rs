@@ -32,6 +32,7 @@ const ZONED_WORKLOADS: &[(&str, bench_zoned::Workload)] = &[
     ("zonewrite", bench_zoned::Workload::ZoneWrite),
     ("zoneappend", bench_zoned::Workload::ZoneAppend),
     ("zonemgmt", bench_zoned::Workload::ZoneMgmt),
+    ("zonefill", bench_zoned::Workload::ZoneFill),
 ];
 
 const MODES: &[(&str, bench::Mode)] = &[("irq", bench::Mode::Irq), ("poll", bench::Mode::Poll)];

@@ -468,12 +468,19 @@ impl PyEngine {
         (s.field(), PyBytes::new(py, &data))
     }
 
-    #[pyo3(signature = (cid, status, dw0=0))]
-    fn complete_admin(&self, py: Python<'_>, cid: u64, status: u16, dw0: u32) -> PyResult<()> {
+    #[pyo3(signature = (cid, status, dw0=0, dw1=0))]
+    fn complete_admin(
+        &self,
+        py: Python<'_>,
+        cid: u64,
+        status: u16,
+        dw0: u32,
+        dw1: u32,
+    ) -> PyResult<()> {
         let cid = u16_arg(py, "cid", cid)?;
         py.detach(|| {
             self.inner
-                .complete_admin(cid, Status::from_field(status), dw0)
+                .complete_admin(cid, Status::from_field(status), dw0, dw1)
         })
         .map_err(|e| to_py(py, e))
     }

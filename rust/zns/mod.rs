@@ -144,10 +144,12 @@ impl ZoneSpec {
             ));
         }
         let zasl = self.append_size_limit;
-        if zasl != 0 && (!zasl.is_power_of_two() || zasl < ZASL_UNIT) {
+        // ZASL is 2^n units of CAP.MPSMIN and ZASL 0 means "MDTS applies",
+        // so the smallest limit Identify can report is two units.
+        if zasl != 0 && (!zasl.is_power_of_two() || zasl < 2 * ZASL_UNIT) {
             return bad(format!(
-                "append_size_limit {zasl} bytes must be a power-of-two multiple of 4096 (4K, 8K, ... 128K), \
-                 or None for MDTS"
+                "append_size_limit {zasl} bytes must be a power-of-two multiple of 4096 of at least 8192 \
+                 (8K, 16K, ... 128K): ZASL 0 means MDTS, so 4K cannot be reported; or None for MDTS"
             ));
         }
         let zde = self.descriptor_extension_bytes;

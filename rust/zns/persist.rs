@@ -284,3 +284,74 @@ impl Companion {
         self.file.sync_data().map_err(|e| errno(&e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geo() -> Geometry {
+        crate::zns::ZoneSpec {
+            size_bytes: 64 << 10,
+            descriptor_extension_bytes: 64,
+            ..Default::default()
+        }
+        .geometry(1 << 20, 512)
+        .unwrap()
+    }
+
+    fn zone(state: ZoneState, wp: u64, attrs: u8) -> Zone {
+        Zone { state, wp, attrs }
+    }
+
+    #[test]
+    fn a_torn_newest_slot_leaves_the_older_record() {
+        let dir = std::env::temp_dir().join(format!("nvmefast-zones-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.img.zones").to_string_lossy().into_owned();
+        let _ = std::fs::remove_file(&path);
+        let c = Companion::open(&path, geo(), false).unwrap();
+        assert!(!c.existed());
+        let mut zones = vec![zone(ZoneState::Empty, 0, 0); 16];
+        let mut ext = HashMap::new();
+        zones[3] = zone(ZoneState::Closed, 7, za::ZDEV);
+        ext.insert(3, vec![0x42u8; 64].into_boxed_slice());
+        c.store(&[3], &zones, &ext).unwrap();
+        zones[3] = zone(ZoneState::Full, 100, za::ZDEV);
+        c.store(&[3], &zones, &ext).unwrap();
+        drop(c);
+        let c = Companion::open(&path, geo(), false).unwrap();
+        let (got, e) = c.load().unwrap();
+        assert_eq!(
+            got[3],
+            zone(ZoneState::Full, 100, za::ZDEV),
+            "the newest record"
+        );
+        assert_eq!(e.get(&3).map(|b| b[0]), Some(0x42));
+        // Tear the newest slot (slot 1 of zone 3: sequence 2): the older one stands.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xff; 8], c.offset(3, 1) + 16).unwrap();
+        let (got, _) = Companion::open(&path, geo(), false)
+            .unwrap()
+            .load()
+            .unwrap();
+        assert_eq!(got[3], zone(ZoneState::Closed, 7, za::ZDEV));
+        assert_eq!(got[0], zone(ZoneState::Empty, 0, 0), "never written: Empty");
+        // Another geometry is refused with the fix named.
+        let other = crate::zns::ZoneSpec {
+            size_bytes: 128 << 10,
+            descriptor_extension_bytes: 64,
+            ..Default::default()
+        }
+        .geometry(1 << 20, 512)
+        .unwrap();
+        let err = Companion::open(&path, other, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("another zone geometry") && err.contains("delete"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

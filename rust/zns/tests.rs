@@ -694,10 +694,10 @@ fn command_sets_not_enabled_detach_their_namespaces() {
     // CC.CSS 000b: a zoned namespace is not attached (Invalid Namespace).
     let mut r = Rig::new(spec());
     r.e.set_io_command_sets(true, false);
-    assert_eq!(r.write(1, 0, 1, 1).status(), dnr(Status::INVALID_NAMESPACE));
+    assert_eq!(r.write(1, 0, 1, 1).status(), dnr(Status::INVALID_FIELD));
     assert_eq!(r.write(2, 0, 1, 1).status(), Status::SUCCESS);
     r.e.set_io_command_sets(false, false);
-    assert_eq!(r.write(2, 0, 1, 1).status(), dnr(Status::INVALID_NAMESPACE));
+    assert_eq!(r.write(2, 0, 1, 1).status(), dnr(Status::INVALID_FIELD));
     r.e.set_io_command_sets(true, true);
     assert_eq!(r.write(1, 0, 1, 1).status(), Status::SUCCESS);
     assert!(

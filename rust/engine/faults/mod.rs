@@ -318,7 +318,7 @@ impl Shared {
         if let (Action::Zone(a), Some((first, _))) = (action, zones) {
             // The controller's own transition, before the command runs.
             if self.zone_fault(cmd.nsid, zone.unwrap_or(first), a) {
-                out.zone_events.push(cmd.nsid);
+                out.events.push(super::worker::Event::Zones(cmd.nsid));
             }
         }
         if action == Action::Cfs {
