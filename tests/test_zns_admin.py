@@ -313,6 +313,7 @@ def test_zone_descriptor_changed_notice_and_log(host: Host, controller: Controll
     assert (c.dw0, c.dw1) == (NOTICE_DW0, ZNS_NSID)
     # Read with RAE: the list stays, and so does the mask on Notice events.
     assert _changed(host, rae=True).zslbas == (zslba(3),)
+    host.write(ZNS_NSID, zslba(5), b"\x05" * LBA)  # Finish Recommended needs an opened or closed zone
     aer = host.submit_aer()
     assert controller.engine.zone_action(ZNS_NSID, 5, "finish-recommended")
     with pytest.raises(HostTimeoutError):

@@ -75,7 +75,8 @@ def _serve_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
         ("ram:64M:zone=16M:zone-cap=32M", "zone-cap=33554432 is above the zone size"),
         ("ram:64M:zone=16M:max-open=5:max-active=4", "max-open=5 is above max-active=4"),
         ("ram:64M:zone=16M:max-open=9", "max-open=9 is above the zone count 4"),
-        ("ram:64M:zone=16M:zasl=12K", "or leave zasl= out for MDTS"),
+        ("ram:64M:zone=16M:zasl=12K", "zasl=12288 must be a power-of-two multiple"),
+        ("ram:64M:zone=16M:zasl=4K", "leave zasl= out for MDTS"),
         ("ram:64M:zone=16M:zde=65", "zde=65 must be a multiple of 64"),
     ],
 )

@@ -34,6 +34,7 @@ def _zone_terms() -> Terms:
     terms: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
         (r"or None for the whole zone", "or leave zone-cap= out for the whole zone"),
         (r"or None for MDTS", "or leave zasl= out for MDTS"),
+        (r"use None for MDTS", "leave zasl= out for MDTS"),
     ]
     for opt in OPTIONS.values():
         if not opt.field.startswith(ZONE_PREFIX):

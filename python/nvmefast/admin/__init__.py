@@ -294,10 +294,7 @@ class Admin:
         # has not completed, including one whose handler is still returning:
         # an event raised on another thread in that window is not lost.
         try:
-            if event.dw1:
-                self.engine.complete_admin(cid, Status.SUCCESS, event.dw0, dw1=event.dw1)
-            else:
-                self.engine.complete_admin(cid, Status.SUCCESS, event.dw0)
+            self.engine.complete_admin(cid, Status.SUCCESS, event.dw0, event.dw1)
         except QueueError:
             # A reset dropped the command: the event went with it, as every
             # queued event does on reset.
