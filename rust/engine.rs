@@ -70,6 +70,8 @@ pub struct NamespaceSpec {
     pub storage: Option<StorageRef>,
     /// Metadata and protection information (default: none).
     pub metadata: crate::pi::Format,
+    /// Zones: a zoned namespace (Zoned Namespace Command Set).
+    pub zones: Option<crate::zns::ZoneSpec>,
 }
 
 /// What a namespace turned out to be once opened.
@@ -257,6 +259,7 @@ struct Shared {
     events: Mutex<Option<EventCallback>>,
     /// Told of guest memory regions lost under the device.
     loss_handler: Mutex<Option<memloss::LossCallback>>,
+    zone_events: Mutex<Option<zoned::ZoneEventCallback>>,
     /// ioeventfds by doorbell index (kept to unwatch them).
     ioeventfds: Mutex<Vec<Option<OwnedFd>>>,
     stop: AtomicBool,
@@ -337,21 +340,21 @@ impl Engine {
                     ns.lba_size
                 )));
             }
-            namespaces.push(
-                Namespace::new(
-                    Backend::new(
-                        &ns.backend,
-                        ns.size_bytes,
-                        ns.lba_size,
-                        ns.file.as_ref(),
-                        ns.storage.as_ref(),
-                    )?,
+            let mut n = Namespace::new(
+                Backend::new(
+                    &ns.backend,
                     ns.size_bytes,
                     ns.lba_size,
-                )
-                .with_metadata(ns.metadata)
-                .map_err(|e| EngineError::Config(format!("namespace {}: {e}", i + 1)))?,
-            );
+                    ns.file.as_ref(),
+                    ns.storage.as_ref(),
+                )?,
+                ns.size_bytes,
+                ns.lba_size,
+            )
+            .with_metadata(ns.metadata)
+            .map_err(|e| EngineError::Config(format!("namespace {}: {e}", i + 1)))?;
+            zoned::attach(&mut n, ns, i + 1)?;
+            namespaces.push(n);
         }
         if cfg.iothreads == 0 || cfg.iothreads > 64 {
             return Err(EngineError::Config(format!(
@@ -401,6 +404,7 @@ impl Engine {
             cq_tails: (0..n).map(|_| AtomicU32::new(NO_TAIL)).collect(),
             events: Mutex::new(None),
             loss_handler: Mutex::new(None),
+            zone_events: Mutex::new(None),
             ioeventfds: Mutex::new((0..n * 2).map(|_| None).collect()),
             stop: AtomicBool::new(false),
             fatal: AtomicBool::new(false),
@@ -931,7 +935,13 @@ impl Engine {
     // ---- admin data and completions ----------------------------------------
 
     /// Posts the completion of deferred admin command `cid`.
-    pub fn complete_admin(&self, cid: u16, status: Status, dw0: u32) -> Result<(), EngineError> {
+    pub fn complete_admin(
+        &self,
+        cid: u16,
+        status: Status,
+        dw0: u32,
+        dw1: u32,
+    ) -> Result<(), EngineError> {
         let mut q = lock(&self.shared.workers[0].queues);
         let pos = q
             .admin_pending
@@ -940,7 +950,13 @@ impl Engine {
             .ok_or(EngineError::NotDeferred { cid })?;
         q.admin_pending.swap_remove(pos);
         let gen = self.shared.generation.load(Ordering::SeqCst);
-        self.shared.post_admin(&mut q, gen, cid, status, dw0);
+        self.shared.post_admin(
+            &mut q,
+            gen,
+            cid,
+            status,
+            u64::from(dw0) | u64::from(dw1) << 32,
+        );
         let mut out = worker::Signals::default();
         self.shared.decide_signals(0, &mut q, &mut out);
         drop(q);
@@ -978,6 +994,8 @@ mod placement;
 mod poll;
 pub mod trace;
 mod worker;
+mod zoned;
+pub use zoned::{ZoneEventCallback, ZoneRow};
 
 #[cfg(test)]
 mod file_tests;

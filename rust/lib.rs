@@ -22,6 +22,7 @@ pub mod queue;
 pub mod shm;
 pub mod spec;
 pub mod waker;
+pub mod zns;
 
 #[cfg(feature = "python")]
 mod py;

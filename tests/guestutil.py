@@ -214,7 +214,7 @@ class Boot:
     seconds: float
     console: str  # QEMU's stdout: the guest's serial console
     qemu_stderr: str
-    server: Server | None  # None: QEMU's own device, no server
+    server: Server | None  # None: QEMU's own device, no vfio-user server
     checks: dict[str, str] = dataclasses.field(default_factory=dict)
     irqs: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # phase -> vector -> count
     fails: list[str] = dataclasses.field(default_factory=list)
@@ -243,13 +243,15 @@ class Boot:
         return self.irqs.get("after", {}).get(vector, 0) - self.irqs.get("before", {}).get(vector, 0)
 
     def diagnostics(self) -> str:
+        server = (
+            "" if self.server is None
+            else f"----- server log ({self.server.log_path}) -----\n{tail(self.server.log(), 200)}\n"
+        )
         return (
             f"\n===== {self.label}: tool exit {self.exit_status}, guest exit {self.guest_exit}, "
             f"{self.seconds:.1f} s, server alive after: {self.server_alive_after}\n"
             f"----- guest console -----\n{self.console.replace(chr(13), '')}\n"
-            f"----- QEMU stderr -----\n{self.qemu_stderr}\n"
-            + (f"----- server log ({self.server.log_path}) -----\n{tail(self.server.log(), 200)}\n"
-               if self.server is not None else "")
+            f"----- QEMU stderr -----\n{self.qemu_stderr}\n{server}"
         )
 
     def summary(self) -> str:

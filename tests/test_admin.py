@@ -82,7 +82,8 @@ def test_identify_controller(host: Host, config: ControllerConfig) -> None:
     assert ident.mdts == config.mdts
     assert ident.ver == 0x00020000  # NVMe 2.0.0
     assert raw[76] == 0  # CMIC
-    assert struct.unpack_from("<I", raw, 92)[0] == 1 << 8  # OAES: namespace attribute notices
+    # OAES: namespace attribute notices, zone descriptor changed notices
+    assert struct.unpack_from("<I", raw, 92)[0] == 1 << 8 | 1 << 27
     assert raw[111] == 1  # CNTRLTYPE: I/O controller
     assert ident.oacs == 1 << 8 | 1 << 1  # Doorbell Buffer Config, Format NVM
     assert ident.acl == 3
@@ -333,7 +334,7 @@ def test_number_of_queues_after_queue_creation(host: Host) -> None:
     assert ok_dw0(set_feature(host, 0x07, 0)) == 0
 
 
-@pytest.mark.parametrize("fid", [0x00, 0x03, 0x0C, 0x0D, 0x10, 0x11, 0x15, 0x17, 0x19, 0x80, 0xFF])
+@pytest.mark.parametrize("fid", [0x00, 0x03, 0x0C, 0x0D, 0x10, 0x11, 0x15, 0x17, 0x1A, 0x80, 0xFF])
 def test_unsupported_feature(host: Host, fid: int) -> None:
     assert_status(get_feature(host, fid), INVALID_FIELD)
     assert_status(set_feature(host, fid, 0), INVALID_FIELD)

@@ -34,8 +34,8 @@ def test_cap_reports_config(controller: Controller, config: ControllerConfig) ->
 
 def test_enable_programs_registers_like_linux(bare_host: Host, controller: Controller) -> None:
     bare_host.enable()
-    # EN | CSS 000b | MPS 0 | AMS 000b | SHN 00b | IOSQES 6 | IOCQES 4
-    assert controller.bar0_read(CC, 4) == 0x0046_0001
+    # EN | CSS 110b (CAP.CSS bit 6: every I/O command set) | MPS 0 | AMS 000b | SHN 00b | IOSQES 6 | IOCQES 4
+    assert controller.bar0_read(CC, 4) == 0x0046_0061
     csts = controller.bar0_read(CSTS, 4)
     assert csts & 0b11 == 0b01, f"CSTS={csts:#x}: RDY must be 1 and CFS 0"
     assert controller.bar0_read(AQA, 4) == (31 << 16 | 31)

@@ -29,7 +29,7 @@ def test_identify_controller_2_0_fields(host: Host, config: ControllerConfig) ->
     assert_status(c, SUCCESS)
     assert u32(raw, 80) == 0x00020000  # VER 2.0.0
     assert u32(raw, 80) == host.controller.bar0_read(0x08, 4)  # = VS
-    assert u32(raw, 92) == 1 << 8  # OAES: Namespace Attribute Notices only
+    assert u32(raw, 92) == 1 << 8 | 1 << 27  # OAES: Namespace Attribute and Zone Descriptor Changed Notices
     assert raw[111] == 1  # CNTRLTYPE: I/O controller
     assert u16(raw, 256) == 1 << 1 | 1 << 8  # OACS: Format NVM, Doorbell Buffer Config
     assert raw[261] == 1 << 1 | 1 << 2  # LPA: Commands Supported and Effects, extended data
@@ -93,7 +93,7 @@ def test_identify_csi_controller(host: Host) -> None:
     assert raw[3] == 0  # DMRL: no limit below the 256 ranges of NR
     assert u32(raw, 4) == 0 and u64(raw, 8) == 0  # DMRSL, DMSL
     assert raw[16:] == bytes(4096 - 16)
-    for csi in (0x01, 0x02):
+    for csi in (0x01, 0x03, 0xFF):  # 02h (Zoned Namespace) is tests/test_zns_admin.py's
         assert_status(identify(host, 0x06, csi=csi)[0], INVALID_FIELD)
 
 
@@ -102,7 +102,10 @@ def test_identify_active_namespaces_of_command_set(host: Host) -> None:
     c, raw = identify(host, 0x07, 1, csi=0)
     assert_status(c, SUCCESS)
     assert (u32(raw, 0), u32(raw, 4), u32(raw, 8)) == (2, 3, 0)
-    assert_status(identify(host, 0x07, 0, csi=2)[0], INVALID_FIELD)
+    c, raw = identify(host, 0x07, 0, csi=2)  # the Zoned Namespace Command Set: none of those here
+    assert_status(c, SUCCESS)
+    assert raw == bytes(4096)
+    assert_status(identify(host, 0x07, 0, csi=1)[0], INVALID_FIELD)
     assert_status(identify(host, 0x07, NSID_ALL, csi=0)[0], INVALID_NSID)
 
 
@@ -120,7 +123,7 @@ def test_identify_independent_namespace(host: Host) -> None:
 def test_identify_io_command_set_combinations(host: Host) -> None:
     c, raw = identify(host, 0x1C)
     assert_status(c, SUCCESS)
-    assert u64(raw, 0) == 1  # combination 0: NVM Command Set only
+    assert u64(raw, 0) == 1 << 0 | 1 << 2  # combination 0: the NVM and Zoned Namespace Command Sets
     assert raw[8:] == bytes(4088)
 
 

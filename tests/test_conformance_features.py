@@ -65,7 +65,8 @@ def test_write_atomicity_normal(host: Host) -> None:
 
 def test_async_event_configuration_bits(host: Host) -> None:
     set_(host, 0x0B, 0xFFFFFFFF)
-    assert get(host, 0x0B) == 0x1FF  # SMART warnings 7:0 and namespace attribute notices (bit 8)
+    # SMART warnings 7:0, namespace attribute notices (bit 8), zone descriptor changed notices (bit 27)
+    assert get(host, 0x0B) == 0x1FF | 1 << 27
     assert get(host, 0x0B, sel=1) == 0
 
 

@@ -149,6 +149,6 @@ def test_offsets_and_partial_reads(host: Host, lid: int, size: int) -> None:
     assert_status(get_log(host, lid, 4, offset=6, rae=True)[0], INVALID_FIELD)  # not dword aligned
 
 
-@pytest.mark.parametrize("lid", [0x00, 0x06, 0x08, 0x0C, 0x0D, 0x70, 0x80, 0xBF, 0xC0, 0xFF])
+@pytest.mark.parametrize("lid", [0x00, 0x06, 0x08, 0x0C, 0x0D, 0x70, 0x80, 0xBE, 0xC0, 0xFF])
 def test_unknown_log_page(host: Host, lid: int) -> None:
     assert_status(get_log(host, lid, 512)[0], INVALID_LOG_PAGE)

@@ -31,7 +31,8 @@ pub const MDTS_BYTES: u64 = 128 << 10;
 /// asynchronously; 5 is the embedder's storage ([`crate::storage`]), which
 /// checks every call the core makes to it; 6 ([`PI_NSID`]) carries 8 bytes
 /// of separate metadata with type 1 protection information, so MPTR,
-/// PRINFO, ILBRT (CDW14), LBAT/LBATM (CDW15) of the input matter.
+/// PRINFO, ILBRT (CDW14), LBAT/LBATM (CDW15) of the input matter. The
+/// zoned namespace ([`ZONED`]) comes after them.
 pub const NAMESPACES: [(u32, &str, u64, u32); 6] = [
     (1, "ram", 64 << 10, 512),
     (2, "null", 1 << 20, 512),
@@ -55,6 +56,16 @@ pub fn metadata(nsid: u32) -> nvmefast::pi::Format {
         ..nvmefast::pi::Format::NONE
     }
 }
+
+/// The zoned namespace, after the others: (NSID, size, LBA size, zone LBAs,
+/// zone capacity LBAs). RAM, MOR 2 / MAR 3 (counts), 64-byte extensions,
+/// ZASL 8 KiB. Its bytes are not checked against an image (a read above a
+/// write pointer returns zeroes, not what was there); the oracle checks its
+/// statuses against the ZNS set, and every zone is reset after each input.
+pub const ZONED: (u32, u64, u32, u64, u64) = (NAMESPACES.len() as u32 + 1, 64 << 10, 512, 16, 12);
+
+/// Zone commands (ZNS 1.1, Figure 12).
+pub const ZONE_OPCODES: [u8; 3] = [op::ZONE_MGMT_SEND, op::ZONE_MGMT_RECV, op::ZONE_APPEND];
 
 /// Which region a guest range lies in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,6 +227,42 @@ pub fn status_allowed(sqe: &Sqe, status: Status) -> bool {
         s(Status::SGL_TYPE_INVALID),
     ];
     let range = s(Status::LBA_OUT_OF_RANGE);
+    let zoned = sqe.nsid() == ZONED.0;
+    if zoned {
+        // ZNS 1.1 Figure 11 and 3.3: the zone statuses of each command, DNR
+        // set except inside Copy; Zone Management Send on a zone the
+        // controller made read only or offline cannot happen here.
+        let zone = [
+            Status::ZONE_BOUNDARY_ERROR,
+            Status::ZONE_IS_FULL,
+            Status::ZONE_IS_OFFLINE,
+            Status::ZONE_INVALID_WRITE,
+            Status::TOO_MANY_ACTIVE_ZONES,
+            Status::TOO_MANY_OPEN_ZONES,
+            Status::INVALID_ZONE_STATE_TRANSITION,
+        ];
+        let by_dnr = |x: Status| {
+            if sqe.opcode() == op::COPY {
+                zone.contains(&x)
+            } else {
+                zone.iter().any(|&z| z.dnr() == x)
+            }
+        };
+        if status == Status::SUCCESS && ZONE_OPCODES.contains(&sqe.opcode()) {
+            return true;
+        }
+        if status != Status::SUCCESS
+            && (by_dnr(status) || status == range || dptr.contains(&status))
+        {
+            return true;
+        }
+        if sqe.opcode() == op::COMPARE && status == s(Status::COMPARE_FAILURE) {
+            return true;
+        }
+        if sqe.opcode() == op::COPY && status == s(Status::COMMAND_SIZE_LIMIT_EXCEEDED) {
+            return true;
+        }
+    }
     if status == Status::SUCCESS {
         return matches!(
             sqe.opcode(),

@@ -13,6 +13,7 @@ use nvmefast::mem::DmaTransport;
 use nvmefast::shm::SharedMemory;
 use nvmefast::spec::opcode::io as op;
 use nvmefast::spec::{Cqe, Sqe, Status};
+use nvmefast::zns::ZoneSpec;
 use nvmefast::{Engine, EngineConfig, NamespaceSpec, Polling};
 
 use crate::guard;
@@ -137,7 +138,26 @@ impl Rig {
                     storage: (backend == "custom")
                         .then(|| StorageRef(Arc::new(Blocks::new(size_bytes as usize, lba_size)))),
                     metadata: model::metadata(nsid),
+                    zones: None,
                 })
+                .chain(std::iter::once({
+                    let (_, size, lbs, zone, cap) = model::ZONED;
+                    NamespaceSpec {
+                        size_bytes: size,
+                        lba_size: lbs,
+                        backend: "ram".into(),
+                        zones: Some(ZoneSpec {
+                            size_bytes: zone * u64::from(lbs),
+                            capacity_bytes: cap * u64::from(lbs),
+                            max_open: 2,
+                            max_active: 3,
+                            append_size_limit: 8192,
+                            descriptor_extension_bytes: 64,
+                            cross_read: false,
+                        }),
+                        ..NamespaceSpec::default()
+                    }
+                }))
                 .collect(),
             msix_vectors: 2,
             max_qid: 1,
@@ -274,6 +294,15 @@ impl Rig {
         let mut out = vec![0u8; len];
         self.d.read(BUF_IOVA, &mut out);
         out
+    }
+
+    /// Resets every zone of the zoned namespace (Select All), so each
+    /// input starts from Empty zones.
+    pub fn reset_zones(&mut self) {
+        let mut s = Sqe::new(op::ZONE_MGMT_SEND, 0xfff2, model::ZONED.0);
+        s.dw[13] = 0x04 | 1 << 8;
+        let c = self.submit(&s);
+        assert_eq!(c.status(), Status::SUCCESS, "reset of every zone");
     }
 
     /// Writes every namespace that stores data back to its pattern.

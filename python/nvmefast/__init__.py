@@ -8,7 +8,7 @@ and interrupt eventfds; ``nvmefast.testing`` drives it like a host driver.
 from __future__ import annotations
 
 from nvmefast._core import __version__
-from nvmefast.config import ControllerConfig, NamespaceConfig
+from nvmefast.config import ControllerConfig, NamespaceConfig, ZoneConfig
 from nvmefast.controller import Controller, DmaRegion
 from nvmefast.errors import (
     CommandError,
@@ -43,5 +43,6 @@ __all__ = [
     "Status",
     "Storage",
     "VectorError",
+    "ZoneConfig",
     "__version__",
 ]

@@ -63,8 +63,12 @@ class Engine:
 
     ``namespaces`` is a sequence of dicts with keys ``size_bytes``,
     ``lba_size``, ``backend`` and, for a file, ``path``, ``readonly``,
-    ``cache``, ``io`` (for ``"custom"``: ``storage``, a storage object; an
-    unknown key is a ConfigError), or of the older tuples
+    ``cache``, ``io`` (for ``"custom"``: ``storage``, a storage object;
+    ``zones``: None or a dict of ``size_bytes`` (required),
+    ``capacity_bytes``, ``max_open``, ``max_active``, ``append_size_limit``,
+    ``descriptor_extension_bytes``, ``cross_read`` (0/False: the zone size,
+    no limit, MDTS, no extension) for a zoned namespace; an unknown key is a
+    ConfigError), or of the older tuples
     ``(size_bytes, lba_size, backend)`` or
     ``(size_bytes, lba_size, backend, path, readonly, cache, io)``;
     namespace IDs are 1-based in that order. ``backend`` is ``"ram"``,
@@ -231,8 +235,10 @@ class Engine:
         """Copy ``data`` to the host buffer the PRPs describe; returns an NVMe status."""
     def read_prp(self, prp1: int, prp2: int, length: int) -> tuple[int, bytes]:
         """Copy ``length`` bytes from the host buffer; returns (status, data)."""
-    def complete_admin(self, cid: int, status: int, dw0: int = 0) -> None:
-        """Post the completion of an outstanding admin command.
+    def complete_admin(self, cid: int, status: int, dw0: int = 0, dw1: int = 0) -> None:
+        """Post the completion of an outstanding admin command, with ``dw0``
+        and ``dw1`` in CQE dwords 0 and 1 (an AER's Zone Descriptor Changed
+        notice carries the NSID in dword 1).
 
         Any admin command fetched and not yet completed is accepted, including
         one whose handler is still running (it then returns None and nothing
@@ -328,6 +334,26 @@ class Engine:
         """
     def take_errors(self) -> list[tuple[int, int, int, int, int, int]]:
         """Failed I/O commands since the last call: (sqid, cid, status, param_loc, lba, nsid)."""
+    # zoned namespaces
+    def zone_geometry(self, nsid: int) -> dict[str, Any] | None:
+        """None for a conventional namespace; else zone_lbas, capacity_lbas, zones,
+        max_open, max_active (counts, 0 = no limit), zasl_bytes (0 = MDTS),
+        zde_bytes, cross_read."""
+    def zone_report(self, nsid: int) -> list[tuple[int, int, int, int, int]] | None:
+        """Every zone as (zslba, zcap, wp, state, attrs): ZS and ZA values, wp as Zone
+        Management Receive reports it (all ones for Full, Read Only, Offline)."""
+    def take_changed_zones(self, nsid: int, clear: bool = True) -> tuple[list[int], bool] | None:
+        """The Changed Zone List (ZSLBAs, each once) and whether it overflowed (more
+        than 511); ``clear`` empties it."""
+    def set_zone_event_handler(self, handler: Callable[[int], object] | None) -> None:
+        """``handler(nsid)`` runs (on a worker, no lock held) when the controller
+        changes a zone of ``nsid`` by itself (fault rules, zone_action)."""
+    def zone_action(self, nsid: int, zone: int, action: str) -> bool:
+        """The controller's own change to zone index ``zone``: "readonly", "offline",
+        "finish-recommended" or "reset-recommended"; True when the zone changed."""
+    def set_io_command_sets(self, nvm: bool, zoned: bool) -> None:
+        """Which I/O command sets are enabled (CC.CSS); namespaces of the others are
+        inactive: I/O to them completes with Invalid Field in Command (DNR)."""
 
 @final
 class FaultTable:
@@ -351,6 +377,7 @@ class FaultTable:
         probability: float,
         seed: int,
         pi_field: str = "",
+        zone: int | None = None,
     ) -> int:
         """Add a rule after the others; its id. ConfigError for a contradiction.
         ``pi_field`` ("guard", "app", "ref") is the field of a ``corrupt-pi`` action."""
@@ -447,7 +474,13 @@ def bench_io(
 
     ``workload`` is ``"randread"`` or ``"randwrite"`` (random block reads or
     writes until ``seconds``
-    pass) or ``"fill"`` (write every block once, in order).
+    pass) or ``"fill"`` (write every block once, in order); ``bench --zoned``'s
+    ``"seqwrite"`` (sequential writes, wrapping), and on a zoned namespace
+    ``"zonewrite"`` (sequential writes zone by zone), ``"zoneappend"`` (Zone
+    Appends zone by zone), ``"zonefill"`` (every zone written once) and
+    ``"zonemgmt"`` (QD 1 write, Finish, Reset per zone); the zoned ones reset
+    every zone first and between laps, and add ``zone_resets``,
+    ``zone_reset_ns``, ``zone_finishes``, ``zone_finish_ns`` to the figures.
 
     The queues must already exist (created through the admin queue); guest
     memory ``mem_fd`` is mapped by the driver itself. ``mode`` is ``"irq"``

@@ -11,7 +11,7 @@ from typing import Any
 
 from nvmefast import __version__
 from nvmefast.cli_terms import BENCH_TERMS, SERVE_TERMS, Terms, in_cli_terms, namespace_terms
-from nvmefast.config import BACKENDS, CACHE_MODES, IO_PATHS, LBA_SIZES, NamespaceConfig
+from nvmefast.config import BACKENDS, CACHE_MODES, IO_PATHS, LBA_SIZES, NamespaceConfig, ZoneConfig
 from nvmefast.errors import ConfigError, NvmeFastError
 from nvmefast.faults import FaultRule, FaultRuleError
 from nvmefast.lba_format import NamespaceFormat
@@ -55,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
         "--backend", choices=tuple(dict.fromkeys((*BACKENDS, "file"))), default="ram", help="namespace backend (default ram)"
     )
     _bench_file_arguments(b)
+    z = b.add_argument_group("--zoned")
+    z.add_argument(
+        "--zoned",
+        action="store_true",
+        help="sequential writes and Zone Appends on a zoned RAM namespace beside sequential writes on a "
+        "conventional one, and the zone Finish/Reset rates",
+    )
+    z.add_argument("--zone-size", type=parse_size, default=16 << 20, help="zone size with --zoned (default 16M)")
     b.add_argument("--size", type=parse_size, default=1 << 30, help="namespace size, e.g. 256M or 1G (default 1G)")
     b.add_argument("--lba-size", type=int, choices=LBA_SIZES, default=512, help="LBA size (default 512)")
     b.add_argument("--poll-us", type=int, default=50, help="worker polling window after work, in us (default 50)")
@@ -303,8 +311,11 @@ def _namespace_config(spec: NamespaceSpec, args: argparse.Namespace) -> Namespac
         raise ConfigError(f"--namespace {spec.text}: {in_cli_terms(str(e), namespace_terms(spec.text))}") from None
 
 
-def describe_namespace(nsid: int, info: Mapping[str, object], fmt: NamespaceFormat | None = None) -> str:
-    """One line saying how namespace ``nsid`` is served (the serve log's); ``fmt``: its format."""
+def describe_namespace(
+    nsid: int, info: Mapping[str, object], fmt: NamespaceFormat | None = None, zones: ZoneConfig | None = None
+) -> str:
+    """One line saying how namespace ``nsid`` is served (the serve log's): ``fmt`` its format, and its
+    zones if it is zoned."""
     size = info["size_bytes"]
     assert isinstance(size, int)
     text = f"namespace {nsid}: {info['backend']} {_format_size(size)}"
@@ -313,6 +324,14 @@ def describe_namespace(nsid: int, info: Mapping[str, object], fmt: NamespaceForm
     if info["backend"] == "file":
         mode = "read-only" if info["readonly"] else "read-write"
         text += f" {info['path']}, io {info['io']}, cache {info['cache']}, {mode}"
+    if zones is not None:
+        text += f", zoned: {size // zones.size_bytes} zones of {_format_size(zones.size_bytes)}"
+        if zones.capacity != zones.size_bytes:
+            text += f" ({_format_size(zones.capacity)} writable)"
+        limits = [f"{n} {name}" for name, n in (("open", zones.max_open), ("active", zones.max_active)) if n]
+        text += f", at most {' and '.join(limits)}" if limits else ", no open or active limit"
+        if zones.append_size_limit is not None:
+            text += f", appends up to {_format_size(zones.append_size_limit)}"
     return text
 
 
@@ -375,7 +394,8 @@ def _serve(args: argparse.Namespace) -> int:
     faults = [server.controller.faults.add(rule) for rule in args.fault or ()]
     for nsid in range(1, len(specs) + 1):
         fmt = NamespaceFormat.of_engine(server.controller.engine.namespace_format(nsid))
-        log.info("%s", describe_namespace(nsid, server.controller.namespace_info(nsid), fmt))
+        zones = server.controller.config.namespaces[nsid - 1].zones
+        log.info("%s", describe_namespace(nsid, server.controller.namespace_info(nsid), fmt, zones))
     log.info("%d iothread(s), up to %d I/O queue pairs, polling %s", args.iothreads, args.queues, args.polling)
     for fault in faults:
         log.info("fault rule %d: %s", fault.id, fault.rule)
@@ -431,6 +451,8 @@ def _bench(args: argparse.Namespace) -> int:
         return 1 if any(row["errors"] for row in res.rows) else 0
     if args.vfio_user is not None:
         return _bench_vfio_user(args, progress)
+    if args.zoned:
+        return _bench_zoned(args, progress)
     if args.doorbell == "trap":
         print("nvmefast bench: --doorbell trap is a vfio-user mode: add --vfio-user", file=sys.stderr)
         return 2
@@ -457,6 +479,35 @@ def _bench(args: argparse.Namespace) -> int:
     print(format_table(cfg, floors, points))
     _write_results(args, to_json(cfg, floors, points), progress)
     return 1 if any(p.errors for p in points) else 0
+
+
+def _bench_zoned(args: argparse.Namespace, progress: Callable[[str], None]) -> int:
+    from nvmefast.bench import BenchConfig
+    from nvmefast.bench_zoned import failed, format_zoned_table, run_zoned_bench, zoned_json
+    from nvmefast.config import ZoneConfig
+
+    if args.backend != "ram" or args.doorbell not in (None, "mmio"):
+        print("nvmefast bench: --zoned measures RAM namespaces with MMIO doorbells: drop --backend and --doorbell",
+              file=sys.stderr)
+        return 2
+    try:
+        ZoneConfig(size_bytes=args.zone_size).check(args.lba_size, args.size)
+    except ConfigError as e:
+        print(f"nvmefast bench: --zone-size: {e}", file=sys.stderr)
+        return 2
+    mode = args.mode or "both"
+    cfg = BenchConfig(
+        qds=args.qd,
+        modes=("irq", "poll") if mode == "both" else (mode,),
+        seconds=args.seconds,
+        size_bytes=args.size,
+        lba_size=args.lba_size,
+        poll_us=args.poll_us,
+    )
+    result = run_zoned_bench(cfg, args.zone_size, progress)
+    print(format_zoned_table(cfg, result))
+    _write_results(args, zoned_json(cfg, result), progress)
+    return 1 if failed(result) else 0
 
 
 def _bench_vfio_user(args: argparse.Namespace, progress: Callable[[str], None]) -> int:

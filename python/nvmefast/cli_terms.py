@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 
-from nvmefast.namespace_spec import OPTIONS
+from nvmefast.namespace_spec import OPTIONS, ZONE_PREFIX
 
 __all__ = ["BENCH_TERMS", "SERVE_TERMS", "Terms", "in_cli_terms", "namespace_terms"]
 
@@ -28,11 +28,38 @@ def _fields(flags: Mapping[str, str]) -> Terms:
             for field, flag in sorted(flags.items(), key=lambda i: -len(i[0]))]
 
 
+def _zone_terms() -> Terms:
+    # ZoneConfig's fields are the zone options; its messages also say
+    # "size_bytes" for the zone size, which elsewhere is the namespace's.
+    terms: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
+        (r"or None for the whole zone", "or leave zone-cap= out for the whole zone"),
+        (r"or None for MDTS", "or leave zasl= out for MDTS"),
+        (r"use None for MDTS", "leave zasl= out for MDTS"),
+    ]
+    for opt in OPTIONS.values():
+        if not opt.field.startswith(ZONE_PREFIX):
+            continue
+        name = opt.field.removeprefix(ZONE_PREFIX)
+        if opt.value is None:
+            terms.append((rf"(?:ZoneConfig\.)?\b{name}\b", f":{opt.key}"))
+            continue
+        terms.append((rf"(?:ZoneConfig\.)?\b{name} (\d\S*)", rf"{opt.key}=\1"))
+        terms.append((rf"(?:ZoneConfig\.)?\b{name}\b", f"{opt.key}="))
+    return terms
+
+
+def _in_zone_terms(m: re.Match[str]) -> str:
+    return in_cli_terms(m.group(0), _zone_terms())
+
+
 def namespace_terms(example_spec: str | None = None) -> Terms:
     """NamespaceConfig's fields as ``--namespace`` options; ``example_spec`` (the
     user's ``--namespace`` text) makes an example of the fix where one fits."""
-    terms: list[tuple[str, str | Callable[[re.Match[str]], str]]] = []
+    # A ZoneConfig message is rewritten in the zone options' words as a whole.
+    terms: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [(r"ZoneConfig\.\w+.*", _in_zone_terms)]
     for opt in OPTIONS.values():
+        if opt.field.startswith(ZONE_PREFIX):
+            continue
         if opt.value is None:
             # readonly=True, NamespaceConfig.readonly -> :ro
             terms.append((rf"\b{opt.field}=True\b", f":{opt.key}"))

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from nvmefast.errors import ConfigError
 from nvmefast.storage import Storage
 
-__all__ = ["ControllerConfig", "NamespaceConfig", "MIB"]
+__all__ = ["ControllerConfig", "MIB", "NamespaceConfig", "ZoneConfig"]
 
 MIB = 1 << 20
 """One mebibyte, for writing sizes."""
@@ -97,6 +97,161 @@ def _check_ascii(name: str, value: object, max_len: int) -> None:
         raise ConfigError(f"{name} must be at most {max_len} characters, got {len(value)}: {value!r}")
 
 
+NO_LIMIT = 0xFFFFFFFF
+"""MAR/MOR value meaning no limit (they are 0's based)."""
+ZDE_MAX = 255 * 64
+"""The largest Zone Descriptor Extension (ZDES is a byte of 64-byte units)."""
+
+
+def _size_text(n: int) -> str:
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if n and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)
+
+
+@dataclasses.dataclass(frozen=True)
+class ZoneConfig:
+    """The zones of a zoned namespace (NVMe Zoned Namespace Command Set).
+
+    - ``size_bytes``: the zone size (ZSZE), a power of two of LBAs that
+      divides the namespace size.
+    - ``capacity_bytes``: writable bytes of each zone (ZCAP), at most the
+      zone size; ``None`` means the zone size.
+    - ``max_open`` / ``max_active``: most zones open / active at once (MOR + 1,
+      MAR + 1); 0 means no limit. ``max_open`` may not exceed ``max_active``.
+    - ``append_size_limit``: the largest Zone Append in bytes (ZASL), a
+      power-of-two multiple of 4 KiB; ``None`` means MDTS.
+    - ``descriptor_extension_bytes``: Zone Descriptor Extension size (ZDES
+      * 64), a multiple of 64 up to 16320; 0 for none.
+    - ``cross_read``: Read Across Zone Boundaries (OZCS.RAZB).
+
+    Any backend can be zoned; a file namespace keeps its zones in
+    ``PATH.zones`` beside the image.
+    """
+
+    size_bytes: int = 64 * MIB
+    capacity_bytes: int | None = None
+    max_open: int = 0
+    max_active: int = 0
+    append_size_limit: int | None = None
+    descriptor_extension_bytes: int = 0
+    cross_read: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("ZoneConfig.size_bytes", self.size_bytes, 1, None)
+        if self.capacity_bytes is not None:
+            _check_int("ZoneConfig.capacity_bytes", self.capacity_bytes, 1, None)
+            if self.capacity_bytes > self.size_bytes:
+                raise ConfigError(
+                    f"ZoneConfig.capacity_bytes {self.capacity_bytes} is above the zone size {self.size_bytes}; "
+                    "give at most size_bytes, or None for the whole zone"
+                )
+        _check_int("ZoneConfig.max_open", self.max_open, 0, NO_LIMIT - 1)
+        _check_int("ZoneConfig.max_active", self.max_active, 0, NO_LIMIT - 1)
+        if self.max_open and self.max_active and self.max_open > self.max_active:
+            raise ConfigError(
+                f"ZoneConfig.max_open {self.max_open} is above max_active {self.max_active} (MOR may not exceed "
+                "MAR); lower max_open or raise max_active"
+            )
+        if self.append_size_limit is not None:
+            _check_int("ZoneConfig.append_size_limit", self.append_size_limit, 1, None)
+            zasl = self.append_size_limit
+            if zasl < 8192 or zasl & (zasl - 1):
+                raise ConfigError(
+                    f"ZoneConfig.append_size_limit {zasl} must be a power-of-two multiple of 4096 of at least "
+                    "8192 (8K, 16K, ... 128K): ZASL 0 means MDTS, so 4K cannot be reported; use None for MDTS"
+                )
+        _check_int("ZoneConfig.descriptor_extension_bytes", self.descriptor_extension_bytes, 0, ZDE_MAX)
+        if self.descriptor_extension_bytes % 64:
+            raise ConfigError(
+                f"ZoneConfig.descriptor_extension_bytes {self.descriptor_extension_bytes} must be a multiple of "
+                "64 (ZDES counts 64-byte units)"
+            )
+        if not isinstance(self.cross_read, bool):
+            raise ConfigError(f"ZoneConfig.cross_read must be a bool, got {type(self.cross_read).__name__}")
+
+    @property
+    def capacity(self) -> int:
+        """``capacity_bytes`` with ``None`` resolved to the zone size."""
+        return self.size_bytes if self.capacity_bytes is None else self.capacity_bytes
+
+    def check(self, lba_size: int, namespace_bytes: int | None) -> None:
+        """Raise :class:`ConfigError` unless the zones fit a namespace of
+        ``namespace_bytes`` (None: not known yet) in ``lba_size`` blocks."""
+        if self.size_bytes % lba_size:
+            raise ConfigError(
+                f"ZoneConfig.size_bytes {self.size_bytes} is not a multiple of the {lba_size}-byte LBA size"
+            )
+        lbas = self.size_bytes // lba_size
+        if lbas & (lbas - 1):
+            lower = 1 << (lbas.bit_length() - 1)
+            raise ConfigError(
+                f"ZoneConfig.size_bytes {self.size_bytes} is {lbas} LBAs, not a power of two (Linux needs one); "
+                f"use {_size_text(lower * lba_size)} or {_size_text(2 * lower * lba_size)}"
+            )
+        if self.capacity % lba_size:
+            raise ConfigError(
+                f"ZoneConfig.capacity_bytes {self.capacity} is not a multiple of the {lba_size}-byte LBA size"
+            )
+        if namespace_bytes is None:
+            return
+        if namespace_bytes % self.size_bytes:
+            whole = max(namespace_bytes // self.size_bytes, 1) * self.size_bytes
+            raise ConfigError(
+                f"ZoneConfig.size_bytes {_size_text(self.size_bytes)} does not divide the namespace size "
+                f"{_size_text(namespace_bytes)}; make the namespace a multiple of the zone size (e.g. "
+                f"{_size_text(whole)}) or pick a zone size that divides it"
+            )
+        zones = namespace_bytes // self.size_bytes
+        for name, value in (("max_open", self.max_open), ("max_active", self.max_active)):
+            if value > zones:
+                raise ConfigError(
+                    f"ZoneConfig.{name} {value} is above the zone count {zones}; use 0 (no limit) or at most {zones}"
+                )
+
+    def zone_lbas(self, lba_size: int) -> int:
+        """ZSZE: the zone size in logical blocks."""
+        return self.size_bytes // lba_size
+
+    def capacity_lbas(self, lba_size: int) -> int:
+        """ZCAP: writable logical blocks of each zone."""
+        return self.capacity // lba_size
+
+    @property
+    def zdes(self) -> int:
+        """ZDES: the Zone Descriptor Extension size in 64-byte units."""
+        return self.descriptor_extension_bytes // 64
+
+    @property
+    def mor(self) -> int:
+        """MOR, 0's based (FFFFFFFFh: no limit)."""
+        return self.max_open - 1 if self.max_open else NO_LIMIT
+
+    @property
+    def mar(self) -> int:
+        """MAR, 0's based (FFFFFFFFh: no limit)."""
+        return self.max_active - 1 if self.max_active else NO_LIMIT
+
+    def zasl(self, mpsmin: int = 4096) -> int:
+        """ZASL: the Zone Append size limit as a power of two of ``mpsmin``; 0 means MDTS."""
+        if self.append_size_limit is None:
+            return 0
+        return (self.append_size_limit // mpsmin).bit_length() - 1
+
+    def engine_dict(self) -> dict[str, int | bool]:
+        """The core's ``zones`` namespace entry."""
+        return {
+            "size_bytes": self.size_bytes,
+            "capacity_bytes": self.capacity_bytes or 0,
+            "max_open": self.max_open,
+            "max_active": self.max_active,
+            "append_size_limit": self.append_size_limit or 0,
+            "descriptor_extension_bytes": self.descriptor_extension_bytes,
+            "cross_read": self.cross_read,
+        }
+
+
 @dataclasses.dataclass(frozen=True)
 class NamespaceConfig:
     """One namespace: its size, LBA data size and backend.
@@ -147,6 +302,10 @@ class NamespaceConfig:
     storage object needs ``read_metadata(lba, nlb)`` and
     ``write_metadata(lba, data)`` for it.
 
+    ``zones``: a :class:`ZoneConfig` makes the namespace zoned (any
+    backend; see docs/zoned.md); its zone size must divide the namespace
+    size. A zoned namespace has no metadata.
+
     What can be checked without opening the file is checked here (a path
     that is a directory, a missing file without a size, a regular file
     whose length is not a multiple of ``lba_size`` or exceeds
@@ -166,6 +325,7 @@ class NamespaceConfig:
     pi_type: int = 0
     pi_first: bool = False
     guard: str = "crc16"
+    zones: ZoneConfig | None = None
 
     def __post_init__(self) -> None:
         _check_int("NamespaceConfig.lba_size", self.lba_size, 1, None)
@@ -174,6 +334,18 @@ class NamespaceConfig:
                 f"NamespaceConfig.lba_size must be one of {LBA_SIZES}, got {self.lba_size}"
             )
         self._check_metadata()
+        self._check_fields()
+        if self.zones is not None:
+            if not isinstance(self.zones, ZoneConfig):
+                raise ConfigError(f"NamespaceConfig.zones must be a ZoneConfig or None, got {type(self.zones).__name__}")
+            if self.metadata_size:
+                raise ConfigError(
+                    "NamespaceConfig.zones and metadata_size: a zoned namespace cannot have metadata or protection "
+                    "information (yet); drop the zones or set metadata_size=0"
+                )
+            self.zones.check(self.lba_size, self.size_bytes)
+
+    def _check_fields(self) -> None:
         if not isinstance(self.backend, str):
             self._check_storage()
             return

@@ -77,6 +77,8 @@ def _engine_namespace(ns: NamespaceConfig) -> NamespaceSpec:
             metadata_size=ns.metadata_size, extended_lba=ns.extended_lba, pi_type=ns.pi_type,
             pi_first=ns.pi_first, guard=ns.guard,
         )
+    if ns.zones is not None:
+        entry["zones"] = ns.zones.engine_dict()
     return entry
 
 
@@ -156,6 +158,9 @@ class Controller:
         self._engine.set_event_handler(self._registers.doorbell_event)
         # Not a bound method: the engine would keep the Controller alive.
         self._engine.set_memory_loss_handler(functools.partial(_log_memory_loss, cfg.serial))
+        # Zones the controller moves on its own (fault rules) reach the
+        # Changed Zone List and the Zone Descriptor Changed notice.
+        self._engine.set_zone_event_handler(self._admin.zone_descriptors_changed)
         self._engine.start()
 
     # -- lifecycle -----------------------------------------------------------
@@ -182,6 +187,7 @@ class Controller:
         # breaks the cycle so the engine's memory goes now, not at GC time.
         try:
             engine.set_admin_handler(None)
+            engine.set_zone_event_handler(None)
         except NvmeFastError:
             log.debug("engine refused to drop the admin handler after close", exc_info=True)
         # The register file, admin layer and MSI-X registers hold the engine

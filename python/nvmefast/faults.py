@@ -18,6 +18,7 @@ Rules have a one-line text form, used by :meth:`FaultRule.parse`,
     admin identify -> never abortable
     io -> drop-irq count=3
     write skip=100 count=1 -> power-loss
+    zone-append nsid=1 zone=3 count=1 -> zone-offline
 
 The grammar, the actions and their exact effects are in ``docs/faults.md``.
 """
@@ -49,16 +50,23 @@ ACTIONS = (
     "delay-irq",
     "cfs",
     "power-loss",
+    "zone-readonly",
+    "zone-offline",
+    "zone-finish-recommended",
+    "zone-reset-recommended",
 )
 """The actions a rule can take, by name."""
 
 Action = Literal[
     "status", "transfer-error", "delay", "never", "corrupt", "corrupt-pi", "drop-irq", "delay-irq", "cfs",
-    "power-loss",
+    "power-loss", "zone-readonly", "zone-offline", "zone-finish-recommended", "zone-reset-recommended",
 ]
 
 PI_FIELDS = ("guard", "app", "ref")
 """The protection information fields ``corrupt-pi`` can corrupt."""
+
+ZONE_ACTIONS = ("zone-readonly", "zone-offline", "zone-finish-recommended", "zone-reset-recommended")
+"""The controller's own zone transitions (Read Only, Offline, Finish/Reset Recommended)."""
 
 IO_OPCODES: dict[str, int] = {
     "flush": 0x00,
@@ -70,6 +78,9 @@ IO_OPCODES: dict[str, int] = {
     "dsm": 0x09,
     "verify": 0x0C,
     "copy": 0x19,
+    "zone-mgmt-send": 0x79,
+    "zone-mgmt-recv": 0x7A,
+    "zone-append": 0x7D,
 }
 """I/O command opcodes by the names the rule language uses."""
 
@@ -119,6 +130,9 @@ class FaultRule:
     - ``nsid``: the command's NSID;
     - ``lba``: ``(first, last)``, inclusive; matches commands with an LBA
       range (Read, Write, Compare, Write Zeroes, Verify) that overlaps it.
+    - ``zone``: a zone index of a zoned namespace; matches commands that
+      touch it (an LBA range in it, Zone Append or Zone Management naming
+      it; Zone Management Send with Select All touches every zone).
 
     Action (``action`` and its parameters):
 
@@ -138,7 +152,12 @@ class FaultRule:
       dropped, or sent ``delay`` seconds late;
     - ``"cfs"``: CSTS.CFS, nothing more fetched, this command never
       completes (a controller reset recovers);
-    - ``"power-loss"``: surprise power loss (see :meth:`Faults.power_loss`).
+    - ``"power-loss"``: surprise power loss (see :meth:`Faults.power_loss`);
+    - ``"zone-readonly"``, ``"zone-offline"``, ``"zone-finish-recommended"``,
+      ``"zone-reset-recommended"``: the controller's own change to the zone
+      (``zone``, else the zone of the command's first LBA), with the Changed
+      Zone List entry and Zone Descriptor Changed notice; then the command
+      runs, meeting the zone as it now is.
 
     Firing: the first ``skip`` matches pass; then each match fires with
     ``probability`` (a repeatable draw from ``seed``) until ``count`` hits
@@ -150,6 +169,7 @@ class FaultRule:
     opcode: int | None = None
     nsid: int | None = None
     lba: tuple[int, int] | None = None
+    zone: int | None = None
     status: int | None = None
     delay: float = 0.0
     abortable: bool = False
@@ -181,6 +201,10 @@ class FaultRule:
         ):
             if value is not None and (not isinstance(value, int) or not 0 <= value <= top):
                 raise bad(f"{name} {value!r} must be an int in 0..{top:#x}")
+        if self.zone is not None and (
+            not isinstance(self.zone, int) or isinstance(self.zone, bool) or not 0 <= self.zone < 1 << 32
+        ):
+            raise bad(f"zone {self.zone!r} must be a zone index in 0..2**32-1")
         if self.lba is not None:
             if len(self.lba) != 2 or not all(isinstance(x, int) and 0 <= x < 1 << 64 for x in self.lba):
                 raise bad(f"lba {self.lba!r} must be (first, last), LBAs in 0..2**64-1")
@@ -219,6 +243,10 @@ class FaultRule:
                 raise bad(f'{self.action} applies to I/O commands only; match queue "io" or an I/O queue ID')
             if self.lba is not None:
                 raise bad("admin commands have no LBA range; drop lba or match I/O queues")
+            if self.zone is not None:
+                raise bad("admin commands touch no zone; drop zone or match I/O queues")
+            if self.action in ZONE_ACTIONS:
+                raise bad(f'{self.action} applies to I/O commands only; match queue "io" or an I/O queue ID')
         for name, value in (("count", self.count), ("skip", self.skip), ("seed", self.seed)):
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 64:
                 raise bad(f"{name} {value!r} must be an int in 0..2**64-1")
@@ -267,6 +295,8 @@ class FaultRule:
         if self.lba is not None:
             first, last = self.lba
             parts.append(f"lba={first}" if first == last else f"lba={first}..{last}")
+        if self.zone is not None:
+            parts.append(f"zone={self.zone}")
         for name, value, default in (
             ("count", self.count, 0),
             ("skip", self.skip, 0),
@@ -382,12 +412,12 @@ def _match_word(text: str, word: str, fields: dict[str, object]) -> None:
         hint = " (an admin opcode: put 'admin' before it)" if word in other and names is IO_OPCODES else ""
         raise FaultRuleError(
             f"fault rule {text!r}: {word!r} is not a matcher{hint}; use io, admin, an opcode name "
-            f"({', '.join(sorted(names))}), or key=value (queue, opcode, nsid, lba, count, skip, p, seed)"
+            f"({', '.join(sorted(names))}), or key=value (queue, opcode, nsid, lba, zone, count, skip, p, seed)"
         )
     key, value = word.split("=", 1)
     if key == "queue":
         fields["queue"] = value if value in ("io", "admin") else _int(text, word, value)
-    elif key in ("opcode", "nsid", "count", "skip", "seed"):
+    elif key in ("opcode", "nsid", "zone", "count", "skip", "seed"):
         fields[key] = _int(text, word, value)
     elif key == "lba":
         first, sep, last = value.partition("..")
@@ -400,7 +430,7 @@ def _match_word(text: str, word: str, fields: dict[str, object]) -> None:
             raise FaultRuleError(f"fault rule {text!r}: {word!r} needs a number in (0, 1]") from None
     else:
         raise FaultRuleError(
-            f"fault rule {text!r}: unknown key {key!r}; use queue, opcode, nsid, lba, count, skip, p or seed"
+            f"fault rule {text!r}: unknown key {key!r}; use queue, opcode, nsid, lba, zone, count, skip, p or seed"
         )
 
 
@@ -490,6 +520,7 @@ class Faults:
                 opcode=rule.opcode,
                 nsid=rule.nsid,
                 lba=rule.lba,
+                zone=rule.zone,
                 action=rule.action,
                 status=rule.status or 0,
                 delay_ns=round(rule.delay * 1e9),

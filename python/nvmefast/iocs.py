@@ -21,6 +21,8 @@ __all__ = [
     "EFFECTS_CSUPP",
     "EFFECTS_LBCC",
     "EFFECTS_NCC",
+    "IOCS_NVM",
+    "IOCS_ZNS",
     "IO_OPCODE_EFFECTS",
     "VSL",
     "WZSL",
@@ -34,6 +36,8 @@ __all__ = [
 
 IOCS_NVM = 1 << 0
 """I/O Command Set Vector bit 0: the NVM Command Set."""
+IOCS_ZNS = 1 << 2
+"""I/O Command Set Vector bit 2: the Zoned Namespace Command Set."""
 
 # NVM Command Set Identify Controller (CNS 06h, CSI 00h) limits. 0 means
 # "no limit reported": the commands' own fields (NLB, NR) bound them and
@@ -108,9 +112,10 @@ def build_identify_ns_independent(*, shared: bool = False, write_protected: bool
 
 
 def build_iocs_combinations() -> bytes:
-    """Identify I/O Command Set data structure (CNS 1Ch): one combination, NVM only."""
+    """Identify I/O Command Set data structure (CNS 1Ch): one combination,
+    index 0, of the NVM and Zoned Namespace Command Sets (as QEMU's)."""
     buf = bytearray(IDENTIFY_SIZE)
-    struct.pack_into("<Q", buf, 0, IOCS_NVM)
+    struct.pack_into("<Q", buf, 0, IOCS_NVM | IOCS_ZNS)
     return bytes(buf)
 
 

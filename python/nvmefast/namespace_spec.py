@@ -7,12 +7,14 @@
 SIZE is ``4096``, ``64M``, ``1G`` (binary units); LBA is ``512`` or
 ``4096``; each OPT is a flag (``ro``) or ``key=value`` (``size=1G``), in any
 order. The options come from :data:`OPTIONS`, one row each: the key, the
-:class:`~nvmefast.NamespaceConfig` field it sets, how its value converts,
-which namespace kinds take it and its help. A new namespace capability is a
-new row (zoned namespaces: ``zone=16M``, ``zone-cap=``, ``max-open=``,
-``max-active=``, ``zasl=``; protection information: ``md=8``, ``pi=1``,
-``pi-first``, ``extended``, ``guard=crc16|crc64``), and both the parser and
-the command line's error messages (:mod:`nvmefast.cli_terms`) pick it up.
+:class:`~nvmefast.NamespaceConfig` field it sets (``zones.X``: field X of
+its :class:`~nvmefast.ZoneConfig`), how its value converts, which namespace
+kinds take it and its help. A new namespace capability is a new row (zoned
+namespaces: ``zone=16M``, ``zone-cap=``, ``max-open=``, ``max-active=``,
+``zasl=``, ``zde=``, ``cross-read``; protection information: ``md=8``,
+``pi=1``, ``pi-first``, ``extended``, ``guard=crc16|crc64``), and both the
+parser and the command line's error messages (:mod:`nvmefast.cli_terms`)
+pick it up. The other zone options need ``zone=``.
 
 A path may hold ':'. An existing file is the path, whatever it looks like;
 otherwise the fields after the path are read from the right, and reading
@@ -32,9 +34,18 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from nvmefast.config import LBA_SIZES, NamespaceConfig
+from nvmefast.config import LBA_SIZES, NamespaceConfig, ZoneConfig
 
-__all__ = ["OPTIONS", "NamespaceOption", "NamespaceSpec", "options_help", "parse_namespace", "parse_size"]
+__all__ = [
+    "OPTIONS",
+    "ZONE_PREFIX",
+    "NamespaceOption",
+    "NamespaceSpec",
+    "options_help",
+    "parse_count",
+    "parse_namespace",
+    "parse_size",
+]
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZED = ("ram", "null")
@@ -71,6 +82,15 @@ def _choice(allowed: tuple[str, ...]) -> Callable[[str], str]:
         return text
 
     return convert
+def parse_count(text: str) -> int:
+    """Parse a zone count: ``0`` (no limit) or more."""
+    if not re.fullmatch(r"\s*\d+\s*", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count of zones; use e.g. 0 (no limit) or 4")
+    return int(text)
+
+
+ZONE_PREFIX = "zones."
+"""A row's field ``zones.X`` is field X of the namespace's ZoneConfig."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +153,38 @@ OPTIONS: Mapping[str, NamespaceOption] = {
             "16-byte PI: needs md=16 or more and 4096-byte blocks)",
             value="CRC", convert=_choice(("crc16", "crc64")), example="guard=crc64",
         ),
+        # Zoned namespaces (docs/zoned.md).
+        NamespaceOption(
+            "zone", "zones.size_bytes", "zoned (the Zoned Namespace Command Set): the zone size, a power of "
+            "two in LBAs dividing the namespace; Linux sees a host-managed zoned disk",
+            value="SIZE", convert=parse_size, example="zone=16M",
+        ),
+        NamespaceOption(
+            "zone-cap", "zones.capacity_bytes", "the writable part of each zone (ZCAP), at most the zone size "
+            "(the default)", value="SIZE", convert=parse_size, example="zone=16M:zone-cap=12M",
+        ),
+        NamespaceOption(
+            "max-open", "zones.max_open", "at most N zones open at once (MOR; 0, the default: no limit)",
+            value="N", convert=parse_count, example="zone=16M:max-open=4",
+        ),
+        NamespaceOption(
+            "max-active", "zones.max_active", "at most N zones open or closed at once (MAR; 0, the default: "
+            "no limit), at least max-open", value="N", convert=parse_count, example="zone=16M:max-active=6",
+        ),
+        NamespaceOption(
+            "zasl", "zones.append_size_limit", "the largest Zone Append, a power-of-two multiple of 4K of at "
+            "least 8K (ZASL; default: the largest transfer, MDTS)", value="SIZE", convert=parse_size,
+            example="zone=16M:zasl=128K",
+        ),
+        NamespaceOption(
+            "zde", "zones.descriptor_extension_bytes", "bytes of host data kept with each zone (Set Zone "
+            "Descriptor Extension, Extended Report Zones), a multiple of 64 (default 0: none)",
+            value="BYTES", convert=parse_size, example="zone=16M:zde=64",
+        ),
+        NamespaceOption(
+            "cross-read", "zones.cross_read", "reads may cross zone boundaries (OZCS.RAZB; default: a Zone "
+            "Boundary Error)", example="zone=16M:cross-read",
+        ),
     )
 }
 """Every ``--namespace`` option by key; add a row for a new one."""
@@ -184,7 +236,11 @@ class NamespaceSpec:
     def config(self, **file_fields: Any) -> NamespaceConfig:
         """The NamespaceConfig; ``file_fields`` (cache=, io=) apply to a file namespace only."""
         extra = file_fields if self.backend == "file" else {}
-        return NamespaceConfig(**{**self.fields, **extra})
+        fields = {k: v for k, v in self.fields.items() if not k.startswith(ZONE_PREFIX)}
+        zone = {k.removeprefix(ZONE_PREFIX): v for k, v in self.fields.items() if k.startswith(ZONE_PREFIX)}
+        if zone:
+            fields["zones"] = ZoneConfig(**zone)
+        return NamespaceConfig(**{**fields, **extra})
 
 
 def _fail(text: str, why: str) -> argparse.ArgumentTypeError:
@@ -269,6 +325,9 @@ def _tail_fields(text: str, kind: str, tail: list[str]) -> dict[str, Any]:
             fields[opt.field] = opt.convert(value)
         except argparse.ArgumentTypeError as e:
             raise _fail(text, f"{key}={value}: {e}") from None
+    zone_options = [OPTIONS[k].form for k in given if OPTIONS[k].field.startswith(ZONE_PREFIX)]
+    if zone_options and "zones.size_bytes" not in fields:
+        raise _fail(text, f"{', '.join(zone_options)} describe zones: give the zone size too, e.g. :zone=16M")
     return fields
 
 

@@ -27,7 +27,9 @@ Markers:
 - ``@pytest.mark.nvme_config(config=None, **fields)``: a whole
   ``ControllerConfig``, or its fields (``namespaces=[...]``, ``serial=...``).
   ``namespaces`` may also be ``NamespaceConfig`` keyword dicts, e.g.
-  ``dict(lba_size=4096, metadata_size=16, pi_type=1, guard="crc64")``.
+  ``dict(lba_size=4096, metadata_size=16, pi_type=1, guard="crc64")``, whose
+  ``zones`` may in turn be a ``ZoneConfig`` keyword dict: a zoned namespace
+  is ``{"size_bytes": 64 << 20, "lba_size": 4096, "zones": {"size_bytes": 4 << 20}}``.
 - ``@pytest.mark.nvme_host(irq=True, memory_bytes=64 << 20, queues=1,
   entries=None, lbafee=False)``: how ``nvme_host`` is built; ``queues=0``
   leaves I/O queue creation to the test; ``lbafee=True`` enables the
@@ -56,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from nvmefast.config import ControllerConfig, NamespaceConfig
+from nvmefast.config import ControllerConfig, NamespaceConfig, ZoneConfig
 from nvmefast.controller import Controller
 from nvmefast.errors import ConfigError
 
@@ -115,7 +117,11 @@ def _namespace(ns: NamespaceConfig | Mapping[str, Any]) -> NamespaceConfig:
     if isinstance(ns, NamespaceConfig):
         return ns
     if isinstance(ns, Mapping):
-        return NamespaceConfig(**ns)
+        fields = dict(ns)
+        zones = fields.get("zones")
+        if isinstance(zones, Mapping):
+            fields["zones"] = ZoneConfig(**zones)
+        return NamespaceConfig(**fields)
     raise ConfigError(f"a namespace must be a NamespaceConfig or a dict of its fields, got {ns!r}")
 
 

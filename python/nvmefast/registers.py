@@ -17,6 +17,7 @@ import threading
 
 from nvmefast._core import Engine
 from nvmefast.admin import Admin
+from nvmefast.admin.command_sets import SUPPORTED_CSS
 from nvmefast.config import ControllerConfig
 from nvmefast.errors import NvmeFastError, RegisterAccessError
 from nvmefast.msix import MsixRegisters, bar_size, layout_after
@@ -42,7 +43,9 @@ DOORBELLS = 0x1000
 # CAP fields.
 CAP_CQR = 1 << 16
 CAP_TO_500MS = 20  # CAP.TO: 20 * 500 ms = 10 s for CSTS.RDY to follow CC.EN
-CAP_CSS_NVM = 1 << 37
+CAP_CSS_NVM = 1 << 37  # CSS bit 0: the NVM Command Set
+CAP_CSS_IOCS = 1 << 43  # CSS bit 6: one or more I/O Command Sets (CC.CSS 110b)
+CAP_CSS_ADMIN_ONLY = 1 << 44  # CSS bit 7: the Admin Command Set only (CC.CSS 111b)
 CAP_MPSMIN = 0  # 2 ** (12 + 0) = 4 KiB
 CAP_MPSMAX = 4  # 2 ** (12 + 4) = 64 KiB
 
@@ -103,6 +106,8 @@ class Registers:
             | CAP_TO_500MS << 24
             | config.doorbell_stride << 32
             | CAP_CSS_NVM
+            | CAP_CSS_IOCS
+            | CAP_CSS_ADMIN_ONLY
             | CAP_MPSMIN << 48
             | CAP_MPSMAX << 52
         )
@@ -111,7 +116,7 @@ class Registers:
         if config.msix_bar == 0:
             self.msix = MsixRegisters(engine, layout_after(0, doorbells_end(config), config.vectors))
         self.cc = 0
-        self.csts = 0  # RDY, SHST, NSSRO; CFS comes from the engine
+        self.csts = 0  # RDY, SHST, NSSRO, and CFS of a refused CC.CSS; the engine adds its own CFS
         self.aqa = 0
         self.asq = 0
         self.acq = 0
@@ -287,13 +292,19 @@ class Registers:
                 return f"{name} {base:#x} is not aligned to the {page}-byte memory page (CC.MPS)"
             if base + entries * entry_size >= 1 << 64:
                 return f"{name} {base:#x} with {entries} entries runs past the top of the address space"
-        if (cc >> CC_CSS_SHIFT) & 0x7:
-            return f"CC.CSS {(cc >> CC_CSS_SHIFT) & 0x7} is not the NVM command set (0)"
         if (cc >> CC_AMS_SHIFT) & 0x7:
             return f"CC.AMS {(cc >> CC_AMS_SHIFT) & 0x7} is not round robin (0)"
         return None
 
     def _enable(self) -> None:
+        css = (self.cc >> CC_CSS_SHIFT) & 0x7
+        if css not in SUPPORTED_CSS:
+            # A selection CAP.CSS does not offer: QEMU (nvme_start_ctrl) fails
+            # the controller, and so do we, so the host sees it at once.
+            log.warning("CC.EN set with CC.CSS %s, which CAP.CSS does not support (000b, 110b, 111b)", bin(css))
+            self.counters["ub_cc_enable_css"] += 1
+            self.csts |= CSTS_CFS
+            return
         problem = self._enable_problem()
         if problem is not None:
             # QEMU (nvme_start_ctrl) likewise refuses and leaves RDY clear;
@@ -305,6 +316,7 @@ class Registers:
         self.engine.set_page_size(page_size)
         with self.admin.lock:
             self.admin.page_size = page_size
+        self.admin.set_command_sets(css)
         self.engine.create_cq(0, self.acq, (self.aqa >> 16) + 1, vector=0, ien=True)
         self.engine.create_sq(0, self.asq, (self.aqa & 0xFFF) + 1, cqid=0)
         self.csts |= CSTS_RDY
@@ -315,7 +327,7 @@ class Registers:
         self.engine.reset()
         self.engine.drop_deferred()
         self.admin.reset()
-        self.csts &= ~(CSTS_RDY | 0x3 << CSTS_SHST_SHIFT)
+        self.csts &= ~(CSTS_RDY | CSTS_CFS | 0x3 << CSTS_SHST_SHIFT)
 
     def function_reset(self) -> None:
         """A PCI function-level reset: a controller reset, then every register

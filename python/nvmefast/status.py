@@ -105,6 +105,31 @@ class Status(enum.IntEnum):
     """Feature Not Changeable."""
     FEATURE_NOT_NS_SPECIFIC = _code(SCT_COMMAND_SPECIFIC, 0x0F)
     """Feature Not Namespace Specific."""
+    IOCS_NOT_SUPPORTED = _code(SCT_COMMAND_SPECIFIC, 0x29)
+    """I/O Command Set Not Supported."""
+    IOCS_NOT_ENABLED = _code(SCT_COMMAND_SPECIFIC, 0x2A)
+    """I/O Command Set Not Enabled."""
+    IOCS_COMBINATION_REJECTED = _code(SCT_COMMAND_SPECIFIC, 0x2B)
+    """I/O Command Set Combination Rejected (I/O Command Set Profile feature)."""
+    INVALID_IOCS = _code(SCT_COMMAND_SPECIFIC, 0x2C)
+    """Invalid I/O Command Set."""
+    # Zoned Namespace Command Set 1.1, Figure 11 (SCT 1h)
+    ZONE_BOUNDARY_ERROR = _code(SCT_COMMAND_SPECIFIC, 0xB8)
+    """Zone Boundary Error: the LBA range crosses a zone's writable capacity (or zones)."""
+    ZONE_IS_FULL = _code(SCT_COMMAND_SPECIFIC, 0xB9)
+    """Zone Is Full."""
+    ZONE_IS_READ_ONLY = _code(SCT_COMMAND_SPECIFIC, 0xBA)
+    """Zone Is Read Only."""
+    ZONE_IS_OFFLINE = _code(SCT_COMMAND_SPECIFIC, 0xBB)
+    """Zone Is Offline."""
+    ZONE_INVALID_WRITE = _code(SCT_COMMAND_SPECIFIC, 0xBC)
+    """Zone Invalid Write: not at the write pointer."""
+    TOO_MANY_ACTIVE_ZONES = _code(SCT_COMMAND_SPECIFIC, 0xBD)
+    """Too Many Active Zones."""
+    TOO_MANY_OPEN_ZONES = _code(SCT_COMMAND_SPECIFIC, 0xBE)
+    """Too Many Open Zones."""
+    INVALID_ZONE_STATE_TRANSITION = _code(SCT_COMMAND_SPECIFIC, 0xBF)
+    """Invalid Zone State Transition."""
 
     # Media and Data Integrity Errors (SCT 2h)
     WRITE_FAULT = _code(SCT_MEDIA, 0x80)
@@ -148,6 +173,18 @@ _NAMES: dict[int, str] = {
     Status.INVALID_PROTECTION_INFO: "Invalid Protection Information",
     Status.FEATURE_NOT_CHANGEABLE: "Feature Not Changeable",
     Status.FEATURE_NOT_NS_SPECIFIC: "Feature Not Namespace Specific",
+    Status.IOCS_NOT_SUPPORTED: "I/O Command Set Not Supported",
+    Status.IOCS_NOT_ENABLED: "I/O Command Set Not Enabled",
+    Status.IOCS_COMBINATION_REJECTED: "I/O Command Set Combination Rejected",
+    Status.INVALID_IOCS: "Invalid I/O Command Set",
+    Status.ZONE_BOUNDARY_ERROR: "Zone Boundary Error",
+    Status.ZONE_IS_FULL: "Zone Is Full",
+    Status.ZONE_IS_READ_ONLY: "Zone Is Read Only",
+    Status.ZONE_IS_OFFLINE: "Zone Is Offline",
+    Status.ZONE_INVALID_WRITE: "Zone Invalid Write",
+    Status.TOO_MANY_ACTIVE_ZONES: "Too Many Active Zones",
+    Status.TOO_MANY_OPEN_ZONES: "Too Many Open Zones",
+    Status.INVALID_ZONE_STATE_TRANSITION: "Invalid Zone State Transition",
     Status.WRITE_FAULT: "Write Fault",
     Status.UNRECOVERED_READ_ERROR: "Unrecovered Read Error",
     Status.END_TO_END_GUARD_CHECK_ERROR: "End-to-end Guard Check Error",

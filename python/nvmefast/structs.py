@@ -128,6 +128,8 @@ OACS_DBBUF = 1 << 8
 """OACS bit 8: Doorbell Buffer Config."""
 OAES_NS_ATTRIBUTE = 1 << 8
 """OAES bit 8: Namespace Attribute Notices (Changed Namespace List)."""
+OAES_ZONE_DESCRIPTOR_CHANGED = 1 << 27
+"""OAES bit 27: Zone Descriptor Changed Notices (Changed Zone List, ZNS 1.1)."""
 SGLS = 0x000B0001
 """SGL Support: bits 1:0 = 01b SGLs without alignment requirement (Data
 Block, Segment, Last Segment), bit 16 SGL Bit Bucket, bit 17 a byte-aligned
@@ -204,7 +206,7 @@ def build_identify_controller(config: ControllerConfig) -> bytes:
     buf[77] = config.mdts
     struct.pack_into("<H", buf, 78, 0)  # CNTLID
     struct.pack_into("<I", buf, 80, NVME_VERSION)
-    struct.pack_into("<I", buf, 92, OAES_NS_ATTRIBUTE)
+    struct.pack_into("<I", buf, 92, OAES_NS_ATTRIBUTE | OAES_ZONE_DESCRIPTOR_CHANGED)
     struct.pack_into("<I", buf, 96, CTRATT_ELBAS)  # CTRATT: the 64-bit guard formats (lba_format.py)
     buf[111] = _CNTRLTYPE_IO
     struct.pack_into("<H", buf, 256, OACS_FORMAT_NVM | OACS_DBBUF)
@@ -295,18 +297,21 @@ NIDT_UUID = 0x03
 NIDT_CSI = 0x04
 """Namespace Identifier Type: Command Set Identifier."""
 CSI_NVM = 0x00
-"""Command Set Identifier of the NVM Command Set, the only one implemented."""
+"""Command Set Identifier of the NVM Command Set (the Zoned Namespace
+Command Set's is :data:`nvmefast.zns.CSI_ZNS`)."""
 
 
-def build_ns_id_descriptors(ids: NamespaceIds) -> bytes:
-    """Namespace Identification Descriptor list (CNS 03h), with the CSI descriptor."""
+def build_ns_id_descriptors(ids: NamespaceIds, csi: int = CSI_NVM) -> bytes:
+    """Namespace Identification Descriptor list (CNS 03h), ending in the
+    Command Set Identifier descriptor of the namespace's command set ``csi``
+    (Linux ignores a namespace without one once it selected CC.CSS 110b)."""
     buf = bytearray(IDENTIFY_SIZE)
     offset = 0
     descriptors = (
         (NIDT_EUI64, ids.eui64),
         (NIDT_NGUID, ids.nguid),
         (NIDT_UUID, ids.uuid),
-        (NIDT_CSI, bytes([CSI_NVM])),
+        (NIDT_CSI, bytes([csi])),
     )
     for nidt, nid in descriptors:
         struct.pack_into("<BBxx", buf, offset, nidt, len(nid))

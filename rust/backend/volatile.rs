@@ -68,8 +68,9 @@ impl VolatileCache {
         self.enabled.store(on, Ordering::Relaxed);
     }
 
-    /// True when a write without FUA waits for a Flush to be durable.
-    pub fn enabled(&self) -> bool {
+    /// The Volatile Write Cache feature as last set (off: every write is
+    /// durable when it completes).
+    pub fn write_cache(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
     }
 

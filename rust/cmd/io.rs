@@ -1,7 +1,7 @@
 //! NVM I/O commands (NVM Command Set 2.0): the dispatcher, the data pointer
 //! (PRP or SGL), and Read, Write, Flush. The other commands are in `nvm.rs`.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::prp;
 use super::segment::{self, Segment, Target};
@@ -24,6 +24,11 @@ pub struct Namespace {
     pub cache: VolatileCache,
     /// Metadata and protection information (`pi/`): format and store.
     pub meta: crate::pi::Meta,
+    /// The zones of a zoned namespace (`crate::zns`); None: conventional.
+    pub zones: Option<Box<crate::zns::Zones>>,
+    /// Its I/O command set is not enabled (CC.CSS): not attached, every
+    /// command to it fails with Invalid Namespace or Format.
+    pub detached: AtomicBool,
 }
 
 impl Namespace {
@@ -37,6 +42,8 @@ impl Namespace {
             lbas: AtomicU64::new(size_bytes >> lba_size.trailing_zeros()),
             cache: VolatileCache::default(),
             meta: crate::pi::Meta::default(),
+            zones: None,
+            detached: AtomicBool::new(false),
         }
     }
 
@@ -93,7 +100,8 @@ impl Namespace {
         }
     }
 
-    /// Flushes the backend; what was written is durable after it.
+    /// Flushes the backend; what was written is durable after it (and a
+    /// zoned namespace's write pointers with it).
     pub fn flush(&self) -> Result<(), Errno> {
         self.backend.flush()?;
         if let Some(s) = self.meta.store() {
@@ -101,6 +109,9 @@ impl Namespace {
         }
         self.meta.flushed();
         self.cache.flushed();
+        if let Some(z) = &self.zones {
+            z.durable_point()?;
+        }
         Ok(())
     }
 }
@@ -147,7 +158,7 @@ pub struct IoContext<'a> {
 }
 
 /// SQE byte offsets of fields, for Parameter Error Location.
-pub(super) mod loc {
+pub(crate) mod loc {
     pub const OPCODE: u16 = 0;
     pub const PSDT: u16 = 1;
     pub const NSID: u16 = 4;
@@ -157,7 +168,7 @@ pub(super) mod loc {
     pub const CDW12: u16 = 48;
 }
 
-pub(super) fn fail(status: Status, param_loc: u16, lba: u64, nsid: u32) -> Failure {
+pub(crate) fn fail(status: Status, param_loc: u16, lba: u64, nsid: u32) -> Failure {
     Failure {
         status,
         param_loc,
@@ -166,9 +177,10 @@ pub(super) fn fail(status: Status, param_loc: u16, lba: u64, nsid: u32) -> Failu
     }
 }
 
-/// Executes an I/O command; Ok carries completion DW0.
+/// Executes an I/O command; Ok carries completion DW0 (bits 31:0) and DW1
+/// (bits 63:32, a Zone Append's ALBA).
 #[inline]
-pub fn execute(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
+pub fn execute(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
     let nsid = sqe.nsid();
     if sqe.fuse() != 0 {
         // Fused operations are not supported (ONCS bit 1 clear).
@@ -189,19 +201,31 @@ pub fn execute(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
         op::DATASET_MANAGEMENT => nvm::dataset_management(ctx, sqe),
         op::VERIFY => nvm::verify(ctx, sqe),
         op::COPY => nvm::copy(ctx, sqe),
+        op::ZONE_APPEND => crate::zns::io::append(ctx, sqe),
+        op::ZONE_MGMT_SEND => crate::zns::mgmt::send(ctx, sqe),
+        op::ZONE_MGMT_RECV => crate::zns::mgmt::receive(ctx, sqe),
         _ => Err(fail(Status::INVALID_OPCODE.dnr(), loc::OPCODE, 0, nsid)),
     }
 }
 
-pub(super) fn namespace<'a>(ctx: &IoContext<'a>, nsid: u32) -> Result<&'a Namespace, Failure> {
-    nsid.checked_sub(1)
+pub(crate) fn namespace<'a>(ctx: &IoContext<'a>, nsid: u32) -> Result<&'a Namespace, Failure> {
+    let ns = nsid
+        .checked_sub(1)
         .and_then(|i| ctx.namespaces.get(i as usize))
-        .ok_or(fail(Status::INVALID_NAMESPACE.dnr(), loc::NSID, 0, nsid))
+        .ok_or(fail(Status::INVALID_NAMESPACE.dnr(), loc::NSID, 0, nsid))?;
+    // Relaxed: set by the control plane while the host has no I/O
+    // outstanding (CC.EN 0 -> 1). A valid NSID whose command set is not
+    // enabled is inactive: Invalid Field (as QEMU's nvme_io_cmd; the Base
+    // spec keeps Invalid Namespace or Format for invalid NSIDs).
+    if ns.detached.load(Ordering::Relaxed) {
+        return Err(fail(Status::INVALID_FIELD.dnr(), loc::NSID, 0, nsid));
+    }
+    Ok(ns)
 }
 
 /// SLBA (CDW10-11) and NLB (CDW12 bits 15:0, 0's based, returned 1-based),
 /// checked against the namespace.
-pub(super) fn lba_range(ns: &Namespace, sqe: &Sqe) -> Result<(u64, u64), Failure> {
+pub(crate) fn lba_range(ns: &Namespace, sqe: &Sqe) -> Result<(u64, u64), Failure> {
     let slba = u64::from(sqe.cdw(10)) | (u64::from(sqe.cdw(11)) << 32);
     let nlb = u64::from(sqe.cdw(12) & 0xffff) + 1;
     match slba.checked_add(nlb) {
@@ -217,7 +241,7 @@ pub(super) fn lba_range(ns: &Namespace, sqe: &Sqe) -> Result<(u64, u64), Failure
 
 /// Fills `ctx.segs` from the command's data pointer (PRPs or an SGL) for
 /// `len` bytes; `write` when the device writes guest memory.
-pub(super) fn data_pointer(
+pub(crate) fn data_pointer(
     ctx: &mut IoContext<'_>,
     sqe: &Sqe,
     len: u64,
@@ -256,7 +280,7 @@ pub(super) fn data_pointer(
 }
 
 /// Copies the command's data buffer (host to device) into `ctx.scratch`.
-pub(super) fn read_buffer(ctx: &mut IoContext<'_>, sqe: &Sqe, len: usize) -> Result<(), Failure> {
+pub(crate) fn read_buffer(ctx: &mut IoContext<'_>, sqe: &Sqe, len: usize) -> Result<(), Failure> {
     data_pointer(ctx, sqe, len as u64, false, 0)?;
     ctx.scratch.clear();
     // SAFETY: the segments were translated (readable) against ctx.mem,
@@ -272,7 +296,7 @@ pub(super) fn read_buffer(ctx: &mut IoContext<'_>, sqe: &Sqe, len: usize) -> Res
 
 /// A transport failure while data moved: Data Transfer Error.
 #[cold]
-pub fn transfer_failure(lba: u64, nsid: u32) -> Failure {
+pub(crate) fn transfer_failure(lba: u64, nsid: u32) -> Failure {
     fail(Status::DATA_TRANSFER_ERROR.dnr(), loc::DPTR, lba, nsid)
 }
 
@@ -304,7 +328,7 @@ pub fn file_failure(errno: Errno, write: bool, lba: u64, nsid: u32, smart: &mut 
 
 /// A write to a write-protected (read-only) namespace.
 #[inline]
-pub(super) fn writable(ns: &Namespace, lba: u64, nsid: u32) -> Result<(), Failure> {
+pub(crate) fn writable(ns: &Namespace, lba: u64, nsid: u32) -> Result<(), Failure> {
     if ns.backend.readonly() {
         return Err(fail(
             Status::NAMESPACE_WRITE_PROTECTED.dnr(),
@@ -373,15 +397,18 @@ pub(super) fn lba_transfer<'a>(
 }
 
 #[inline]
-fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, read: bool) -> Result<u32, Failure> {
+fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, read: bool) -> Result<u64, Failure> {
     let ns = namespace(ctx, sqe.nsid())?;
     if ns.meta.active() {
-        return super::protect::rw(ctx, sqe, ns, read);
+        return super::protect::rw(ctx, sqe, ns, read).map(u64::from);
     }
     if !read {
         writable(ns, 0, sqe.nsid())?;
     }
     let (ns, off, len) = lba_transfer(ctx, sqe, read)?;
+    if let Some(z) = &ns.zones {
+        return crate::zns::io::rw(ctx, sqe, ns, z, off, len, read);
+    }
     let fua = sqe.cdw(12) & (1 << 30) != 0;
     if !read {
         ns.will_write(off, len, fua);
@@ -412,7 +439,7 @@ pub fn count(smart: &mut Smart, read: bool, len: u64) {
 /// Moves the data of a Read or Write between the namespace at byte `off`
 /// and the segments in `ctx.segs`, synchronously.
 #[inline]
-pub(super) fn rw_segments(
+pub(crate) fn rw_segments(
     ctx: &mut IoContext<'_>,
     sqe: &Sqe,
     ns: &Namespace,
@@ -570,8 +597,8 @@ pub enum FileKind {
 /// What [`start`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Started {
-    /// Executed: completion DW0.
-    Done(u32),
+    /// Executed: completion DW0 and DW1 (see [`execute`]).
+    Done(u64),
     /// To be submitted to the namespace's file.
     File(FileOp),
 }
@@ -588,8 +615,11 @@ pub fn start(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<Started, Failure> {
         .checked_sub(1)
         .and_then(|i| ctx.namespaces.get(i as usize))
         .is_some_and(|ns| {
-            // Metadata moves beside the data: synchronously.
+            // Metadata moves beside the data, and a zoned namespace's write
+            // reserves its blocks and releases them in one call: both
+            // synchronously.
             !ns.meta.active()
+                && ns.zones.is_none()
                 && ns.backend.as_file().is_some_and(|f| {
                     ctx.offload_inline || f.io_path() != crate::aio::IoPath::Inline
                 })

@@ -33,12 +33,17 @@ fn fua_flush(
 }
 
 /// 05h Compare: the host's data against the namespace.
-pub fn compare(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
+pub fn compare(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
     let ns = namespace(ctx, sqe.nsid())?;
     if ns.meta.active() {
-        return super::protect::compare(ctx, sqe, ns);
+        return super::protect::compare(ctx, sqe, ns).map(u64::from);
     }
     let (ns, mut off, len) = lba_transfer(ctx, sqe, false)?;
+    if let Some(z) = &ns.zones {
+        if let Some(r) = crate::zns::io::compare(ctx, sqe, ns, z, off, len) {
+            return r;
+        }
+    }
     let slba = off >> ns.lba_shift();
     if ctx.segs.iter().any(Segment::is_remote) {
         segment::fetch_remote(ctx.mem, ctx.segs, ctx.scratch)
@@ -80,25 +85,31 @@ pub fn compare(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
 
 /// 08h Write Zeroes (DEAC bit 25 deallocates, which reads back as zeroes
 /// too: DLFEAT 001b). No data pointer; not limited by MDTS.
-pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
+pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
     let ns = namespace(ctx, sqe.nsid())?;
     if ns.meta.active() {
-        return super::protect::write_zeroes(ctx, sqe, ns);
+        return super::protect::write_zeroes(ctx, sqe, ns).map(u64::from);
     }
     let (slba, nlb) = lba_range(ns, sqe)?;
     writable(ns, slba, sqe.nsid())?;
     let shift = ns.lba_shift();
     let (off, len) = (slba << shift, nlb << shift);
-    ns.will_write(off, len, sqe.cdw(12) & (1 << 30) != 0);
     // DEAC (CDW12 bit 25): deallocate rather than write zeroes.
-    if sqe.cdw(12) & (1 << 25) != 0 {
-        // SAFETY: the range check keeps it inside the namespace.
-        unsafe { ns.backend.deallocate(off, len) }
-    } else {
-        // SAFETY: as above.
-        unsafe { ns.backend.zero(off, len) }
+    let deac = sqe.cdw(12) & (1 << 25) != 0;
+    let zero = || {
+        if deac {
+            // SAFETY: the range check keeps it inside the namespace.
+            unsafe { ns.backend.deallocate(off, len) }
+        } else {
+            // SAFETY: as above.
+            unsafe { ns.backend.zero(off, len) }
+        }
+    };
+    if let Some(z) = &ns.zones {
+        return crate::zns::io::write_zeroes(ctx, sqe, ns, z, slba, nlb, zero);
     }
-    .map_err(|e| file_failure(e, true, slba, sqe.nsid(), ctx.smart))?;
+    ns.will_write(off, len, sqe.cdw(12) & (1 << 30) != 0);
+    zero().map_err(|e| file_failure(e, true, slba, sqe.nsid(), ctx.smart))?;
     fua_flush(ctx, ns, sqe, slba)?;
     ctx.smart.host_write_commands += 1;
     Ok(0)
@@ -106,7 +117,7 @@ pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> 
 
 /// 09h Dataset Management: with AD (CDW11 bit 2) the ranges are
 /// deallocated; the integral hints (IDR, IDW) change nothing here.
-pub fn dataset_management(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
+pub fn dataset_management(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
     let nsid = sqe.nsid();
     let ns = namespace(ctx, nsid)?;
     let nr = (sqe.cdw(10) & 0xff) as usize + 1;
@@ -121,6 +132,12 @@ pub fn dataset_management(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Fai
         match slba.checked_add(len) {
             Some(end) if end <= lbas => ranges.push((slba, len)),
             _ => return Err(fail(Status::LBA_OUT_OF_RANGE.dnr(), loc::DPTR, slba, nsid)),
+        }
+    }
+    if let Some(z) = &ns.zones {
+        // A range in an Offline zone: Zone Is Offline (ZNS 1.1, 3.3.3).
+        for &(slba, len) in &ranges {
+            crate::zns::io::check_range(z, slba, len, nsid, false)?;
         }
     }
     if deallocate {
@@ -138,19 +155,22 @@ pub fn dataset_management(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Fai
 }
 
 /// 0Ch Verify: the range must exist; the data is always intact here.
-pub fn verify(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
+pub fn verify(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
     let ns = namespace(ctx, sqe.nsid())?;
     if ns.meta.active() {
-        return super::protect::verify(ctx, sqe, ns);
+        return super::protect::verify(ctx, sqe, ns).map(u64::from);
     }
-    lba_range(ns, sqe)?;
+    let (slba, nlb) = lba_range(ns, sqe)?;
+    if let Some(z) = &ns.zones {
+        crate::zns::io::check_range(z, slba, nlb, sqe.nsid(), true)?;
+    }
     Ok(0)
 }
 
 /// 19h Copy with source range entries format 0 (or 1 on a namespace with
 /// the 64b guard): each source range in order to consecutive LBAs from
 /// SDLBA, within MSRC, MSSRL and MCL.
-pub fn copy(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
+pub fn copy(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
     let nsid = sqe.nsid();
     let ns = namespace(ctx, nsid)?;
     let sdlba = u64::from(sqe.cdw(10)) | (u64::from(sqe.cdw(11)) << 32);
@@ -229,7 +249,10 @@ pub fn copy(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u32, Failure> {
     }
     writable(ns, sdlba, nsid)?;
     if ns.meta.active() {
-        return super::protect::copy(ctx, sqe, ns, sdlba, &tagged);
+        return super::protect::copy(ctx, sqe, ns, sdlba, &tagged).map(u64::from);
+    }
+    if let Some(z) = &ns.zones {
+        return crate::zns::io::copy(ctx, sqe, ns, z, sdlba, total, &ranges);
     }
     let shift = ns.lba_shift();
     let mut dst = sdlba;

@@ -71,6 +71,12 @@ pub struct Outcome {
     pub mmio_doorbells: u64,
     /// ioeventfd writes.
     pub eventfd_doorbells: u64,
+    /// Zones reset (`bench_zoned`), and the time the resets took.
+    pub zone_resets: u64,
+    pub zone_reset_ns: u64,
+    /// Zones finished (`bench_zoned`'s management loop), and the time.
+    pub zone_finishes: u64,
+    pub zone_finish_ns: u64,
 }
 
 /// Log-linear latency histogram: 32 sub-buckets per power of two (~3% error).
@@ -140,7 +146,8 @@ impl Histogram {
     }
 }
 
-fn wait_eventfd(fd: RawFd, timeout: Duration) -> Result<u64, String> {
+/// Waits up to `timeout` for eventfd `fd` and reads its count.
+pub(crate) fn wait_eventfd(fd: RawFd, timeout: Duration) -> Result<u64, String> {
     let mut p = libc::pollfd {
         fd,
         events: libc::POLLIN,

@@ -334,6 +334,7 @@ fn arm_faults(e: &Engine, seed: u64) -> Result<(), crate::engine::faults::RuleEr
         opcode: None,
         nsid: None,
         lba: None,
+        zone: None,
     };
     let rules = [
         (Action::Status(INJECTED), 0.05),

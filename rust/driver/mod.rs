@@ -6,6 +6,7 @@
 //! into guest memory, doorbells rung, CQEs consumed by phase tag.
 
 pub mod bench;
+pub mod bench_zoned;
 pub mod doorbell_fuzz;
 pub mod exactly_once;
 #[cfg(test)]
@@ -15,6 +16,7 @@ pub mod floor;
 pub mod irqcost;
 pub mod ring;
 pub mod vfio_user;
+pub mod zone_append;
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};

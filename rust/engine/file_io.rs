@@ -242,7 +242,7 @@ struct Finished {
     qid: u16,
     cqid: u16,
     cid: u16,
-    result: Result<u32, Failure>,
+    result: Result<u64, Failure>,
     fetch: Option<Fetched>,
     fault: Option<Action>,
 }
@@ -254,7 +254,7 @@ fn finish(
     slot: &mut Slot,
     res: i32,
     q_smart: &mut io::Smart,
-) -> Result<u32, Failure> {
+) -> Result<u64, Failure> {
     let op = slot.op;
     let nsid = op.ns as u32 + 1;
     let write = matches!(op.kind, FileKind::Write { .. });
@@ -389,7 +389,8 @@ impl super::Shared {
             if let Some(f) = d.fetch {
                 self.trace.completed(f, status.field(), dw0);
             }
-            if cq_post(q, &mem, d.cqid, Cqe::new(d.qid, d.cid, status, dw0), sqhd) {
+            let cqe = Cqe::with_result(d.qid, d.cid, status, dw0);
+            if cq_post(q, &mem, d.cqid, cqe, sqhd) {
                 failed = true;
             }
         }
@@ -414,8 +415,8 @@ pub(super) fn record(
     errors: &mut std::collections::VecDeque<super::ErrorEntry>,
     qid: u16,
     cid: u16,
-    r: Result<u32, Failure>,
-) -> (Status, u32) {
+    r: Result<u64, Failure>,
+) -> (Status, u64) {
     stats.io_commands += 1;
     match r {
         Ok(dw0) => (Status::SUCCESS, dw0),

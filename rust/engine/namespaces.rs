@@ -62,6 +62,13 @@ impl Engine {
             .checked_sub(1)
             .and_then(|i| self.shared.namespaces.get(i as usize))
             .ok_or_else(|| EngineError::Config(format!("namespace {nsid} does not exist")))?;
+        if ns.zones.is_some() {
+            // As QEMU: a zoned namespace's zones are its format (ZSZE per
+            // LBA format); the admin layer answers Invalid Format.
+            return Err(EngineError::Config(format!(
+                "namespace {nsid} is zoned: Format NVM is not supported on it (Invalid Format)"
+            )));
+        }
         let _held: Vec<_> = self
             .shared
             .workers
@@ -141,7 +148,12 @@ impl Engine {
                 if f.readonly() {
                     continue;
                 }
-                if let Err(e) = f.datasync() {
+                let mut r = f.datasync();
+                if let (Ok(()), Some(z)) = (r, &ns.zones) {
+                    // The data is durable: the write pointers may say so.
+                    r = z.durable_point();
+                }
+                if let Err(e) = r {
                     // A character device (/dev/full) has nothing to sync.
                     if e != libc::EINVAL && first.is_ok() {
                         first = Err(e);
@@ -159,6 +171,13 @@ impl Engine {
         self.stop();
         for ns in self.shared.namespaces.iter() {
             if let Some(f) = ns.backend.as_file() {
+                if let (Some(z), false) = (&ns.zones, f.readonly()) {
+                    // An orderly close keeps what was written: the data is
+                    // synced first, then the write pointers that claim it.
+                    if f.datasync().is_ok() {
+                        let _ = z.close();
+                    }
+                }
                 f.release();
             }
             // The metadata companion goes too (its lock with it).

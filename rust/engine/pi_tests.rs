@@ -479,6 +479,7 @@ fn format_nvm_switches_metadata_and_corrupt_pi_fires() {
         opcode: Some(op::READ),
         nsid: None,
         lba: None,
+        zone: None,
     };
     let fire_once = Firing {
         count: 1,

@@ -383,10 +383,11 @@ fn admin_queue_goes_through_the_handler_and_deferred_completes() {
     let c = wait(&e, &mut q);
     assert_eq!((c.cid, c.dw0), (8, 0x1234));
     assert!(matches!(
-        e.complete_admin(8, Status::SUCCESS, 0),
+        e.complete_admin(8, Status::SUCCESS, 0, 0),
         Err(EngineError::NotDeferred { cid: 8 })
     ));
-    e.complete_admin(7, Status::SUCCESS, 0x0001_0100).unwrap();
+    e.complete_admin(7, Status::SUCCESS, 0x0001_0100, 0)
+        .unwrap();
     let c = wait(&e, &mut q);
     assert_eq!((c.cid, c.dw0, c.sqid, c.sqhd), (7, 0x0001_0100, 0, 2));
 }
@@ -398,7 +399,7 @@ impl AdminHandler for RacingAer {
     fn handle(&self, sqe: &Sqe) -> AdminOutcome {
         let e = self.0.lock().unwrap().clone().unwrap();
         let cid = sqe.cid();
-        std::thread::spawn(move || e.complete_admin(cid, Status::SUCCESS, 0x42).unwrap())
+        std::thread::spawn(move || e.complete_admin(cid, Status::SUCCESS, 0x42, 0).unwrap())
             .join()
             .unwrap();
         AdminOutcome::Deferred

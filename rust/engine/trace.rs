@@ -74,7 +74,13 @@ const WRITE_UNCORRECTABLE: u8 = 0x04;
 fn has_lba_range(opcode: u8) -> bool {
     matches!(
         opcode,
-        io::READ | io::WRITE | WRITE_UNCORRECTABLE | io::COMPARE | io::WRITE_ZEROES | io::VERIFY
+        io::READ
+            | io::WRITE
+            | WRITE_UNCORRECTABLE
+            | io::COMPARE
+            | io::WRITE_ZEROES
+            | io::VERIFY
+            | io::ZONE_APPEND
     )
 }
 
@@ -172,7 +178,7 @@ impl Trace {
     }
 
     /// Records a completed command.
-    pub fn completed(&self, f: Fetched, status: u16, dw0: u32) {
+    pub fn completed(&self, f: Fetched, status: u16, dw0: u64) {
         let done_ns = self.now_ns();
         let mut r = lock(&self.ring);
         let kind = if f.qid == 0 { Kind::Admin } else { Kind::Io };
@@ -181,7 +187,7 @@ impl Trace {
             cmd: f,
             done_ns,
             status,
-            value: u64::from(dw0),
+            value: dw0,
         });
     }
 
@@ -196,7 +202,7 @@ impl Trace {
     }
 
     /// The handler completed admin command `cid`.
-    pub fn admin_done(&self, cid: u16, status: u16, dw0: u32) {
+    pub fn admin_done(&self, cid: u16, status: u16, dw0: u64) {
         let f = {
             let mut r = lock(&self.ring);
             let Some(pos) = r.admin.iter().position(|a| a.cid == cid) else {

@@ -33,14 +33,18 @@ const DEEP_BACKLOG: u32 = 16;
 pub(super) struct Signals {
     vectors: Vec<u16>,
     intx: Option<(LevelCallback, bool)>,
-    /// Invalid doorbell values found in memory, guest memory found lost.
-    events: Vec<Event>,
+    /// Events for the control plane (rare: one empty check per delivery).
+    pub(super) events: Vec<Event>,
 }
 
-/// What a pass found to tell the embedder.
-enum Event {
-    /// An Error event with this AER info code.
-    Aer(u8),
+/// What a pass tells the control plane once its locks are dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Event {
+    /// An invalid value found in the doorbell page or shadow buffer: the
+    /// AER info code.
+    Doorbell(u8),
+    /// The controller changed zones of this NSID by itself (a fault rule).
+    Zones(u32),
     /// Guest memory was lost: report what `GuestMemory` queued.
     MemoryLost,
 }
@@ -144,7 +148,7 @@ impl Shared {
                 self.doorbells
                     .invalid_writes
                     .fetch_add(1, Ordering::Relaxed);
-                out.events.push(Event::Aer(INVALID_DOORBELL_VALUE));
+                out.events.push(Event::Doorbell(INVALID_DOORBELL_VALUE));
             }
             _ => {}
         }
@@ -152,7 +156,14 @@ impl Shared {
     }
 
     /// Posts an admin completion to CQ 0 unless a reset intervened.
-    pub(super) fn post_admin(&self, q: &mut Queues, gen: u64, cid: u16, status: Status, dw0: u32) {
+    pub(super) fn post_admin(
+        &self,
+        q: &mut Queues,
+        gen: u64,
+        cid: u16,
+        status: Status,
+        result: u64,
+    ) {
         if gen != self.generation.load(Ordering::SeqCst) {
             return;
         }
@@ -161,7 +172,10 @@ impl Shared {
             return;
         };
         let mem = self.mem.snapshot();
-        if cq.post(&mem, Cqe::new(0, cid, status, dw0), sqhd).is_err() {
+        if cq
+            .post(&mem, Cqe::with_result(0, cid, status, result), sqhd)
+            .is_err()
+        {
             q.stats.cqe_post_errors += 1;
             self.fatal.store(true, Ordering::SeqCst);
         } else if mem.lost() {
@@ -169,7 +183,7 @@ impl Shared {
             self.mem.refresh();
         }
         if self.trace.on() {
-            self.trace.admin_done(cid, status.field(), dw0);
+            self.trace.admin_done(cid, status.field(), result);
         }
     }
 
@@ -251,10 +265,14 @@ impl Shared {
         if !out.events.is_empty() {
             let handler = lock(&self.events).clone();
             for e in out.events.drain(..) {
-                match (e, &handler) {
-                    (Event::Aer(info), Some(h)) => h(info),
-                    (Event::Aer(_), None) => {}
-                    (Event::MemoryLost, _) => self.report_losses(),
+                match e {
+                    Event::Doorbell(info) => {
+                        if let Some(h) = &handler {
+                            h(info);
+                        }
+                    }
+                    Event::Zones(nsid) => self.zone_event(nsid),
+                    Event::MemoryLost => self.report_losses(),
                 }
             }
         }
@@ -362,7 +380,7 @@ impl Shared {
                     }
                 }
                 let fault = if faulty {
-                    self.fault_for(&sqe, qid, fetch, w)
+                    self.fault_for(&sqe, qid, fetch, w, out)
                 } else {
                     None
                 };
@@ -389,7 +407,7 @@ impl Shared {
                     Before::Hold { abortable, stop } => {
                         // Its CQ slot stays reserved: a lost command still
                         // holds the device's resources until a reset.
-                        let result = (Status::SUCCESS, 0);
+                        let result = (Status::SUCCESS, 0u64);
                         let ids = (qid, cqid, sqe.cid());
                         q.faults
                             .hold(None, gen, ids.0, ids.1, ids.2, result, abortable, fetch);
@@ -410,7 +428,7 @@ impl Shared {
                             a,
                             gen,
                             (0, 0, sqe.cid()),
-                            (Status::SUCCESS, 0),
+                            (Status::SUCCESS, 0u64),
                             None,
                         );
                     }
@@ -507,7 +525,11 @@ impl Shared {
                     self.trace.completed(f, status.field(), dw0);
                 }
                 if cq
-                    .post(&mem, Cqe::new(qid, sqe.cid(), status, dw0), sq.head as u16)
+                    .post(
+                        &mem,
+                        Cqe::with_result(qid, sqe.cid(), status, dw0),
+                        sq.head as u16,
+                    )
                     .is_err()
                 {
                     q.stats.cqe_post_errors += 1;
@@ -689,11 +711,11 @@ impl Shared {
                         q.admin_pending.swap_remove(pos);
                         if let Some((d, abortable)) = q.faults.take_admin_delay(sqe.cid()) {
                             // A fault rule delays this completion.
-                            let r = (status, dw0);
+                            let r = (status, u64::from(dw0));
                             q.faults
                                 .hold(Some(d), gen, 0, 0, sqe.cid(), r, abortable, None);
                         } else {
-                            self.post_admin(&mut q, gen, sqe.cid(), status, dw0);
+                            self.post_admin(&mut q, gen, sqe.cid(), status, u64::from(dw0));
                         }
                     }
                 }

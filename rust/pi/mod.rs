@@ -258,7 +258,7 @@ impl Meta {
             return;
         };
         let mut m = lock(&self.unflushed);
-        let durable = fua || !cache.enabled();
+        let durable = fua || !cache.write_cache();
         for b in lba..lba.saturating_add(nlb) {
             if durable {
                 m.remove(&b);

@@ -9,7 +9,7 @@ use pyo3::types::PyDict;
 use super::callbacks::notifier;
 use super::engine::PyEngine;
 use super::errors::{choice, config_err, state_err, u16_arg, vector_err};
-use crate::driver::{bench, file_floor, floor, irqcost, ring, HostMemory, HostQueue};
+use crate::driver::{bench, bench_zoned, file_floor, floor, irqcost, ring, HostMemory, HostQueue};
 use crate::irq::{dup_fd, Notifier};
 
 /// The ways `bench_io` rings doorbells (matched by name in the host loop).
@@ -24,6 +24,15 @@ const WORKLOADS: &[(&str, bench::Workload)] = &[
     ("randread", bench::Workload::RandRead),
     ("randwrite", bench::Workload::RandWrite),
     ("fill", bench::Workload::Fill),
+];
+
+/// `bench --zoned`'s workloads (`bench_zoned.rs`), run by the same entry.
+const ZONED_WORKLOADS: &[(&str, bench_zoned::Workload)] = &[
+    ("seqwrite", bench_zoned::Workload::SeqWrite),
+    ("zonewrite", bench_zoned::Workload::ZoneWrite),
+    ("zoneappend", bench_zoned::Workload::ZoneAppend),
+    ("zonemgmt", bench_zoned::Workload::ZoneMgmt),
+    ("zonefill", bench_zoned::Workload::ZoneFill),
 ];
 
 const MODES: &[(&str, bench::Mode)] = &[("irq", bench::Mode::Irq), ("poll", bench::Mode::Poll)];
@@ -122,7 +131,14 @@ fn bench_io<'py>(
         doorbell != "ioeventfd" || doorbell_eventfds.is_some(),
         "doorbell_eventfds=(sq_fd, cq_fd)",
     )?;
-    let workload = choice(py, "workload", workload, WORKLOADS)?;
+    let zoned = ZONED_WORKLOADS
+        .iter()
+        .find(|(n, _)| *n == workload)
+        .map(|&(_, w)| w);
+    let workload = match zoned {
+        Some(_) => bench::Workload::Fill,
+        None => choice(py, "workload", workload, WORKLOADS)?,
+    };
     let mode = choice(py, "mode", mode, MODES)?;
     if !(seconds > 0.0 && seconds < 3600.0) {
         return Err(config_err(
@@ -132,6 +148,9 @@ fn bench_io<'py>(
     }
     let sqid = u16_arg(py, "sqid", sqid)?;
     let eng = &engine.get().inner;
+    let zones = eng
+        .zone_geometry(nsid)
+        .map(|g| (g.zone_lbas(), g.zcap, u64::from(g.zones)));
     let params = bench::Params {
         workload,
         nsid,
@@ -175,7 +194,10 @@ fn bench_io<'py>(
             },
             _ => ring::Ring::Mmio,
         });
-        bench::run(&**eng, &mem, &mut q, &params)
+        match zoned {
+            Some(w) => bench_zoned::run(&**eng, &mut q, &params, w, zones),
+            None => bench::run(&**eng, &mem, &mut q, &params),
+        }
     });
     let o = r.map_err(|m| state_err(py, format!("benchmark failed: {m}")))?;
     let d = figures(py, &o)?;
@@ -183,6 +205,12 @@ fn bench_io<'py>(
     d.set_item("doorbells", o.doorbells)?;
     d.set_item("mmio_doorbells", o.mmio_doorbells)?;
     d.set_item("eventfd_doorbells", o.eventfd_doorbells)?;
+    if zoned.is_some() {
+        d.set_item("zone_resets", o.zone_resets)?;
+        d.set_item("zone_reset_ns", o.zone_reset_ns)?;
+        d.set_item("zone_finishes", o.zone_finishes)?;
+        d.set_item("zone_finish_ns", o.zone_finish_ns)?;
+    }
     Ok(d)
 }
 

@@ -51,7 +51,6 @@ fn namespace_spec(py: Python<'_>, ns: &Bound<'_, PyAny>) -> PyResult<NamespaceSp
             size_bytes,
             lba_size,
             backend,
-            file: None,
             storage: Some(StorageRef(Arc::new(storage))),
             ..NamespaceSpec::default()
         });
@@ -125,11 +124,13 @@ const NAMESPACE_KEYS: &[&str] = &[
     "pi_type",
     "pi_first",
     "guard",
+    "zones",
 ];
 
 /// The dict form: `size_bytes`, `lba_size` and `backend` required; `path`,
-/// `readonly`, `cache`, `io` for a file; `storage` for `"custom"`. An
-/// unknown key is a ConfigError naming it.
+/// `readonly`, `cache`, `io` for a file; `storage` for `"custom"`; `zones`
+/// for a zoned namespace (see `zones.rs`). An unknown key is a ConfigError
+/// naming it.
 fn namespace_from_dict(py: Python<'_>, d: &Bound<'_, PyDict>) -> PyResult<NamespaceSpec> {
     for k in d.keys() {
         let k: String = k.extract()?;
@@ -172,6 +173,7 @@ fn namespace_from_dict(py: Python<'_>, d: &Bound<'_, PyDict>) -> PyResult<Namesp
         file: file_spec(py, get(py, d, "path")?, readonly, &cache, &io)?,
         storage,
         metadata: super::pi::from_dict(py, d)?,
+        zones: super::zones::zone_spec(py, d.get_item("zones")?)?,
     })
 }
 
@@ -257,6 +259,7 @@ impl PyEngine {
         self.inner.set_admin_handler(None);
         self.inner.set_event_handler(None);
         self.inner.set_memory_loss_handler(None);
+        self.inner.set_zone_event_handler(None);
         self.inner.set_dma_transport(None);
     }
 
@@ -509,12 +512,19 @@ impl PyEngine {
         (s.field(), PyBytes::new(py, &data))
     }
 
-    #[pyo3(signature = (cid, status, dw0=0))]
-    fn complete_admin(&self, py: Python<'_>, cid: u64, status: u16, dw0: u32) -> PyResult<()> {
+    #[pyo3(signature = (cid, status, dw0=0, dw1=0))]
+    fn complete_admin(
+        &self,
+        py: Python<'_>,
+        cid: u64,
+        status: u16,
+        dw0: u32,
+        dw1: u32,
+    ) -> PyResult<()> {
         let cid = u16_arg(py, "cid", cid)?;
         py.detach(|| {
             self.inner
-                .complete_admin(cid, Status::from_field(status), dw0)
+                .complete_admin(cid, Status::from_field(status), dw0, dw1)
         })
         .map_err(|e| to_py(py, e))
     }
@@ -774,6 +784,40 @@ impl PyEngine {
 
     fn write_cache(&self) -> bool {
         self.inner.write_cache()
+    }
+
+    fn zone_geometry<'py>(
+        &self,
+        py: Python<'py>,
+        nsid: u32,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        super::zones::geometry(py, &self.inner, nsid)
+    }
+
+    fn zone_report(&self, py: Python<'_>, nsid: u32) -> Option<Vec<crate::engine::ZoneRow>> {
+        py.detach(|| self.inner.zone_report(nsid))
+    }
+
+    #[pyo3(signature = (nsid, clear=true))]
+    fn take_changed_zones(
+        &self,
+        py: Python<'_>,
+        nsid: u32,
+        clear: bool,
+    ) -> Option<(Vec<u64>, bool)> {
+        py.detach(|| self.inner.take_changed_zones(nsid, clear))
+    }
+
+    fn set_zone_event_handler(&self, handler: Option<Py<PyAny>>) {
+        super::zones::set_handler(&self.inner, handler);
+    }
+
+    fn zone_action(&self, py: Python<'_>, nsid: u32, zone: u32, action: &str) -> PyResult<bool> {
+        super::zones::action(py, &self.inner, nsid, zone, action)
+    }
+
+    fn set_io_command_sets(&self, nvm: bool, zoned: bool) {
+        self.inner.set_io_command_sets(nvm, zoned);
     }
 
     fn take_errors(&self, py: Python<'_>) -> Vec<(u16, u16, u16, u16, u64, u32)> {

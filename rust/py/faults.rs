@@ -11,6 +11,7 @@ use crate::engine::faults::{Action, Firing, Match, QueueMatch};
 use crate::engine::Engine;
 use crate::pi::tuple::Field;
 use crate::spec::Status;
+use crate::zns::ZoneAction;
 
 /// An engine's fault rules (`Engine.faults()`).
 #[pyclass(frozen, module = "nvmefast._core", name = "FaultTable")]
@@ -44,7 +45,7 @@ fn queue_match(py: Python<'_>, queue: &Bound<'_, PyAny>) -> PyResult<QueueMatch>
 #[pymethods]
 impl PyFaultTable {
     /// Adds a rule (checked by nvmefast.faults.FaultRule first); returns its id.
-    #[pyo3(signature = (*, queue, opcode, nsid, lba, action, status, delay_ns, abortable, byte, xor, count, skip, probability, seed, pi_field=""))]
+    #[pyo3(signature = (*, queue, opcode, nsid, lba, action, status, delay_ns, abortable, byte, xor, count, skip, probability, seed, pi_field="", zone=None))]
     #[allow(clippy::too_many_arguments)]
     fn add(
         &self,
@@ -64,12 +65,14 @@ impl PyFaultTable {
         probability: f64,
         seed: u64,
         pi_field: &str,
+        zone: Option<u64>,
     ) -> PyResult<u64> {
         let matcher = Match {
             queue: queue_match(py, queue)?,
             opcode,
             nsid,
             lba,
+            zone,
         };
         let action = match action {
             "status" => Action::Status(Status::from_field(status)),
@@ -100,7 +103,10 @@ impl PyFaultTable {
             "delay-irq" => Action::DelayIrq { ns: delay_ns },
             "cfs" => Action::Cfs,
             "power-loss" => Action::PowerLoss,
-            other => return Err(config_err(py, format!("unknown fault action {other:?}"))),
+            other => match other.strip_prefix("zone-").and_then(ZoneAction::parse) {
+                Some(a) => Action::Zone(a),
+                None => return Err(config_err(py, format!("unknown fault action {other:?}"))),
+            },
         };
         let firing = Firing {
             skip,

@@ -12,6 +12,7 @@
 //! - `storage`: a Python object as a namespace's blocks;
 //! - `faults`: the fault rule table and power state;
 //! - `pi`: metadata settings (namespace keys, Format NVM arguments);
+//! - `zones`: zoned namespaces (the `zones` namespace key, zone methods);
 //! - `trace`: command trace records as dicts;
 //! - `bench`: benchmark drivers and floors;
 //! - `vfio_bench`: the vfio-user benchmark client.
@@ -28,6 +29,7 @@ mod pi;
 mod storage;
 mod trace;
 mod vfio_bench;
+mod zones;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -38,6 +38,15 @@ impl Cqe {
         }
     }
 
+    /// A completion carrying `result` in DW0 (bits 31:0) and DW1 (bits
+    /// 63:32): a Zone Append's ALBA.
+    pub fn with_result(sqid: u16, cid: u16, status: Status, result: u64) -> Self {
+        Cqe {
+            dw1: (result >> 32) as u32,
+            ..Cqe::new(sqid, cid, status, result as u32)
+        }
+    }
+
     /// Dwords 0-1 as one little-endian u64 (the half written first).
     pub fn low(&self) -> u64 {
         u64::from(self.dw0) | (u64::from(self.dw1) << 32)

@@ -10,6 +10,10 @@ pub mod io {
     pub const DATASET_MANAGEMENT: u8 = 0x09;
     pub const VERIFY: u8 = 0x0c;
     pub const COPY: u8 = 0x19;
+    /// Zoned Namespace Command Set 1.1, Figure 12.
+    pub const ZONE_MGMT_SEND: u8 = 0x79;
+    pub const ZONE_MGMT_RECV: u8 = 0x7a;
+    pub const ZONE_APPEND: u8 = 0x7d;
 }
 
 /// Admin opcodes the core must recognise (the rest is the Python layer's).

@@ -52,6 +52,15 @@ impl Status {
     pub const REF_TAG_CHECK_ERROR: Status = Status::new(SCT_MEDIA, 0x84);
     /// Generic: Namespace is Write Protected (a read-only file namespace).
     pub const NAMESPACE_WRITE_PROTECTED: Status = Status::new(SCT_GENERIC, 0x20);
+    /// Zoned Namespace Command Set 1.1, Figure 11 (command specific).
+    pub const ZONE_BOUNDARY_ERROR: Status = Status::new(SCT_COMMAND_SPECIFIC, 0xb8);
+    pub const ZONE_IS_FULL: Status = Status::new(SCT_COMMAND_SPECIFIC, 0xb9);
+    pub const ZONE_IS_READ_ONLY: Status = Status::new(SCT_COMMAND_SPECIFIC, 0xba);
+    pub const ZONE_IS_OFFLINE: Status = Status::new(SCT_COMMAND_SPECIFIC, 0xbb);
+    pub const ZONE_INVALID_WRITE: Status = Status::new(SCT_COMMAND_SPECIFIC, 0xbc);
+    pub const TOO_MANY_ACTIVE_ZONES: Status = Status::new(SCT_COMMAND_SPECIFIC, 0xbd);
+    pub const TOO_MANY_OPEN_ZONES: Status = Status::new(SCT_COMMAND_SPECIFIC, 0xbe);
+    pub const INVALID_ZONE_STATE_TRANSITION: Status = Status::new(SCT_COMMAND_SPECIFIC, 0xbf);
 
     /// A status from its type and code.
     pub const fn new(sct: u16, sc: u16) -> Status {

@@ -28,11 +28,11 @@ READ, WRITE, FLUSH, COMPARE, WRITE_ZEROES, DSM, VERIFY, COPY = 0x02, 0x01, 0x00,
 
 
 def make_sqe(opcode: int, cid: int, nsid: int, *, prp1: int = 0, prp2: int = 0, cdw10: int = 0,
-        cdw11: int = 0, cdw12: int = 0, psdt: int = 0, fuse: int = 0, mptr: int = 0, cdw14: int = 0,
-        cdw15: int = 0) -> bytes:
+        cdw11: int = 0, cdw12: int = 0, cdw13: int = 0, psdt: int = 0, fuse: int = 0, mptr: int = 0,
+        cdw14: int = 0, cdw15: int = 0) -> bytes:
     """A 64-byte SQE with the given fields (PRP1/PRP2 double as SGL1)."""
     dw0 = opcode | (fuse << 8) | (psdt << 14) | (cid << 16)
-    return struct.pack("<IIQQQQIIIIII", dw0, nsid, 0, mptr, prp1, prp2, cdw10, cdw11, cdw12, 0, cdw14, cdw15)
+    return struct.pack("<IIQQQQIIIIII", dw0, nsid, 0, mptr, prp1, prp2, cdw10, cdw11, cdw12, cdw13, cdw14, cdw15)
 
 
 def lba(opcode: int, nsid: int, slba: int, nlb: int, **kw: int) -> bytes:
@@ -152,6 +152,27 @@ SQE_SEEDS: dict[str, bytes] = {
     "copy-file": make_sqe(COPY, 1, 4, prp1=0x0, cdw12=3),
     "dsm-file-remote-list": make_sqe(DSM, 1, 4, prp1=C + 0x700, cdw10=0x8D, cdw11=1 << 2),
     "copy-list-in-readonly": make_sqe(COPY, 1, 3, prp1=B, cdw10=0xFFFFFFFF, cdw11=0xFFFFFFFF),
+    # The zoned namespace (NSID 7: zones of 16 LBAs, 12 writable, MOR 2, MAR 3).
+    "zns-write-at-wp": lba(WRITE, 7, 0, 4, prp1=0x0) + pattern(2048),
+    "zns-write-off-wp": lba(WRITE, 7, 3, 1, prp1=0x0),
+    "zns-write-past-cap": lba(WRITE, 7, 16, 13, prp1=0x0, prp2=0x1000),
+    "zns-read-across-zones": lba(READ, 7, 15, 2, prp1=0x0),
+    "zns-append": lba(0x7D, 7, 32, 2, prp1=0x0) + pattern(1024),
+    "zns-append-not-zone-start": lba(0x7D, 7, 33, 1, prp1=0x0),
+    "zns-append-over-zasl": lba(0x7D, 7, 32, 17, prp1=0x0, prp2=0x1000),
+    "zns-append-conventional": lba(0x7D, 1, 0, 1, prp1=0x0),
+    "zns-open": make_sqe(0x79, 1, 7, cdw10=48, cdw13=0x03),
+    "zns-open-all": make_sqe(0x79, 1, 7, cdw13=0x03 | 1 << 8),
+    "zns-finish-all": make_sqe(0x79, 1, 7, cdw13=0x02 | 1 << 8),
+    "zns-set-zde": make_sqe(0x79, 1, 7, prp1=0x0, cdw10=16, cdw13=0x10) + pattern(64),
+    "zns-offline-empty": make_sqe(0x79, 1, 7, cdw10=0, cdw13=0x05),
+    "zns-bad-action": make_sqe(0x79, 1, 7, cdw13=0x11),
+    "zns-report": make_sqe(0x7A, 1, 7, prp1=0x0, cdw12=1023, cdw13=0),
+    "zns-report-partial-small": make_sqe(0x7A, 1, 7, prp1=0x0, cdw12=24, cdw13=1 << 16 | 1 << 8),
+    "zns-extended-report-remote": make_sqe(0x7A, 1, 7, prp1=C, cdw12=63, cdw13=1),
+    "zns-report-readonly-region": make_sqe(0x7A, 1, 7, prp1=B, cdw12=31),
+    "zns-write-zeroes": lba(WRITE_ZEROES, 7, 0, 12),
+    "zns-copy": make_sqe(COPY, 1, 7, prp1=0x0, cdw10=16) + guest((0, struct.pack("<8xQH14x", 0, 3))),
     "sgl-write-last-segment-remote": lba(WRITE, 3, 0, 1, cdw12=1 << 30, **sgl1(C + 0x155, 0xD020, 3)),
     # Namespace 6: 8 bytes of separate metadata, type 1 PI (issue 24). PRINFO
     # is CDW12 29:26 (PRACT 8, guard 4, app 2, ref 1), MPTR the metadata.

@@ -15,10 +15,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from nvmefast._core import Engine
-from collections.abc import Iterable
 
 from nvmefast.admin.abort import abort
 from nvmefast.admin.aer import (
@@ -30,9 +29,11 @@ from nvmefast.admin.aer import (
     async_event_request,
 )
 from nvmefast.admin.command import CDW0, AdminCommand, Reject, Result, param_location
+from nvmefast.admin.command_sets import CSS_NVM, enabled_csis
 from nvmefast.admin.doorbell_buffer import doorbell_buffer_config
 from nvmefast.admin.features import (
     AEC_NAMESPACE_ATTRIBUTE,
+    AEC_ZONE_DESCRIPTOR_CHANGED,
     CRITICAL_WARNING_TEMPERATURE,
     Features,
     get_features,
@@ -41,12 +42,14 @@ from nvmefast.admin.features import (
 from nvmefast.admin.format_nvm import format_nvm
 from nvmefast.admin.identify import identify
 from nvmefast.admin.keep_alive import keep_alive
-from nvmefast.admin.log_page import ErrorLog, LogPageId, get_log_page
+from nvmefast.admin.log_page import ChangedZones, ErrorLog, LogPageId, get_log_page
 from nvmefast.admin.queues import create_io_cq, create_io_sq, delete_io_cq, delete_io_sq
 from nvmefast.config import ControllerConfig
 from nvmefast.errors import QueueError
 from nvmefast.iocs import EFFECTS_CSUPP, EFFECTS_LBCC, EFFECTS_NCC
 from nvmefast.status import Status, with_dnr
+from nvmefast.structs import CSI_NVM
+from nvmefast.zns import CSI_ZNS
 
 __all__ = ["Admin", "AdminCommand", "Opcode"]
 
@@ -140,6 +143,10 @@ class Admin:
         then a Command Sequence Error, even once they are deleted)."""
         self.changed_nsids: set[int] = set()
         """NSIDs for the Changed Namespace List log, until it is read with RAE=0."""
+        self.changed_zones = ChangedZones()
+        """Zones the controller itself changed, per zoned NSID, for the Changed Zone List log."""
+        self.css = CSS_NVM
+        """CC.CSS when the controller was last enabled: the I/O Command Sets selected."""
         self.last_keep_alive = 0.0
         """When the last Keep Alive command came (monotonic seconds), 0 if none."""
         self.commands = 0
@@ -199,11 +206,11 @@ class Admin:
             for sqid, cid, status, location, lba, nsid in taken:
                 self.errors.record(sqid, cid, status, location, lba, nsid)
 
-    def post_event(self, event_type: int, info: int, log_page: int) -> None:
+    def post_event(self, event_type: int, info: int, log_page: int, dw1: int = 0) -> None:
         """Report an asynchronous event (from any thread)."""
         with self.lock:
-            completions = self.events.post(AsyncEvent(event_type, info, log_page))
-        self._complete(completions)
+            completions = self.events.post(AsyncEvent(event_type, info, log_page, dw1))
+        self.complete_events(completions)
 
     def command_effects(self) -> dict[int, int]:
         """Commands Supported and Effects of each admin opcode (log 05h)."""
@@ -224,6 +231,41 @@ class Admin:
                 LogPageId.CHANGED_NAMESPACE_LIST,
             )
 
+    def set_command_sets(self, css: int) -> None:
+        """The host enabled the controller with CC.CSS ``css`` (one of
+        :data:`~nvmefast.admin.command_sets.SUPPORTED_CSS`): namespaces of
+        the command sets it selected are attached from now on."""
+        csis = enabled_csis(css)
+        with self.lock:
+            self.css = css
+        self.engine.set_io_command_sets(CSI_NVM in csis, CSI_ZNS in csis)
+
+    def collect_changed_zones(self, nsid: int) -> None:
+        """Move the zones the core changed on its own into the Changed Zone List of ``nsid``."""
+        taken = self.engine.take_changed_zones(nsid)
+        if taken is None:
+            return  # not a zoned namespace
+        zslbas, overflow = taken
+        with self.lock:
+            self.changed_zones.add(nsid, None if overflow else zslbas)
+
+    def zone_descriptors_changed(self, nsid: int) -> None:
+        """The core moved zones of namespace ``nsid`` on its own (read only,
+        offline, finish or reset recommended): collect them for the Changed
+        Zone List and raise a Zone Descriptor Changed notice unless
+        Asynchronous Event Configuration bit 27 masks it (the log is kept
+        either way)."""
+        self.collect_changed_zones(nsid)
+        with self.lock:
+            notify = bool(self.features.async_event_configuration & AEC_ZONE_DESCRIPTOR_CHANGED)
+        if notify:
+            self.post_event(
+                AsyncEventType.NOTICE,
+                NoticeEventInfo.ZONE_DESCRIPTOR_CHANGED,
+                LogPageId.CHANGED_ZONE_LIST,
+                dw1=nsid,
+            )
+
     def smart_event(self, critical_warning: int) -> None:
         """SMART critical warning bits came on: a SMART / Health event for
         those Asynchronous Event Configuration bits 7:0 enable."""
@@ -240,18 +282,19 @@ class Admin:
         """Unmask ``event_type`` after its log page was read with RAE=0."""
         with self.lock:
             completions = self.events.clear(event_type)
-        self._complete(completions)
+        self.complete_events(completions)
 
-    def _complete(self, completions: list[tuple[int, int]]) -> None:
-        for cid, dw0 in completions:
-            self._complete_deferred(cid, dw0)
+    def complete_events(self, completions: list[tuple[int, AsyncEvent]]) -> None:
+        """Post AER completions (called without the admin lock held)."""
+        for cid, event in completions:
+            self._complete_deferred(cid, event)
 
-    def _complete_deferred(self, cid: int, dw0: int) -> None:
+    def _complete_deferred(self, cid: int, event: AsyncEvent) -> None:
         # The engine accepts a completion for any admin command it fetched and
         # has not completed, including one whose handler is still returning:
         # an event raised on another thread in that window is not lost.
         try:
-            self.engine.complete_admin(cid, Status.SUCCESS, dw0)
+            self.engine.complete_admin(cid, Status.SUCCESS, event.dw0, event.dw1)
         except QueueError:
             # A reset dropped the command: the event went with it, as every
             # queued event does on reset.

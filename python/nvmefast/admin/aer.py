@@ -2,9 +2,11 @@
 
 The host keeps up to AERL+1 AER commands outstanding; the controller
 completes one per event with dword 0 = type | info << 8 | log page << 16
-(NVMe 1.4 5.2, Figure 146). After an event of some type has been reported,
-that type is masked until the host reads the event's log page with Retain
-Asynchronous Event (RAE) cleared; events of a masked type wait in a queue.
+(NVMe 1.4 5.2, Figure 146) and, for a Zone Descriptor Changed notice, the
+zoned namespace's NSID in dword 1 (ZNS 1.1 Figure 43). After an event of
+some type has been reported, that type is masked until the host reads the
+event's log page with Retain Asynchronous Event (RAE) cleared; events of a
+masked type wait in a queue.
 This is QEMU's ``nvme_process_aers`` / ``nvme_clear_events`` contract.
 
 Everything here runs under the admin lock; the completions a state change
@@ -73,6 +75,8 @@ class NoticeEventInfo(enum.IntEnum):
     """Namespace Attribute Changed: see the Changed Namespace List log (04h)."""
     FIRMWARE_ACTIVATION_STARTING = 0x01
     """Firmware Activation Starting."""
+    ZONE_DESCRIPTOR_CHANGED = 0xEF
+    """Zone Descriptor Changed: see the Changed Zone List log (BFh) of the NSID in dword 1."""
 
 
 class ErrorEventInfo(enum.IntEnum):
@@ -95,6 +99,7 @@ LOG_PAGE_EVENT_TYPE = {
     0x02: AsyncEventType.SMART,
     0x03: AsyncEventType.NOTICE,
     0x04: AsyncEventType.NOTICE,
+    0xBF: AsyncEventType.NOTICE,
 }
 """Which event type reading a log page (with RAE=0) clears."""
 
@@ -106,6 +111,8 @@ class AsyncEvent:
     type: int
     info: int
     log_page: int
+    dw1: int = 0
+    """The AER completion's dword 1 (the NSID of a Zone Descriptor Changed notice)."""
 
     @property
     def dw0(self) -> int:
@@ -134,18 +141,25 @@ class AsyncEvents:
         """Events not yet reported, oldest first."""
         return tuple(self._queued)
 
-    def request(self, cid: int) -> Result:
-        """A new AER command: complete it now with a queued event, or keep it."""
+    def request(self, cid: int) -> tuple[Result, list[tuple[int, AsyncEvent]]]:
+        """A new AER command: complete it now with a queued event, or keep it.
+
+        Returns the handler's result and the completions to post: an event
+        with a dword 1 cannot travel in a handler's ``(status, dw0)``, so its
+        command is deferred and comes back here to be completed at once.
+        """
         if len(self._outstanding) >= self._limit:
             raise Reject(Status.AERL_EXCEEDED)
         event = self._take_deliverable()
-        if event is not None:
-            return (Status.SUCCESS, event.dw0)
-        self._outstanding.append(cid)
-        return None
+        if event is None:
+            self._outstanding.append(cid)
+            return None, []
+        if event.dw1:
+            return None, [(cid, event)]
+        return (Status.SUCCESS, event.dw0), []
 
-    def post(self, event: AsyncEvent) -> list[tuple[int, int]]:
-        """Queue ``event``; returns the ``(cid, dw0)`` AER completions to post."""
+    def post(self, event: AsyncEvent) -> list[tuple[int, AsyncEvent]]:
+        """Queue ``event``; returns the ``(cid, event)`` AER completions to post."""
         # The same event twice while the first is still unreported tells the
         # host nothing more (QEMU coalesces likewise by masking).
         if event not in self._queued:
@@ -155,7 +169,7 @@ class AsyncEvents:
                 self._queued.append(event)
         return self._deliver()
 
-    def clear(self, event_type: int) -> list[tuple[int, int]]:
+    def clear(self, event_type: int) -> list[tuple[int, AsyncEvent]]:
         """The host read the log page of ``event_type`` with RAE=0: unmask it."""
         self._masked.discard(event_type)
         return self._deliver()
@@ -182,17 +196,19 @@ class AsyncEvents:
                 return event
         return None
 
-    def _deliver(self) -> list[tuple[int, int]]:
-        completions: list[tuple[int, int]] = []
+    def _deliver(self) -> list[tuple[int, AsyncEvent]]:
+        completions: list[tuple[int, AsyncEvent]] = []
         while self._outstanding:
             event = self._take_deliverable()
             if event is None:
                 break
-            completions.append((self._outstanding.popleft(), event.dw0))
+            completions.append((self._outstanding.popleft(), event))
         return completions
 
 
 def async_event_request(admin: Admin, cmd: AdminCommand) -> Result:
     """0Ch Asynchronous Event Request: deferred until an event occurs."""
     with admin.lock:
-        return admin.events.request(cmd.cid)
+        result, completions = admin.events.request(cmd.cid)
+    admin.complete_events(completions)
+    return result

@@ -5,7 +5,7 @@ Supported Feature Identifiers (NVMe Base 2.0 5.27.1, as QEMU ``hw/nvme``):
 Recovery, 06h Volatile Write Cache, 07h Number of Queues, 08h Interrupt
 Coalescing, 09h Interrupt Vector Configuration, 0Ah Write Atomicity Normal,
 0Bh Asynchronous Event Configuration, 0Eh Timestamp, 0Fh Keep Alive Timer,
-16h Host Behavior Support. None is saveable (Save gets Feature Identifier
+16h Host Behavior Support, 19h I/O Command Set Profile. None is saveable (Save gets Feature Identifier
 Not Saveable) and all are changeable. Error Recovery is the one namespace
 specific feature; any other given the NSID of a namespace gets Feature Not
 Namespace Specific. Timestamp and Host Behavior Support move their value
@@ -30,7 +30,15 @@ from nvmefast.structs import COMPOSITE_TEMPERATURE, WCTEMP
 if TYPE_CHECKING:
     from nvmefast.admin import Admin
 
-__all__ = ["FeatureId", "Features", "Select", "get_features", "set_features"]
+__all__ = [
+    "AEC_NAMESPACE_ATTRIBUTE",
+    "AEC_ZONE_DESCRIPTOR_CHANGED",
+    "FeatureId",
+    "Features",
+    "Select",
+    "get_features",
+    "set_features",
+]
 
 
 class FeatureId(enum.IntEnum):
@@ -62,6 +70,8 @@ class FeatureId(enum.IntEnum):
     """Keep Alive Timer."""
     HOST_BEHAVIOR_SUPPORT = 0x16
     """Host Behavior Support (512-byte data buffer)."""
+    IO_COMMAND_SET_PROFILE = 0x19
+    """I/O Command Set Profile: the I/O Command Set Combination Index in use."""
 
 
 class Select(enum.IntEnum):
@@ -92,6 +102,10 @@ AEC_SMART_MASK = 0xFF
 """Asynchronous Event Configuration bits 7:0: one per SMART critical warning bit."""
 AEC_NAMESPACE_ATTRIBUTE = 1 << 8
 """Asynchronous Event Configuration bit 8: Namespace Attribute Notices (OAES bit 8)."""
+AEC_ZONE_DESCRIPTOR_CHANGED = 1 << 27
+"""Asynchronous Event Configuration bit 27: Zone Descriptor Changed Notices (OAES bit 27)."""
+IOCSCI_MASK = 0x1FF
+"""I/O Command Set Profile CDW11 bits 8:0: the I/O Command Set Combination Index."""
 CRITICAL_WARNING_TEMPERATURE = 1 << 1
 """SMART Critical Warning bit 1: a temperature is at or past a threshold."""
 
@@ -126,6 +140,8 @@ class Features:
     keep_alive_timeout: int = 0
     """KATO in milliseconds; 0: the Keep Alive Timer is disabled."""
     host_behavior: HostBehavior = dataclasses.field(default_factory=HostBehavior)
+    io_command_set_profile: int = 0
+    """The I/O Command Set Combination Index in use (CNS 1Ch has one, index 0)."""
 
     def __post_init__(self) -> None:
         self.nsqa = self.ncqa = self.config.max_io_queue_pairs - 1
@@ -147,6 +163,7 @@ class Features:
         self.timestamp = Timestamp()
         self.keep_alive_timeout = 0
         self.host_behavior = HostBehavior()
+        self.io_command_set_profile = 0
 
     def critical_warning(self) -> int:
         """SMART Critical Warning bits the feature values imply (temperature only)."""
@@ -191,6 +208,8 @@ class Features:
                 return base.async_event_configuration
             case FeatureId.KEEP_ALIVE_TIMER:
                 return base.keep_alive_timeout
+            case FeatureId.IO_COMMAND_SET_PROFILE:
+                return base.io_command_set_profile
             case FeatureId.TIMESTAMP | FeatureId.HOST_BEHAVIOR_SUPPORT:
                 return 0  # the value travels in the data buffer
         raise Reject(Status.INVALID_FIELD, param_location(CDW10))
@@ -319,10 +338,19 @@ def set_features(admin: Admin, cmd: AdminCommand) -> Result:
                 f.write_atomicity_normal = dw11 & 0x1
             case FeatureId.ASYNC_EVENT_CONFIGURATION:
                 # Bits 7:0 the SMART critical warnings, bit 8 Namespace
-                # Attribute Notices (OAES bit 8); the other notices are reserved.
-                f.async_event_configuration = dw11 & (AEC_SMART_MASK | AEC_NAMESPACE_ATTRIBUTE)
+                # Attribute Notices (OAES bit 8), bit 27 Zone Descriptor
+                # Changed Notices (OAES bit 27); the other notices are reserved.
+                f.async_event_configuration = dw11 & (
+                    AEC_SMART_MASK | AEC_NAMESPACE_ATTRIBUTE | AEC_ZONE_DESCRIPTOR_CHANGED
+                )
             case FeatureId.KEEP_ALIVE_TIMER:
                 f.keep_alive_timeout = dw11
+            case FeatureId.IO_COMMAND_SET_PROFILE:
+                # Index 0 is the only combination CNS 1Ch lists; any other
+                # names an all-zero vector (QEMU rejects it likewise).
+                if dw11 & IOCSCI_MASK:
+                    raise Reject(Status.IOCS_COMBINATION_REJECTED, param_location(CDW11))
+                f.io_command_set_profile = 0
         warning = f.critical_warning() if fid == FeatureId.TEMPERATURE_THRESHOLD else 0
         write_cache = f.write_cache_enabled
     if fid == FeatureId.VOLATILE_WRITE_CACHE:

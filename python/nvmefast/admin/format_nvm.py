@@ -16,6 +16,8 @@ specs agree on each):
 - SES other than none or User Data Erase (no Cryptographic Erase, FNA bit 2
   is 0), or PI 100b-111b (reserved): Invalid Field in Command;
 - an index past NLBAF: Invalid Format;
+- a zoned namespace: Invalid Format (its zones are fixed in bytes; QEMU
+  refuses it likewise);
 - a format whose PI carries the 64-bit guard while LBAFEE is clear: Invalid
   Namespace or Format (NVM Command Set 1.0 4.1.2);
 - PI with a format whose metadata has no room for it (8 bytes for the
@@ -83,6 +85,9 @@ def format_nvm(admin: Admin, cmd: AdminCommand) -> Result:
     else:
         raise Reject(Status.INVALID_NSID, param_location(NSID))
     index, mset, pi, pil, _ = _requested(admin, cmd.cdw10)
+    if any(admin.config.namespaces[nsid - 1].zones is not None for nsid in nsids):
+        # Its zones are fixed in bytes; QEMU refuses it likewise.
+        raise Reject(Status.INVALID_FORMAT, param_location(NSID))
     chosen = LBA_FORMATS[index]
     formats: dict[int, NamespaceFormat] = {}
     for nsid in nsids:

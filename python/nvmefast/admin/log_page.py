@@ -2,23 +2,27 @@
 
 Log pages (NVMe Base 2.0 5.16.1): 01h Error Information, 02h SMART / Health
 Information, 03h Firmware Slot Information, 04h Changed Namespace List, 05h
-Commands Supported and Effects (LPA bit 1). The extended form is supported
+Commands Supported and Effects (LPA bit 1) of the command set CSI (CDW14
+bits 31:24) names when the host selected every command set (CC.CSS 110b;
+otherwise CSI is ignored), and BFh Changed Zone List (ZNS 1.1 5.3.1, one
+per zoned namespace: NSID names it). The extended form is supported
 (LPA bit 2): NUMD is NUMDU:NUMDL and the offset LPOU:LPOL, in bytes and
 dword aligned; an offset past the log's end is an Invalid Field, bytes past
 it read as zero. Reading a page with Retain Asynchronous Event cleared
 unmasks the event type that points at it, and empties the Changed Namespace
-List.
+List or that namespace's Changed Zone List.
 """
 
 from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from nvmefast.admin.aer import LOG_PAGE_EVENT_TYPE
 from nvmefast.admin.command import CDW10, CDW12, NSID, AdminCommand, Reject, Result, param_location
+from nvmefast.admin.command_sets import CSS_ALL, CSS_NVM, is_active, namespace_csi
 from nvmefast.iocs import IO_OPCODE_EFFECTS, build_changed_ns_list, build_command_effects_log
 from nvmefast.status import Status
 from nvmefast.structs import (
@@ -31,11 +35,12 @@ from nvmefast.structs import (
     build_firmware_slot_log,
     build_smart_log,
 )
+from nvmefast.zns import CHANGED_ZONE_LIST_MAX, CSI_ZNS, ZONED_OPCODE_EFFECTS, build_changed_zone_list
 
 if TYPE_CHECKING:
     from nvmefast.admin import Admin
 
-__all__ = ["ErrorLog", "LogPageId", "get_log_page"]
+__all__ = ["ChangedZones", "ErrorLog", "LogPageId", "get_log_page"]
 
 
 class LogPageId:
@@ -51,6 +56,8 @@ class LogPageId:
     """Changed Namespace List."""
     COMMANDS_SUPPORTED_AND_EFFECTS = 0x05
     """Commands Supported and Effects."""
+    CHANGED_ZONE_LIST = 0xBF
+    """Changed Zone List (Zoned Namespace Command Set, per namespace)."""
 
 
 SUPPORTED = frozenset(
@@ -60,6 +67,7 @@ SUPPORTED = frozenset(
         LogPageId.FIRMWARE_SLOT,
         LogPageId.CHANGED_NAMESPACE_LIST,
         LogPageId.COMMANDS_SUPPORTED_AND_EFFECTS,
+        LogPageId.CHANGED_ZONE_LIST,
     )
 )
 """Log Page Identifiers Get Log Page accepts."""
@@ -93,6 +101,66 @@ class ErrorLog:
     def entries(self) -> list[ErrorLogEntry]:
         """Entries, newest first."""
         return list(self._entries)
+
+
+class ChangedZones:
+    """The Changed Zone List of each zoned namespace: ZSLBAs of the zones the
+    controller itself changed, kept until the host reads the log with RAE=0.
+    More than :data:`~nvmefast.zns.CHANGED_ZONE_LIST_MAX` make it an
+    overflow, which the log reports as FFFFh and a read clears."""
+
+    def __init__(self) -> None:
+        self._zones: dict[int, list[int]] = {}
+        self._overflow: set[int] = set()
+
+    def add(self, nsid: int, zslbas: Sequence[int] | None) -> None:
+        """Record changed zones of ``nsid``; None: more than the core could list."""
+        if zslbas is None:
+            self._overflow.add(nsid)
+            return
+        listed = self._zones.setdefault(nsid, [])
+        listed.extend(z for z in zslbas if z not in listed)
+        if len(listed) > CHANGED_ZONE_LIST_MAX:
+            self._overflow.add(nsid)
+
+    def report(self, nsid: int) -> list[int] | None:
+        """What the log of ``nsid`` shows now: the ZSLBAs, or None for an overflow."""
+        if nsid in self._overflow:
+            return None
+        return list(self._zones.get(nsid, ()))
+
+    def clear(self, nsid: int, reported: list[int] | None) -> None:
+        """The host read ``reported`` with RAE=0: forget it (a change since stays)."""
+        if reported is None:
+            self._overflow.discard(nsid)
+            self._zones.pop(nsid, None)
+            return
+        remaining = [z for z in self._zones.get(nsid, ()) if z not in reported]
+        if remaining:
+            self._zones[nsid] = remaining
+        else:
+            self._zones.pop(nsid, None)
+
+
+def _io_effects(admin: Admin, cmd: AdminCommand) -> Mapping[int, int]:
+    """The I/O opcodes' effects of the command set CDW14 CSI names."""
+    if admin.css == CSS_NVM:
+        return IO_OPCODE_EFFECTS  # CSI is ignored unless every command set is selected
+    if admin.css != CSS_ALL:
+        return {}  # Admin Command Set only: no I/O command is supported
+    csi = cmd.cdw14 >> 24
+    if csi == CSI_NVM:
+        return IO_OPCODE_EFFECTS
+    if csi == CSI_ZNS:
+        return ZONED_OPCODE_EFFECTS
+    raise Reject(Status.INVALID_FIELD, param_location(_CDW14 + 3))
+
+
+def _check_zoned_nsid(admin: Admin, nsid: int) -> None:
+    # The Changed Zone List is per namespace: an active zoned one.
+    namespaces = admin.config.namespaces
+    if not (is_active(admin, nsid) and namespace_csi(namespaces[nsid - 1]) == CSI_ZNS):
+        raise Reject(Status.INVALID_FIELD, param_location(NSID))
 
 
 def _smart(admin: Admin, smart: Mapping[str, int]) -> bytes:
@@ -129,8 +197,9 @@ def get_log_page(admin: Admin, cmd: AdminCommand) -> Result:
     offset = cmd.cdw13 << 32 | cmd.cdw12
     if lid not in SUPPORTED:
         raise Reject(Status.INVALID_LOG_PAGE, param_location(CDW10))
-    if lid == LogPageId.COMMANDS_SUPPORTED_AND_EFFECTS and cmd.cdw14 >> 24 != CSI_NVM:
-        raise Reject(Status.INVALID_FIELD, param_location(_CDW14 + 3))
+    io_effects = _io_effects(admin, cmd) if lid == LogPageId.COMMANDS_SUPPORTED_AND_EFFECTS else {}
+    if lid == LogPageId.CHANGED_ZONE_LIST:
+        _check_zoned_nsid(admin, cmd.nsid)
     if lid == LogPageId.SMART_HEALTH and cmd.nsid not in (0, 0xFFFFFFFF):
         # LPA bit 0 is clear: SMART is kept for the controller as a whole only
         # (5.14.1.2), so a namespace-specific request is an invalid field.
@@ -138,9 +207,12 @@ def get_log_page(admin: Admin, cmd: AdminCommand) -> Result:
     limit = admin.config.mdts_bytes or NO_MDTS_LOG_LIMIT
     if length > limit:
         raise Reject(Status.INVALID_FIELD, param_location(CDW10 + 2))
-    # Errors the core saw come first: they happened before this command.
+    # Errors (and zone changes) the core saw come first: they happened before this command.
     admin.collect_engine_errors()
+    if lid == LogPageId.CHANGED_ZONE_LIST:
+        admin.collect_changed_zones(cmd.nsid)
     reported: frozenset[int] = frozenset()
+    zones: list[int] | None = []
     with admin.lock:
         match lid:
             case LogPageId.ERROR_INFORMATION:
@@ -152,8 +224,11 @@ def get_log_page(admin: Admin, cmd: AdminCommand) -> Result:
             case LogPageId.CHANGED_NAMESPACE_LIST:
                 reported = frozenset(admin.changed_nsids)
                 log = build_changed_ns_list(reported)
+            case LogPageId.CHANGED_ZONE_LIST:
+                zones = admin.changed_zones.report(cmd.nsid)
+                log = build_changed_zone_list(zones)
             case _:
-                log = build_command_effects_log(admin.command_effects(), IO_OPCODE_EFFECTS)
+                log = build_command_effects_log(admin.command_effects(), io_effects)
     if lid == LogPageId.SMART_HEALTH:
         log = _smart(admin, admin.engine.smart())
     if offset & 0x3 or offset > len(log):
@@ -168,6 +243,9 @@ def get_log_page(admin: Admin, cmd: AdminCommand) -> Result:
             # Only what was reported: a change since then stays for the next read.
             with admin.lock:
                 admin.changed_nsids -= reported
+        if lid == LogPageId.CHANGED_ZONE_LIST:
+            with admin.lock:
+                admin.changed_zones.clear(cmd.nsid, zones)
         if lid in LOG_PAGE_EVENT_TYPE:
             admin.clear_event(LOG_PAGE_EVENT_TYPE[lid])
     return (Status.SUCCESS, 0)

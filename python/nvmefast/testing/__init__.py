@@ -14,6 +14,11 @@ through the same embedding contract a VMM uses::
             host.create_io_queue_pair(1)
             host.write(1, 0, b"x" * 512)
             assert host.read(1, 0, 1) == b"x" * 512
+
+Zoned namespaces: ``host.zone_report``, ``host.zones``, ``host.zone_send``
+(a :class:`ZoneSendAction`, optionally Select All) and ``host.zone_append``
+(returns the assigned LBA); zones come back as :class:`ZoneDescriptor` with
+a :class:`ZoneState`. :mod:`nvmefast.testing.zns` has the rest.
 """
 
 from nvmefast.testing.doorbells import HostDoorbells, ShadowBuffers, need_event
@@ -27,6 +32,9 @@ from nvmefast.testing.sgl import (
     PSDT_SGL, SglDescriptor, SglSet, bit_bucket, build_sgl, data_block, last_segment, segment,
 )
 from nvmefast.testing.sqe import Completion, build_sqe
+from nvmefast.testing.zns import (
+    ReportFilter, ZoneAttribute, ZoneDescriptor, ZoneReport, ZoneSendAction, ZoneState,
+)
 
 __all__ = [
     "PAGE_SIZE",
@@ -42,9 +50,15 @@ __all__ = [
     "MsixTable",
     "PrpSet",
     "QueuePair",
+    "ReportFilter",
     "SglDescriptor",
     "SglSet",
     "ShadowBuffers",
+    "ZoneAttribute",
+    "ZoneDescriptor",
+    "ZoneReport",
+    "ZoneSendAction",
+    "ZoneState",
     "bit_bucket",
     "build_prps",
     "build_sgl",

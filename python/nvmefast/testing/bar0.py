@@ -19,8 +19,25 @@ CC_EN = 1 << 0
 CC_SHN_NORMAL = 0b01 << 14
 CC_SHN_MASK = 0b11 << 14
 # CSS 000b (NVM), MPS 0 (4 KiB), AMS 000b (round robin), SHN 00b, IOSQES 6 (64 B),
-# IOCQES 4 (16 B): the value Linux nvme_enable_ctrl programs on x86.
+# IOCQES 4 (16 B): the value Linux nvme_enable_ctrl programs on x86 (CSS aside: see cc_linux).
 CC_LINUX = (0 << 4) | (0 << 7) | (0 << 11) | (6 << 16) | (4 << 20)
+CC_CSS_SHIFT = 4
+CC_CSS_MASK = 0b111 << CC_CSS_SHIFT
+CSS_NVM = 0b000
+"""CC.CSS: the NVM Command Set only."""
+CSS_ALL = 0b110
+"""CC.CSS: all supported I/O Command Sets (needs CAP.CSS bit 6)."""
+CSS_ADMIN_ONLY = 0b111
+"""CC.CSS: the Admin Command Set only (needs CAP.CSS bit 7)."""
+CAP_CSS_SHIFT = 37
+"""CAP.CSS is bits 44:37."""
+
+
+def cc_linux(cap: int) -> int:
+    """CC as Linux ``nvme_enable_ctrl`` programs it: CSS 110b when CAP.CSS bit 6
+    says the controller supports I/O Command Set selection, else 000b."""
+    css = CSS_ALL if (cap >> CAP_CSS_SHIFT) & (1 << 6) else CSS_NVM
+    return CC_LINUX | css << CC_CSS_SHIFT
 
 CSTS_RDY = 1 << 0
 CSTS_CFS = 1 << 1

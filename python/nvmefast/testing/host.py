@@ -20,9 +20,9 @@ from nvmefast.controller import Controller
 from nvmefast.errors import CommandError, HostTimeoutError, NvmeFastError
 from nvmefast.testing import sqe as op
 from nvmefast.testing.bar0 import (
-    CC_EN, CC_LINUX, CC_SHN_MASK, CC_SHN_NORMAL, CSTS_RDY, CSTS_SHST_COMPLETE, CSTS_SHST_MASK,
+    CC_CSS_SHIFT, CC_EN, CC_LINUX, CC_SHN_MASK, CC_SHN_NORMAL, CSTS_RDY, CSTS_SHST_COMPLETE, CSTS_SHST_MASK,
     CSTS_SHST_SHIFT, REG_ACQ, REG_AQA, REG_ASQ, REG_CAP, REG_CC, REG_CSTS, cq_head_doorbell,
-    sq_tail_doorbell,
+    cc_linux, sq_tail_doorbell,
 )
 from nvmefast.testing.doorbells import HostDoorbells, ShadowBuffers, dbbuf_set
 from nvmefast.testing.identify import IdentifyController, IdentifyNamespace
@@ -33,6 +33,8 @@ from nvmefast.testing.prp import PrpSet, build_prps, data_pointers
 from nvmefast.testing.queues import CompletionQueue, QueuePair, SubmissionQueue, Vector
 from nvmefast.testing.sgl import DESCRIPTORS_PER_PAGE, SglDescriptor, SglSet, build_sgl
 from nvmefast.testing.sqe import CQE_SIZE, SQE_SIZE, Completion, build_sqe, sqe_with_cid
+from nvmefast.testing import zns
+from nvmefast.testing.zns import ZoneDescriptor, ZoneReport
 
 MiB = 1 << 20
 
@@ -216,8 +218,12 @@ class Host:
             for vector in self._vectors.values():
                 vector.cqs.clear()
 
-    def enable(self, timeout: float = 5) -> None:
-        """Bring the controller up as ``nvme_pci_configure_admin_queue`` + ``nvme_enable_ctrl`` do."""
+    def enable(self, timeout: float = 5, *, css: int | None = None) -> None:
+        """Bring the controller up as ``nvme_pci_configure_admin_queue`` + ``nvme_enable_ctrl`` do.
+
+        CC.CSS is what Linux picks (110b when CAP.CSS offers I/O Command Set
+        selection, else 000b) unless ``css`` gives it (0b000, 0b110, 0b111).
+        """
         self.cap = int(self.controller.bar0_read(REG_CAP, 8))
         self.dstrd = (self.cap >> 32) & 0xF
         self.mqes = self.cap & 0xFFFF
@@ -232,9 +238,10 @@ class Host:
         self._writeq_lo_hi(REG_ASQ, sq_iova)
         self._writeq_lo_hi(REG_ACQ, cq_iova)
         # Program CC without EN, read it back (flushes the posted write on PCI), then set EN.
-        self.controller.bar0_write(REG_CC, CC_LINUX, 4)
+        cc = cc_linux(self.cap) if css is None else CC_LINUX | css << CC_CSS_SHIFT
+        self.controller.bar0_write(REG_CC, cc, 4)
         self.controller.bar0_read(REG_CC, 4)
-        self.controller.bar0_write(REG_CC, CC_LINUX | CC_EN, 4)
+        self.controller.bar0_write(REG_CC, cc | CC_EN, 4)
         self._wait_csts(CSTS_RDY, CSTS_RDY, timeout, "enable (CC.EN=1)")
         with self._lock:
             self._sqs[0] = SubmissionQueue(0, sq_iova, entries, 0)
@@ -444,11 +451,11 @@ class Host:
             self.free_prps(prps)
             self.free(buf)
 
-    def identify(self, cns: int, nsid: int = 0, cntid: int = 0) -> bytes:
-        """Raw Identify data (4096 bytes) for ``cns``."""
+    def identify(self, cns: int, nsid: int = 0, cntid: int = 0, *, csi: int = 0) -> bytes:
+        """Raw Identify data (4096 bytes) for ``cns`` (``csi``: CDW11 bits 31:24)."""
         return self._admin_read(
-            {"nsid": nsid, "cdw10": cns | cntid << 16}, op.ADMIN_IDENTIFY, 4096,
-            f"Identify CNS {cns:#04x} NSID {nsid}"
+            {"nsid": nsid, "cdw10": cns | cntid << 16, "cdw11": csi << 24}, op.ADMIN_IDENTIFY, 4096,
+            f"Identify CNS {cns:#04x} NSID {nsid} CSI {csi}"
         )
 
     def identify_controller(self) -> IdentifyController:
@@ -634,6 +641,44 @@ class Host:
         completion = self.io(build_sqe(op.IO_FLUSH, nsid=nsid), qid, timeout)
         if not completion.ok:
             raise command_error(completion, op.IO_FLUSH, f"Flush nsid {nsid}")
+
+    # Zoned Namespace Command Set (nvmefast.testing.zns has the structures)
+
+    def zone_report(self, nsid: int, slba: int = 0, nbytes: int = 4096, *, qid: int = 1,
+                    report_filter: int = 0, partial: bool = False, extended: bool = False) -> ZoneReport:
+        """One Report Zones (``extended``: Extended Report Zones) into an ``nbytes`` buffer
+        from the zone holding ``slba``; raises CommandError on a failed status."""
+        zdes_bytes = 0
+        if extended:
+            idns = zns.IdentifyNamespaceZns.parse(self.identify(0x05, nsid, csi=zns.CSI_ZNS))
+            zdes_bytes = 64 * idns.lbafe[self.identify_namespace(nsid).format_index][1]
+        action = zns.ZRA_EXTENDED_REPORT if extended else zns.ZRA_REPORT
+        c, data = zns.zone_receive(self, nsid, slba, nbytes, qid=qid, action=action,
+                                   report_filter=report_filter, partial=partial)  # fmt: skip
+        zns.check(c, zns.IO_ZONE_MANAGEMENT_RECEIVE, f"Zone Management Receive nsid {nsid} slba {slba}")
+        return ZoneReport.parse(data, zdes_bytes)
+
+    def zones(self, nsid: int, *, qid: int = 1, report_filter: int = 0) -> list[ZoneDescriptor]:
+        """Every zone of ``nsid`` (matching ``report_filter``), walked by Partial reports as Linux does."""
+        return zns.all_zones(self, nsid, qid=qid, report_filter=report_filter)
+
+    def zone_send(self, nsid: int, slba: int, action: int, *, select_all: bool = False,
+                  data: bytes | None = None, qid: int = 1, check: bool = True) -> Completion:
+        """Zone Management Send ``action`` (a :class:`~nvmefast.testing.zns.ZoneSendAction`) to the
+        zone at ``slba``, or to every zone it applies to with ``select_all``; ``data`` is the
+        descriptor extension of Set Zone Descriptor Extension. Raises CommandError on a failed
+        status unless ``check`` is False."""
+        c = zns.zone_send(self, nsid, slba, action, select_all=select_all, data=data, qid=qid)
+        if check:
+            zns.check(c, zns.IO_ZONE_MANAGEMENT_SEND, f"Zone Management Send {action:#04x} nsid {nsid} slba {slba}")
+        return c
+
+    def zone_append(self, nsid: int, zslba: int, data: bytes, *, qid: int = 1, fua: bool = False) -> int:
+        """Zone Append ``data`` to the zone starting at ``zslba``; returns the assigned LBA
+        (CQE DW0/DW1). Raises CommandError on a failed status."""
+        c = zns.zone_append(self, nsid, zslba, data, qid=qid, cdw12_flags=CDW12_FUA if fua else 0)
+        zns.check(c, zns.IO_ZONE_APPEND, f"Zone Append nsid {nsid} zslba {zslba} {len(data)} bytes")
+        return zns.assigned_lba(c)
 
     # misc
 

@@ -94,7 +94,7 @@ pub(super) struct Held {
     cqid: u16,
     cid: u16,
     status: Status,
-    dw0: u32,
+    dw0: u64,
     abortable: bool,
     fetch: Option<Fetched>,
 }
@@ -154,7 +154,7 @@ impl Pending {
         qid: u16,
         cqid: u16,
         cid: u16,
-        (status, dw0): (Status, u32),
+        (status, dw0): (Status, u64),
         abortable: bool,
         fetch: Option<Fetched>,
     ) {
@@ -229,7 +229,8 @@ impl Before {
                 stop: true,
             },
             Action::PowerLoss => Before::PowerLoss,
-            Action::Delay { .. }
+            Action::Zone(_)
+            | Action::Delay { .. }
             | Action::Corrupt { .. }
             | Action::CorruptPi { .. }
             | Action::DropIrq
@@ -306,9 +307,21 @@ impl Shared {
         qid: u16,
         fetch: Option<Fetched>,
         w: usize,
+        out: &mut Signals,
     ) -> Option<(Action, u64)> {
         let cmd = fetch.unwrap_or_else(|| Trace::fetched(sqe, qid, 0, w as u16));
-        let (_, action) = rules::first_firing(&self.faults.rules.load(), &cmd)?;
+        let zones = if qid == 0 {
+            None
+        } else {
+            self.zone_span(sqe, &cmd)
+        };
+        let (_, action, zone) = rules::first_firing(&self.faults.rules.load(), &cmd, zones)?;
+        if let (Action::Zone(a), Some((first, _))) = (action, zones) {
+            // The controller's own transition, before the command runs.
+            if self.zone_fault(cmd.nsid, zone.unwrap_or(first), a) {
+                out.events.push(super::worker::Event::Zones(cmd.nsid));
+            }
+        }
         if action == Action::Cfs {
             self.fatal.store(true, Ordering::SeqCst);
         }
@@ -329,7 +342,7 @@ impl Shared {
         action: Action,
         gen: u64,
         (qid, cqid, cid): (u16, u16, u16),
-        result: (Status, u32),
+        result: (Status, u64),
         fetch: Option<Fetched>,
     ) -> bool {
         match action {
@@ -403,7 +416,7 @@ impl Shared {
                 self.trace.admin_done(h.cid, st.field(), dw0);
             }
             if cq
-                .post(&mem, Cqe::new(h.qid, h.cid, st, dw0), sqhd)
+                .post(&mem, Cqe::with_result(h.qid, h.cid, st, dw0), sqhd)
                 .is_err()
             {
                 q.stats.cqe_post_errors += 1;
@@ -475,6 +488,10 @@ impl Shared {
             .map(|ns| {
                 // The metadata of the blocks rolled back goes back with them.
                 ns.meta.power_loss();
+                if let Some(z) = &ns.zones {
+                    // The write pointers go back to their durable values too.
+                    z.power_loss();
+                }
                 ns.cache.power_loss(&ns.backend).unwrap_or(0)
             })
             .sum()
@@ -582,6 +599,8 @@ impl Engine {
             ns.cache.set_enabled(wc);
             if !ns.cache.set_tracking(&ns.backend, on) {
                 untracked.push(i as u32 + 1);
+            } else if let Some(z) = &ns.zones {
+                z.track(on);
             }
             ns.meta.flushed();
         }

@@ -2,8 +2,8 @@
 //! it when a rule fires.
 //!
 //! A rule matches on the queue (any I/O queue, the admin queue, or one
-//! queue ID), the opcode, the NSID and an LBA range (overlap with the
-//! command's). A matching command counts as *matched*; the rule then lets
+//! queue ID), the opcode, the NSID, an LBA range (overlap with the
+//! command's) and a zone (of a zoned namespace: one the command touches). A matching command counts as *matched*; the rule then lets
 //! its first `skip` matches pass, fires with `probability` (a deterministic
 //! draw from the rule's seed and the match's number, so a run can be
 //! repeated), and stops firing after `count` hits. Rules are tried in the
@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::super::trace::Fetched;
 use crate::spec::opcode::io;
 use crate::spec::Status;
+use crate::zns::ZoneAction;
 
 /// Errors of rule construction (embedder input).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -39,6 +40,9 @@ pub enum RuleError {
     /// A status of Successful Completion would not be a fault.
     #[error("status 0/0 is Successful Completion; give a non-zero SCT or SC")]
     SuccessStatus,
+    /// A zone matcher on the admin queue (admin commands touch no zone).
+    #[error("admin commands touch no zone; drop zone or match I/O queues")]
+    AdminZone,
     /// A delay longer than an hour (a typo of units, surely).
     #[error(
         "delay of {0} ns is longer than an hour; use \"never\" for a command that never completes"
@@ -72,6 +76,9 @@ pub struct Match {
     /// Inclusive LBA range; matches commands whose range overlaps it (only
     /// commands with an LBA range: Read, Write, Compare, Write Zeroes, ...).
     pub lba: Option<(u64, u64)>,
+    /// Zone index (of a zoned namespace); matches commands that touch it:
+    /// an LBA range in it, or a zone command naming it (Select All: every zone).
+    pub zone: Option<u64>,
 }
 
 /// What happens to a command a rule fires on.
@@ -110,6 +117,10 @@ pub enum Action {
     /// Surprise power loss: writes not yet flushed are dropped, every
     /// command is lost, the controller is off until powered on.
     PowerLoss,
+    /// The controller's own change to the zone matched (the rule's zone,
+    /// else the zone of the command's first LBA), with a Zone Descriptor
+    /// Changed event when it changed; then the command runs.
+    Zone(ZoneAction),
 }
 
 impl Action {
@@ -126,6 +137,10 @@ impl Action {
             Action::DelayIrq { .. } => "delay-irq",
             Action::Cfs => "cfs",
             Action::PowerLoss => "power-loss",
+            Action::Zone(ZoneAction::ReadOnly) => "zone-readonly",
+            Action::Zone(ZoneAction::Offline) => "zone-offline",
+            Action::Zone(ZoneAction::FinishRecommended) => "zone-finish-recommended",
+            Action::Zone(ZoneAction::ResetRecommended) => "zone-reset-recommended",
         }
     }
 
@@ -211,7 +226,10 @@ impl Rule {
             if matcher.lba.is_some() {
                 return Err(RuleError::AdminLba);
             }
-            if action.corrupts() {
+            if matcher.zone.is_some() {
+                return Err(RuleError::AdminZone);
+            }
+            if action.corrupts() || matches!(action, Action::Zone(_)) {
                 return Err(RuleError::IoOnly {
                     action: action.name(),
                 });
@@ -250,9 +268,15 @@ impl Rule {
         self.hits.load(Ordering::Relaxed)
     }
 
-    /// True when `cmd` matches the rule's matcher.
-    fn matches(&self, cmd: &Fetched) -> bool {
+    /// True when `cmd`, touching zones `zones` (first, last) of a zoned
+    /// namespace, matches the rule's matcher.
+    fn matches(&self, cmd: &Fetched, zones: Option<(u64, u64)>) -> bool {
         let m = &self.matcher;
+        if let Some(n) = m.zone {
+            if !zones.is_some_and(|(a, b)| a <= n && n <= b) {
+                return false;
+            }
+        }
         let queue = match m.queue {
             QueueMatch::Io => cmd.qid != 0,
             QueueMatch::Admin => cmd.qid == 0,
@@ -282,8 +306,8 @@ impl Rule {
     }
 
     /// Counts a match of `cmd` and decides whether the rule fires on it.
-    fn fire(&self, cmd: &Fetched) -> bool {
-        if !self.matches(cmd) {
+    fn fire(&self, cmd: &Fetched, zones: Option<(u64, u64)>) -> bool {
+        if !self.matches(cmd, zones) {
             return false;
         }
         let n = self.matched.fetch_add(1, Ordering::Relaxed);
@@ -321,9 +345,17 @@ fn draw(seed: u64, n: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The first rule of `rules` that fires on `cmd`: its id and action.
-pub fn first_firing(rules: &[std::sync::Arc<Rule>], cmd: &Fetched) -> Option<(u64, Action)> {
-    rules.iter().find(|r| r.fire(cmd)).map(|r| (r.id, r.action))
+/// The first rule of `rules` that fires on `cmd` (touching zones `zones`
+/// of a zoned namespace): its id, action and zone matcher.
+pub fn first_firing(
+    rules: &[std::sync::Arc<Rule>],
+    cmd: &Fetched,
+    zones: Option<(u64, u64)>,
+) -> Option<(u64, Action, Option<u64>)> {
+    rules
+        .iter()
+        .find(|r| r.fire(cmd, zones))
+        .map(|r| (r.id, r.action, r.matcher.zone))
 }
 
 #[cfg(test)]
@@ -348,6 +380,16 @@ mod tests {
             opcode: None,
             nsid: None,
             lba: None,
+            zone: None,
+        }
+    }
+
+    impl Rule {
+        fn matches_t(&self, cmd: &Fetched) -> bool {
+            self.matches(cmd, None)
+        }
+        fn fire_t(&self, cmd: &Fetched) -> bool {
+            self.fire(cmd, None)
         }
     }
 
@@ -363,19 +405,20 @@ mod tests {
                 opcode: Some(io::READ),
                 nsid: Some(1),
                 lba: Some((100, 199)),
+                zone: None,
             },
             Firing::default(),
         );
-        assert!(r.matches(&read(2, 1, 100, 1)));
-        assert!(r.matches(&read(2, 1, 90, 11)), "overlaps its first LBA");
-        assert!(r.matches(&read(2, 1, 199, 8)), "overlaps its last LBA");
-        assert!(!r.matches(&read(2, 1, 90, 10)), "ends just before");
-        assert!(!r.matches(&read(2, 1, 200, 1)), "starts just after");
-        assert!(!r.matches(&read(1, 1, 100, 1)), "other queue");
-        assert!(!r.matches(&read(2, 2, 100, 1)), "other namespace");
+        assert!(r.matches_t(&read(2, 1, 100, 1)));
+        assert!(r.matches_t(&read(2, 1, 90, 11)), "overlaps its first LBA");
+        assert!(r.matches_t(&read(2, 1, 199, 8)), "overlaps its last LBA");
+        assert!(!r.matches_t(&read(2, 1, 90, 10)), "ends just before");
+        assert!(!r.matches_t(&read(2, 1, 200, 1)), "starts just after");
+        assert!(!r.matches_t(&read(1, 1, 100, 1)), "other queue");
+        assert!(!r.matches_t(&read(2, 2, 100, 1)), "other namespace");
         let mut w = read(2, 1, 100, 1);
         w.opcode = io::WRITE;
-        assert!(!r.matches(&w), "other opcode");
+        assert!(!r.matches_t(&w), "other opcode");
         let mut flush = read(2, 1, 0, 0);
         flush.opcode = io::FLUSH;
         let lba_only = rule(
@@ -386,16 +429,16 @@ mod tests {
             Firing::default(),
         );
         assert!(
-            !lba_only.matches(&flush),
+            !lba_only.matches_t(&flush),
             "no LBA range, no overlap with one"
         );
         assert!(
-            lba_only.matches(&read(1, 1, u64::MAX, 65536)),
+            lba_only.matches_t(&read(1, 1, u64::MAX, 65536)),
             "no overflow at the end"
         );
         let io_rule = rule(any_io(), Firing::default());
         assert!(
-            !io_rule.matches(&read(0, 0, 0, 0)),
+            !io_rule.matches_t(&read(0, 0, 0, 0)),
             "io does not match admin"
         );
         let admin = rule(
@@ -405,7 +448,7 @@ mod tests {
             },
             Firing::default(),
         );
-        assert!(admin.matches(&read(0, 0, 0, 0)) && !admin.matches(&read(1, 1, 0, 1)));
+        assert!(admin.matches_t(&read(0, 0, 0, 0)) && !admin.matches_t(&read(1, 1, 0, 1)));
     }
 
     #[test]
@@ -418,7 +461,7 @@ mod tests {
                 ..Firing::default()
             },
         );
-        let fired: Vec<bool> = (0..8).map(|i| r.fire(&read(1, 1, i, 1))).collect();
+        let fired: Vec<bool> = (0..8).map(|i| r.fire_t(&read(1, 1, i, 1))).collect();
         assert_eq!(fired, [false, false, true, true, true, false, false, false]);
         assert_eq!((r.matched(), r.hits()), (8, 3));
         assert!(r.spent());
@@ -433,13 +476,13 @@ mod tests {
         };
         let a = rule(any_io(), firing);
         let b = rule(any_io(), firing);
-        let fa: Vec<bool> = (0..4000).map(|i| a.fire(&read(1, 1, i, 1))).collect();
-        let fb: Vec<bool> = (0..4000).map(|i| b.fire(&read(1, 1, i, 1))).collect();
+        let fa: Vec<bool> = (0..4000).map(|i| a.fire_t(&read(1, 1, i, 1))).collect();
+        let fb: Vec<bool> = (0..4000).map(|i| b.fire_t(&read(1, 1, i, 1))).collect();
         assert_eq!(fa, fb, "same seed, same commands, same hits");
         let hits = a.hits();
         assert!((800..1200).contains(&hits), "{hits} hits of 4000 at p=0.25");
         let c = rule(any_io(), Firing { seed: 8, ..firing });
-        let fc: Vec<bool> = (0..4000).map(|i| c.fire(&read(1, 1, i, 1))).collect();
+        let fc: Vec<bool> = (0..4000).map(|i| c.fire_t(&read(1, 1, i, 1))).collect();
         assert_ne!(fa, fc, "another seed, other commands");
     }
 
@@ -460,11 +503,11 @@ mod tests {
         let always = Arc::new(Rule::new(2, any_io(), Action::DropIrq, Firing::default()).unwrap());
         let rules = [once.clone(), always.clone()];
         assert_eq!(
-            first_firing(&rules, &read(1, 1, 0, 1)),
+            first_firing(&rules, &read(1, 1, 0, 1), None).map(|(i, a, _)| (i, a)),
             Some((1, Action::Status(Status::WRITE_FAULT)))
         );
         assert_eq!(
-            first_firing(&rules, &read(1, 1, 0, 1)),
+            first_firing(&rules, &read(1, 1, 0, 1), None).map(|(i, a, _)| (i, a)),
             Some((2, Action::DropIrq))
         );
         assert_eq!((once.hits(), always.hits()), (1, 1));
@@ -556,8 +599,8 @@ mod tests {
         .unwrap();
         let mut w = read(1, 1, 0, 1);
         w.opcode = io::WRITE;
-        assert!(!r.fire(&w));
-        assert!(r.fire(&read(1, 1, 0, 1)));
+        assert!(!r.fire_t(&w));
+        assert!(r.fire_t(&read(1, 1, 0, 1)));
         assert_eq!(r.matched(), 1);
     }
 }

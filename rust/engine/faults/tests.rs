@@ -23,6 +23,7 @@ fn io_rule(action: Action) -> (Match, Action, Firing) {
             opcode: None,
             nsid: None,
             lba: None,
+            zone: None,
         },
         action,
         Firing::default(),
@@ -119,6 +120,7 @@ fn a_delayed_completion_arrives_late_and_after_later_commands() {
     let rule = (
         Match {
             lba: Some((100, 100)),
+            zone: None,
             ..io_rule(Action::DropIrq).0
         },
         Action::Delay {
@@ -334,6 +336,7 @@ fn admin_rules_fail_hold_or_delay_admin_commands() {
         opcode: Some(0x06),
         nsid: None,
         lba: None,
+        zone: None,
     };
     let st = Status::new(1, 0x0b).dnr();
     let f = Firing {
