@@ -312,3 +312,15 @@ def test_bench_zoned_prints_every_workload_beside_plain_writes() -> None:
     bad = subprocess.run([sys.executable, "-m", "nvmefast.cli", "bench", "--zoned", "--size", "64M", "--zone-size", "3M"],
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2 and "not a power of two" in bad.stderr
+
+
+def test_a_zoned_namespace_has_no_metadata() -> None:
+    # The zone rules sit on the data path without metadata: the combination is
+    # refused by the config and, for a direct Engine user, by the core.
+    with pytest.raises(ConfigError, match="zoned namespace cannot have metadata"):
+        NamespaceConfig(size_bytes=16 << 20, lba_size=4096, metadata_size=8, pi_type=1,
+                        zones=ZoneConfig(size_bytes=1 << 20))
+    with pytest.raises(ConfigError, match="zoned namespace cannot have metadata"):
+        Engine(namespaces=[{"size_bytes": 16 << 20, "lba_size": 4096, "backend": "ram", "metadata_size": 8,
+                            "zones": {"size_bytes": 1 << 20}}],
+               msix_vectors=2, max_qid=2, max_queue_entries=64, mdts_bytes=0, poll_us=0)
