@@ -201,6 +201,23 @@ SQE_SEEDS: dict[str, bytes] = {
     "loss-handlers-fault": loss(
         lba(WRITE, 1, 0, 8, prp1=E), cut=0, size=0, reinstall=True, decoy=True,
     ),
+    # Shapes the first fuzzing run of the loss inputs reached, written out.
+    "loss-file-list-mixed": loss(
+        lba(WRITE, 4, 0, 40, prp1=0x1000, prp2=0x3000), cut=0, size=0x2800,
+        guest_bytes=guest((0x3000, qwords(0x2000, E + 0x1000, E + 0x3000, 0x4000, 0x5000))),
+    ),
+    "loss-copy-after-loss": loss(
+        lba(READ, 3, 0, 1, prp1=E + 0x3000), make_sqe(COPY, 1, 3, prp1=E, cdw10=8, cdw12=0),
+        cut=0, size=0x3000, guest_bytes=guest((0, struct.pack("<8xQH14x", 0, 1))),
+    ),
+    "loss-sgl-tail-of-page": loss(
+        lba(READ, 1, 0, 2, **sgl1(E + 0x800, 32, 3)), cut=0, size=0x900,
+        guest_bytes=guest((0x800, sgl_desc(E + 0xA00, 512, 0) + sgl_desc(0x1000, 512, 0))),
+    ),
+    "loss-readonly-handlers-after": loss(
+        lba(COMPARE, 1, 0, 1, prp1=E + 0x1000), lba(WRITE, 3, 0, 1, prp1=E + 0x2000), cut=1, size=0x1800,
+        readonly=True, reinstall=True, decoy=True,
+    ),
 }
 
 
