@@ -5,6 +5,7 @@ percent, instruction counts repeat within a percent.
 
     python bench/callgrind_zoned_cost.py --op read --backend null
     python bench/callgrind_zoned_cost.py --op write --backend ram [--zoned]
+    python bench/callgrind_zoned_cost.py --op append --backend ram   (always zoned)
 
 runs itself twice under ``valgrind --tool=callgrind --separate-threads=yes``
 with an interrupt-mode worker and QD 1 4 KiB commands submitted one at a
@@ -39,24 +40,28 @@ def workload(op: str, backend: str, zoned: bool, commands: int) -> None:
     from nvmefast.testing import Host, build_sqe
 
     kw = {}
+    zoned = zoned or op == "append"
     if zoned:
         from nvmefast import ZoneConfig  # type: ignore[attr-defined]
 
         kw["zones"] = ZoneConfig(size_bytes=4 << 20)
     ns = NamespaceConfig(size_bytes=64 << 20, lba_size=512, backend=backend, **kw)
     cfg = ControllerConfig(namespaces=[ns], polling="interrupt", max_io_queue_pairs=1)
-    opcode = 0x02 if op == "read" else 0x01
+    opcode = {"read": 0x02, "write": 0x01, "append": 0x7D}[op]
     with Controller(cfg) as ctrl, Host(ctrl, memory_bytes=4 << 20) as host:
         host.enable()
         host.create_io_queue_pair(1, entries=16)
         buf = host.alloc(4096)
         lba = 0
+        zone_lbas = (4 << 20) // 512
 
         def one() -> None:
             nonlocal lba
-            c = host.io(build_sqe(opcode, nsid=1, prp1=buf, cdw10=lba, cdw12=7))
+            # A Zone Append names its zone's start; the blocks go to its write pointer.
+            slba = lba - lba % zone_lbas if op == "append" else lba
+            c = host.io(build_sqe(opcode, nsid=1, prp1=buf, cdw10=slba, cdw12=7))
             assert c.ok, c
-            if op == "write":
+            if op != "read":
                 lba = (lba + 8) % (64 << 11)
 
         for _ in range(16):  # warm-up: first-touch paths, lazy state
@@ -111,7 +116,7 @@ def one_run(args: argparse.Namespace, commands: int) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--op", choices=["read", "write"], default="read")
+    p.add_argument("--op", choices=["read", "write", "append"], default="read")
     p.add_argument("--backend", choices=["null", "ram"], default="null")
     p.add_argument("--zoned", action="store_true", help="serve the namespace zoned")
     p.add_argument("--commands", type=int, default=1000, help="commands in the long run (the short one does a fifth)")
