@@ -610,6 +610,20 @@ class ControllerConfig:
       between looks instead of spinning), ``"interrupt"`` (never poll) or
       ``"poll"`` (never sleep: for benchmarks and doorbell pages written
       without an ioeventfd).
+    - ``capacity_bytes``: the NVM capacity of the subsystem (Identify
+      TNVMCAP), which the configured namespaces and those created by
+      Namespace Management or added by ``Controller.add_namespace`` draw on
+      (each its size in bytes); what is left is UNVMCAP. ``None`` (default):
+      what the configured namespaces take, so a host can create namespaces
+      only after deleting some, while the embedder's added namespaces raise
+      it. With a capacity ``namespaces`` may be empty.
+    - ``namespace_dir``: a directory (created if missing; its parent must
+      exist) where namespaces the host creates live as image files, and a
+      manifest with their NSIDs and attachment that a controller started
+      later with the same directory finds again (docs/namespaces.md).
+      ``None`` (default): created namespaces live in RAM, allocated as
+      written, and go with the controller. With a directory ``namespaces``
+      may be empty.
     - ``multi_controller``: claim, in Identify, that the NVM subsystem may
       have more controllers (CMIC bit 1) and that every namespace may be
       attached to more than one (NMIC bit 0). Off by default: Linux answers
@@ -636,6 +650,8 @@ class ControllerConfig:
     polling: str = "adaptive"
     multi_controller: bool = False
     cpus: Sequence[int] | None = None
+    capacity_bytes: int | None = None
+    namespace_dir: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
         namespaces = self.namespaces
@@ -647,10 +663,13 @@ class ControllerConfig:
         # frozen: object.__setattr__ is the documented way to normalise in
         # __post_init__; a tuple keeps the config hashable and immutable.
         object.__setattr__(self, "namespaces", tuple(namespaces))
-        if not 1 <= len(self.namespaces) <= MAX_NAMESPACES:
+        self._check_capacity()
+        fewest = 0 if self.capacity_bytes is not None or self.namespace_dir is not None else 1
+        if not fewest <= len(self.namespaces) <= MAX_NAMESPACES:
             raise ConfigError(
-                f"ControllerConfig.namespaces must hold 1..{MAX_NAMESPACES} namespaces, "
+                f"ControllerConfig.namespaces must hold {fewest}..{MAX_NAMESPACES} namespaces, "
                 f"got {len(self.namespaces)}"
+                + ("" if fewest == 0 else "; give capacity_bytes (or namespace_dir) to start with none")
             )
         for i, ns in enumerate(self.namespaces):
             if not isinstance(ns, NamespaceConfig):
@@ -698,6 +717,28 @@ class ControllerConfig:
                 "ControllerConfig.volatile_write_cache must be a bool, "
                 f"got {type(self.volatile_write_cache).__name__}"
             )
+
+    def _check_capacity(self) -> None:
+        if self.capacity_bytes is not None:
+            _check_int("ControllerConfig.capacity_bytes", self.capacity_bytes, 1, None)
+            # File namespaces of their file's size are checked once opened (the Controller does).
+            known = sum(ns.size_bytes or 0 for ns in self.namespaces if isinstance(ns, NamespaceConfig))
+            if known > self.capacity_bytes:
+                raise ConfigError(
+                    f"ControllerConfig.capacity_bytes {_size_text(self.capacity_bytes)} is less than the "
+                    f"configured namespaces take ({_size_text(known)}); raise it to at least that"
+                )
+        if self.namespace_dir is not None:
+            if not isinstance(self.namespace_dir, (str, os.PathLike)) or isinstance(self.namespace_dir, bytes):
+                raise ConfigError(
+                    f"ControllerConfig.namespace_dir must be a str or os.PathLike, got "
+                    f"{type(self.namespace_dir).__name__} {self.namespace_dir!r}"
+                )
+            path = os.fspath(self.namespace_dir)
+            if not path:
+                raise ConfigError("ControllerConfig.namespace_dir must name a directory, got ''")
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise ConfigError(f"ControllerConfig.namespace_dir {path!r} is not a directory; give a directory")
 
     @property
     def vectors(self) -> int:
