@@ -10,8 +10,10 @@ boundary. The Python side adds :class:`CommandError` and
 from __future__ import annotations
 
 from nvmefast._core import (
+    CapacityError,
     ConfigError,
     DmaMapError,
+    NamespaceError,
     NvmeFastError,
     QueueError,
     RegisterAccessError,
@@ -21,10 +23,12 @@ from nvmefast._core import (
 from nvmefast.status import describe, dnr_of, sc_of, sct_of
 
 __all__ = [
+    "CapacityError",
     "CommandError",
     "ConfigError",
     "DmaMapError",
     "HostTimeoutError",
+    "NamespaceError",
     "NvmeFastError",
     "QueueError",
     "RegisterAccessError",

@@ -314,6 +314,8 @@ pub fn engine_for(plan: &Plan) -> Result<Engine, String> {
         iothreads: plan.iothreads,
         affinity: Vec::new(),
         doorbell_stride: 4,
+        nn: 0,
+        capacity_bytes: 0,
     });
     if let Some(p) = path {
         let _ = std::fs::remove_file(p);
