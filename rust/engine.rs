@@ -892,6 +892,9 @@ mod file_tests;
 mod irq_tests;
 
 #[cfg(test)]
+mod ns_tests;
+
+#[cfg(test)]
 mod nvm_tests;
 
 #[cfg(test)]
