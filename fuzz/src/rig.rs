@@ -178,6 +178,8 @@ impl Rig {
             iothreads: 1,
             affinity: Vec::new(),
             doorbell_stride: 4,
+            nn: 0,
+            capacity_bytes: 0,
         })
         .expect("engine");
         for &(nsid, backend, ..) in model::NAMESPACES.iter() {

@@ -12,8 +12,10 @@ refuses.
 from __future__ import annotations
 
 from nvmefast._core import (
+    CapacityError,
     ConfigError,
     DmaMapError,
+    NamespaceError,
     NvmeFastError,
     QueueError,
     RegisterAccessError,
@@ -23,6 +25,7 @@ from nvmefast._core import (
 from nvmefast.status import describe, dnr_of, sc_of, sct_of
 
 __all__ = [
+    "CapacityError",
     "CommandError",
     "ConfigError",
     "DmaMapError",

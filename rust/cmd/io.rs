@@ -1,7 +1,7 @@
 //! NVM I/O commands (NVM Command Set 2.0): the dispatcher, the data pointer
 //! (PRP or SGL), and Read, Write, Flush. The other commands are in `nvm.rs`.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use super::prp;
 use super::segment::{self, Segment, Target};
@@ -17,7 +17,8 @@ pub struct Namespace {
     /// log2 of the LBA data size (changed only by Format NVM, with every
     /// worker stopped).
     lba_shift: AtomicU32,
-    size_bytes: u64,
+    /// Bytes (changed by a resize, with every worker held off).
+    size_bytes: AtomicU64,
     /// Number of LBAs (NSZE).
     lbas: AtomicU64,
     /// Unflushed writes, tracked for a power loss (fault injection).
@@ -26,10 +27,25 @@ pub struct Namespace {
     pub meta: crate::pi::Meta,
     /// The zones of a zoned namespace (`crate::zns`); None: conventional.
     pub zones: Option<Box<crate::zns::Zones>>,
-    /// Its I/O command set is not enabled (CC.CSS): not attached, every
-    /// command to it fails with Invalid Namespace or Format.
-    pub detached: AtomicBool,
+    /// Why the namespace is inactive on this controller (`INACTIVE_*`
+    /// bits; 0: active). Every command to an inactive namespace fails
+    /// with Invalid Field in Command.
+    inactive: AtomicU8,
+    /// Commands in flight to its file on the asynchronous path: a resize
+    /// or a removal waits for them.
+    pub inflight: AtomicU32,
+    /// Blocks Write Uncorrectable marked (`crate::nsmgmt::uncorrectable`).
+    pub uncorrectable: crate::nsmgmt::Uncorrectable,
 }
+
+/// Inactive: its I/O command set is not enabled (CC.CSS).
+pub const INACTIVE_CSS: u8 = 1;
+/// Inactive: not attached to this controller (Namespace Attachment).
+pub const INACTIVE_DETACHED: u8 = 2;
+
+/// The namespace table as commands see it: slot `i` holds NSID `i + 1`
+/// (None: unallocated); its length is NN.
+pub type Slots = [Option<std::sync::Arc<Namespace>>];
 
 impl Namespace {
     /// A namespace of `size_bytes` formatted with `lba_size`-byte LBAs.
@@ -38,12 +54,14 @@ impl Namespace {
         Namespace {
             backend,
             lba_shift: AtomicU32::new(lba_size.trailing_zeros()),
-            size_bytes,
+            size_bytes: AtomicU64::new(size_bytes),
             lbas: AtomicU64::new(size_bytes >> lba_size.trailing_zeros()),
             cache: VolatileCache::default(),
             meta: crate::pi::Meta::default(),
             zones: None,
-            detached: AtomicBool::new(false),
+            inactive: AtomicU8::new(0),
+            inflight: AtomicU32::new(0),
+            uncorrectable: crate::nsmgmt::Uncorrectable::default(),
         }
     }
 
@@ -71,8 +89,10 @@ impl Namespace {
     /// Format NVM: new LBA size, every block zero. The caller keeps every
     /// worker out of this namespace meanwhile.
     pub fn format(&self, lba_size: u32) -> Result<(), Errno> {
+        let size = self.size_bytes();
         // SAFETY: the whole namespace, by construction in range.
-        unsafe { self.backend.zero(0, self.size_bytes)? };
+        unsafe { self.backend.zero(0, size)? };
+        self.uncorrectable.clear_all();
         // Format is durable: nothing to roll back to.
         self.cache.flushed();
         if let Backend::Custom(c) = &self.backend {
@@ -80,13 +100,43 @@ impl Namespace {
         }
         let shift = lba_size.trailing_zeros();
         self.lba_shift.store(shift, Ordering::Relaxed);
-        self.lbas.store(self.size_bytes >> shift, Ordering::Relaxed);
+        self.lbas.store(size >> shift, Ordering::Relaxed);
         Ok(())
     }
 
     /// The size in bytes.
     pub fn size_bytes(&self) -> u64 {
-        self.size_bytes
+        self.size_bytes.load(Ordering::Relaxed)
+    }
+
+    /// A new size (a multiple of the LBA size): NSZE follows. The caller
+    /// holds every worker off and has resized the storage.
+    pub fn set_size(&self, size: u64) {
+        self.size_bytes.store(size, Ordering::Relaxed);
+        self.lbas.store(size >> self.lba_shift(), Ordering::Relaxed);
+    }
+
+    /// True when commands to it fail with Invalid Field (inactive NSID).
+    #[inline]
+    pub fn inactive(&self) -> bool {
+        // Relaxed: changed by the control plane, which then waits a pass
+        // of every worker (`Engine::grace`) before it reports the change.
+        self.inactive.load(Ordering::Relaxed) != 0
+    }
+
+    /// Sets (`on`) or clears one `INACTIVE_*` reason; returns the reasons
+    /// before.
+    pub fn set_inactive(&self, reason: u8, on: bool) -> u8 {
+        if on {
+            self.inactive.fetch_or(reason, Ordering::Relaxed)
+        } else {
+            self.inactive.fetch_and(!reason, Ordering::Relaxed)
+        }
+    }
+
+    /// The `INACTIVE_*` reasons in force.
+    pub fn inactive_reasons(&self) -> u8 {
+        self.inactive.load(Ordering::Relaxed)
     }
 
     /// Before `len` bytes at byte `off` change: keeps their pre-image while
@@ -139,7 +189,7 @@ pub struct Failure {
 /// What a command needs besides the SQE.
 pub struct IoContext<'a> {
     pub mem: &'a MemoryMap,
-    pub namespaces: &'a [Namespace],
+    pub namespaces: &'a Slots,
     pub page_size: u64,
     /// Maximum data transfer in bytes; 0 for no limit.
     pub mdts_bytes: u64,
@@ -208,19 +258,20 @@ pub fn execute(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
     }
 }
 
+/// The namespace NSID `nsid` names, if active. Base 2.0 3.2.1.5: an
+/// invalid NSID (0, above NN, FFFFFFFFh) is Invalid Namespace or Format; a
+/// valid one that is inactive (unallocated, not attached, or of a command
+/// set CC.CSS leaves disabled) is Invalid Field in Command.
+#[inline]
 pub(crate) fn namespace<'a>(ctx: &IoContext<'a>, nsid: u32) -> Result<&'a Namespace, Failure> {
-    let ns = nsid
+    let slot = nsid
         .checked_sub(1)
         .and_then(|i| ctx.namespaces.get(i as usize))
         .ok_or(fail(Status::INVALID_NAMESPACE.dnr(), loc::NSID, 0, nsid))?;
-    // Relaxed: set by the control plane while the host has no I/O
-    // outstanding (CC.EN 0 -> 1). A valid NSID whose command set is not
-    // enabled is inactive: Invalid Field (as QEMU's nvme_io_cmd; the Base
-    // spec keeps Invalid Namespace or Format for invalid NSIDs).
-    if ns.detached.load(Ordering::Relaxed) {
-        return Err(fail(Status::INVALID_FIELD.dnr(), loc::NSID, 0, nsid));
+    match slot.as_deref() {
+        Some(ns) if !ns.inactive() => Ok(ns),
+        _ => Err(fail(Status::INVALID_FIELD.dnr(), loc::NSID, 0, nsid)),
     }
-    Ok(ns)
 }
 
 /// SLBA (CDW10-11) and NLB (CDW12 bits 15:0, 0's based, returned 1-based),
@@ -619,11 +670,13 @@ pub fn start(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<Started, Failure> {
     let is_file = nsid
         .checked_sub(1)
         .and_then(|i| ctx.namespaces.get(i as usize))
+        .and_then(Option::as_deref)
         .is_some_and(|ns| {
             // Metadata moves beside the data, and a zoned namespace's write
             // reserves its blocks and releases them in one call: both
-            // synchronously.
-            !ns.meta.active()
+            // synchronously. An inactive one fails in `execute`.
+            !ns.inactive()
+                && !ns.meta.active()
                 && ns.zones.is_none()
                 && ns.backend.as_file().is_some_and(|f| {
                     ctx.offload_inline || f.io_path() != crate::aio::IoPath::Inline

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::faults::{self, Action, Before};
 use super::file_io::{record, FileIo};
+use super::ns_table::NsTable;
 use super::poll::{self, Contention, PollWindow};
 use super::trace::Trace;
 use super::{lock, memloss, AdminOutcome, Polling, Queues, Shared, NO_TAIL, SQ_BURST};
@@ -68,17 +69,17 @@ impl Signals {
     }
 }
 
-impl Shared {
-    /// True when namespace `nsid` is a file served inline (synchronous
-    /// calls on the worker).
-    #[inline]
-    fn is_inline(&self, nsid: u32) -> bool {
-        nsid.checked_sub(1)
-            .and_then(|i| self.namespaces.get(i as usize))
-            .and_then(|ns| ns.backend.as_file())
-            .is_some_and(|f| f.io_path() == crate::aio::IoPath::Inline)
-    }
+/// True when namespace `nsid` is a file served inline (synchronous calls
+/// on the worker).
+#[inline]
+fn is_inline(table: &NsTable, nsid: u32) -> bool {
+    table
+        .get(nsid)
+        .and_then(|ns| ns.backend.as_file())
+        .is_some_and(|f| f.io_path() == crate::aio::IoPath::Inline)
+}
 
+impl Shared {
     /// Wakes every worker (stop, mode changes, shadow reconfiguration).
     pub(super) fn wake_all(&self) {
         for w in self.workers.iter() {
@@ -282,6 +283,14 @@ impl Shared {
     fn process(&self, w: usize, admin: &mut Vec<Sqe>, out: &mut Signals) -> usize {
         let mut guard = lock(&self.workers[w].queues);
         let q = &mut *guard;
+        // The namespace table for this pass, loaded under the queue lock: a
+        // change published before it is seen, and one published after it
+        // waits for this pass to end (`Engine::grace`).
+        let table = self.namespaces.load();
+        if table.files && q.file.is_none() && w > 0 {
+            // A file namespace was added: asynchronous file I/O from now on.
+            q.file = FileIo::new(&table.slots, &self.workers[w].waker);
+        }
         // Completions of file commands first: they free CQ slots, and an SQ
         // being deleted (no longer in active_sqs) still waits for them.
         let reaped = self.reap_files(q) + self.release_due(q, out);
@@ -442,7 +451,7 @@ impl Shared {
                 }
                 let mut ctx = IoContext {
                     mem: &mem,
-                    namespaces: &self.namespaces,
+                    namespaces: &table.slots,
                     page_size,
                     mdts_bytes: self.cfg.mdts_bytes,
                     segs: &mut q.segs,
@@ -475,9 +484,9 @@ impl Shared {
                     }
                     started = Err(io::transfer_failure(0, sqe.nsid()));
                 }
-                if self.has_inline
+                if table.inline
                     && matches!(started, Ok(Started::Done(_)))
-                    && self.is_inline(sqe.nsid())
+                    && is_inline(&table, sqe.nsid())
                 {
                     inline += 1;
                 }
@@ -487,7 +496,7 @@ impl Shared {
                     Ok(Started::File(op)) => {
                         let begun = match q.file.as_mut() {
                             Some(f) => f.begin(
-                                &self.namespaces,
+                                &table.slots,
                                 &mem,
                                 &q.segs,
                                 op,
@@ -748,7 +757,7 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
     // Scans in a row that found nothing: the scan interval doubles with each.
     let mut empty_scans = 0u32;
     if w > 0 {
-        let f = FileIo::new(&s.namespaces, waker);
+        let f = FileIo::new(&s.namespaces.load().slots, waker);
         lock(&s.workers[w].queues).file = f;
     }
     while !s.stop.load(Ordering::Relaxed) {
