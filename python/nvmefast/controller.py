@@ -32,15 +32,17 @@ from nvmefast.errors import (
     VectorError,
 )
 from nvmefast.faults import Faults
-from nvmefast.namespaces import NamespaceEntry, NamespaceTable, engine_spec
+from nvmefast.namespaces import NN, NamespaceEntry, NamespaceTable, engine_spec
 from nvmefast.ns_manager import NamespaceManager
 from nvmefast.ns_store import NamespaceStore
 from nvmefast.msix import MsixLayout, MsixRegisters, bar_size, layout_after
 from nvmefast.registers import Registers
-from nvmefast.status import Status
 from nvmefast.trace import CommandTrace
 
 __all__ = ["Controller", "DmaRegion"]
+
+ENGINE_CAPACITY = (1 << 64) - 1
+"""The NVM capacity the core is told: no limit of its own."""
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,11 @@ class Controller:
             affinity=list(cfg.iothread_affinity),
             doorbell_stride=4 << cfg.doorbell_stride,
             cpus=list(cfg.cpus or ()),
+            nn=NN,
+            # The capacity is accounted here (nvmefast.namespaces: sizes
+            # without metadata, a total that may follow the embedder's adds),
+            # so the core's own check is given all it can count.
+            capacity_bytes=ENGINE_CAPACITY,
         )
         # A file namespace's size is the file's unless the config gave one:
         # from here on the config carries the size the core opened, so
@@ -245,7 +252,7 @@ class Controller:
         if entry is None:
             have = ", ".join(map(str, self._namespaces.table.allocated())) or "none"
             raise NamespaceError(
-                Status.INVALID_FIELD, f"nsid must name an allocated namespace (allocated: {have}), got {nsid!r}"
+                f"nsid must name an allocated namespace (allocated: {have}), got {nsid!r}"
             )
         return entry
 

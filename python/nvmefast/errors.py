@@ -5,8 +5,8 @@ that the Rust core can raise are defined there and re-exported here, so an
 ``except nvmefast.QueueError`` catches errors from either side of the
 boundary. The Python side adds :class:`CommandError` and
 :class:`HostTimeoutError`, which the host driver (``nvmefast.testing``) raises,
-and :class:`NamespaceError`, for namespace changes the controller's state
-refuses.
+and the core's :class:`NamespaceError` and :class:`CapacityError` are
+raised for namespace changes the controller's state refuses.
 """
 
 from __future__ import annotations
@@ -67,21 +67,3 @@ class CommandError(NvmeFastError):
 
 class HostTimeoutError(NvmeFastError, TimeoutError):
     """The host driver waited too long for a completion or a register change."""
-
-
-class NamespaceError(NvmeFastError):
-    """A namespace change the controller's state refuses: no namespace at
-    that NSID, not enough unallocated capacity, every NSID in use, a size the
-    namespace cannot take.
-
-    ``status`` is the 15-bit status Namespace Management or Attachment
-    completes with for the same refusal (without DNR), so the admin
-    commands and :meth:`nvmefast.Controller.add_namespace` share one set of
-    checks.
-    """
-
-    status: int
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        super().__init__(message)

@@ -3,8 +3,10 @@ controller runs: the one place that changes the core, the namespace table
 and the namespace directory together.
 
 Two kinds of caller share it. The admin commands (Namespace Management 0Dh,
-Namespace Attachment 15h) turn a :class:`~nvmefast.errors.NamespaceError`
-into its ``status``; the embedder (:meth:`nvmefast.Controller.add_namespace`,
+Namespace Attachment 15h) turn a :class:`~nvmefast.errors.CapacityError`
+into Namespace Insufficient Capacity and a
+:class:`~nvmefast.errors.NamespaceError` into Namespace Identifier
+Unavailable (create) or Invalid Field (a namespace gone meanwhile); the embedder (:meth:`nvmefast.Controller.add_namespace`,
 ``resize_namespace``, ``remove_namespace``, and through them the control
 socket) gets the exception and its message. What differs between them:
 
@@ -29,11 +31,10 @@ from collections.abc import Callable, Iterable
 
 from nvmefast._core import Engine
 from nvmefast.config import NamespaceConfig
-from nvmefast.errors import ConfigError, NamespaceError
+from nvmefast.errors import CapacityError, ConfigError, NamespaceError
 from nvmefast.lba_format import NamespaceFormat
 from nvmefast.namespaces import NN, NamespaceEntry, NamespaceTable, Origin, engine_spec
 from nvmefast.ns_store import NamespaceStore
-from nvmefast.status import Status
 
 __all__ = ["NamespaceManager"]
 
@@ -76,7 +77,7 @@ class NamespaceManager:
                         f"namespace {s.nsid} of {self.store.manifest} clashes with configured namespace {s.nsid}; "
                         f"configure fewer namespaces (NSIDs 1..{s.nsid - 1}), or move that image away"
                     )
-                self.engine.add_namespace(s.nsid, engine_spec(s.config), s.attached)
+                self.engine.add_namespace(engine_spec(s.config), s.nsid, s.attached)
                 entry = NamespaceEntry(s.nsid, s.config, s.origin, s.attached, s.shared, s.generation, s.image)
                 self.table.put(entry)
                 restored.append(s.nsid)
@@ -96,15 +97,14 @@ class NamespaceManager:
         """A free NSID for a namespace of ``size`` bytes, capacity checked (under the lock)."""
         unallocated = self.table.unallocated_bytes
         if size > unallocated and (strict or self.table.capacity_fixed):
-            raise NamespaceError(
-                Status.NAMESPACE_INSUFFICIENT_CAPACITY,
+            raise CapacityError(
                 f"a {_size_text(size)} namespace does not fit: {_size_text(unallocated)} of "
                 f"{_size_text(self.table.total_bytes)} is unallocated; remove a namespace or give more capacity",
             )
         nsid = self.table.free_nsid()
         if nsid is None:
             raise NamespaceError(
-                Status.NAMESPACE_ID_UNAVAILABLE, f"every NSID (1..{NN}) has a namespace; remove one first"
+                f"every NSID (1..{NN}) has a namespace; remove one first"
             )
         return nsid
 
@@ -121,7 +121,7 @@ class NamespaceManager:
                 config = dataclasses.replace(config, backend="file", path=str(self.store.image_path(image)))
             else:
                 config = dataclasses.replace(config, backend="ram")
-            self.engine.add_namespace(nsid, engine_spec(config), False)
+            self.engine.add_namespace(engine_spec(config), nsid, False)
             self.table.put(NamespaceEntry(nsid, config, Origin.CREATED, False, shared, generation, image))
             self._save()
         log.info("namespace %d created: %s", nsid, _size_text(config.size))
@@ -134,13 +134,13 @@ class NamespaceManager:
         with self.table.lock:
             known = config.size_bytes
             nsid = self._reserve(known or 0, strict=False)
-            self.engine.add_namespace(nsid, engine_spec(config), True)
+            self.engine.add_namespace(engine_spec(config), nsid, True)
             if known is None:
                 # A file of its own size: known once the core opened it.
                 config = dataclasses.replace(config, size_bytes=self.engine.namespace_size(nsid))
                 try:
                     self._reserve(config.size, strict=False)
-                except NamespaceError:
+                except CapacityError:
                     self.engine.remove_namespace(nsid)
                     raise
             self.table.grow_total(config.size)
@@ -155,7 +155,7 @@ class NamespaceManager:
         entry = self.table.get(nsid)
         if entry is None:
             have = ", ".join(map(str, self.table.allocated())) or "none"
-            raise NamespaceError(Status.INVALID_FIELD, f"there is no namespace {nsid} (allocated: {have})")
+            raise NamespaceError(f"there is no namespace {nsid} (allocated: {have})")
         return entry
 
     def delete(self, nsids: Iterable[int], *, notify: bool) -> list[int]:
@@ -227,8 +227,7 @@ class NamespaceManager:
     def _reserve_growth(self, nsid: int, growth: int) -> None:
         unallocated = self.table.unallocated_bytes
         if self.table.capacity_fixed and growth > unallocated:
-            raise NamespaceError(
-                Status.NAMESPACE_INSUFFICIENT_CAPACITY,
+            raise CapacityError(
                 f"namespace {nsid} cannot grow by {_size_text(growth)}: {_size_text(unallocated)} of "
                 f"{_size_text(self.table.total_bytes)} is unallocated; remove a namespace or give more capacity",
             )

@@ -84,6 +84,6 @@ def namespace_attachment(admin: Admin, cmd: AdminCommand) -> Result:
         raise Reject(Status.IOCS_NOT_ENABLED, param_location(NSID))
     try:
         admin.namespaces.set_attached(cmd.nsid, attach)
-    except NamespaceError as e:  # the embedder removed it meanwhile
-        raise Reject(e.status, param_location(NSID)) from None
+    except NamespaceError:  # the embedder removed it meanwhile
+        raise Reject(Status.INVALID_FIELD, param_location(NSID)) from None
     return (Status.SUCCESS, 0)

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING
 
 from nvmefast.admin.command import CDW10, CDW11, NSID, AdminCommand, Reject, Result, param_location
 from nvmefast.config import MIB, NamespaceConfig, ZoneConfig
-from nvmefast.errors import ConfigError, NamespaceError
+from nvmefast.errors import CapacityError, ConfigError, NamespaceError
 from nvmefast.lba_format import LBA_FORMATS, PI_SIZE, PIF_16B
 from nvmefast.namespaces import NN, NSID_ALL
 from nvmefast.status import Status
@@ -171,8 +171,10 @@ def _create(admin: Admin, cmd: AdminCommand) -> Result:
     config, shared = requested_namespace(HostFields.parse(data), csi, admin.features.host_behavior.lbafee)
     try:
         nsid = admin.namespaces.create(config, shared=shared)
-    except NamespaceError as e:
-        raise Reject(e.status, _WHERE) from None
+    except CapacityError:
+        raise Reject(Status.NAMESPACE_INSUFFICIENT_CAPACITY, _WHERE) from None
+    except NamespaceError:  # every NSID has a namespace
+        raise Reject(Status.NAMESPACE_ID_UNAVAILABLE, _WHERE) from None
     return (Status.SUCCESS, nsid)
 
 
@@ -188,8 +190,8 @@ def _delete(admin: Admin, cmd: AdminCommand) -> Result:
         raise Reject(Status.INVALID_NSID, param_location(NSID))
     try:
         admin.namespaces.delete(nsids, notify=False)
-    except NamespaceError as e:  # deleted by the embedder meanwhile
-        raise Reject(e.status, param_location(NSID)) from None
+    except NamespaceError:  # deleted by the embedder meanwhile
+        raise Reject(Status.INVALID_FIELD, param_location(NSID)) from None
     return (Status.SUCCESS, 0)
 
 
