@@ -186,16 +186,16 @@ class ControlServer:
         finally:
             os.umask(old)
         self._listener = listener
-        thread = threading.Thread(target=self._accept, name="nvmefast-control", daemon=True)
+        thread = threading.Thread(target=self._accept, args=(listener,), name="nvmefast-control", daemon=True)
         self._threads.append(thread)
         thread.start()
         log.info("control socket on %s", self.path)
 
-    def _accept(self) -> None:
-        assert self._listener is not None
+    def _accept(self, listener: socket.socket) -> None:
+        # The listener, not self._listener: stop() clears that before it closes this.
         while True:
             try:
-                sock, _ = self._listener.accept()
+                sock, _ = listener.accept()
             except OSError:
                 return  # stop() closed it
             with self._lock:
