@@ -6,11 +6,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from vfio_user_client import connect
+from vfio_user_host import NvmeHost, short_socket_path
 
 from nvmefast import Controller, ControllerConfig, NamespaceConfig
 from nvmefast.cli import main
@@ -138,3 +147,38 @@ def test_ctl_cli(served: tuple[Controller, str], capsys: pytest.CaptureFixture[s
     assert main(["ctl", path + ".none", "list"]) == 1
     assert "control socket" in capsys.readouterr().err
     assert list(ctrl.namespaces()) == [1]
+
+
+def test_serve_with_capacity_directory_and_control(tmp_path: Path) -> None:
+    """`nvmefast serve --capacity --namespace-dir --control` with no --namespace, then
+    `nvmefast ctl` adds one that the vfio-user client sees, and the server stops cleanly."""
+    directory, path = short_socket_path("nsctl")
+    control = os.path.join(directory, "ctl")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nvmefast.cli", "serve", "--socket", path, "--capacity", "64M",
+         "--namespace-dir", str(tmp_path / "ns"), "--control", control, "--log-level", "warning"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while not (os.path.exists(path) and os.path.exists(control)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"nvmefast serve did not listen (exit {proc.returncode}): {proc.communicate(timeout=5)[1]}")
+            time.sleep(0.05)
+        ctl = subprocess.run([sys.executable, "-m", "nvmefast.cli", "ctl", control, "add-namespace", "ram:8M"],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert (ctl.returncode, ctl.stdout) == (0, "namespace 1 added\n"), ctl.stderr
+        with connect(path) as client, NvmeHost(client) as host:
+            host.enable()
+            ident = host.identify_controller()
+            assert ident.raw[280:296] == (64 * MiB).to_bytes(16, "little")  # TNVMCAP
+            assert ident.raw[296:312] == (56 * MiB).to_bytes(16, "little")  # UNVMCAP
+            assert host.identify_namespace(1).nsze == 8 * MiB // 512
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert not os.path.exists(control), "the control socket is left behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+        shutil.rmtree(directory, ignore_errors=True)
