@@ -80,8 +80,57 @@ pub fn dup_fd(fd: RawFd) -> Result<OwnedFd, IrqError> {
     })
 }
 
+/// What `/proc/self/fd` says an eventfd is.
+const EVENTFD_LINK: &str = "anon_inode:[eventfd]";
+
+/// Duplicates a caller's eventfd for a notifier a worker writes (or reads:
+/// an INTx resample fd), after checking that it is one, and makes it
+/// non-blocking.
+///
+/// A worker must never block on an fd whoever set up the interrupt
+/// controls (a vfio-user client): any other kind of fd could (a pipe
+/// nobody reads, a full socket), and so could a blocking eventfd whose
+/// counter is at its maximum. Non-blocking (as QEMU creates its irqfds),
+/// that write fails with EAGAIN instead, which [`eventfd_signal`] takes
+/// for a signal already pending. O_NONBLOCK is a flag of the open file,
+/// which every duplicate shares: the caller's copy becomes non-blocking
+/// too.
+pub fn dup_eventfd(fd: RawFd) -> Result<OwnedFd, IrqError> {
+    let owned = dup_fd(fd)?;
+    let bad = |reason: String| IrqError::BadFd { fd, reason };
+    // Our duplicate: the caller cannot close it and reuse its number meanwhile.
+    let link = format!("/proc/self/fd/{}", owned.as_raw_fd());
+    let kind = std::fs::read_link(&link).map_err(|e| {
+        bad(format!(
+            "cannot tell whether it is an eventfd ({link}: {e}; /proc must be mounted)"
+        ))
+    })?;
+    if kind.as_os_str() != EVENTFD_LINK {
+        return Err(bad(format!(
+            "it is {}, not an eventfd: pass one from eventfd(2) (os.eventfd in Python), \
+             as KVM irqfds and QEMU's interrupt eventfds are",
+            kind.display()
+        )));
+    }
+    let failed = |what: &str| bad(format!("{what}: {}", std::io::Error::last_os_error()));
+    // SAFETY: fcntl on our own fd, no pointers.
+    let flags = unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(failed("cannot read its file status flags"));
+    }
+    if flags & libc::O_NONBLOCK == 0 {
+        // SAFETY: fcntl on our own fd, no pointers.
+        let r = unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
+        if r < 0 {
+            return Err(failed("cannot make it non-blocking"));
+        }
+    }
+    Ok(owned)
+}
+
 /// One 8-byte write of 1 to an eventfd, as every consumer (KVM irqfd
-/// included) expects.
+/// included) expects. The eventfd is non-blocking ([`dup_eventfd`]): the
+/// write never waits.
 pub fn eventfd_signal(fd: &OwnedFd) -> std::io::Result<()> {
     let one: u64 = 1;
     // SAFETY: writes 8 bytes from a valid u64 to an fd we own.
@@ -334,9 +383,10 @@ impl Vectors {
         Ok(())
     }
 
-    /// Attaches (Some) or detaches (None) the vector's eventfd (duplicated).
+    /// Attaches (Some) or detaches (None) the vector's eventfd (duplicated,
+    /// checked and made non-blocking: [`dup_eventfd`]).
     pub fn set_eventfd(&self, vector: u32, fd: Option<RawFd>) -> Result<(), IrqError> {
-        let n = fd.map(dup_fd).transpose()?.map(Notifier::Eventfd);
+        let n = fd.map(dup_eventfd).transpose()?.map(Notifier::Eventfd);
         self.set_notifier(vector, n)
     }
 
@@ -552,6 +602,48 @@ pub(crate) mod tests {
         assert!(fd >= 0);
         // SAFETY: fd is fresh and owned by nobody else.
         unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    #[test]
+    fn only_eventfds_become_notifiers_and_they_never_block() {
+        let v = Vectors::new(2, true);
+        let mut p = [0; 2];
+        // SAFETY: pipe writes two fds into a valid [c_int; 2].
+        assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+        // SAFETY: fresh fds owned by nobody else.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+        for fd in [&r, &w] {
+            let e = v.set_eventfd(0, Some(fd.as_raw_fd())).unwrap_err();
+            assert!(e.to_string().contains("pipe:["), "{e}");
+            assert!(e.to_string().contains("not an eventfd"), "{e}");
+        }
+        // A blocking eventfd filled to its maximum (2^64 - 2).
+        // SAFETY: eventfd returns a new fd we own, or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: fresh fd owned by nobody else.
+        let e = unsafe { OwnedFd::from_raw_fd(fd) };
+        let max: u64 = u64::MAX - 1;
+        // SAFETY: an 8-byte write from a valid u64.
+        let n = unsafe { libc::write(e.as_raw_fd(), (&max as *const u64).cast(), 8) };
+        assert_eq!(n, 8);
+        v.set_eventfd(0, Some(e.as_raw_fd())).unwrap();
+        // SAFETY: fcntl on our own fd, no pointers.
+        let flags = unsafe { libc::fcntl(e.as_raw_fd(), libc::F_GETFL) };
+        assert_ne!(
+            flags & libc::O_NONBLOCK,
+            0,
+            "made non-blocking (shared flag)"
+        );
+        // The write fails with EAGAIN instead of blocking this thread for
+        // ever: the vector's signal is pending in the full counter.
+        v.notify(0);
+        assert_eq!(
+            v.notify_errors.load(Ordering::Relaxed),
+            0,
+            "EAGAIN: already signalled"
+        );
+        assert_eq!(drain(&e), max);
     }
 
     pub(crate) fn drain(fd: &OwnedFd) -> u64 {

@@ -158,6 +158,32 @@ def test_bad_vector_fd(controller: Controller) -> None:
     raises(VectorError, lambda: controller.set_vector_eventfd(1, closed), "fd", "descriptor")
 
 
+def test_a_vector_fd_must_be_an_eventfd(controller: Controller) -> None:
+    # A worker writes it: any other kind of fd (a pipe nobody reads) could
+    # block it for ever.
+    r, w = os.pipe()
+    try:
+        for fd in (r, w):
+            e = raises(VectorError, lambda fd=fd: controller.set_vector_eventfd(1, fd), "not an eventfd")
+            assert "pipe:[" in str(e) and "os.eventfd" in str(e), str(e)
+            raises(VectorError, lambda fd=fd: controller.set_intx_eventfds(fd, None), "not an eventfd")
+            raises(VectorError, lambda fd=fd: controller.set_intx_eventfds(None, fd), "not an eventfd")
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_vector_eventfd_is_made_non_blocking(controller: Controller) -> None:
+    # The flag belongs to the open file, so the caller's copy shows it.
+    efd = os.eventfd(0, os.EFD_CLOEXEC)
+    try:
+        assert os.get_blocking(efd)
+        controller.set_vector_eventfd(1, efd)
+        assert not os.get_blocking(efd)
+    finally:
+        os.close(efd)
+
+
 def test_calls_after_close(config: ControllerConfig, memfd: int) -> None:
     controller = Controller(config)
     controller.close()

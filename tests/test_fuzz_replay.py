@@ -18,6 +18,7 @@ and every fuzz rig keeps compiling against the core:
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -122,3 +123,23 @@ def test_cargo_fuzz_seeds_replay_clean(fuzz_binaries: Path, target: str, tmp_pat
     assert r.returncode == 0, r.stderr[-6000:]
     assert f"files: {n} " in r.stderr, f"libFuzzer did not read all {n} seeds:\n{r.stderr[-3000:]}"
     assert "Done " in r.stderr, r.stderr[-3000:]
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT_S + 60)
+def test_a_sigbus_outside_guest_memory_reaches_libfuzzers_handler(fuzz_binaries: Path, tmp_path: Path) -> None:
+    # The sqe rig's engine guards its guest memory, so nvmefast's SIGBUS
+    # handler sits on top of libFuzzer's (with the rig's probe between
+    # them). A fault anywhere else must travel down to libFuzzer, which
+    # reports a crash, as without nvmefast; the rig says where it touched.
+    seed = FUZZ_CRATE / "corpus" / "sqe" / "read-one-page"
+    r = subprocess.run(
+        [str(fuzz_binaries / "sqe"), f"-artifact_prefix={tmp_path}/", str(seed)],
+        cwd=tmp_path,
+        env={**os.environ, "NVMEFAST_FUZZ_STRAY_SIGBUS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "sqe: touching a truncated mapping outside guest memory" in r.stderr, r.stderr[-3000:]
+    assert "ERROR: libFuzzer: deadly signal" in r.stderr, r.stderr[-3000:]
+    assert "survived" not in r.stderr and r.returncode != 0, r.stderr[-3000:]

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from dbutil import eventually
+from fileutil import MODES, FileMode, environment, file_namespace, scratch_dir
 from nvmefast import Controller, ControllerConfig, NamespaceConfig
 from nvmefast.testing import Completion, Host, build_sqe
 from nvmefast.testing import sqe as op
@@ -145,6 +146,37 @@ def test_each_lost_region_is_counted_and_logged_once(
     eventually(lambda: len(losses(loss_log)) == 2, "both losses logged")
     assert [f"{iova:#x}+" in m for iova, m in zip(regions, sorted(losses(loss_log)))] == [True, True]
     assert_still_works(host)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("opcode", [op.IO_READ, op.IO_WRITE], ids=["read", "write"])
+def test_a_file_namespace_finds_the_loss_the_kernel_ran_into(
+    mode: FileMode, opcode: int, loss_log: pytest.LogCaptureFixture
+) -> None:
+    # A file namespace's data is moved by the kernel (io_uring, preadv2 and
+    # pwritev2, O_DIRECT or the page cache): a page past the memfd's end
+    # fails the system call with EFAULT, and no SIGBUS is raised. The loss
+    # must be found all the same: the region lost, counted and logged.
+    # (Found by the sqe fuzz rig's loss inputs.)
+    with scratch_dir(mode.directory) as d, environment(mode.env):
+        config = ControllerConfig(namespaces=[file_namespace(mode, os.path.join(d, "ns1.img"), 4 * MiB)])
+        with Controller(config) as ctrl, Host(ctrl) as host:
+            host.enable()
+            host.create_io_queue_pair(1)
+            kept = os.urandom(8 * 512)
+            host.write(1, 0, kept)
+            fd = add_region(host)
+            os.ftruncate(fd, HALF)
+            c = host.io(rw_sqe(opcode, 64, 16, LOST + SIZE - 2 * 4096, LOST + SIZE - 4096))
+            assert_status(c, GENERIC, DATA_TRANSFER_ERROR)
+            assert kind(ctrl, LOST) == "lost"
+            assert ctrl.counters()["dma_regions_lost"] == 1
+            eventually(lambda: len(losses(loss_log)) == 1, "the loss is logged")
+            # Lost as a whole: the half still in the file fails too.
+            assert_status(host.io(rw_sqe(op.IO_READ, 0, 1, LOST)), GENERIC, DATA_TRANSFER_ERROR)
+            assert host.read(1, 0, 8) == kept
+            assert_still_works(host)
+            assert ctrl.counters()["dma_regions_lost"] == 1
 
 
 # -- queue memory: fatal -------------------------------------------------------------------------

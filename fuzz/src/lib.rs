@@ -3,10 +3,14 @@
 //! in this crate can replay the committed corpus without libFuzzer.
 //!
 //! - [`sqe`]: one guest-written SQE plus guest memory (PRP lists, SGL
-//!   segments, data) through the whole I/O path of a running engine.
+//!   segments, data) through the whole I/O path of a running engine; or,
+//!   with [`loss`], a few SQEs around guest memory that shrinks under the
+//!   device (the SIGBUS guard), checked from below by [`sigbus`].
 
 pub mod guard;
+pub mod loss;
 pub mod model;
 pub mod rig;
+pub mod sigbus;
 pub mod sqe;
 pub mod storage;

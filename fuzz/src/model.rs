@@ -21,6 +21,11 @@ pub const C_LEN: usize = 0x2000;
 /// Region D: the harness's own rings and read-back buffer, far above.
 pub const D_IOVA: u64 = 0x1_0000_0000;
 pub const D_LEN: usize = 0x2_0000;
+/// Region E: mapped by loss inputs only ([`crate::loss`]), for one input:
+/// an unsealed memfd, so the SIGBUS guard watches it, that the input
+/// truncates under the device.
+pub const E_IOVA: u64 = 0x4_0000;
+pub const E_LEN: usize = 0x4000;
 
 /// Largest data transfer (the Python config's default, MDTS 5).
 pub const MDTS_BYTES: u64 = 128 << 10;
@@ -74,6 +79,7 @@ pub enum Region {
     B,
     C,
     D,
+    E,
 }
 
 /// The region holding all of `[iova, iova+len)` and the offset in it.
@@ -84,6 +90,7 @@ pub fn region_of(iova: u64, len: u64) -> Option<(Region, usize)> {
         (Region::B, B_IOVA, B_LEN),
         (Region::C, C_IOVA, C_LEN),
         (Region::D, D_IOVA, D_LEN),
+        (Region::E, E_IOVA, E_LEN),
     ]
     .into_iter()
     .find(|&(_, base, size)| iova >= base && end <= base + size as u64)
@@ -95,6 +102,21 @@ pub trait GuestView {
     /// Copies `out.len()` bytes at `off` of region `r`; false when the
     /// model does not know that region's bytes.
     fn read(&self, r: Region, off: usize, out: &mut [u8]) -> bool;
+
+    /// Region E as the device finds it: None when no access reaches it
+    /// (not mapped, or lost: its memory shrank and the device knows);
+    /// else how many of its bytes are backed by the file (page granular:
+    /// an access past them faults) and whether it is mapped writable.
+    fn region_e(&self) -> Option<Backed> {
+        None
+    }
+}
+
+/// The backed part of region E: `[0, valid)`, page aligned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backed {
+    pub valid: usize,
+    pub writable: bool,
 }
 
 /// Why the reference walk refused a data pointer.
@@ -108,6 +130,10 @@ pub enum RefError {
     /// The walk reached memory the model does not know (region D): no
     /// verdict.
     Unknown,
+    /// A list entry lies in region E past its file's end: reading it
+    /// faults, and the SIGBUS guard turns that into Data Transfer Error
+    /// (the region lost).
+    Faults,
 }
 
 impl RefError {
@@ -116,7 +142,7 @@ impl RefError {
     pub fn status(self) -> Option<Status> {
         match self {
             RefError::Offset => Some(Status::INVALID_PRP_OFFSET.dnr()),
-            RefError::Unmapped => Some(Status::DATA_TRANSFER_ERROR.dnr()),
+            RefError::Unmapped | RefError::Faults => Some(Status::DATA_TRANSFER_ERROR.dnr()),
             RefError::Unknown => None,
         }
     }
@@ -125,20 +151,62 @@ impl RefError {
 /// One piece of a transfer: guest IOVA and length.
 pub type Piece = (u64, usize);
 
-fn piece(out: &mut Vec<Piece>, iova: u64, len: u64, write: bool) -> Result<(), RefError> {
+/// `[iova, iova+len)` as the device's walk finds it: inside one region it
+/// may access that way, or why not. A range in region E past its file's
+/// end is found: it is the data copy after the walk that faults there.
+fn reachable(
+    g: &dyn GuestView,
+    iova: u64,
+    len: u64,
+    write: bool,
+) -> Result<(Region, usize), RefError> {
     match region_of(iova, len) {
         Some((Region::B, _)) if write => Err(RefError::Unmapped),
         Some((Region::D, _)) => Err(RefError::Unknown),
-        Some(_) => {
-            out.push((iova, len as usize));
-            Ok(())
-        }
+        Some((Region::E, off)) => match g.region_e() {
+            Some(e) if e.writable || !write => Ok((Region::E, off)),
+            _ => Err(RefError::Unmapped),
+        },
+        Some(found) => Ok(found),
         None => Err(RefError::Unmapped),
     }
 }
 
+fn piece(
+    g: &dyn GuestView,
+    out: &mut Vec<Piece>,
+    iova: u64,
+    len: u64,
+    write: bool,
+) -> Result<(), RefError> {
+    reachable(g, iova, len, write)?;
+    out.push((iova, len as usize));
+    Ok(())
+}
+
+/// True when a data copy through `pieces` touches region E past its
+/// file's end (a fault: the SIGBUS guard makes the command a Data Transfer
+/// Error and the region lost), when the copy is a CPU access.
+pub fn faults(g: &dyn GuestView, pieces: &[Piece]) -> bool {
+    pieces
+        .iter()
+        .any(|&(iova, len)| past_end(g, iova, len as u64))
+}
+
+/// True when `[iova, iova+len)` lies in region E, reachable, past its
+/// file's end.
+fn past_end(g: &dyn GuestView, iova: u64, len: u64) -> bool {
+    match (region_of(iova, len), g.region_e()) {
+        (Some((Region::E, off)), Some(e)) => off as u64 + len > e.valid as u64,
+        _ => false,
+    }
+}
+
 fn entry(g: &dyn GuestView, at: u64) -> Result<u64, RefError> {
-    let (r, off) = region_of(at, 8).ok_or(RefError::Unmapped)?;
+    let (r, off) = reachable(g, at, 8, false)?;
+    if past_end(g, at, 8) {
+        return Err(RefError::Faults);
+    }
     let mut b = [0u8; 8];
     if !g.read(r, off, &mut b) {
         return Err(RefError::Unknown);
@@ -163,7 +231,7 @@ pub fn prp_pieces(
         return Err(RefError::Offset);
     }
     let first = len.min(PAGE - prp1 % PAGE);
-    piece(&mut out, prp1, first, write)?;
+    piece(g, &mut out, prp1, first, write)?;
     let mut left = len - first;
     if left == 0 {
         return Ok(out);
@@ -172,7 +240,7 @@ pub fn prp_pieces(
         if !prp2.is_multiple_of(PAGE) {
             return Err(RefError::Offset);
         }
-        piece(&mut out, prp2, left, write)?;
+        piece(g, &mut out, prp2, left, write)?;
         return Ok(out);
     }
     if !prp2.is_multiple_of(8) {
@@ -191,7 +259,7 @@ pub fn prp_pieces(
                 continue 'pages;
             }
             let n = left.min(PAGE);
-            piece(&mut out, e, n, write)?;
+            piece(g, &mut out, e, n, write)?;
             left -= n;
             if left == 0 {
                 return Ok(out);

@@ -1,7 +1,8 @@
 //! The `sqe` target's device and host: one running engine per process with
 //! the namespaces and guest memory layout of [`crate::model`], one I/O queue
-//! pair driven through the driver mock, and a fake vfio-user client behind
-//! the remote region.
+//! pair driven through the driver mock, a fake vfio-user client behind
+//! the remote region, and region E, which a loss input maps for itself
+//! ([`Rig::map_e`]) and truncates.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use nvmefast::aio::Choice;
 use nvmefast::backend::{CacheMode, FileSpec, StorageRef};
 use nvmefast::driver::{HostMemory, HostQueue};
-use nvmefast::mem::DmaTransport;
+use nvmefast::mem::{DmaTransport, Kind};
 use nvmefast::shm::SharedMemory;
 use nvmefast::spec::opcode::io as op;
 use nvmefast::spec::{Cqe, Sqe, Status};
@@ -17,7 +18,8 @@ use nvmefast::zns::ZoneSpec;
 use nvmefast::{Engine, EngineConfig, NamespaceSpec, Polling};
 
 use crate::guard;
-use crate::model::{self, GuestView, Region, PAGE};
+use crate::model::{self, Backed, GuestView, Region, PAGE};
+use crate::sigbus;
 use crate::storage::Blocks;
 
 /// I/O queue entries (SQ and CQ).
@@ -78,13 +80,16 @@ pub struct Rig {
     pub patterns: Vec<(u32, u64, Vec<u8>)>,
     /// Guard pages placed around the engine's mappings (reported once).
     pub guards: Vec<guard::Guarded>,
+    /// Region E, while a loss input has it mapped.
+    pub e: Option<RegionE>,
 }
 
 /// A memfd named `name` of `len` bytes, mapped into `engine` at `iova`
-/// between guard pages, and viewed by the host.
+/// between guard pages, and viewed by the host. The memfd is not sealed:
+/// the engine's mapping is guarded against it shrinking.
 fn region(
     engine: &Engine,
-    name: &'static std::ffi::CStr,
+    name: &std::ffi::CStr,
     iova: u64,
     len: usize,
     writable: bool,
@@ -122,6 +127,10 @@ impl Rig {
     /// Builds and starts the engine, maps A-D and creates I/O queue 1.
     pub fn new() -> Rig {
         let n = RIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Below the guard, which the first guarded mapping installs: the
+        // guard chains to the probe, and the probe to whatever was there
+        // (libFuzzer's crash handler).
+        sigbus::install();
         let engine = Engine::new(EngineConfig {
             namespaces: model::NAMESPACES
                 .iter()
@@ -204,6 +213,9 @@ impl Rig {
             true,
             &mut guards,
         );
+        for (slot, g) in guards.iter().enumerate() {
+            sigbus::set_guest(slot, g.start, g.end);
+        }
         let c = Arc::new(Remote {
             bytes: Mutex::new(vec![0; model::C_LEN]),
         });
@@ -237,6 +249,7 @@ impl Rig {
             submitted: 0,
             patterns,
             guards,
+            e: None,
         };
         rig.restore_namespaces();
         rig
@@ -334,6 +347,8 @@ impl Rig {
             a: fill(model::A_LEN),
             b: fill(model::B_LEN),
             c: fill(model::C_LEN),
+            e: Vec::new(),
+            e_state: None,
         };
         self.a.write(model::A_IOVA, &images.a);
         self.b.write(model::B_IOVA, &images.b);
@@ -351,10 +366,15 @@ impl Default for Rig {
 /// Guest memory as loaded before the command: what the model walks.
 /// Region D (rings, read-back buffer) changes under the command, so the
 /// model does not claim to know it.
+#[derive(Clone)]
 pub struct Images {
     pub a: Vec<u8>,
     pub b: Vec<u8>,
     pub c: Vec<u8>,
+    /// Region E's bytes up to its file's end (page rounded), when a loss
+    /// input mapped it and the device can still reach it.
+    pub e: Vec<u8>,
+    pub e_state: Option<Backed>,
 }
 
 impl GuestView for Images {
@@ -364,9 +384,140 @@ impl GuestView for Images {
             Region::A => &self.a,
             Region::B => &self.b,
             Region::C => &self.c,
-            Region::D => return false,
+            Region::E if off + n <= self.e.len() => &self.e,
+            Region::D | Region::E => return false,
         };
         out.copy_from_slice(&src[off..off + n]);
         true
+    }
+
+    fn region_e(&self) -> Option<Backed> {
+        self.e_state
+    }
+}
+
+/// A loss input's region E: an unsealed memfd mapped as guest memory for
+/// that input only (a lost region stays lost until unmapped).
+pub struct RegionE {
+    pub host: HostMemory,
+    pub guard: guard::Guarded,
+    pub writable: bool,
+    /// Bytes of the memfd the device can touch without a fault.
+    pub valid: usize,
+}
+
+impl RegionE {
+    /// Truncates the memfd to `len` bytes under the device.
+    pub fn truncate(&mut self, len: usize) {
+        // SAFETY: ftruncate on our own memfd, no pointers.
+        let r = unsafe { libc::ftruncate(self.host.fd(), len as libc::off_t) };
+        assert_eq!(r, 0, "ftruncate: {}", std::io::Error::last_os_error());
+        self.valid = self.valid.min(len.div_ceil(PAGE as usize) * PAGE as usize);
+    }
+
+    /// The bytes the device can reach without a fault, through the host's
+    /// own mapping (which would fault past them too).
+    pub fn backed_bytes(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.valid];
+        self.host.read(model::E_IOVA, &mut v);
+        v
+    }
+}
+
+/// Loss inputs mapped so far (each E memfd gets its own name, so the
+/// guard-page search never finds an earlier one).
+static E_MAPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Rig {
+    /// Maps a fresh region E filled with `bytes` (zero padded), between
+    /// guard pages: a new guarded mapping, at which the SIGBUS guard goes
+    /// back on top of whatever replaced it.
+    pub fn map_e(&mut self, bytes: &[u8], writable: bool) {
+        assert!(self.e.is_none(), "region E is mapped already");
+        let k = E_MAPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = std::ffi::CString::new(format!("nvmefast-fuzz-e{k}")).expect("name");
+        let mut guards = Vec::new();
+        let host = region(
+            &self.engine,
+            &name,
+            model::E_IOVA,
+            model::E_LEN,
+            writable,
+            &mut guards,
+        );
+        let n = bytes.len().min(model::E_LEN);
+        host.write(model::E_IOVA, &bytes[..n]);
+        let guard = guards.pop().expect("one mapping");
+        sigbus::set_guest(sigbus::GUEST_SLOTS - 1, guard.start, guard.end);
+        self.e = Some(RegionE {
+            host,
+            guard,
+            writable,
+            valid: model::E_LEN,
+        });
+    }
+
+    /// Unmaps region E and frees its guard pages.
+    pub fn unmap_e(&mut self) {
+        let Some(e) = self.e.take() else {
+            return;
+        };
+        self.engine
+            .unmap_dma(model::E_IOVA, model::E_LEN as u64)
+            .expect("unmap E");
+        sigbus::set_guest(sigbus::GUEST_SLOTS - 1, 0, 0);
+        guard::release(&e.guard);
+    }
+
+    /// Region E's bytes the device can reach (through the host's view),
+    /// when a loss input has it mapped.
+    pub fn e_bytes(&self) -> Option<Vec<u8>> {
+        self.e.as_ref().map(RegionE::backed_bytes)
+    }
+
+    /// Guest memory as it is now, for a loss input's next command; region
+    /// E as the device finds it (`lost`: not at all).
+    pub fn images(&self, lost: bool) -> Images {
+        let mut a = vec![0u8; model::A_LEN];
+        let mut b = vec![0u8; model::B_LEN];
+        self.a.read(model::A_IOVA, &mut a);
+        self.b.read(model::B_IOVA, &mut b);
+        let e = self.e.as_ref();
+        Images {
+            a,
+            b,
+            c: self.c.bytes.lock().unwrap().clone(),
+            e: self.e_bytes().unwrap_or_default(),
+            e_state: e.filter(|_| !lost).map(|e| Backed {
+                valid: e.valid,
+                writable: e.writable,
+            }),
+        }
+    }
+
+    /// The namespace images the harness restores, in [`Rig::patterns`]
+    /// order.
+    pub fn pattern_images(&self) -> Vec<Vec<u8>> {
+        self.patterns.iter().map(|p| p.2.clone()).collect()
+    }
+
+    /// What the engine says region E is.
+    pub fn kind_e(&self) -> Kind {
+        self.engine
+            .dma_region_info()
+            .into_iter()
+            .find(|r| r.0 == model::E_IOVA)
+            .map(|r| r.3)
+            .expect("region E is mapped")
+    }
+
+    /// Guest memory regions the device lost so far.
+    pub fn regions_lost(&self) -> u64 {
+        self.engine
+            .counters()
+            .into_iter()
+            .find(|c| c.0 == "dma_regions_lost")
+            .map(|c| c.1)
+            .expect("dma_regions_lost counter")
     }
 }

@@ -1,7 +1,9 @@
 //! The `sqe` target: input bytes 0-63 are an SQE submitted on I/O queue 1
 //! of a running engine, the rest is guest memory (PRP lists, SGL segments,
-//! data, range lists) laid out by [`Rig::load`]. After the completion the
-//! oracle checks, and panics (a libFuzzer crash) on any breach:
+//! data, range lists) laid out by [`Rig::load`]. An input that starts with
+//! `LOSS` is a loss input instead ([`crate::loss`]): several SQEs around a
+//! truncation of guest memory. After each completion the oracle checks,
+//! and panics (a libFuzzer crash) on any breach:
 //!
 //! - the CQE names the command (CID, SQ ID, SQ head) and its status is one
 //!   the spec allows for the opcode ([`model::status_allowed`]);
@@ -19,15 +21,24 @@
 //!   one) or a namespace (the custom namespace's storage checks each call),
 //!   and every command completes within five seconds.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use nvmefast::spec::opcode::io as op;
 use nvmefast::spec::{Cqe, Sqe, Status};
 
+use crate::loss;
 use crate::model::{self, Region};
 use crate::rig::{Images, Rig};
+use crate::sigbus;
 
-fn rig() -> &'static Mutex<Rig> {
+/// Set (to anything) to make the rig touch a truncated mapping outside
+/// guest memory once it is built: the SIGBUS must travel through the guard
+/// and the probe to libFuzzer's handler, which reports a crash. For the
+/// test of that chain only.
+pub const STRAY_SIGBUS_ENV: &str = "NVMEFAST_FUZZ_STRAY_SIGBUS";
+
+/// The process's rig, built at the first input.
+pub fn rig() -> MutexGuard<'static, Rig> {
     static RIG: OnceLock<Mutex<Rig>> = OnceLock::new();
     RIG.get_or_init(|| {
         let rig = Rig::new();
@@ -36,12 +47,19 @@ fn rig() -> &'static Mutex<Rig> {
                 eprintln!("sqe: no guard pages around {g:x?}: overruns there are not caught");
             }
         }
+        if std::env::var_os(STRAY_SIGBUS_ENV).is_some() {
+            eprintln!("sqe: touching a truncated mapping outside guest memory");
+            sigbus::touch_stray();
+            eprintln!("sqe: survived a SIGBUS outside guest memory: nothing handled it");
+        }
         Mutex::new(rig)
     })
+    .lock()
+    .unwrap_or_else(|e| e.into_inner())
 }
 
 /// LBA size and byte size of namespace `nsid`, if it exists.
-fn namespace(nsid: u32) -> Option<(u64, u64, &'static str)> {
+pub(crate) fn namespace(nsid: u32) -> Option<(u64, u64, &'static str)> {
     model::NAMESPACES
         .iter()
         .find(|n| n.0 == nsid)
@@ -50,45 +68,70 @@ fn namespace(nsid: u32) -> Option<(u64, u64, &'static str)> {
 
 /// Runs one input; panics when the device breaks the oracle.
 pub fn run_one(data: &[u8]) {
+    if let Some(rest) = data.strip_prefix(loss::MAGIC) {
+        loss::run(rest);
+        return;
+    }
     let Some((raw, guest)) = data.split_first_chunk::<64>() else {
         return;
     };
     let sqe = Sqe::from_bytes(raw);
-    let mut rig = rig().lock().unwrap_or_else(|e| e.into_inner());
+    let mut rig = rig();
     let images = rig.load(guest);
     let cqe = rig.submit(&sqe);
     let fail = |why: String| -> ! { panic!("{why}\n  {sqe:?}\n  {cqe:?}") };
-    if let Err(why) = check_completion(&rig, &sqe, &cqe) {
+    if let Err(why) = check(&rig, &images, &sqe, &cqe) {
         fail(why);
     }
-    let status = cqe.status();
-    if let Err(why) = check_status(&images, &rig, &sqe, status) {
-        fail(why);
-    }
-    if let Err(why) = check_guest_memory(&rig, &images, &sqe, status) {
-        fail(why);
-    }
-    let mut changed = false;
-    for i in 0..rig.patterns.len() {
-        let (nsid, lbs, ref before) = rig.patterns[i];
-        let before = before.clone();
-        let after = rig.read_namespace(nsid, lbs, before.len());
-        let expect = if status == Status::SUCCESS {
-            model::namespace_after(&images, &sqe, nsid, lbs, &before)
-        } else {
-            Ok(model::Expect::Exact(before.clone()))
-        };
-        match expect.map(|e| e.violation(&before, &after)) {
-            Ok(None) => {}
-            Ok(Some(why)) => fail(format!("namespace {nsid}: {why}")),
-            Err(why) => fail(format!("namespace {nsid}: {why}")),
-        }
-        changed |= after != before;
-    }
-    if changed {
+    let before = rig.pattern_images();
+    let after = check_namespaces(&mut rig, &images, &sqe, cqe.status(), &before, None)
+        .unwrap_or_else(|why| fail(why));
+    if after != before {
         rig.restore_namespaces();
     }
     rig.reset_zones();
+}
+
+/// The CQE, the status and guest memory after one command, whose guest
+/// memory was `images` before it.
+pub(crate) fn check(rig: &Rig, images: &Images, sqe: &Sqe, cqe: &Cqe) -> Result<(), String> {
+    check_completion(rig, sqe, cqe)?;
+    check_status(images, rig, sqe, cqe.status())?;
+    check_guest_memory(rig, images, sqe, cqe.status())
+}
+
+/// Reads every namespace that stores data back through the device and
+/// checks it against what the command may have made of `before` (one
+/// image per [`Rig::patterns`] entry); returns what it read. A Write whose
+/// data came from memory that was lost under it (`lost_write`: its LBA
+/// range) failed, but may have changed that range (as a Write that fails
+/// mid-transfer on real hardware may).
+pub(crate) fn check_namespaces(
+    rig: &mut Rig,
+    images: &Images,
+    sqe: &Sqe,
+    status: Status,
+    before: &[Vec<u8>],
+    lost_write: Option<(usize, usize)>,
+) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    for (i, before) in before.iter().enumerate() {
+        let (nsid, lbs, _) = rig.patterns[i];
+        let after = rig.read_namespace(nsid, lbs, before.len());
+        let expect = if status == Status::SUCCESS {
+            model::namespace_after(images, sqe, nsid, lbs, before)
+        } else if let (Some((lo, hi)), true) = (lost_write, sqe.nsid() == nsid) {
+            Ok(model::Expect::Within(lo, hi))
+        } else {
+            Ok(model::Expect::Exact(before.clone()))
+        };
+        match expect.map(|e| e.violation(before, &after)) {
+            Ok(None) => {}
+            Ok(Some(why)) | Err(why) => return Err(format!("namespace {nsid}: {why}")),
+        }
+        out.push(after);
+    }
+    Ok(out)
 }
 
 fn check_completion(rig: &Rig, sqe: &Sqe, cqe: &Cqe) -> Result<(), String> {
@@ -171,6 +214,11 @@ fn check_status(g: &Images, rig: &Rig, sqe: &Sqe, status: Status) -> Result<(), 
             Some(s) => want(s, &format!("reference PRP walk: {e:?}")),
             None => Ok(()),
         },
+        // The null namespace moves no data: it never touches the pages.
+        Ok(pieces) if backend != "null" && model::faults(g, &pieces) => want(
+            Status::DATA_TRANSFER_ERROR.dnr(),
+            "the data lies in guest memory past its file's end",
+        ),
         Ok(pieces) if sqe.opcode() == op::COMPARE && backend != "null" => {
             let data = model::gather(g, &pieces);
             let (_, _, ref image) = rig.patterns.iter().find(|p| p.0 == sqe.nsid()).unwrap();
@@ -185,14 +233,16 @@ fn check_status(g: &Images, rig: &Rig, sqe: &Sqe, status: Status) -> Result<(), 
     }
 }
 
-/// Guest memory after the command: B never changes; A and C change only
-/// under a successful Read, and then (with PRPs) exactly as the model says.
+/// Guest memory after the command: B never changes; A, C and a loss
+/// input's E (what is left of it) change only under a successful Read, and
+/// then (with PRPs) exactly as the model says.
 fn check_guest_memory(rig: &Rig, before: &Images, sqe: &Sqe, status: Status) -> Result<(), String> {
     let mut a = vec![0u8; model::A_LEN];
     let mut b = vec![0u8; model::B_LEN];
     rig.a.read(model::A_IOVA, &mut a);
     rig.b.read(model::B_IOVA, &mut b);
     let c = rig.c.bytes.lock().unwrap().clone();
+    let e = rig.e_bytes();
     let diff = |x: &[u8], y: &[u8]| {
         if x == y {
             return None;
@@ -212,11 +262,7 @@ fn check_guest_memory(rig: &Rig, before: &Images, sqe: &Sqe, status: Status) -> 
         // A failed Read leaves its data buffer undefined (NVMe Base 4.1.1).
         return Ok(());
     }
-    let mut want = Images {
-        a: before.a.clone(),
-        b: before.b.clone(),
-        c: before.c.clone(),
-    };
+    let mut want = before.clone();
     if read {
         let Some((lbs, _, backend)) = namespace(sqe.nsid()) else {
             return Err("a Read of a missing namespace succeeded".into());
@@ -240,6 +286,7 @@ fn check_guest_memory(rig: &Rig, before: &Images, sqe: &Sqe, status: Status) -> 
                 let dst = match r {
                     Region::A => &mut want.a,
                     Region::C => &mut want.c,
+                    Region::E => &mut want.e,
                     Region::B | Region::D => unreachable!("the walk refused them"),
                 };
                 dst[at..at + len].copy_from_slice(&image[off..off + len]);
@@ -258,6 +305,14 @@ fn check_guest_memory(rig: &Rig, before: &Images, sqe: &Sqe, status: Status) -> 
             "remote region C offset {i:#x} is {:#04x}, expected {:#04x}",
             c[i], want.c[i]
         ));
+    }
+    if let Some(e) = e.filter(|e| e.len() == want.e.len()) {
+        if let Some(i) = diff(&want.e, &e) {
+            return Err(format!(
+                "region E offset {i:#x} is {:#04x}, expected {:#04x}",
+                e[i], want.e[i]
+            ));
+        }
     }
     Ok(())
 }

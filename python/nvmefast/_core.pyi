@@ -262,7 +262,8 @@ class Engine:
         """Forget every deferred admin command (controller reset); returns how many."""
     # interrupts
     def set_vector_eventfd(self, vector: int, fd: int | None) -> None:
-        """Signal ``vector`` by writing this eventfd (duplicated); None detaches."""
+        """Signal ``vector`` by writing this eventfd (duplicated, made non-blocking;
+        VectorError for an fd that is not an eventfd); None detaches."""
     def mask_vector(self, vector: int, masked: bool) -> None:
         """Mask or unmask ``vector``; unmask with pending set signals exactly once."""
     def pending_vectors(self) -> list[int]:
@@ -294,7 +295,8 @@ class Engine:
     @property
     def interrupt_mask(self) -> int: ...
     def set_intx_eventfds(self, trigger: int | None, resample: int | None = None) -> None:
-        """Signal INTx through a KVM-style trigger/resample eventfd pair (duplicated)."""
+        """Signal INTx through a KVM-style trigger/resample eventfd pair (duplicated,
+        made non-blocking; VectorError for an fd that is not an eventfd)."""
     def set_intx_callback(self, callback: Callable[[bool], object] | None) -> None:
         """Call ``callback(level)`` on every INTx level change (on the worker)."""
     @property

@@ -405,7 +405,14 @@ class Controller:
     # -- interrupts ------------------------------------------------------------
 
     def set_vector_eventfd(self, vector: int, fd: int | None) -> None:
-        """Signal MSI-X ``vector`` by writing eventfd ``fd`` (duplicated); None detaches."""
+        """Signal MSI-X ``vector`` by writing eventfd ``fd`` (duplicated); None detaches.
+
+        ``fd`` must be an eventfd (``os.eventfd``, a KVM irqfd): any other fd
+        raises :class:`VectorError`. It is made non-blocking, so the worker's
+        write never waits (a counter at its maximum is a signal already
+        pending); O_NONBLOCK belongs to the open file, so the caller's copy
+        becomes non-blocking too: wait for it with ``select``/``poll``.
+        """
         engine = self._live()
         self._check_vector(vector)
         engine.set_vector_eventfd(vector, fd)
@@ -551,7 +558,8 @@ class Controller:
     def set_intx_eventfds(self, trigger: int | None, resample: int | None = None) -> None:
         """Signal INTx through a KVM irqfd pair: ``trigger`` asserts; after the
         guest's EOI KVM signals ``resample`` and the line is asserted again if
-        it is still high. Both are duplicated; None detaches."""
+        it is still high. Both are duplicated; None detaches. Both must be
+        eventfds and are made non-blocking, as for :meth:`set_vector_eventfd`."""
         self._live().set_intx_eventfds(trigger, resample)
 
     def set_intx_callback(self, callback: Callable[[bool], object] | None) -> None:

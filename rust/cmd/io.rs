@@ -546,6 +546,11 @@ pub(crate) fn rw_segments(
             // An SGL bit bucket: the host does not want those bytes.
             Target::BitBucket => Ok(()),
         };
+        if let (Err(libc::EFAULT), Target::Host(p)) = (r, s.target) {
+            // The kernel could not reach the buffer: guest memory that
+            // shrank? Found (and the region lost) by touching it.
+            ctx.mem.touch_guarded(p, s.len);
+        }
         r.map_err(|e| file_failure(e, !read, slba, nsid, ctx.smart))?;
         off += s.len as u64;
     }

@@ -335,6 +335,16 @@ impl super::Shared {
                 continue;
             };
             let mut result = finish(slot, c.res, &mut q.smart);
+            if let (Some(m), Err(f)) = (slot.mem.as_ref(), &result) {
+                if f.status == Status::DATA_TRANSFER_ERROR.dnr() {
+                    // EFAULT: the kernel could not reach a buffer. Guest
+                    // memory that shrank is found (the region lost, for
+                    // the pass's check) by touching the buffers.
+                    for v in &slot.iov {
+                        m.touch_guarded(v.iov_base.cast(), v.iov_len);
+                    }
+                }
+            }
             if let (Some(m), Ok(_)) = (slot.mem.as_ref(), &result) {
                 if m.lost()
                     && slot

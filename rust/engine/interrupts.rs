@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use super::{lock, Engine, EngineError};
 use crate::intx::LevelCallback;
-use crate::irq::{dup_fd, IrqError, IrqMode, Notifier};
+use crate::irq::{dup_eventfd, dup_fd, IrqError, IrqMode, Notifier};
 
 impl Engine {
     // ---- interrupts ------------------------------------------------------
 
-    /// Attaches (Some) or detaches (None) the eventfd of `vector`.
+    /// Attaches (Some) or detaches (None) the eventfd of `vector`: it must
+    /// be an eventfd, and is made non-blocking (a worker never waits on it:
+    /// [`crate::irq::dup_eventfd`]).
     pub fn set_vector_eventfd(&self, vector: u32, fd: Option<RawFd>) -> Result<(), EngineError> {
         Ok(self.shared.vectors.set_eventfd(vector, fd)?)
     }
@@ -126,14 +128,15 @@ impl Engine {
         self.shared.vectors.intms()
     }
 
-    /// Wires INTx to a KVM-style eventfd pair (duplicated; None detaches).
+    /// Wires INTx to a KVM-style eventfd pair (duplicated, checked and made
+    /// non-blocking as for [`Engine::set_vector_eventfd`]; None detaches).
     pub fn set_intx_eventfds(
         &self,
         trigger: Option<RawFd>,
         resample: Option<RawFd>,
     ) -> Result<(), EngineError> {
-        let t = trigger.map(dup_fd).transpose()?;
-        let r = resample.map(dup_fd).transpose()?;
+        let t = trigger.map(dup_eventfd).transpose()?;
+        let r = resample.map(dup_eventfd).transpose()?;
         lock(&self.shared.intx).set_eventfds(t, r);
         Ok(())
     }

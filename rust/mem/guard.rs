@@ -253,9 +253,7 @@ fn install() -> Result<(), String> {
         return Ok(());
     }
     // Published before ours is in force, so the handler always finds it.
-    // Leaked: the handler may read it at any time. One per installation,
-    // and installations happen only when someone replaced ours.
-    PREV.store(Box::into_raw(Box::new(cur)), Ordering::Release);
+    PREV.store(saved(&cur), Ordering::Release);
     // SAFETY: an all-zero sigaction is a valid value.
     let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
     sa.sa_sigaction = ours;
@@ -280,9 +278,51 @@ fn install() -> Result<(), String> {
     }
     if old.sa_sigaction != cur.sa_sigaction && old.sa_sigaction != ours {
         // Someone installed a handler between our two calls: chain to it.
-        PREV.store(Box::into_raw(Box::new(old)), Ordering::Release);
+        PREV.store(saved(&old), Ordering::Release);
     }
     Ok(())
+}
+
+/// Dispositions saved to chain to, each once (`WRITER` held). Never freed:
+/// the handler may be running one on another thread while a registration
+/// replaces `PREV`, so a disposition in use can never be known unused.
+/// Reusing an equal one keeps this bounded by the distinct dispositions the
+/// process ever had, not by how often something replaced ours (a library
+/// that re-installs its handler, `faulthandler.enable()` in a loop, a
+/// fuzzer's harness: before, each time leaked one).
+static SAVED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// A never-freed copy of `sa` for `PREV`: an equal one saved before, or a
+/// new one.
+fn saved(sa: &libc::sigaction) -> *mut libc::sigaction {
+    let mut all = SAVED.lock().unwrap_or_else(|e| e.into_inner());
+    for &p in all.iter() {
+        let p = p as *mut libc::sigaction;
+        // SAFETY: every entry is a leaked, never-freed sigaction.
+        if same_action(unsafe { &*p }, sa) {
+            return p;
+        }
+    }
+    let p = Box::into_raw(Box::new(*sa));
+    all.push(p as usize);
+    p
+}
+
+/// True when `a` and `b` are the same disposition (handler, flags, mask).
+fn same_action(a: &libc::sigaction, b: &libc::sigaction) -> bool {
+    let bytes = |m: &libc::sigset_t| {
+        // SAFETY: a sigset_t is plain bytes, read within its own size.
+        unsafe {
+            std::slice::from_raw_parts(
+                (m as *const libc::sigset_t).cast::<u8>(),
+                std::mem::size_of::<libc::sigset_t>(),
+            )
+            .to_vec()
+        }
+    };
+    a.sa_sigaction == b.sa_sigaction
+        && a.sa_flags == b.sa_flags
+        && bytes(&a.sa_mask) == bytes(&b.sa_mask)
 }
 
 /// The SIGBUS handler.
@@ -461,6 +501,34 @@ mod tests {
         let slot = a.slot;
         drop(a);
         assert!(find(base + 0x1000).is_none_or(|(s, ..)| !std::ptr::eq(s, slot)));
+    }
+
+    #[test]
+    fn a_disposition_saved_again_is_not_copied_again() {
+        extern "C" fn one(_: libc::c_int) {}
+        extern "C" fn two(_: libc::c_int) {}
+        let action = |h: extern "C" fn(libc::c_int), flags: libc::c_int| {
+            // SAFETY: an all-zero sigaction is a valid value.
+            let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+            sa.sa_sigaction = h as libc::sighandler_t;
+            sa.sa_flags = flags;
+            sa
+        };
+        let _w = WRITER.lock().unwrap_or_else(|e| e.into_inner());
+        let a = saved(&action(one, 0));
+        let n = SAVED.lock().unwrap().len();
+        // The same disposition replaced ours again and again: one copy.
+        for _ in 0..100 {
+            assert_eq!(saved(&action(one, 0)), a);
+        }
+        assert_eq!(SAVED.lock().unwrap().len(), n);
+        // Another handler, or the same with other flags, is another.
+        let b = saved(&action(two, 0));
+        let c = saved(&action(one, libc::SA_RESTART));
+        assert!(b != a && c != a && b != c);
+        // SAFETY: saved() returns leaked, never-freed copies.
+        let copy = unsafe { &*c };
+        assert_eq!(copy.sa_flags, libc::SA_RESTART);
     }
 
     #[test]

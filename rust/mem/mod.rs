@@ -433,6 +433,36 @@ impl MemoryMap {
             .any(|r| r.faulted() && r.holds(p as usize, len))
     }
 
+    /// Touches one byte in each page of host range `[p, p + len)` (a buffer
+    /// translated against this snapshot) that lies in a guarded region.
+    /// For a transfer the kernel failed with EFAULT (a file namespace's
+    /// read or write through the buffer): the kernel does not raise SIGBUS
+    /// for its own accesses, so a page past the file's end faults here
+    /// instead, and the guard turns it into a lost region, counted and
+    /// reported, as if the device had copied the data itself.
+    /// [`MemoryMap::lost`] says so afterwards.
+    #[cold]
+    pub fn touch_guarded(&self, p: *const u8, len: usize) {
+        let page = page_size() as usize;
+        let (lo, hi) = (p as usize, (p as usize).saturating_add(len));
+        for r in &self.regions {
+            let (Backing::Fd { host, .. }, Some(_)) = (&r.backing, &r.guard) else {
+                continue;
+            };
+            let base = *host as usize;
+            let end = base.saturating_add(r.len as usize);
+            let mut at = lo.max(base);
+            while at < hi.min(end) {
+                // SAFETY: `at` lies inside the region's mapping, which this
+                // snapshot keeps mapped; a page past the file's end raises
+                // SIGBUS, which the guard (the region is registered) turns
+                // into a zero page, so the read completes.
+                unsafe { std::ptr::read_volatile(at as *const u8) };
+                at = (at / page + 1) * page;
+            }
+        }
+    }
+
     /// Host pointer for guest range `[iova, iova+len)`, which must lie inside
     /// one region (and a writable one when `write`). `len` may be 0. A range
     /// in a remote region is [`MemError::Remote`]: accessible, but only

@@ -10,7 +10,7 @@ use super::callbacks::notifier;
 use super::engine::PyEngine;
 use super::errors::{choice, config_err, state_err, u16_arg, vector_err};
 use crate::driver::{bench, bench_zoned, file_floor, floor, irqcost, ring, HostMemory, HostQueue};
-use crate::irq::{dup_fd, Notifier};
+use crate::irq::{dup_eventfd, dup_fd, Notifier};
 
 /// The ways `bench_io` rings doorbells (matched by name in the host loop).
 const DOORBELLS: &[(&str, ())] = &[
@@ -295,7 +295,12 @@ fn measure_irq_delivery(
         Kind::Callback => Notifier::Callback(Arc::new(notifier::<u32>(target.unbind()))),
         kind => {
             let fd: i32 = target.extract()?;
-            let owned = dup_fd(fd).map_err(|e| vector_err(py, e.to_string()))?;
+            // The eventfd as a vector gets it (checked, non-blocking).
+            let owned = match kind {
+                Kind::Eventfd => dup_eventfd(fd),
+                _ => dup_fd(fd),
+            }
+            .map_err(|e| vector_err(py, e.to_string()))?;
             match kind {
                 Kind::Eventfd => Notifier::Eventfd(owned),
                 _ => Notifier::KvmMsi(owned),

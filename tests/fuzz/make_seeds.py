@@ -4,7 +4,10 @@
 An ``sqe`` seed is a 64-byte SQE followed by guest memory bytes, which the
 harness lays out from IOVA 0 of region A (and the first 8 KiB again in
 read-only region B at 0x20000 and remote region C at 0x30000): see
-``fuzz/src/model.rs``. A ``vfio_user`` seed is byte 0 (which messages carry
+``fuzz/src/model.rs``. A loss seed (``LOSS`` first, see ``fuzz/src/loss.rs``)
+carries a few SQEs and a plan that truncates region E (an unsealed memfd at
+0x40000, 16 KiB, holding the first 16 KiB of guest bytes) under the device.
+A ``vfio_user`` seed is byte 0 (which messages carry
 fds, see ``fuzz_vfio_user.py``) followed by a client's message stream.
 """
 
@@ -22,7 +25,8 @@ from nvmefast.vfio_user import protocol as p  # noqa: E402
 # -- sqe ---------------------------------------------------------------------------
 
 PAGE = 4096
-B, C = 0x2_0000, 0x3_0000
+B, C, E = 0x2_0000, 0x3_0000, 0x4_0000
+E_LEN = 0x4000
 
 READ, WRITE, FLUSH, COMPARE, WRITE_ZEROES, DSM, VERIFY, COPY = 0x02, 0x01, 0x00, 0x05, 0x08, 0x09, 0x0C, 0x19
 
@@ -85,6 +89,20 @@ PI_SEEDS: dict[str, bytes] = {
     "pi-compare": make_sqe(COMPARE, 0x20, 6, prp1=0x1000, mptr=0x2000, cdw12=(PR_G | PR_R) << 26) + PI_DATA,
     "pi-mptr-unmapped": make_sqe(READ, 0x20, 6, prp1=0x1000, mptr=0x1_0000) + PI_DATA,
 }
+NEVER = 0xFF
+"""A ``cut`` past every command (taken modulo commands + 2, 0xFF never lands on 'after the last')."""
+
+
+def loss(*sqes: bytes, cut: int, size: int, guest_bytes: bytes = b"", reinstall: bool = False,
+         decoy: bool = False, readonly: bool = False) -> bytes:
+    """A loss input: up to 4 SQEs; region E truncated to ``size`` bytes before
+    command ``cut`` (``len(sqes)``: after the last; :data:`NEVER`: never)."""
+    assert 1 <= len(sqes) <= 4 and 0 <= size <= E_LEN
+    if cut == NEVER:
+        cut = len(sqes) + 1
+    flags = (len(sqes) - 1) | reinstall << 2 | decoy << 3 | readonly << 4
+    return b"LOSS" + bytes([flags, cut]) + struct.pack("<H", size) + b"".join(sqes) + guest_bytes
+
 
 SQE_SEEDS: dict[str, bytes] = {
     "write-prp1-offset": lba(WRITE, 1, 0, 1, prp1=0x200) + guest((0x200, pattern(512))),
@@ -177,6 +195,69 @@ SQE_SEEDS: dict[str, bytes] = {
     # Namespace 6: 8 bytes of separate metadata, type 1 PI (issue 24). PRINFO
     # is CDW12 29:26 (PRACT 8, guard 4, app 2, ref 1), MPTR the metadata.
     **PI_SEEDS,
+    # Region E shrinks under the device (the SIGBUS guard): fully, to a page
+    # boundary, or inside a page, before, between or after the commands.
+    "loss-read-past-end": loss(lba(READ, 1, 0, 8, prp1=E + 0x3000), cut=0, size=0x2000),
+    "loss-list-past-end": loss(
+        lba(WRITE, 3, 0, 3, prp1=0x0, prp2=E + 0x3000), cut=0, size=0x1800,
+        guest_bytes=guest((0x3000, qwords(0x1000, 0x2000))),
+    ),
+    "loss-between-commands": loss(
+        lba(READ, 1, 0, 8, prp1=E + 0x2000), lba(WRITE, 1, 8, 8, prp1=E), lba(READ, 3, 0, 1, prp1=0x1000),
+        cut=1, size=0,
+    ),
+    "loss-inside-a-page": loss(
+        lba(READ, 1, 0, 1, prp1=E + 0x1200), lba(WRITE, 1, 2, 8, prp1=E + 0x1000), cut=0, size=0x1100,
+        guest_bytes=pattern(0x2000),
+    ),
+    "loss-then-healthy-part": loss(
+        lba(COMPARE, 1, 0, 8, prp1=E + 0x3000), lba(READ, 1, 0, 1, prp1=E), cut=0, size=0x3000,
+    ),
+    "loss-copy-range-list": loss(
+        make_sqe(COPY, 1, 1, prp1=E + 0x2000, cdw10=64, cdw12=0), cut=0, size=0x1000,
+        guest_bytes=guest((0x2000, struct.pack("<8xQH14x", 0, 7))),
+    ),
+    "loss-dsm-range-list": loss(
+        make_sqe(DSM, 1, 1, prp1=E + 0x3F00, cdw10=0, cdw11=1 << 2), cut=0, size=0x3000,
+        guest_bytes=guest((0x3F00, struct.pack("<IIQ", 0, 4, 10))),
+    ),
+    "loss-sgl-segment": loss(
+        lba(READ, 1, 0, 2, **sgl1(E + 0x2000, 32, 3)), cut=0, size=0x2000,
+        guest_bytes=guest((0x2000, sgl_desc(0x1000, 512, 0) + sgl_desc(E, 512, 0))),
+    ),
+    # Found by these seeds: the kernel moves a file namespace's data and hits
+    # the lost page with EFAULT, not SIGBUS; the device must find the loss.
+    "loss-file-read": loss(lba(READ, 4, 0, 16, prp1=E + 0x1000, prp2=E + 0x2000), cut=0, size=0x2000),
+    "loss-file-write": loss(lba(WRITE, 4, 0, 16, prp1=E + 0x2000, prp2=E + 0x3000), cut=0, size=0x2800),
+    "loss-custom-write": loss(lba(WRITE, 5, 0, 16, prp1=E + 0x2000, prp2=E + 0x3000), cut=0, size=0x3000),
+    "loss-null-read": loss(lba(READ, 2, 0, 8, prp1=E + 0x3000), cut=0, size=0),
+    "loss-readonly-after": loss(
+        lba(WRITE, 3, 1, 1, prp1=E + 0x1000), lba(READ, 1, 0, 1, prp1=E), cut=2, size=0x800,
+        guest_bytes=pattern(0x2000), readonly=True,
+    ),
+    "loss-handlers": loss(
+        lba(READ, 1, 0, 8, prp1=E + 0x3000), cut=NEVER, size=0, reinstall=True, decoy=True,
+    ),
+    "loss-handlers-fault": loss(
+        lba(WRITE, 1, 0, 8, prp1=E), cut=0, size=0, reinstall=True, decoy=True,
+    ),
+    # Shapes the first fuzzing run of the loss inputs reached, written out.
+    "loss-file-list-mixed": loss(
+        lba(WRITE, 4, 0, 40, prp1=0x1000, prp2=0x3000), cut=0, size=0x2800,
+        guest_bytes=guest((0x3000, qwords(0x2000, E + 0x1000, E + 0x3000, 0x4000, 0x5000))),
+    ),
+    "loss-copy-after-loss": loss(
+        lba(READ, 3, 0, 1, prp1=E + 0x3000), make_sqe(COPY, 1, 3, prp1=E, cdw10=8, cdw12=0),
+        cut=0, size=0x3000, guest_bytes=guest((0, struct.pack("<8xQH14x", 0, 1))),
+    ),
+    "loss-sgl-tail-of-page": loss(
+        lba(READ, 1, 0, 2, **sgl1(E + 0x800, 32, 3)), cut=0, size=0x900,
+        guest_bytes=guest((0x800, sgl_desc(E + 0xA00, 512, 0) + sgl_desc(0x1000, 512, 0))),
+    ),
+    "loss-readonly-handlers-after": loss(
+        lba(COMPARE, 1, 0, 1, prp1=E + 0x1000), lba(WRITE, 3, 0, 1, prp1=E + 0x2000), cut=1, size=0x1800,
+        readonly=True, reinstall=True, decoy=True,
+    ),
 }
 
 

@@ -47,6 +47,43 @@ def _chunks(offset: int, count: int) -> list[tuple[int, int]]:
     return out
 
 
+EVENTFD_LINK = "anon_inode:[eventfd]"
+"""What ``/proc/self/fd`` says an eventfd is."""
+
+
+def _require_eventfds(fds: list[int]) -> None:
+    """Refuse SET_IRQS fds that are not eventfds, before any is attached: the
+    core writes (or reads) them from a worker, and any other kind of fd (a
+    pipe nobody reads) could block it for ever. The core checks each again."""
+    for i, fd in enumerate(fds):
+        try:
+            kind = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError as e:
+            raise ProtocolError(errno.EINVAL, f"SET_IRQS fd {i}: cannot tell whether it is an eventfd: {e}") from e
+        if kind != EVENTFD_LINK:
+            raise ProtocolError(errno.EINVAL, f"SET_IRQS fd {i} is {kind}, not an eventfd")
+
+
+def _signal(fd: int) -> None:
+    """One eventfd signal that never waits: the fds the core keeps are
+    non-blocking, and a counter at its maximum (EAGAIN) is a signal already
+    pending."""
+    try:
+        os.eventfd_write(fd, 1)
+    except BlockingIOError:
+        pass
+
+
+def _drain(fd: int) -> None:
+    """Empty a client's eventfd counter without waiting (made non-blocking
+    again first: the client shares the flag and may have cleared it)."""
+    try:
+        os.set_blocking(fd, False)
+        os.eventfd_read(fd)
+    except OSError:
+        pass
+
+
 class Device:
     """The regions and interrupts of one connection's view of ``controller``."""
 
@@ -74,6 +111,11 @@ class Device:
         self._intx_trigger: int | None = None
         self._intx_resample: int | None = None  # our own eventfd, written on UNMASK
         self._intx_masked = False
+        self._fds_lock = threading.Lock()
+        """Guards which of our duplicates are open (``msix_fds``, the INTx
+        pair), never held across a controller call: so that another thread
+        can drain them while this one waits in the core
+        (:meth:`unblock_interrupts`)."""
 
     # -- regions -------------------------------------------------------------------
 
@@ -232,6 +274,7 @@ class Device:
             )
         if kind == p.IRQ_SET_DATA_EVENTFD and len(fds) not in (0, count):
             raise ProtocolError(errno.EINVAL, f"SET_IRQS carries {len(fds)} fds for {count} vectors")
+        _require_eventfds(fds)
         if kind == p.IRQ_SET_DATA_BOOL and len(data) != count:
             raise ProtocolError(errno.EINVAL, f"SET_IRQS DATA_BOOL carries {len(data)} bytes for {count} vectors")
         if kind != p.IRQ_SET_DATA_EVENTFD and fds:
@@ -291,16 +334,17 @@ class Device:
         fd = self.msix_fds.get(vector)
         log.debug("vector %d triggered by the client", vector)
         if fd is not None:
-            os.eventfd_write(fd, 1)
+            _signal(fd)
 
     def _attach_vector(self, vector: int, fd: int | None) -> None:
         """Route ``vector`` to eventfd ``fd`` (borrowed), or detach it (None)."""
         self.controller.set_vector_eventfd(vector, fd)
-        old = self.msix_fds.pop(vector, None)
-        if old is not None:
-            os.close(old)
-        if fd is not None:
-            self.msix_fds[vector] = os.dup(fd)
+        with self._fds_lock:
+            old = self.msix_fds.pop(vector, None)
+            if old is not None:
+                os.close(old)
+            if fd is not None:
+                self.msix_fds[vector] = os.dup(fd)
 
     def _drop_msix_fds(self) -> None:
         for v in list(self.msix_fds):
@@ -315,8 +359,9 @@ class Device:
             return
         if action == p.IRQ_SET_ACTION_TRIGGER and kind == p.IRQ_SET_DATA_EVENTFD:
             self._close_intx()
-            self._intx_trigger = os.dup(fds[0])
-            self._intx_resample = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            with self._fds_lock:
+                self._intx_trigger = os.dup(fds[0])
+                self._intx_resample = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
             self._intx_masked = False
             c.set_intx_eventfds(self._intx_trigger, self._intx_resample)
             log.info("INTx trigger eventfd attached")
@@ -338,15 +383,16 @@ class Device:
                 c.set_intx_eventfds(self._intx_trigger, self._intx_resample)
             if self._intx_resample is not None:
                 # The EOI: the core looks at the level again and re-asserts if still high.
-                os.eventfd_write(self._intx_resample, 1)
+                _signal(self._intx_resample)
         elif self._intx_trigger is not None:
-            os.eventfd_write(self._intx_trigger, 1)
+            _signal(self._intx_trigger)
 
     def _close_intx(self) -> None:
-        for fd in (self._intx_trigger, self._intx_resample):
-            if fd is not None:
-                os.close(fd)
-        self._intx_trigger = self._intx_resample = None
+        with self._fds_lock:
+            for fd in (self._intx_trigger, self._intx_resample):
+                if fd is not None:
+                    os.close(fd)
+            self._intx_trigger = self._intx_resample = None
 
     def _set_msi(self, kind: int, action: int, data: bytes, fds: list[int], disable: bool) -> None:
         c = self.controller
@@ -374,6 +420,23 @@ class Device:
             self.controller.function_reset()
             self.controller.set_msix_control(False, False)
             self.pci = PciConfigSpace(self.controller)
+
+    def unblock_interrupts(self) -> None:
+        """Release a worker a client has blocked in an eventfd write: on
+        disconnect (from the reader thread, which the core never holds up)
+        and before the teardown's reset.
+
+        The core makes every interrupt eventfd non-blocking, but the flag
+        belongs to the open file the client shares: a client that clears it
+        again and fills the counter to its maximum blocks the next write
+        until the counter is read. Here it is set again and the counter
+        read, which wakes that write; the reset and the next client go on
+        (unless the client keeps refilling the counter as fast as it is
+        drained: see docs/trust.md)."""
+        with self._fds_lock:
+            for fd in [*self.msix_fds.values(), self._intx_trigger]:
+                if fd is not None:
+                    _drain(fd)
 
     def detach(self) -> None:
         """Drop every interrupt route this connection attached."""

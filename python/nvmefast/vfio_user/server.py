@@ -136,6 +136,10 @@ class _Connection:
                 pass
         finally:
             self.closed.set()
+            # Before anything waits for the workers (the handler may be in
+            # the core already): a worker the client blocked in an eventfd
+            # write goes on.
+            self.device.unblock_interrupts()
             self.commands.put(None)
             with self.replies_lock:
                 for event, _ in self.replies.values():
@@ -415,6 +419,7 @@ class _Connection:
 
     def _teardown(self) -> None:
         self.closed.set()
+        self.device.unblock_interrupts()
         try:
             self.device.function_reset()
         except NvmeFastError:
