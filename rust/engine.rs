@@ -895,6 +895,9 @@ mod irq_tests;
 mod ns_tests;
 
 #[cfg(test)]
+mod uncor_tests;
+
+#[cfg(test)]
 mod nvm_tests;
 
 #[cfg(test)]

@@ -403,6 +403,8 @@ class Engine:
         """total_bytes (TNVMCAP), allocated_bytes, unallocated_bytes (UNVMCAP)."""
     def namespace_capacity(self, nsid: int) -> int:
         """NVMCAP of ``nsid``: NSZE x (LBA data size + metadata size) bytes."""
+    def uncorrectable_ranges(self, nsid: int) -> list[tuple[int, int]]:
+        """The blocks Write Uncorrectable marked on ``nsid``, as (SLBA, NLB) in LBA order."""
 
 @final
 class FaultTable:

@@ -246,6 +246,7 @@ pub fn execute(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
                 .map_err(|e| file_failure(e, true, 0, nsid, ctx.smart))?;
             Ok(0)
         }
+        op::WRITE_UNCORRECTABLE => nvm::write_uncorrectable(ctx, sqe),
         op::COMPARE => nvm::compare(ctx, sqe),
         op::WRITE_ZEROES => nvm::write_zeroes(ctx, sqe),
         op::DATASET_MANAGEMENT => nvm::dataset_management(ctx, sqe),
@@ -391,6 +392,81 @@ pub(crate) fn writable(ns: &Namespace, lba: u64, nsid: u32) -> Result<(), Failur
     Ok(())
 }
 
+/// A read of `[slba, slba + nlb)` (Read, Compare, Verify, a Copy source):
+/// Unrecovered Read Error at the first block Write Uncorrectable marked.
+/// One load when nothing is marked.
+#[inline]
+pub(crate) fn unmarked(
+    ns: &Namespace,
+    slba: u64,
+    nlb: u64,
+    nsid: u32,
+    smart: &mut Smart,
+) -> Result<(), Failure> {
+    if !ns.uncorrectable.any() {
+        return Ok(());
+    }
+    marked_read(ns, slba, nlb, nsid, smart)
+}
+
+#[cold]
+fn marked_read(
+    ns: &Namespace,
+    slba: u64,
+    nlb: u64,
+    nsid: u32,
+    smart: &mut Smart,
+) -> Result<(), Failure> {
+    match ns.uncorrectable.first_marked(slba, nlb) {
+        // A media error, counted in SMART as one; reading again cannot
+        // help: Do Not Retry.
+        Some(lba) => {
+            smart.media_errors += 1;
+            Err(fail(
+                Status::UNRECOVERED_READ_ERROR.dnr(),
+                loc::CDW10,
+                lba,
+                nsid,
+            ))
+        }
+        None => Ok(()),
+    }
+}
+
+/// `[slba, slba + nlb)` was written (Write, Write Zeroes, deallocation, a
+/// Copy destination, Zone Append): Write Uncorrectable's marks there go,
+/// durably with `fua` or the volatile write cache off. One load when
+/// nothing is marked.
+#[inline]
+pub(crate) fn rewritten(
+    ns: &Namespace,
+    slba: u64,
+    nlb: u64,
+    fua: bool,
+    nsid: u32,
+    smart: &mut Smart,
+) -> Result<(), Failure> {
+    if !ns.uncorrectable.any() {
+        return Ok(());
+    }
+    unmark(ns, slba, nlb, fua, nsid, smart)
+}
+
+#[cold]
+fn unmark(
+    ns: &Namespace,
+    slba: u64,
+    nlb: u64,
+    fua: bool,
+    nsid: u32,
+    smart: &mut Smart,
+) -> Result<(), Failure> {
+    let durable = fua || !ns.cache.write_cache();
+    ns.uncorrectable
+        .clear(slba, nlb, durable)
+        .map_err(|e| file_failure(e, true, slba, nsid, smart))
+}
+
 /// Device-to-host through a remote segment: namespace bytes bounced
 /// through `buf` into the client's memory. The null backend moves no data,
 /// as it leaves fd-backed memory untouched.
@@ -457,21 +533,30 @@ fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, read: bool) -> Result<u64, Failure> {
         writable(ns, 0, sqe.nsid())?;
     }
     let (ns, off, len) = lba_transfer(ctx, sqe, read)?;
-    if let Some(z) = &ns.zones {
-        return crate::zns::io::rw(ctx, sqe, ns, z, off, len, read);
-    }
     let fua = sqe.cdw(12) & (1 << 30) != 0;
-    if !read {
-        ns.will_write(off, len, fua);
+    if read && ns.uncorrectable.any() {
+        let shift = ns.lba_shift();
+        unmarked(ns, off >> shift, len >> shift, sqe.nsid(), ctx.smart)?;
     }
-    rw_segments(ctx, sqe, ns, off, read)?;
-    if !read && fua {
-        // FUA on the synchronous path: durable before the completion.
-        ns.backend
-            .flush()
-            .map_err(|e| file_failure(e, true, off >> ns.lba_shift(), sqe.nsid(), ctx.smart))?;
+    if let Some(z) = &ns.zones {
+        crate::zns::io::rw(ctx, sqe, ns, z, off, len, read)?;
+    } else {
+        if !read {
+            ns.will_write(off, len, fua);
+        }
+        rw_segments(ctx, sqe, ns, off, read)?;
+        if !read && fua {
+            // FUA on the synchronous path: durable before the completion.
+            ns.backend
+                .flush()
+                .map_err(|e| file_failure(e, true, off >> ns.lba_shift(), sqe.nsid(), ctx.smart))?;
+        }
+        count(ctx.smart, read, len);
     }
-    count(ctx.smart, read, len);
+    if !read && ns.uncorrectable.any() {
+        let shift = ns.lba_shift();
+        rewritten(ns, off >> shift, len >> shift, fua, sqe.nsid(), ctx.smart)?;
+    }
     Ok(0)
 }
 
@@ -701,6 +786,10 @@ pub fn start(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<Started, Failure> {
     }
     let (ns, off, len) = lba_transfer(ctx, sqe, read)?;
     let fua = sqe.cdw(12) & (1 << 30) != 0;
+    if read && ns.uncorrectable.any() {
+        let shift = ns.lba_shift();
+        unmarked(ns, off >> shift, len >> shift, nsid, ctx.smart)?;
+    }
     if !read {
         ns.will_write(off, len, fua);
     }
@@ -712,6 +801,10 @@ pub fn start(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<Started, Failure> {
         // Remote segments and bit buckets take the synchronous path.
         rw_segments(ctx, sqe, ns, off, read)?;
         count(ctx.smart, read, len);
+        if !read {
+            let shift = ns.lba_shift();
+            rewritten(ns, off >> shift, len >> shift, fua, nsid, ctx.smart)?;
+        }
         return Ok(Started::Done(0));
     }
     let kind = if read {

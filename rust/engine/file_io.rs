@@ -306,6 +306,10 @@ fn finish(slot: &mut Slot, res: i32, q_smart: &mut io::Smart) -> Result<u64, Fai
             }
         }
         io::count(q_smart, !write, op.len);
+        if let (FileKind::Write { fua }, Some(ns)) = (op.kind, slot.ns.as_deref()) {
+            // Written: Write Uncorrectable's marks there go.
+            io::rewritten(ns, op.slba, op.len >> ns.lba_shift(), fua, nsid, q_smart)?;
+        }
     }
     Ok(0)
 }

@@ -171,6 +171,8 @@ impl Engine {
                 }
                 f.release();
             }
+            // An orderly close: the Write Uncorrectable marks are kept.
+            let _ = ns.uncorrectable.flush();
             // The metadata companion goes too (its lock with it).
             if let Some(s) = ns.meta.store() {
                 let _ = s.flush();
@@ -197,6 +199,13 @@ impl Engine {
     /// The Volatile Write Cache setting.
     pub fn write_cache(&self) -> bool {
         self.shared.write_cache.load(Ordering::SeqCst)
+    }
+
+    /// The blocks of namespace `nsid` Write Uncorrectable marked, as
+    /// (SLBA, NLB) in LBA order (None: not allocated).
+    pub fn uncorrectable_ranges(&self, nsid: u32) -> Option<Vec<(u64, u64)>> {
+        let ns = self.shared.namespace(nsid)?;
+        Some(ns.uncorrectable.ranges())
     }
 
     /// The current LBA data size of namespace `nsid`.

@@ -76,7 +76,7 @@ impl Uncorrectable {
     /// The first marked LBA in `[slba, slba + nlb)`, if any.
     #[inline]
     pub fn first_marked(&self, slba: u64, nlb: u64) -> Option<u64> {
-        if !self.any() {
+        if !self.any() || nlb == 0 {
             return None;
         }
         let end = slba.saturating_add(nlb);

@@ -723,6 +723,12 @@ impl PyEngine {
             .ok_or_else(|| config_err(py, format!("namespace {nsid} does not exist")))
     }
 
+    fn uncorrectable_ranges(&self, py: Python<'_>, nsid: u32) -> PyResult<Vec<(u64, u64)>> {
+        self.inner
+            .uncorrectable_ranges(nsid)
+            .ok_or_else(|| config_err(py, format!("namespace {nsid} does not exist")))
+    }
+
     fn take_errors(&self, py: Python<'_>) -> Vec<(u16, u16, u16, u16, u64, u32)> {
         py.detach(|| self.inner.take_errors())
             .into_iter()
