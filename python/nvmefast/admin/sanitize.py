@@ -214,13 +214,19 @@ def sanitize(admin: Admin, cmd: AdminCommand) -> Result:
     deallocate = not cmd.cdw10 & (1 << 9)
     abort_self_test(admin, SelfTestResult.ABORTED_BY_SANITIZE)
     with admin.lock:
+        before = (s.state, s.scdw10, s.passes, s.failure_restricted)
         s.state = SanitizeState.IN_PROGRESS
         s.scdw10 = cmd.cdw10
         s.passes = 0
         s.failure_restricted = None
         admin.events.discard(AsyncEventType.IO_COMMAND_SPECIFIC)
-    admin.engine.sanitize_start(kind, cmd.cdw11, passes if kind == "overwrite" else 1, invert, deallocate,
-                                MIN_SECONDS)  # fmt: skip
+    try:
+        admin.engine.sanitize_start(kind, cmd.cdw11, passes if kind == "overwrite" else 1, invert, deallocate,
+                                    MIN_SECONDS)  # fmt: skip
+    except BaseException:
+        with admin.lock:  # it never started: the log says what it said before
+            s.state, s.scdw10, s.passes, s.failure_restricted = before
+        raise
     watcher = threading.Thread(target=_watch, args=(admin, ause), name="nvmefast-sanitize", daemon=True)
     s.watcher = watcher
     watcher.start()

@@ -239,7 +239,12 @@ def device_self_test(admin: Admin, cmd: AdminCommand) -> Result:
     extended = stc == SelfTestCode.EXTENDED
     with admin.lock:
         admin.self_tests.running = _Running(stc, nsids)
-    admin.engine.self_test_start(nsids, extended, EXTENDED_SECONDS if extended else SHORT_SECONDS)
+    try:
+        admin.engine.self_test_start(nsids, extended, EXTENDED_SECONDS if extended else SHORT_SECONDS)
+    except BaseException:
+        with admin.lock:  # it never started: nothing runs, nothing to log
+            admin.self_tests.running = None
+        raise
     return (Status.SUCCESS, 0)
 
 
