@@ -21,6 +21,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from nvmefast.config import size_text
 from nvmefast.control import ControlError, control_request
 from nvmefast.namespace_spec import USAGE, parse_size
 
@@ -49,23 +50,16 @@ def ctl_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     lst.add_argument("--json", action="store_true", help="print the reply as JSON")
 
 
-def _size(n: int) -> str:
-    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift}{unit}"
-    return str(n)
-
-
 def format_list(reply: Mapping[str, Any]) -> str:
     """A ``list`` reply as a table."""
     rows = ["NSID  SIZE      LBA   BACKEND  ORIGIN      ATTACHED  PATH"]
     for ns in reply.get("namespaces", []):
         rows.append(
-            f"{ns['nsid']:<5} {_size(ns['size_bytes']):<9} {ns['lba_size']:<5} {ns['backend']:<8} "
+            f"{ns['nsid']:<5} {size_text(ns['size_bytes']):<9} {ns['lba_size']:<5} {ns['backend']:<8} "
             f"{ns['origin']:<11} {'yes' if ns['attached'] else 'no':<9} {ns.get('path') or ''}".rstrip()
         )
     cap = reply.get("capacity", {})
-    rows.append(f"capacity {_size(cap.get('total_bytes', 0))}, {_size(cap.get('unallocated_bytes', 0))} unallocated")
+    rows.append(f"capacity {size_text(cap.get('total_bytes', 0))}, {size_text(cap.get('unallocated_bytes', 0))} unallocated")
     return "\n".join(rows)
 
 
@@ -89,7 +83,7 @@ def run_ctl(args: argparse.Namespace) -> int:
     if args.op == "add-namespace":
         print(f"namespace {reply['nsid']} added")
     elif args.op == "resize-namespace":
-        print(f"namespace {reply['nsid']} resized to {_size(reply['size_bytes'])}")
+        print(f"namespace {reply['nsid']} resized to {size_text(reply['size_bytes'])}")
     elif args.op == "remove-namespace":
         print(f"namespace {reply['nsid']} removed")
     elif args.json:

@@ -103,7 +103,8 @@ ZDE_MAX = 255 * 64
 """The largest Zone Descriptor Extension (ZDES is a byte of 64-byte units)."""
 
 
-def _size_text(n: int) -> str:
+def size_text(n: int) -> str:
+    """``n`` bytes as the command line writes sizes: ``64M``, ``1G``, or plain bytes."""
     for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
         if n and n % (1 << shift) == 0:
             return f"{n >> shift}{unit}"
@@ -188,7 +189,7 @@ class ZoneConfig:
             lower = 1 << (lbas.bit_length() - 1)
             raise ConfigError(
                 f"ZoneConfig.size_bytes {self.size_bytes} is {lbas} LBAs, not a power of two (Linux needs one); "
-                f"use {_size_text(lower * lba_size)} or {_size_text(2 * lower * lba_size)}"
+                f"use {size_text(lower * lba_size)} or {size_text(2 * lower * lba_size)}"
             )
         if self.capacity % lba_size:
             raise ConfigError(
@@ -199,9 +200,9 @@ class ZoneConfig:
         if namespace_bytes % self.size_bytes:
             whole = max(namespace_bytes // self.size_bytes, 1) * self.size_bytes
             raise ConfigError(
-                f"ZoneConfig.size_bytes {_size_text(self.size_bytes)} does not divide the namespace size "
-                f"{_size_text(namespace_bytes)}; make the namespace a multiple of the zone size (e.g. "
-                f"{_size_text(whole)}) or pick a zone size that divides it"
+                f"ZoneConfig.size_bytes {size_text(self.size_bytes)} does not divide the namespace size "
+                f"{size_text(namespace_bytes)}; make the namespace a multiple of the zone size (e.g. "
+                f"{size_text(whole)}) or pick a zone size that divides it"
             )
         zones = namespace_bytes // self.size_bytes
         for name, value in (("max_open", self.max_open), ("max_active", self.max_active)):
@@ -725,8 +726,8 @@ class ControllerConfig:
             known = sum(ns.size_bytes or 0 for ns in self.namespaces if isinstance(ns, NamespaceConfig))
             if known > self.capacity_bytes:
                 raise ConfigError(
-                    f"ControllerConfig.capacity_bytes {_size_text(self.capacity_bytes)} is less than the "
-                    f"configured namespaces take ({_size_text(known)}); raise it to at least that"
+                    f"ControllerConfig.capacity_bytes {size_text(self.capacity_bytes)} is less than the "
+                    f"configured namespaces take ({size_text(known)}); raise it to at least that"
                 )
         if self.namespace_dir is not None:
             if not isinstance(self.namespace_dir, (str, os.PathLike)) or isinstance(self.namespace_dir, bytes):

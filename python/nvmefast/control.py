@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from nvmefast.cli_terms import in_cli_terms, namespace_terms
 from nvmefast.errors import ConfigError, NvmeFastError, StateError
 from nvmefast.namespace_spec import parse_namespace, parse_size
+from nvmefast.vfio_user.server import socket_alive
 
 if TYPE_CHECKING:
     from nvmefast.controller import Controller
@@ -172,7 +173,7 @@ class ControlServer:
         if os.path.lexists(self.path):
             if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
                 raise ConfigError(f"{self.path} exists and is not a socket; choose another --control path")
-            if _alive(self.path):
+            if socket_alive(self.path):
                 raise ConfigError(f"{self.path} is in use by a running server; choose another --control path")
             os.unlink(self.path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -271,17 +272,6 @@ class ControlServer:
 
 def _send(sock: socket.socket, reply: Mapping[str, Any]) -> None:
     sock.sendall(json.dumps(reply).encode() + b"\n")
-
-
-def _alive(path: str) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 def control_request(path: str | os.PathLike[str], request: Mapping[str, Any], timeout: float = 60.0) -> dict[str, Any]:

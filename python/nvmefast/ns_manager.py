@@ -30,7 +30,7 @@ import secrets
 from collections.abc import Callable, Iterable
 
 from nvmefast._core import Engine
-from nvmefast.config import NamespaceConfig
+from nvmefast.config import NamespaceConfig, size_text
 from nvmefast.errors import CapacityError, ConfigError, NamespaceError
 from nvmefast.lba_format import NamespaceFormat
 from nvmefast.namespaces import NN, NamespaceEntry, NamespaceTable, Origin, engine_spec
@@ -39,13 +39,6 @@ from nvmefast.ns_store import NamespaceStore
 __all__ = ["NamespaceManager"]
 
 log = logging.getLogger(__name__)
-
-
-def _size_text(n: int) -> str:
-    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift}{unit}"
-    return f"{n} bytes"
 
 
 class NamespaceManager:
@@ -85,8 +78,8 @@ class NamespaceManager:
             if self.table.capacity_fixed and over > 0:
                 raise ConfigError(
                     f"the configured namespaces and those of {self.store.manifest} take "
-                    f"{_size_text(self.table.allocated_bytes())}, {_size_text(over)} more than capacity_bytes "
-                    f"{_size_text(self.table.total_bytes)}; raise capacity_bytes"
+                    f"{size_text(self.table.allocated_bytes())}, {size_text(over)} more than capacity_bytes "
+                    f"{size_text(self.table.total_bytes)}; raise capacity_bytes"
                 )
             self.table.grow_total(0)
         return restored
@@ -98,8 +91,8 @@ class NamespaceManager:
         unallocated = self.table.unallocated_bytes
         if size > unallocated and (strict or self.table.capacity_fixed):
             raise CapacityError(
-                f"a {_size_text(size)} namespace does not fit: {_size_text(unallocated)} of "
-                f"{_size_text(self.table.total_bytes)} is unallocated; remove a namespace or give more capacity",
+                f"a {size_text(size)} namespace does not fit: {size_text(unallocated)} of "
+                f"{size_text(self.table.total_bytes)} is unallocated; remove a namespace or give more capacity",
             )
         nsid = self.table.free_nsid()
         if nsid is None:
@@ -124,7 +117,7 @@ class NamespaceManager:
             self.engine.add_namespace(engine_spec(config), nsid, False)
             self.table.put(NamespaceEntry(nsid, config, Origin.CREATED, False, shared, generation, image))
             self._save()
-        log.info("namespace %d created: %s", nsid, _size_text(config.size))
+        log.info("namespace %d created: %s", nsid, size_text(config.size))
         return nsid
 
     def add(self, config: NamespaceConfig) -> int:
@@ -147,7 +140,7 @@ class NamespaceManager:
             entry = NamespaceEntry(nsid, config, Origin.ADDED, True, False, secrets.randbits(32) + 1)
             self.table.put(entry)
             self._save()
-        log.info("namespace %d added: %s %s", nsid, config.backend, _size_text(config.size))
+        log.info("namespace %d added: %s %s", nsid, config.backend, size_text(config.size))
         self.notify([nsid])
         return nsid
 
@@ -220,7 +213,7 @@ class NamespaceManager:
             # Now that the file (if any) has the new size, the config agrees with it.
             self.table.put(dataclasses.replace(entry, config=dataclasses.replace(ns, size_bytes=size_bytes)))
             self._save()
-        log.info("namespace %d resized: %s -> %s", nsid, _size_text(entry.size), _size_text(size_bytes))
+        log.info("namespace %d resized: %s -> %s", nsid, size_text(entry.size), size_text(size_bytes))
         if entry.attached:
             self.notify([nsid])
 
@@ -228,8 +221,8 @@ class NamespaceManager:
         unallocated = self.table.unallocated_bytes
         if self.table.capacity_fixed and growth > unallocated:
             raise CapacityError(
-                f"namespace {nsid} cannot grow by {_size_text(growth)}: {_size_text(unallocated)} of "
-                f"{_size_text(self.table.total_bytes)} is unallocated; remove a namespace or give more capacity",
+                f"namespace {nsid} cannot grow by {size_text(growth)}: {size_text(unallocated)} of "
+                f"{size_text(self.table.total_bytes)} is unallocated; remove a namespace or give more capacity",
             )
 
     # -- persistence ------------------------------------------------------------------

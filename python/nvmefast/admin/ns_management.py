@@ -168,7 +168,7 @@ def _create(admin: Admin, cmd: AdminCommand) -> Result:
     status, data = admin.engine.read_prp(cmd.prp1, cmd.prp2, HOST_FIELDS_SIZE)
     if status != Status.SUCCESS:
         return (status, 0)
-    config, shared = requested_namespace(HostFields.parse(data), csi, admin.features.host_behavior.lbafee)
+    config, shared = requested_namespace(HostFields.parse(data), csi, bool(admin.features.host_behavior.lbafee))
     try:
         nsid = admin.namespaces.create(config, shared=shared)
     except CapacityError:

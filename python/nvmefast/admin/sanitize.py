@@ -116,7 +116,7 @@ class SanitizeState(enum.IntEnum):
     """The last sanitize failed."""
 
 
-_SUPPORTED = {
+_SUPPORTED: dict[int, str] = {
     action: kind
     for action, kind, cap in (
         (SanitizeAction.BLOCK_ERASE, "block-erase", SANICAP_BES),
