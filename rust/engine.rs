@@ -168,6 +168,8 @@ struct Shared {
     trace: trace::Trace,
     /// Fault rules and the power state.
     faults: faults::Faults,
+    /// Device Self-test and Sanitize (`maintenance.rs`).
+    background: maintenance::Background,
 }
 
 /// The emulated controller's hot path.
@@ -187,9 +189,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Engine {
     /// Builds an engine; the worker is not running until [`Engine::start`].
     pub fn new(cfg: EngineConfig) -> Result<Engine, EngineError> {
-        if cfg.namespaces.is_empty() {
+        if cfg.namespaces.is_empty() && cfg.nn == 0 {
             return Err(EngineError::Config(
-                "at least one namespace is required".into(),
+                "at least one namespace is required, or nn > 0 for namespaces added later".into(),
             ));
         }
         if cfg.msix_vectors == 0 {
@@ -295,6 +297,7 @@ impl Engine {
             write_cache: AtomicBool::new(true),
             trace: trace::Trace::default(),
             faults: faults::Faults::default(),
+            background: maintenance::Background::default(),
             cfg,
         };
         Ok(Engine {
@@ -858,6 +861,7 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        self.stop_background();
         self.stop();
     }
 }
@@ -871,6 +875,10 @@ mod dma;
 pub mod faults;
 mod file_io;
 mod interrupts;
+mod maintenance;
+pub use maintenance::{
+    BackgroundCallback, SanitizeRequest, SanitizeState, SanitizeStatus, SelfTestStatus,
+};
 mod memloss;
 pub use memloss::LossCallback;
 mod namespaces;
@@ -896,6 +904,9 @@ mod ns_tests;
 
 #[cfg(test)]
 mod uncor_tests;
+
+#[cfg(test)]
+mod maintenance_tests;
 
 #[cfg(test)]
 mod nvm_tests;

@@ -403,6 +403,36 @@ class Engine:
         """total_bytes (TNVMCAP), allocated_bytes, unallocated_bytes (UNVMCAP)."""
     def namespace_capacity(self, nsid: int) -> int:
         """NVMCAP of ``nsid``: NSZE x (LBA data size + metadata size) bytes."""
+    def self_test_start(self, nsids: list[int], extended: bool, min_seconds: float = 0.0) -> None:
+        """Start a Device Self-test reading namespaces ``nsids`` (empty: the controller alone) in
+        the background, taking at least ``min_seconds``; ``extended`` reads all of each, short up
+        to 64 MiB spread over it; both check every Write Uncorrectable mark. StateError while a
+        self-test or a sanitize runs; NamespaceError for an NSID not allocated."""
+    def self_test_status(self) -> dict[str, Any]:
+        """running, extended, percent (0..100), result ("none", "passed", "failed", "aborted"),
+        nsid, lba (the first uncorrectable LBA of a failed test, else None), segment."""
+    def self_test_abort(self) -> bool:
+        """Abort the self-test running (result "aborted"; no background handler call); False
+        when none ran. Returns once it has stopped reading."""
+    def sanitize_start(
+        self,
+        action: str,
+        pattern: int = 0,
+        passes: int = 1,
+        invert: bool = False,
+        deallocate: bool = True,
+        min_seconds: float = 0.0,
+    ) -> None:
+        """Sanitize every namespace in the background: ``action`` "block-erase" or "overwrite"
+        (32-bit ``pattern``, ``passes`` 1..16, ``invert`` between passes). Before it returns every
+        I/O command but Flush completes Sanitize In Progress, until it ends; a reset does not stop
+        it; a running self-test is aborted. StateError while one runs; ConfigError for a bad
+        argument or a read-only namespace (Namespace Is Write Protected)."""
+    def sanitize_status(self) -> dict[str, Any]:
+        """state ("idle", "running", "done", "failed"), progress (0..65535), passes_done."""
+    def set_background_handler(self, handler: Callable[[str], object] | None) -> None:
+        """Call ``handler("self-test")`` / ``handler("sanitize")`` on the operation's thread when
+        one finishes by itself (not when aborted); None: nobody."""
     def uncorrectable_ranges(self, nsid: int) -> list[tuple[int, int]]:
         """The blocks Write Uncorrectable marked on ``nsid``, as (SLBA, NLB) in LBA order."""
 

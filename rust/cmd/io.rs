@@ -42,6 +42,10 @@ pub struct Namespace {
 pub const INACTIVE_CSS: u8 = 1;
 /// Inactive: not attached to this controller (Namespace Attachment).
 pub const INACTIVE_DETACHED: u8 = 2;
+/// Held off: a sanitize runs. Commands other than Flush fail with
+/// Sanitize In Progress (rather than Invalid Field) when this is the only
+/// reason.
+pub const INACTIVE_SANITIZE: u8 = 4;
 
 /// The namespace table as commands see it: slot `i` holds NSID `i + 1`
 /// (None: unallocated); its length is NN.
@@ -241,7 +245,8 @@ pub fn execute(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
         op::FLUSH => {
             // VWC bits 2:1 = 10b: broadcast flush (FFFFFFFFh) is not
             // supported, so it is an invalid namespace like any other.
-            let ns = namespace(ctx, nsid)?;
+            // Flush is the one I/O command a sanitize lets through.
+            let ns = namespace_held(ctx, nsid, INACTIVE_SANITIZE)?;
             ns.flush()
                 .map_err(|e| file_failure(e, true, 0, nsid, ctx.smart))?;
             Ok(0)
@@ -271,7 +276,37 @@ pub(crate) fn namespace<'a>(ctx: &IoContext<'a>, nsid: u32) -> Result<&'a Namesp
         .ok_or(fail(Status::INVALID_NAMESPACE.dnr(), loc::NSID, 0, nsid))?;
     match slot.as_deref() {
         Some(ns) if !ns.inactive() => Ok(ns),
-        _ => Err(fail(Status::INVALID_FIELD.dnr(), loc::NSID, 0, nsid)),
+        other => Err(inactive(other, nsid)),
+    }
+}
+
+/// [`namespace`], letting through a namespace held off only for the
+/// `INACTIVE_*` reasons in `allowed`.
+pub(crate) fn namespace_held<'a>(
+    ctx: &IoContext<'a>,
+    nsid: u32,
+    allowed: u8,
+) -> Result<&'a Namespace, Failure> {
+    match namespace(ctx, nsid) {
+        Err(f) if f.status == Status::SANITIZE_IN_PROGRESS => {
+            let ns = ctx.namespaces[(nsid - 1) as usize].as_deref();
+            match ns {
+                Some(ns) if ns.inactive_reasons() & !allowed == 0 => Ok(ns),
+                other => Err(inactive(other, nsid)),
+            }
+        }
+        r => r,
+    }
+}
+
+/// Why a command cannot reach an inactive (or held off) NSID.
+#[cold]
+fn inactive(ns: Option<&Namespace>, nsid: u32) -> Failure {
+    match ns {
+        Some(ns) if ns.inactive_reasons() == INACTIVE_SANITIZE => {
+            fail(Status::SANITIZE_IN_PROGRESS, loc::OPCODE, 0, nsid)
+        }
+        _ => fail(Status::INVALID_FIELD.dnr(), loc::NSID, 0, nsid),
     }
 }
 

@@ -159,6 +159,7 @@ impl Engine {
     /// lock and descriptors), for an engine that will not run again; I/O to
     /// a file namespace afterwards reads zeroes and writes nothing.
     pub fn release_files(&self) {
+        self.stop_background();
         self.stop();
         for (_, ns) in self.table().iter() {
             if let Some(f) = ns.backend.as_file() {

@@ -159,6 +159,10 @@ impl Engine {
         }
         self.shared.apply_css(&ns);
         ns.set_inactive(INACTIVE_DETACHED, !attached);
+        // Added while a sanitize runs: held off as the others are (the
+        // sanitize ends under ns_lock, which this holds).
+        let sanitizing = self.shared.background.sanitizing.load(Ordering::Relaxed);
+        ns.set_inactive(crate::cmd::io::INACTIVE_SANITIZE, sanitizing);
         self.shared
             .namespaces
             .store(Arc::new(table.with(nsid, Some(Arc::new(ns)))));

@@ -4,6 +4,7 @@
 //! lives with the engine (`engine/ns_table.rs`), which owns the workers a
 //! table change has to wait for.
 
+pub mod background;
 pub mod uncorrectable;
 
 pub use uncorrectable::Uncorrectable;

@@ -8,6 +8,7 @@ use pyo3::types::{PyBytes, PyDict};
 use super::callbacks::{loss_notifier, notifier, PyAdminHandler, PyDmaTransport};
 use super::errors::{choice, config_err, state_err, to_py, u16_arg};
 use super::lifecycle;
+use super::maintenance;
 use super::namespaces::{self, namespace_spec};
 use crate::engine::{AdminHandler, Engine, EngineConfig, Polling};
 use crate::irq::{dup_fd, IrqMode};
@@ -110,6 +111,7 @@ impl PyEngine {
                 self.inner.release_files();
             });
         }
+        self.inner.set_background_handler(None);
         self.inner.set_admin_handler(None);
         self.inner.set_event_handler(None);
         self.inner.set_memory_loss_handler(None);
@@ -721,6 +723,57 @@ impl PyEngine {
         self.inner
             .namespace_capacity(nsid)
             .ok_or_else(|| config_err(py, format!("namespace {nsid} does not exist")))
+    }
+
+    #[pyo3(signature = (nsids, extended, min_seconds = 0.0))]
+    fn self_test_start(
+        &self,
+        py: Python<'_>,
+        nsids: Vec<u32>,
+        extended: bool,
+        min_seconds: f64,
+    ) -> PyResult<()> {
+        maintenance::self_test_start(py, &self.inner, nsids, extended, min_seconds)
+    }
+
+    fn self_test_status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        maintenance::self_test_status(py, &self.inner)
+    }
+
+    fn self_test_abort(&self, py: Python<'_>) -> bool {
+        py.detach(|| self.inner.self_test_abort())
+    }
+
+    #[pyo3(signature = (action, pattern = 0, passes = 1, invert = false, deallocate = true, min_seconds = 0.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn sanitize_start(
+        &self,
+        py: Python<'_>,
+        action: &str,
+        pattern: u32,
+        passes: u32,
+        invert: bool,
+        deallocate: bool,
+        min_seconds: f64,
+    ) -> PyResult<()> {
+        maintenance::sanitize_start(
+            py,
+            &self.inner,
+            action,
+            pattern,
+            passes,
+            invert,
+            deallocate,
+            min_seconds,
+        )
+    }
+
+    fn sanitize_status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        maintenance::sanitize_status(py, &self.inner)
+    }
+
+    fn set_background_handler(&self, handler: Option<Py<PyAny>>) {
+        maintenance::set_background_handler(&self.inner, handler);
     }
 
     fn uncorrectable_ranges(&self, py: Python<'_>, nsid: u32) -> PyResult<Vec<(u64, u64)>> {

@@ -26,6 +26,7 @@ mod engine;
 mod errors;
 mod faults;
 mod lifecycle;
+mod maintenance;
 mod namespaces;
 mod pi;
 mod storage;
