@@ -163,7 +163,8 @@ def nvmefast_expected(checks: dict[str, str]) -> dict[str, Callable[[str], bool]
         # Sanitize: completed (SSTAT 001b, Global Data Erased), progress FFFFh when idle, zeroes after.
         "sanitize": OK,
         "sanitize_log": OK,
-        "sanitize_sstat": _is("0x101"),
+        "sanitize_sstat": _is("0x1"),  # as nvme-cli 2.3 prints it: the state bits (SOS 001b)
+        "sanitize_raw": _is("ffff0101"),  # SPROG FFFFh, SSTAT 0101h: completed, Global Data Erased
         "sanitize_sprog": _is("65535"),
         "sanitized_read": _is(f"0 {checks.get('zero_expect', '<missing>')}"),
         # The host's namespaces: the notice brings them, no ns-rescan.
@@ -232,6 +233,9 @@ def boot_with_host_steps(
         raise
     for r in readers:
         r.join(5)
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
     b = Boot(label, rc, time.monotonic() - t0, "".join(console), "".join(err), server)
     b.server_alive_after = server.alive()
     (server.log_path.parent / f"{label.replace(' ', '-')}.console.log").write_text(b.diagnostics())

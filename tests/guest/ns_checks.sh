@@ -189,6 +189,9 @@ done
 check sanitize_polls "$n"
 check sanitize_sstat "$sstat"
 check sanitize_sprog "$(sed -n 's/^Sanitize Progress *(SPROG) *: *//p' /tmp/nvme.out)"
+# The raw log's first 4 bytes: SPROG then SSTAT, little-endian (nvme-cli 2.3 prints SSTAT's state bits only).
+nvme get-log $CTRL --log-id=0x81 --log-len=512 -b > /tmp/san.bin 2> /dev/null
+check sanitize_raw "$(head -c 4 /tmp/san.bin | hexdump -v -e '/1 "%02x"')"
 dd if=/dev/nvme0n1 of=/tmp/blk bs=512 count=8 skip=$U iflag=direct 2> /tmp/dd.err
 check sanitized_read "$? $(md5 /tmp/blk)"
 check zero_expect "$(head -c 4096 /dev/zero | md5sum | cut -d' ' -f1)"
