@@ -282,7 +282,7 @@ class Controller:
 
     def resize_namespace(self, nsid: int, size_bytes: int) -> None:
         """Grow or shrink namespace ``nsid`` to ``size_bytes`` (a multiple of
-        its LBA size; whole zones for a zoned one) while the controller runs.
+        its LBA size; not a zoned namespace, the core cannot yet) while the controller runs.
         The host hears of it as of :meth:`add_namespace`; commands already
         running finish, later ones past a shrunk end get LBA Out of Range.
         Raises :class:`NamespaceError` for an unallocated NSID or growth the
