@@ -435,14 +435,16 @@ def _serve(args: argparse.Namespace) -> int:
 
             control = ControlServer(args.control, server.controller)
             control.start()
+        # Before the socket listens: a client may stop the server as soon as it
+        # sees the socket (request_stop only sets a flag wait() reads).
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
         server.start()
     except BaseException:
         if control is not None:
             control.stop()
         server.controller.close()
         raise
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     try:
         while not server.wait(0.5):
             if args.trace:
