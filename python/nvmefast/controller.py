@@ -208,6 +208,8 @@ class Controller:
         # The register file, admin layer and MSI-X registers hold the engine
         # too: drop them, so the engine (and its doorbell memfd, epoll and
         # eventfds) goes now rather than whenever this Controller does.
+        # The admin layer and the namespace manager refer to each other (its notices): part them.
+        self._namespaces.disconnect()
         del self._registers, self._admin, self._namespaces
         self._msix = None
         if self._store is not None:

@@ -41,6 +41,10 @@ __all__ = ["NamespaceManager"]
 log = logging.getLogger(__name__)
 
 
+def _ignore(nsids: list[int]) -> None:
+    pass
+
+
 class NamespaceManager:
     """Namespace changes of one controller (see the module's docstring)."""
 
@@ -50,10 +54,15 @@ class NamespaceManager:
         self.engine = engine
         self.store = store
         """The namespace directory, or None: created namespaces live in RAM."""
-        self.notify: Callable[[list[int]], None] = lambda nsids: None
+        self.notify: Callable[[list[int]], None] = _ignore
         """Raises the Namespace Attribute Changed notice for ``nsids`` (the admin layer's)."""
-        self.removing: Callable[[list[int]], None] = lambda nsids: None
+        self.removing: Callable[[list[int]], None] = _ignore
         """Called before namespaces go (a self-test on them is aborted)."""
+
+    def disconnect(self) -> None:
+        """Forget the admin layer's callbacks (the controller is closing)."""
+        self.notify = _ignore
+        self.removing = _ignore
 
     # -- start ------------------------------------------------------------------------
 
