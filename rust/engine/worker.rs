@@ -492,7 +492,7 @@ impl Shared {
                 }
                 if table.inline
                     && matches!(started, Ok(Started::Done(_)))
-                    && is_inline(&table, sqe.nsid())
+                    && is_inline(table, sqe.nsid())
                 {
                     inline += 1;
                 }
