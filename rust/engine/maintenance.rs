@@ -121,8 +121,29 @@ fn notify(shared: &Shared, what: &'static str) {
     }
 }
 
-/// The self-test's thread body: reads each namespace in `targets`.
+/// The self-test's thread body: reads each namespace in `targets`, and
+/// takes the time asked for whatever it found (a test that failed at once
+/// still shows progress to a poller: nvme-cli --wait needs that).
 fn self_test(
+    shared: &Shared,
+    targets: &[(u32, Weak<Namespace>)],
+    extended: bool,
+    p: &Progress,
+) -> Outcome {
+    let outcome = test_reads(shared, targets, extended, p);
+    if outcome == Outcome::Aborted {
+        return outcome;
+    }
+    p.finish();
+    if p.pace() {
+        outcome
+    } else {
+        Outcome::Aborted
+    }
+}
+
+/// The reads of a self-test: Passed (not yet paced), Failed or Aborted.
+fn test_reads(
     shared: &Shared,
     targets: &[(u32, Weak<Namespace>)],
     extended: bool,
@@ -169,11 +190,7 @@ fn self_test(
             p.advance(1);
         }
     }
-    if p.pace() {
-        Outcome::Passed
-    } else {
-        Outcome::Aborted
-    }
+    Outcome::Passed
 }
 
 fn failed(nsid: u32, lba: u64, segment: u8) -> Outcome {
