@@ -35,6 +35,15 @@ pub(crate) struct TableCache {
     table: Option<Arc<NsTable>>,
 }
 
+impl TableCache {
+    /// Lets go of the cached table: the worker is about to block outside a
+    /// pass (in the admin handler), where a namespace removal it causes
+    /// would otherwise wait for its own copy. The next pass loads afresh.
+    pub(crate) fn release(&mut self) {
+        self.table = None;
+    }
+}
+
 /// One published namespace table.
 pub(crate) struct NsTable {
     /// Slot `i`: NSID `i + 1`.

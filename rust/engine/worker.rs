@@ -780,6 +780,9 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
             continue;
         }
         if !admin.is_empty() {
+            // The handler may remove a namespace (Namespace Management
+            // Delete), which waits until no worker holds it: not this one.
+            tables.release();
             s.run_admin(&mut admin, gen, &mut out);
         }
         if n > 0 {
