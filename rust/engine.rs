@@ -164,6 +164,9 @@ struct Shared {
     handler_gate: Mutex<()>,
     /// Volatile Write Cache enabled (mirrored into every file backend).
     write_cache: AtomicBool,
+    /// Bumped after each new namespace table is published: a worker
+    /// reloads its copy only when it moved (`ns_table.rs`).
+    table_gen: AtomicU64,
     /// The opt-in command trace.
     trace: trace::Trace,
     /// Fault rules and the power state.
@@ -295,6 +298,7 @@ impl Engine {
             admin: Mutex::new(None),
             handler_gate: Mutex::new(()),
             write_cache: AtomicBool::new(true),
+            table_gen: AtomicU64::new(0),
             trace: trace::Trace::default(),
             faults: faults::Faults::default(),
             background: maintenance::Background::default(),

@@ -311,6 +311,14 @@ impl Rig {
         out
     }
 
+    /// The status of a one-block Read of `lba` of namespace `nsid`.
+    pub fn read_status(&mut self, nsid: u32, lba: u64) -> Status {
+        let mut s = Sqe::new(op::READ, 0xfff3, nsid);
+        s.set_lba_range(lba, 1);
+        self.buffer_prps(&mut s, 4096);
+        self.submit(&s).status()
+    }
+
     /// Resets every zone of the zoned namespace (Select All), so each
     /// input starts from Empty zones.
     pub fn reset_zones(&mut self) {

@@ -107,8 +107,9 @@ pub struct Plan {
     pub pi: bool,
     /// While the host runs, another thread changes the namespace table
     /// over and over (see [`churn`]): namespaces 2 and 3 added (RAM and a
-    /// file), resized, detached, attached and removed, and namespace 1,
-    /// the one being read, grown and shrunk back under the reads.
+    /// file), resized, detached, attached and removed under a device
+    /// self-test reading them, and namespace 1, the one being read, grown
+    /// and shrunk back under the reads.
     pub churn: bool,
 }
 
@@ -562,13 +563,20 @@ fn churn(e: &Engine, stop: &std::sync::atomic::AtomicBool, seed: u64) -> Result<
             step(e.resize_namespace(1, NS_BYTES * 2), "grow 1")?;
             step(e.resize_namespace(2, 4 << 20), "grow 2")?;
             step(e.set_namespace_attached(3, true).map(drop), "attach 3")?;
+            // A self-test reads 2 and 3 while they change and go (one
+            // still running from the last round is busy: that is fine).
+            match e.self_test_start(&[2, 3], true, std::time::Duration::ZERO) {
+                Ok(()) | Err(crate::engine::EngineError::Busy(_)) => {}
+                Err(x) => return Err(format!("churn: self-test: {x}")),
+            }
             step(e.resize_namespace(3, 2 << 20), "grow 3")?;
             step(e.set_namespace_attached(2, false).map(drop), "detach 2")?;
             step(e.resize_namespace(1, NS_BYTES), "shrink 1")?;
             step(e.resize_namespace(3, 512 << 10), "shrink 3")?;
             step(e.remove_namespace(2), "remove 2")?;
             step(e.remove_namespace(3), "remove 3")?;
-            n += 11;
+            e.self_test_abort();
+            n += 12;
         }
         Ok(n)
     })();

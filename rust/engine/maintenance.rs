@@ -76,15 +76,14 @@ struct Job {
 }
 
 impl Job {
-    fn running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
-    }
-
-    /// Asks it to stop and waits until it has.
+    /// Asks it to stop and waits until it has (unless called on its own
+    /// thread: from the background handler).
     fn cancel(&mut self) {
         self.progress.cancel.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -122,8 +121,29 @@ fn notify(shared: &Shared, what: &'static str) {
     }
 }
 
-/// The self-test's thread body: reads each namespace in `targets`.
+/// The self-test's thread body: reads each namespace in `targets`, and
+/// takes the time asked for whatever it found (a test that failed at once
+/// still shows progress to a poller: nvme-cli --wait needs that).
 fn self_test(
+    shared: &Shared,
+    targets: &[(u32, Weak<Namespace>)],
+    extended: bool,
+    p: &Progress,
+) -> Outcome {
+    let outcome = test_reads(shared, targets, extended, p);
+    if outcome == Outcome::Aborted {
+        return outcome;
+    }
+    p.finish();
+    if p.pace() {
+        outcome
+    } else {
+        Outcome::Aborted
+    }
+}
+
+/// The reads of a self-test: Passed (not yet paced), Failed or Aborted.
+fn test_reads(
     shared: &Shared,
     targets: &[(u32, Weak<Namespace>)],
     extended: bool,
@@ -170,11 +190,7 @@ fn self_test(
             p.advance(1);
         }
     }
-    if p.pace() {
-        Outcome::Passed
-    } else {
-        Outcome::Aborted
-    }
+    Outcome::Passed
 }
 
 fn failed(nsid: u32, lba: u64, segment: u8) -> Outcome {
@@ -306,7 +322,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let targets = self.targets(Some(nsids))?;
         let mut st = lock(&self.shared.background.state);
-        if st.test.as_ref().is_some_and(Job::running) {
+        if st.test_status.running {
             return Err(EngineError::Busy(
                 "a device self-test is running; abort it first (Device Self-test In Progress)"
                     .into(),
@@ -317,9 +333,8 @@ impl Engine {
                 "a sanitize is running: no self-test until it ends (Sanitize In Progress)".into(),
             ));
         }
-        if let Some(mut old) = st.test.take() {
-            old.cancel();
-        }
+        // A finished one's thread may still be in the handler: let it go.
+        drop(st.test.take());
         let progress = Arc::new(Progress::new(min));
         st.test_status = SelfTestStatus {
             running: true,
@@ -359,20 +374,19 @@ impl Engine {
     pub fn self_test_status(&self) -> SelfTestStatus {
         let st = lock(&self.shared.background.state);
         let mut s = st.test_status;
-        if let Some(job) = st.test.as_ref().filter(|j| j.running()) {
-            if s.running {
-                s.percent = (job.progress.fraction() * 100.0).min(99.0) as u8;
-            }
+        if let Some(job) = st.test.as_ref().filter(|_| s.running) {
+            s.percent = (job.progress.fraction() * 100.0).min(99.0) as u8;
         }
         s
     }
 
     /// Aborts the self-test running (its result: aborted); false when none
-    /// ran. Returns once it has stopped reading.
+    /// ran (or it finished by itself meanwhile). Returns once it has
+    /// stopped reading.
     pub fn self_test_abort(&self) -> bool {
         let job = {
             let mut st = lock(&self.shared.background.state);
-            if !st.test.as_ref().is_some_and(Job::running) {
+            if !st.test_status.running {
                 return false;
             }
             st.test.take()
@@ -380,10 +394,9 @@ impl Engine {
         if let Some(mut job) = job {
             job.cancel();
         }
-        let mut st = lock(&self.shared.background.state);
-        st.test_status.running = false;
-        st.test_status.outcome = Outcome::Aborted;
-        true
+        // Its thread wrote the outcome as it stopped: aborted, unless it
+        // had just finished by itself.
+        lock(&self.shared.background.state).test_status.outcome == Outcome::Aborted
     }
 
     /// Sanitize: every namespace erased as `req` says, in the background.
@@ -422,23 +435,23 @@ impl Engine {
             .background
             .sanitizing
             .store(true, Ordering::Relaxed);
-        let (test, old) = {
+        let test = {
             let mut st = lock(&self.shared.background.state);
             st.sanitize_status = SanitizeStatus {
                 state: SanitizeState::Running,
                 progress: 0,
                 passes_done: 0,
             };
-            (st.test.take(), st.sanitize.take())
+            // A finished one's thread may still be in the handler: let it go.
+            drop(st.sanitize.take());
+            let running = st.test_status.running;
+            st.test.take().filter(|_| running)
         };
-        for mut job in [old, test].into_iter().flatten() {
-            let was_running = job.running();
+        if let Some(mut job) = test {
             job.cancel();
-            if was_running {
-                let mut st = lock(&self.shared.background.state);
-                st.test_status.running = false;
-                st.test_status.outcome = Outcome::Aborted;
-            }
+            let mut st = lock(&self.shared.background.state);
+            st.test_status.running = false;
+            st.test_status.outcome = Outcome::Aborted;
         }
         for (_, ns) in self.table().iter() {
             ns.set_inactive(INACTIVE_SANITIZE, true);
@@ -481,10 +494,12 @@ impl Engine {
     pub fn sanitize_status(&self) -> SanitizeStatus {
         let st = lock(&self.shared.background.state);
         let mut s = st.sanitize_status;
-        if let Some(job) = st.sanitize.as_ref().filter(|j| j.running()) {
-            if s.state == SanitizeState::Running {
-                s.progress = (job.progress.fraction() * 65535.0).min(65534.0) as u16;
-            }
+        if let Some(job) = st
+            .sanitize
+            .as_ref()
+            .filter(|_| s.state == SanitizeState::Running)
+        {
+            s.progress = (job.progress.fraction() * 65535.0).min(65534.0) as u16;
         }
         s
     }

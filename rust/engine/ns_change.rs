@@ -164,8 +164,7 @@ impl Engine {
         let sanitizing = self.shared.background.sanitizing.load(Ordering::Relaxed);
         ns.set_inactive(crate::cmd::io::INACTIVE_SANITIZE, sanitizing);
         self.shared
-            .namespaces
-            .store(Arc::new(table.with(nsid, Some(Arc::new(ns)))));
+            .publish_table(table.with(nsid, Some(Arc::new(ns))));
         // Workers asleep pick the new table up on their next pass anyway;
         // one holding an ioeventfd-less doorbell page needs no more.
         Ok(nsid)
@@ -216,9 +215,7 @@ impl Engine {
         let ns = self.allocated(nsid)?;
         self.namespace_going(nsid);
         let table = self.table();
-        self.shared
-            .namespaces
-            .store(Arc::new(table.with(nsid, None)));
+        self.shared.publish_table(table.with(nsid, None));
         drop(table);
         self.grace();
         // The old table's snapshots are gone with their passes; what is

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::faults::{self, Action, Before};
 use super::file_io::{record, FileIo};
-use super::ns_table::NsTable;
+use super::ns_table::{NsTable, TableCache};
 use super::poll::{self, Contention, PollWindow};
 use super::trace::Trace;
 use super::{lock, memloss, AdminOutcome, Polling, Queues, Shared, NO_TAIL, SQ_BURST};
@@ -280,13 +280,19 @@ impl Shared {
     }
 
     /// One pass over every SQ of worker `w`. Returns the number of commands fetched.
-    fn process(&self, w: usize, admin: &mut Vec<Sqe>, out: &mut Signals) -> usize {
+    fn process(
+        &self,
+        w: usize,
+        admin: &mut Vec<Sqe>,
+        out: &mut Signals,
+        tables: &mut TableCache,
+    ) -> usize {
         let mut guard = lock(&self.workers[w].queues);
         let q = &mut *guard;
-        // The namespace table for this pass, loaded under the queue lock: a
-        // change published before it is seen, and one published after it
+        // The namespace table for this pass, looked up under the queue lock:
+        // a change published before it is seen, and one published after it
         // waits for this pass to end (`Engine::grace`).
-        let table = self.namespaces.load();
+        let table = self.pass_table(tables);
         if table.files && q.file.is_none() && w > 0 {
             // A file namespace was added: asynchronous file I/O from now on.
             q.file = FileIo::new(&table.slots, &self.workers[w].waker);
@@ -486,7 +492,7 @@ impl Shared {
                 }
                 if table.inline
                     && matches!(started, Ok(Started::Done(_)))
-                    && is_inline(&table, sqe.nsid())
+                    && is_inline(table, sqe.nsid())
                 {
                     inline += 1;
                 }
@@ -748,6 +754,9 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
         poll::tight_timer_slack();
     }
     let waker = &s.workers[w].waker;
+    // The namespace table the passes use; gone with the worker, so a
+    // stopped worker holds no namespace (a removal waits for none).
+    let mut tables = TableCache::default();
     let mut admin = Vec::new();
     let mut out = Signals::default();
     // When the worker last ran out of work (None: it has work, or has not
@@ -762,7 +771,7 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
     }
     while !s.stop.load(Ordering::Relaxed) {
         let gen = s.generation.load(Ordering::SeqCst);
-        let n = s.process(w, &mut admin, &mut out);
+        let n = s.process(w, &mut admin, &mut out, &mut tables);
         s.deliver(&mut out);
         if s.faults.take_power_loss() {
             // A rule cut the power: nothing this pass fetched runs.
@@ -771,6 +780,9 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
             continue;
         }
         if !admin.is_empty() {
+            // The handler may remove a namespace (Namespace Management
+            // Delete), which waits until no worker holds it: not this one.
+            tables.release();
             s.run_admin(&mut admin, gen, &mut out);
         }
         if n > 0 {

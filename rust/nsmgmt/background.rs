@@ -110,6 +110,13 @@ impl Progress {
         self.done.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// All the work is done (what is left was skipped): only the time
+    /// holds the progress back.
+    pub fn finish(&self) {
+        self.done
+            .store(self.total.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
     /// True once stopping was asked for.
     pub fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
