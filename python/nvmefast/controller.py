@@ -43,10 +43,6 @@ __all__ = ["Controller", "DmaRegion"]
 
 ENGINE_CAPACITY = (1 << 64) - 1
 """The NVM capacity the core is told: no limit of its own."""
-_PLACEHOLDER = {"backend": "null", "size_bytes": 512, "lba_size": 512}
-"""The core wants a namespace to start with: a controller configured with
-none (its namespaces created later) starts with this one at NSID 1 and
-removes it before anything can see it."""
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +104,7 @@ class Controller:
         self._trace: CommandTrace | None = None
         self._faults: Faults | None = None
         self._engine: Engine | None = Engine(
-            namespaces=[engine_spec(ns) for ns in cfg.namespaces] or [_PLACEHOLDER],
+            namespaces=[engine_spec(ns) for ns in cfg.namespaces],
             msix_vectors=cfg.vectors,
             max_qid=cfg.max_io_queue_pairs,
             max_queue_entries=cfg.max_queue_entries,
@@ -131,8 +127,6 @@ class Controller:
         # Identify (NSZE/NCAP/NUSE) and every user see the real one.
         self._store: NamespaceStore | None = None
         try:
-            if not cfg.namespaces:
-                self._engine.remove_namespace(1)
             self._config = cfg = _resolve_sizes(cfg, self._engine)
             self._namespaces = self._restore_namespaces(cfg, self._engine)
         except BaseException:
