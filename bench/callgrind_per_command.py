@@ -37,8 +37,8 @@ import tempfile
 import time
 
 
-def workload(backend: str, sealed: bool, commands: int) -> None:
-    """Runs the reads (under valgrind)."""
+def workload(backend: str, sealed: bool, commands: int, op_name: str = "read") -> None:
+    """Runs the reads (or writes, ``op_name="write"``) under valgrind."""
     from nvmefast import Controller, ControllerConfig, NamespaceConfig
     from nvmefast.testing import Host, build_sqe
     from nvmefast.testing import sqe as op
@@ -54,7 +54,8 @@ def workload(backend: str, sealed: bool, commands: int) -> None:
             host.enable()
             host.create_io_queue_pair(1, entries=16)
             buf = host.alloc(4096)
-            sqe = build_sqe(op.IO_READ, nsid=1, prp1=buf, cdw12=7)
+            opcode = op.IO_WRITE if op_name == "write" else op.IO_READ
+            sqe = build_sqe(opcode, nsid=1, prp1=buf, cdw12=7)
             for _ in range(16):  # warm-up: first-touch paths, lazy state
                 assert host.io(sqe).ok
             # Count from here: start-up and queue creation are not commands.
@@ -99,7 +100,7 @@ def one_run(args: argparse.Namespace, commands: int) -> tuple[int, str]:
     cmd = [
         "valgrind", "--tool=callgrind", "--separate-threads=yes", "--compress-strings=no", f"--callgrind-out-file={out}/cg.%p",
         sys.executable, os.path.abspath(__file__), "--run", "--backend", args.backend,
-        "--commands", str(commands), *(["--sealed"] if args.sealed else []),
+        "--commands", str(commands), "--op", args.op, *(["--sealed"] if args.sealed else []),
     ]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -115,12 +116,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", choices=["null", "ram"], default="null")
     p.add_argument("--sealed", action="store_true", help="guest RAM is a sealed memfd (trusted, unguarded)")
+    p.add_argument("--op", choices=["read", "write"], default="read", help="4 KiB reads (default) or writes")
     p.add_argument("--commands", type=int, default=2000, help="reads in the long run (the short one does a fifth)")
     p.add_argument("--repeat", type=int, default=5, help="measurements (the median is printed)")
     p.add_argument("--run", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.run:
-        workload(args.backend, args.sealed, args.commands)
+        workload(args.backend, args.sealed, args.commands, args.op)
         return
     short, long_ = args.commands // 5, args.commands
     per: list[float] = []
@@ -132,7 +134,7 @@ def main() -> None:
               file=sys.stderr)
     # A run now and then has a pass more (a wake-up the scheduler made):
     # the median of a few runs is the steady figure.
-    print(f"{args.backend} regions {regions}: {statistics.median(per):,.1f} instructions per command "
+    print(f"{args.backend} {args.op} regions {regions}: {statistics.median(per):,.1f} instructions per command "
           f"(median of {len(per)}; {min(per):,.1f}..{max(per):,.1f})")
 
 if __name__ == "__main__":

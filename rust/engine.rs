@@ -12,11 +12,14 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{
+    AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use arc_swap::ArcSwap;
 use std::thread::JoinHandle;
 
-use crate::backend::Backend;
 use crate::cmd::io::{Namespace, Smart};
 use crate::cmd::prp::Segment;
 use crate::coalesce::Coalescing;
@@ -116,7 +119,17 @@ struct Shared {
     mem: GuestMemory,
     doorbells: Doorbells,
     vectors: Vectors,
-    namespaces: Vec<Namespace>,
+    /// The namespace table (`ns_table.rs`): loaded once per pass.
+    namespaces: ArcSwap<ns_table::NsTable>,
+    /// Serializes changes to the table and to a namespace's size.
+    ns_lock: Mutex<()>,
+    /// Background jobs (self-test, sanitize) read and write namespaces
+    /// under it, shared; [`Engine::quiesce`] takes it exclusively.
+    storage_gate: RwLock<()>,
+    /// TNVMCAP: bytes the namespaces may take in all.
+    capacity: u64,
+    /// I/O command sets enabled (CC.CSS): bit 0 NVM, bit 1 zoned.
+    css: AtomicU8,
     /// Worker 0: admin; 1..=iothreads: I/O.
     workers: Box<[Worker]>,
     /// Worker index serving each doorbell's queue: `2y` SQ y, `2y + 1` CQ y
@@ -151,12 +164,15 @@ struct Shared {
     handler_gate: Mutex<()>,
     /// Volatile Write Cache enabled (mirrored into every file backend).
     write_cache: AtomicBool,
-    /// Some namespace is a file served inline (see `worker::INLINE_PASS`).
-    has_inline: bool,
+    /// Bumped after each new namespace table is published: a worker
+    /// reloads its copy only when it moved (`ns_table.rs`).
+    table_gen: AtomicU64,
     /// The opt-in command trace.
     trace: trace::Trace,
     /// Fault rules and the power state.
     faults: faults::Faults,
+    /// Device Self-test and Sanitize (`maintenance.rs`).
+    background: maintenance::Background,
 }
 
 /// The emulated controller's hot path.
@@ -176,9 +192,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Engine {
     /// Builds an engine; the worker is not running until [`Engine::start`].
     pub fn new(cfg: EngineConfig) -> Result<Engine, EngineError> {
-        if cfg.namespaces.is_empty() {
+        if cfg.namespaces.is_empty() && cfg.nn == 0 {
             return Err(EngineError::Config(
-                "at least one namespace is required".into(),
+                "at least one namespace is required, or nn > 0 for namespaces added later".into(),
             ));
         }
         if cfg.msix_vectors == 0 {
@@ -197,39 +213,35 @@ impl Engine {
                 cfg.max_queue_entries
             )));
         }
-        let mut namespaces = Vec::with_capacity(cfg.namespaces.len());
-        for (i, ns) in cfg.namespaces.iter().enumerate() {
-            if !matches!(ns.lba_size, 512 | 4096) {
-                return Err(EngineError::Config(format!(
-                    "namespace {}: lba_size {} must be 512 or 4096",
-                    i + 1,
-                    ns.lba_size
-                )));
-            }
-            let from_file = ns.backend == "file" && ns.size_bytes == 0;
-            if !from_file && (ns.size_bytes == 0 || ns.size_bytes % u64::from(ns.lba_size) != 0) {
-                return Err(EngineError::Config(format!(
-                    "namespace {}: size_bytes {} must be a positive multiple of lba_size {}",
-                    i + 1,
-                    ns.size_bytes,
-                    ns.lba_size
-                )));
-            }
-            let mut n = Namespace::new(
-                Backend::new(
-                    &ns.backend,
-                    ns.size_bytes,
-                    ns.lba_size,
-                    ns.file.as_ref(),
-                    ns.storage.as_ref(),
-                )?,
-                ns.size_bytes,
-                ns.lba_size,
-            )
-            .with_metadata(ns.metadata)
-            .map_err(|e| EngineError::Config(format!("namespace {}: {e}", i + 1)))?;
-            zoned::attach(&mut n, ns, i + 1)?;
-            namespaces.push(n);
+        let nn = if cfg.nn == 0 {
+            cfg.namespaces.len() as u32
+        } else {
+            cfg.nn
+        };
+        if nn > ns_table::MAX_NN || (nn as usize) < cfg.namespaces.len() {
+            return Err(EngineError::Config(format!(
+                "nn {} must be in {}..={} (at least one NSID per configured namespace)",
+                cfg.nn,
+                cfg.namespaces.len(),
+                ns_table::MAX_NN
+            )));
+        }
+        let mut slots: Vec<Option<Arc<Namespace>>> = vec![None; nn as usize];
+        for (i, spec) in cfg.namespaces.iter().enumerate() {
+            slots[i] = Some(Arc::new(ns_table::build(spec, i as u32 + 1)?));
+        }
+        let table = ns_table::NsTable::new(slots.into_boxed_slice());
+        let allocated: u64 = table.iter().map(|(_, ns)| ns_table::capacity_of(ns)).sum();
+        let capacity = if cfg.capacity_bytes == 0 {
+            allocated
+        } else {
+            cfg.capacity_bytes
+        };
+        if allocated > capacity {
+            return Err(EngineError::Config(format!(
+                "the namespaces take {allocated} bytes, more than capacity_bytes {capacity}; raise \
+                 capacity_bytes or shrink the namespaces"
+            )));
         }
         if cfg.iothreads == 0 || cfg.iothreads > 64 {
             return Err(EngineError::Config(format!(
@@ -260,16 +272,15 @@ impl Engine {
                 waker: Waker::new()?,
             });
         }
-        let namespaces_inline = namespaces.iter().any(|n: &Namespace| {
-            n.backend
-                .as_file()
-                .is_some_and(|f| f.io_path() == crate::aio::IoPath::Inline)
-        });
         let shared = Shared {
             doorbells,
             vectors: Vectors::new(cfg.msix_vectors, cfg.msix_embedder_managed),
             mem: GuestMemory::new(),
-            namespaces,
+            namespaces: ArcSwap::from_pointee(table),
+            ns_lock: Mutex::new(()),
+            storage_gate: RwLock::new(()),
+            capacity,
+            css: AtomicU8::new(3),
             workers: workers.into_boxed_slice(),
             owner: (0..n * 2).map(|_| AtomicU16::new(NO_OWNER)).collect(),
             next_iothread: AtomicUsize::new(0),
@@ -287,9 +298,10 @@ impl Engine {
             admin: Mutex::new(None),
             handler_gate: Mutex::new(()),
             write_cache: AtomicBool::new(true),
-            has_inline: namespaces_inline,
+            table_gen: AtomicU64::new(0),
             trace: trace::Trace::default(),
             faults: faults::Faults::default(),
+            background: maintenance::Background::default(),
             cfg,
         };
         Ok(Engine {
@@ -853,6 +865,7 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        self.stop_background();
         self.stop();
     }
 }
@@ -866,9 +879,16 @@ mod dma;
 pub mod faults;
 mod file_io;
 mod interrupts;
+mod maintenance;
+pub use maintenance::{
+    BackgroundCallback, SanitizeRequest, SanitizeState, SanitizeStatus, SelfTestStatus,
+};
 mod memloss;
 pub use memloss::LossCallback;
 mod namespaces;
+mod ns_change;
+pub use ns_change::Capacity;
+pub mod ns_table;
 mod observe;
 mod placement;
 mod poll;
@@ -882,6 +902,15 @@ mod file_tests;
 
 #[cfg(test)]
 mod irq_tests;
+
+#[cfg(test)]
+mod ns_tests;
+
+#[cfg(test)]
+mod uncor_tests;
+
+#[cfg(test)]
+mod maintenance_tests;
 
 #[cfg(test)]
 mod nvm_tests;

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod intx;
 pub mod irq;
 pub mod mem;
+pub mod nsmgmt;
 pub mod pi;
 pub mod queue;
 pub mod shm;

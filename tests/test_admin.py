@@ -85,7 +85,8 @@ def test_identify_controller(host: Host, config: ControllerConfig) -> None:
     # OAES: namespace attribute notices, zone descriptor changed notices
     assert struct.unpack_from("<I", raw, 92)[0] == 1 << 8 | 1 << 27
     assert raw[111] == 1  # CNTRLTYPE: I/O controller
-    assert ident.oacs == 1 << 8 | 1 << 1  # Doorbell Buffer Config, Format NVM
+    # Doorbell Buffer Config, Device Self-test, Namespace Management, Format NVM
+    assert ident.oacs == 1 << 8 | 1 << 4 | 1 << 3 | 1 << 1
     assert ident.acl == 3
     assert ident.aerl == config.aerl
     assert raw[260] == 0x03  # FRMW: slot 1 read-only, one slot
@@ -93,7 +94,8 @@ def test_identify_controller(host: Host, config: ControllerConfig) -> None:
     assert ident.elpe == 63
     assert raw[263] == 0  # NPSS
     assert ident.sqes == 0x66 and ident.cqes == 0x44
-    assert ident.nn == len(config.namespaces)
+    assert ident.nn == 256  # every NSID a created namespace may take
+    assert struct.unpack_from("<I", raw, 540)[0] == 256  # MNAN
     assert ident.vwc == 0x05  # present; flush to NSID FFFFFFFFh not supported
     assert ident.sgls == 0x000B0001  # SGLs without alignment, bit bucket, metadata: byte-aligned, SGL (17, 19)
     subnqn = raw[768:1024].rstrip(b"\0").decode()
@@ -135,9 +137,18 @@ def test_identify_namespace_broadcast_gives_common_fields(host: Host) -> None:
     assert ns.lbaf[0].lbads == 9
 
 
-@pytest.mark.parametrize("nsid", [0, 2, 0x100, 0xFFFFFFFE])
+@pytest.mark.parametrize("nsid", [0, 0x101, 0xFFFFFFFE])
 def test_identify_namespace_invalid_nsid(host: Host, nsid: int) -> None:
+    # NN is 256 (namespace management): NSIDs above it, and 0, are invalid.
     assert_status(read_cmd(host, IDENTIFY, cdw10=0x00, nsid=nsid)[0], INVALID_NSID)
+
+
+@pytest.mark.parametrize("nsid", [2, 0x100])
+def test_identify_namespace_unallocated_nsid_is_zeroes(host: Host, nsid: int) -> None:
+    # A valid NSID with no namespace is inactive: a zero-filled structure (NVMe Base 2.0 5.17.2.1).
+    c, raw = read_cmd(host, IDENTIFY, cdw10=0x00, nsid=nsid)
+    assert_status(c, SUCCESS)
+    assert raw == bytes(4096)
 
 
 def test_identify_buffer_across_a_page_boundary(host: Host) -> None:
@@ -193,12 +204,17 @@ def test_namespace_identification_descriptors() -> None:
         assert other[2] != eui64
 
 
-@pytest.mark.parametrize("nsid", [0, 2, 0xFFFFFFFF])
+@pytest.mark.parametrize("nsid", [0, 0x101, 0xFFFFFFFF])
 def test_namespace_identification_descriptors_invalid_nsid(host: Host, nsid: int) -> None:
     assert_status(read_cmd(host, IDENTIFY, cdw10=0x03, nsid=nsid)[0], INVALID_NSID)
 
 
-@pytest.mark.parametrize("cns", [0x04, 0x09, 0x10, 0x11, 0x12, 0x13, 0x1B, 0x1D, 0xFF])
+def test_namespace_identification_descriptors_unallocated_nsid(host: Host) -> None:
+    # Valid but inactive: no descriptors to give (QEMU: Invalid Field).
+    assert_status(read_cmd(host, IDENTIFY, cdw10=0x03, nsid=2)[0], INVALID_FIELD)
+
+
+@pytest.mark.parametrize("cns", [0x04, 0x09, 0x14, 0x15, 0x16, 0x1D, 0xFF])
 def test_identify_unsupported_cns(host: Host, cns: int) -> None:
     assert_status(read_cmd(host, IDENTIFY, cdw10=cns, nsid=1)[0], INVALID_FIELD)
 

@@ -58,7 +58,7 @@ def u128(data: bytes, offset: int) -> int:
 # -- Get Log Page ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lid", [0x00, 0x06, 0x07, 0x0D, 0x70, 0x80, 0xC0, 0xFF])
+@pytest.mark.parametrize("lid", [0x00, 0x07, 0x0D, 0x70, 0x80, 0x82, 0xC0, 0xFF])
 def test_unsupported_log_page(host: Host, lid: int) -> None:
     assert_status(get_log(host, lid, 512)[0], INVALID_LOG_PAGE)
 

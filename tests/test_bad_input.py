@@ -116,7 +116,10 @@ def test_unknown_admin_opcode(host: Host) -> None:
     assert_still_works(host)
 
 
-@pytest.mark.parametrize("nsid", [0, 2, 0xFFFF_FFFE, 0xFFFF_FFFF])
+# NN is 256: NSID 0 and those above NN are invalid (Invalid Namespace or
+# Format); a valid NSID with no namespace is inactive (Invalid Field in
+# Command, NVMe Base 2.0 3.2.1.5).
+@pytest.mark.parametrize("nsid", [0, 257, 0xFFFF_FFFE, 0xFFFF_FFFF])
 @pytest.mark.parametrize("opcode", [READ, WRITE])
 def test_invalid_nsid(host: Host, nsid: int, opcode: int) -> None:
     buf = host.alloc(PAGE_SIZE)
@@ -124,8 +127,16 @@ def test_invalid_nsid(host: Host, nsid: int, opcode: int) -> None:
     assert_still_works(host)
 
 
+@pytest.mark.parametrize("nsid", [2, 256])
+@pytest.mark.parametrize("opcode", [READ, WRITE, FLUSH])
+def test_inactive_nsid(host: Host, nsid: int, opcode: int) -> None:
+    buf = host.alloc(PAGE_SIZE)
+    assert_status(host.io(rw(opcode, 0, 1, buf, nsid=nsid), 1), GENERIC, INVALID_FIELD)
+    assert_still_works(host)
+
+
 def test_flush_invalid_nsid(host: Host) -> None:
-    assert_status(host.io(build_sqe(FLUSH, nsid=9), 1), GENERIC, INVALID_NSID)
+    assert_status(host.io(build_sqe(FLUSH, nsid=257), 1), GENERIC, INVALID_NSID)
 
 
 def _expect_error_event(host: Host, aer_cid: int, info: int) -> None:

@@ -87,7 +87,7 @@ def test_identify_controller_matches_config(bare_host: Host) -> None:
     assert raw[4:24] == b"SN-1234567890ABCDEF".ljust(20)
     assert raw[24:64] == b"Model With Spaces".ljust(40)
     assert raw[64:72] == b"FW9.8".ljust(8)
-    assert ident.nn == 2
+    assert ident.nn == 256  # the NSIDs namespace management may use, whatever is configured
     assert ident.mdts == 3
     assert ident.aerl == 2
     # SQES/CQES: required (3:0) and maximum (7:4) entry sizes, 64 and 16 bytes
@@ -129,8 +129,8 @@ def test_identify_namespaces_match_config(bare_host: Host) -> None:
 def test_identify_unknown_namespace_fails(bare_host: Host) -> None:
     bare_host.enable()
     with pytest.raises(CommandError) as info:
-        bare_host.identify_namespace(7)
-    assert (info.value.sct, info.value.sc) == (0x0, 0x0B)  # Invalid Namespace or Format
+        bare_host.identify_namespace(0x101)
+    assert (info.value.sct, info.value.sc) == (0x0, 0x0B)  # Invalid Namespace or Format: above NN
 
 
 def test_number_of_queues_is_capped(bare_host: Host) -> None:

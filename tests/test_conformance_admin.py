@@ -31,13 +31,15 @@ def test_identify_controller_2_0_fields(host: Host, config: ControllerConfig) ->
     assert u32(raw, 80) == host.controller.bar0_read(0x08, 4)  # = VS
     assert u32(raw, 92) == 1 << 8 | 1 << 27  # OAES: Namespace Attribute and Zone Descriptor Changed Notices
     assert raw[111] == 1  # CNTRLTYPE: I/O controller
-    assert u16(raw, 256) == 1 << 1 | 1 << 8  # OACS: Format NVM, Doorbell Buffer Config
+    # OACS: Format NVM, Namespace Management, Device Self-test, Doorbell Buffer Config
+    assert u16(raw, 256) == 1 << 1 | 1 << 3 | 1 << 4 | 1 << 8
     assert raw[261] == 1 << 1 | 1 << 2  # LPA: Commands Supported and Effects, extended data
     assert u16(raw, 320) == 1  # KAS: 100 ms granularity
     assert raw[77] == config.mdts  # MDTS
-    assert u32(raw, 516) == 1  # NN
-    # ONCS: Compare, DSM, Write Zeroes, Save/Select, Timestamp, Verify, Copy.
-    assert u16(raw, 520) == 1 << 0 | 1 << 2 | 1 << 3 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 8
+    assert u32(raw, 516) == 256  # NN: every NSID Namespace Management may use
+    assert u32(raw, 540) == 256  # MNAN
+    # ONCS: Compare, Write Uncorrectable, DSM, Write Zeroes, Save/Select, Timestamp, Verify, Copy.
+    assert u16(raw, 520) == 1 << 0 | 1 << 1 | 1 << 2 | 1 << 3 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 8
     assert raw[524] == 0  # FNA: Format NVM per namespace, no secure erase
     assert raw[525] == 0x05  # VWC present; no broadcast flush
     assert u16(raw, 534) == 0b11  # OCFS: Copy source range formats 0 and 1 (the 64-bit guard's)
@@ -79,8 +81,11 @@ def test_identify_csi_namespace(host: Host) -> None:
         c, raw = identify(host, 0x05, nsid, csi=0)
         assert_status(c, SUCCESS)
         assert raw == bytes(4096)  # LBSTM 0, PIC 0, every ELBAF 0: no PI, no storage tags
-    for nsid in (0, 3, NSID_ALL):
+    for nsid in (0, 257, NSID_ALL):
         assert_status(identify(host, 0x05, nsid)[0], INVALID_NSID)
+    c, raw = identify(host, 0x05, 3)  # valid, unallocated: inactive
+    assert_status(c, SUCCESS)
+    assert raw == bytes(4096)
     for csi in (0x01, 0x02, 0xFF):
         assert_status(identify(host, 0x05, 1, csi=csi)[0], INVALID_FIELD)
 
@@ -116,8 +121,11 @@ def test_identify_independent_namespace(host: Host) -> None:
         assert_status(c, SUCCESS)
         assert raw[0] == 0  # NSFEAT
         assert raw[14] & 1  # NSTAT: namespace ready
-    for nsid in (0, 3, NSID_ALL):
+    for nsid in (0, 257, NSID_ALL):
         assert_status(identify(host, 0x08, nsid)[0], INVALID_NSID)
+    c, raw = identify(host, 0x08, 3)  # valid, unallocated: inactive
+    assert_status(c, SUCCESS)
+    assert raw == bytes(4096)
 
 
 def test_identify_io_command_set_combinations(host: Host) -> None:
@@ -179,9 +187,15 @@ def test_format_zeroes_data_and_io_uses_the_new_size(host: Host, lbaf: int) -> N
     assert host.read(1, 3, 1) == data
 
 
-@pytest.mark.parametrize("nsid", [0, 2, 0x100, 0xFFFFFFFE])
+@pytest.mark.parametrize("nsid", [0, 0x101, 0xFFFFFFFE])
 def test_format_invalid_nsid(host: Host, nsid: int) -> None:
     assert_status(format_nvm(host, nsid, 0), INVALID_NSID)
+
+
+@pytest.mark.parametrize("nsid", [2, 0x100])
+def test_format_unallocated_nsid(host: Host, nsid: int) -> None:
+    # Valid (NN 256) but no namespace there: inactive, Invalid Field (as QEMU's nvme_format).
+    assert_status(format_nvm(host, nsid, 0), INVALID_FIELD)
 
 
 @pytest.mark.parametrize(

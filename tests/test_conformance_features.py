@@ -41,7 +41,9 @@ def test_not_namespace_specific(host: Host, fid: int) -> None:
     c = cmd(host, SET_FEATURES, nsid=1, cdw10=fid, prp1=host.alloc(4096))
     assert_status(c, FEATURE_NOT_NS_SPECIFIC)
     c = cmd(host, SET_FEATURES, nsid=7, cdw10=fid, prp1=host.alloc(4096))
-    assert_status(c, INVALID_NSID)  # not even a namespace
+    assert_status(c, INVALID_FIELD)  # a valid NSID with no namespace: inactive (QEMU likewise)
+    c = cmd(host, SET_FEATURES, nsid=0x101, cdw10=fid, prp1=host.alloc(4096))
+    assert_status(c, INVALID_NSID)  # not even a valid NSID (NN is 256)
 
 
 @pytest.mark.nvme_config(namespaces=TWO_NAMESPACES)
@@ -51,10 +53,13 @@ def test_error_recovery_is_per_namespace(host: Host) -> None:
     set_(host, 0x05, 7, nsid=NSID_ALL)
     assert get(host, 0x05, nsid=1) == 7 and get(host, 0x05, nsid=2) == 7
     assert get(host, 0x05, nsid=2, sel=1) == 0
-    for nsid in (0, 3, NSID_ALL):
+    for nsid in (0, 0x101, NSID_ALL):
         assert_status(cmd(host, GET_FEATURES, nsid=nsid, cdw10=0x05), INVALID_NSID)
-    for nsid in (0, 3):
+    for nsid in (0, 0x101):
         assert_status(cmd(host, SET_FEATURES, nsid=nsid, cdw10=0x05, cdw11=1), INVALID_NSID)
+    # NSID 3 is valid but has no namespace: inactive.
+    assert_status(cmd(host, GET_FEATURES, nsid=3, cdw10=0x05), INVALID_FIELD)
+    assert_status(cmd(host, SET_FEATURES, nsid=3, cdw10=0x05, cdw11=1), INVALID_FIELD)
 
 
 def test_write_atomicity_normal(host: Host) -> None:

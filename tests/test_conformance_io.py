@@ -237,8 +237,14 @@ def test_compare_errors(host: Host, nsid: int) -> None:
 
 # every new command: namespaces that do not exist
 
-@pytest.mark.parametrize("nsid", [0, 3, 0xFFFF_FFFE, 0xFFFF_FFFF])
-def test_invalid_nsid(host: Host, nsid: int) -> None:
+@pytest.mark.parametrize(
+    ("nsid", "sc"),
+    # NN is 256: past it Invalid Namespace or Format, a valid NSID with no
+    # namespace is inactive, Invalid Field (NVMe Base 2.0 3.2.1.5).
+    [(0, INVALID_NSID), (3, INVALID_FIELD), (256, INVALID_FIELD), (257, INVALID_NSID), (0xFFFF_FFFE, INVALID_NSID),
+     (0xFFFF_FFFF, INVALID_NSID)],
+)  # fmt: skip
+def test_invalid_nsid(host: Host, nsid: int, sc: int) -> None:
     buf = host.alloc(4096)
     host.write_mem(buf, dsm_range(0, 1) + copy_range(0, 1))
     sqes = {
@@ -250,7 +256,7 @@ def test_invalid_nsid(host: Host, nsid: int) -> None:
     }
     for name, sqe in sqes.items():
         completion = host.io(sqe)
-        assert (completion.sct, completion.sc) == (GENERIC, INVALID_NSID), f"{name}: {completion}"
+        assert (completion.sct, completion.sc) == (GENERIC, sc), f"{name}: {completion}"
         assert completion.dnr, f"{name}: {completion}"
     host.free(buf)
     assert_still_works(host)

@@ -15,9 +15,9 @@ from nvmefast import NamespaceConfig
 from nvmefast.testing import Host
 
 THREE_NAMESPACES = [NamespaceConfig(size_bytes=MiB)] * 3
-ADMIN_OPCODES = {0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x08, 0x09, 0x0A, 0x0C, 0x18, 0x7C, 0x80}
-IO_OPCODES = {0x00, 0x01, 0x02, 0x05, 0x08, 0x09, 0x0C, 0x19}
-LBCC_IO = {0x01, 0x08, 0x09, 0x19}  # Write, Write Zeroes, DSM, Copy
+ADMIN_OPCODES = {0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x08, 0x09, 0x0A, 0x0C, 0x0D, 0x14, 0x15, 0x18, 0x7C, 0x80, 0x84}
+IO_OPCODES = {0x00, 0x01, 0x02, 0x04, 0x05, 0x08, 0x09, 0x0C, 0x19}
+LBCC_IO = {0x01, 0x04, 0x08, 0x09, 0x19}  # Write, Write Uncorrectable, Write Zeroes, DSM, Copy
 NOTICE_NS_CHANGED = 0x2 | 0x00 << 8 | 0x04 << 16  # type Notice, info 00h, log 04h
 SMART_TEMPERATURE = 0x1 | 0x01 << 8 | 0x02 << 16  # type SMART, info 01h, log 02h
 
@@ -54,6 +54,10 @@ def test_commands_supported_and_effects(host: Host) -> None:
         assert bool(io & 1) == (opcode in IO_OPCODES), hex(opcode)
         assert bool(io & 2) == (opcode in LBCC_IO), hex(opcode)  # LBCC
     assert u32(data, 4 * 0x80) & 0x7 == 0x7  # Format NVM: CSUPP, LBCC, NCC
+    # Namespace Management and Attachment: CSUPP, NIC (bit 3: Linux rescans after them), CCC (bit 4).
+    assert u32(data, 4 * 0x0D) == u32(data, 4 * 0x15) == 1 << 0 | 1 << 3 | 1 << 4
+    # Sanitize: CSUPP, LBCC, CSE 010b (nothing else outstanding to any namespace).
+    assert u32(data, 4 * 0x84) == 1 << 0 | 1 << 1 | 0b010 << 16
     assert data[2048:] == bytes(2048)
     assert log(host, 0x05, 8, offset=1024 + 4) == data[1028:1036]  # partial read
     assert_status(get_log(host, 0x05, 4096, csi=1)[0], INVALID_FIELD)
@@ -149,6 +153,6 @@ def test_offsets_and_partial_reads(host: Host, lid: int, size: int) -> None:
     assert_status(get_log(host, lid, 4, offset=6, rae=True)[0], INVALID_FIELD)  # not dword aligned
 
 
-@pytest.mark.parametrize("lid", [0x00, 0x06, 0x08, 0x0C, 0x0D, 0x70, 0x80, 0xBE, 0xC0, 0xFF])
+@pytest.mark.parametrize("lid", [0x00, 0x07, 0x08, 0x0C, 0x0D, 0x70, 0x80, 0x82, 0xBE, 0xC0, 0xFF])
 def test_unknown_log_page(host: Host, lid: int) -> None:
     assert_status(get_log(host, lid, 512)[0], INVALID_LOG_PAGE)

@@ -35,7 +35,7 @@ def test_command_error() -> None:
 def test_identify_parsers(host: Host, config: ControllerConfig) -> None:
     ctrl = IdentifyController.parse(host.identify(0x01))
     assert (ctrl.sn, ctrl.mn, ctrl.fr) == ("XS-1", "model x", "FW9")
-    assert (ctrl.mdts, ctrl.ver, ctrl.aerl, ctrl.nn) == (config.mdts, 0x00020000, config.aerl, 1)
+    assert (ctrl.mdts, ctrl.ver, ctrl.aerl, ctrl.nn) == (config.mdts, 0x00020000, config.aerl, 256)
     ns = IdentifyNamespace.parse(host.identify(0x00, 1))
     assert (ns.nsze, ns.lba_size) == (config.namespaces[0].lbas, 512)
     assert parse_nsid_list(host.identify(0x02)) == [1]

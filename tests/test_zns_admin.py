@@ -189,8 +189,11 @@ def test_identify_namespace_csi_rules(host: Host) -> None:
     assert_status(c, SUCCESS)
     for csi in (0x01, 0x03, 0xFF):
         assert_status(identify(host, 0x05, ZNS_NSID, csi)[0], INVALID_FIELD)
-    for nsid in (0, 3, NSID_ALL):
+    for nsid in (0, 257, NSID_ALL):
         assert_status(identify(host, 0x05, nsid, CSI_ZNS)[0], INVALID_NSID)
+    c, raw = identify(host, 0x05, 3, CSI_ZNS)  # valid, no namespace: inactive, zeroes
+    assert_status(c, SUCCESS)
+    assert raw == bytes(4096)
 
 
 def test_identify_controller_zns(host: Host) -> None:

@@ -5,12 +5,14 @@
 //! - [`sqe`]: one guest-written SQE plus guest memory (PRP lists, SGL
 //!   segments, data) through the whole I/O path of a running engine; or,
 //!   with [`loss`], a few SQEs around guest memory that shrinks under the
-//!   device (the SIGBUS guard), checked from below by [`sigbus`].
+//!   device (the SIGBUS guard), checked from below by [`sigbus`]; or, with
+//!   [`sanitize`], one SQE while a sanitize runs.
 
 pub mod guard;
 pub mod loss;
 pub mod model;
 pub mod rig;
+pub mod sanitize;
 pub mod sigbus;
 pub mod sqe;
 pub mod storage;

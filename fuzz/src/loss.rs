@@ -201,6 +201,9 @@ fn command(rig: &mut Rig, sqe: &Sqe, lost_before: u64) {
     if let Err(why) = sqe::check(rig, &images, sqe, &cqe) {
         fail(why);
     }
+    if let Err(why) = sqe::check_uncorrectable(rig, sqe, status) {
+        fail(why);
+    }
     let lost = rig.kind_e() == Kind::Lost;
     let dte = Status::DATA_TRANSFER_ERROR.dnr();
     if lost && !was_lost && status != dte {

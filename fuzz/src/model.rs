@@ -337,6 +337,7 @@ pub fn status_allowed(sqe: &Sqe, status: Status) -> bool {
             op::READ
                 | op::WRITE
                 | op::FLUSH
+                | op::WRITE_UNCORRECTABLE
                 | op::COMPARE
                 | op::WRITE_ZEROES
                 | op::DATASET_MANAGEMENT
@@ -370,7 +371,7 @@ pub fn status_allowed(sqe: &Sqe, status: Status) -> bool {
             status == range || dptr.contains(&status) || status == s(Status::COMPARE_FAILURE)
         }
         op::FLUSH => false,
-        op::WRITE_ZEROES | op::VERIFY => status == range,
+        op::WRITE_ZEROES | op::VERIFY | op::WRITE_UNCORRECTABLE => status == range,
         op::DATASET_MANAGEMENT => status == range || dptr.contains(&status),
         op::COPY => {
             status == range

@@ -178,6 +178,8 @@ impl Rig {
             iothreads: 1,
             affinity: Vec::new(),
             doorbell_stride: 4,
+            nn: 0,
+            capacity_bytes: 0,
         })
         .expect("engine");
         for &(nsid, backend, ..) in model::NAMESPACES.iter() {
@@ -307,6 +309,14 @@ impl Rig {
         let mut out = vec![0u8; len];
         self.d.read(BUF_IOVA, &mut out);
         out
+    }
+
+    /// The status of a one-block Read of `lba` of namespace `nsid`.
+    pub fn read_status(&mut self, nsid: u32, lba: u64) -> Status {
+        let mut s = Sqe::new(op::READ, 0xfff3, nsid);
+        s.set_lba_range(lba, 1);
+        self.buffer_prps(&mut s, 4096);
+        self.submit(&s).status()
     }
 
     /// Resets every zone of the zoned namespace (Select All), so each

@@ -19,7 +19,14 @@
 //! - nothing panics, no access leaves guest memory (guard pages around the
 //!   fd-backed regions, a bounds-checking fake client behind the remote
 //!   one) or a namespace (the custom namespace's storage checks each call),
-//!   and every command completes within five seconds.
+//!   and every command completes within five seconds;
+//! - a Write Uncorrectable that succeeded marked exactly its LBAs (a Read
+//!   of the last one is Unrecovered Read Error with DNR) and a Write Zeroes
+//!   over them (a Zone Reset on the zoned namespace) unmarks them; one that
+//!   failed marked nothing ([`check_uncorrectable`]).
+//!
+//! An input that starts with `SANI` runs its SQE while a sanitize runs
+//! ([`crate::sanitize`]).
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
@@ -72,6 +79,10 @@ pub fn run_one(data: &[u8]) {
         loss::run(rest);
         return;
     }
+    if let Some(rest) = data.strip_prefix(crate::sanitize::MAGIC) {
+        crate::sanitize::run(rest);
+        return;
+    }
     let Some((raw, guest)) = data.split_first_chunk::<64>() else {
         return;
     };
@@ -81,6 +92,9 @@ pub fn run_one(data: &[u8]) {
     let cqe = rig.submit(&sqe);
     let fail = |why: String| -> ! { panic!("{why}\n  {sqe:?}\n  {cqe:?}") };
     if let Err(why) = check(&rig, &images, &sqe, &cqe) {
+        fail(why);
+    }
+    if let Err(why) = check_uncorrectable(&mut rig, &sqe, cqe.status()) {
         fail(why);
     }
     let before = rig.pattern_images();
@@ -98,6 +112,55 @@ pub(crate) fn check(rig: &Rig, images: &Images, sqe: &Sqe, cqe: &Cqe) -> Result<
     check_completion(rig, sqe, cqe)?;
     check_status(images, rig, sqe, cqe.status())?;
     check_guest_memory(rig, images, sqe, cqe.status())
+}
+
+/// After a Write Uncorrectable (`status` its completion): a success marked
+/// exactly its LBA range, whose last block then reads back as
+/// Unrecovered Read Error (DNR), and a Write Zeroes over the range (the
+/// zoned namespace: a reset of every zone) unmarks it, the namespaces
+/// restored after; a failure marked nothing. No mark outlives the check,
+/// so every later read-back sees data.
+pub(crate) fn check_uncorrectable(rig: &mut Rig, sqe: &Sqe, status: Status) -> Result<(), String> {
+    if sqe.opcode() != op::WRITE_UNCORRECTABLE || sqe.fuse() != 0 {
+        return Ok(());
+    }
+    let nsid = sqe.nsid();
+    let marked = rig.engine.uncorrectable_ranges(nsid).unwrap_or_default();
+    if status != Status::SUCCESS {
+        return match marked.is_empty() {
+            true => Ok(()),
+            false => Err(format!("a failed Write Uncorrectable marked {marked:?}")),
+        };
+    }
+    let (slba, nlb) = model::lba_range(sqe);
+    if marked != [(slba, nlb)] {
+        return Err(format!("marked {marked:?}, expected [({slba}, {nlb})]"));
+    }
+    let read = rig.read_status(nsid, slba + nlb - 1);
+    if read != Status::UNRECOVERED_READ_ERROR.dnr() {
+        return Err(format!(
+            "a Read of marked LBA {} completed {read:?}",
+            slba + nlb - 1
+        ));
+    }
+    if nsid == model::ZONED.0 {
+        rig.reset_zones();
+    } else {
+        let mut wz = Sqe::new(op::WRITE_ZEROES, 0xfff4, nsid);
+        wz.set_lba_range(slba, nlb as u32);
+        let c = rig.submit(&wz);
+        if c.status() != Status::SUCCESS {
+            return Err(format!(
+                "Write Zeroes over the marks completed {:?}",
+                c.status()
+            ));
+        }
+        rig.restore_namespaces();
+    }
+    match rig.engine.uncorrectable_ranges(nsid) {
+        Some(left) if left.is_empty() => Ok(()),
+        left => Err(format!("still marked after it was written: {left:?}")),
+    }
 }
 
 /// Reads every namespace that stores data back through the device and
@@ -134,7 +197,7 @@ pub(crate) fn check_namespaces(
     Ok(out)
 }
 
-fn check_completion(rig: &Rig, sqe: &Sqe, cqe: &Cqe) -> Result<(), String> {
+pub(crate) fn check_completion(rig: &Rig, sqe: &Sqe, cqe: &Cqe) -> Result<(), String> {
     if cqe.cid != sqe.cid() || cqe.sqid != 1 {
         return Err(format!("completion names CID {} SQ {}", cqe.cid, cqe.sqid));
     }
@@ -236,7 +299,12 @@ fn check_status(g: &Images, rig: &Rig, sqe: &Sqe, status: Status) -> Result<(), 
 /// Guest memory after the command: B never changes; A, C and a loss
 /// input's E (what is left of it) change only under a successful Read, and
 /// then (with PRPs) exactly as the model says.
-fn check_guest_memory(rig: &Rig, before: &Images, sqe: &Sqe, status: Status) -> Result<(), String> {
+pub(crate) fn check_guest_memory(
+    rig: &Rig,
+    before: &Images,
+    sqe: &Sqe,
+    status: Status,
+) -> Result<(), String> {
     let mut a = vec![0u8; model::A_LEN];
     let mut b = vec![0u8; model::B_LEN];
     rig.a.read(model::A_IOVA, &mut a);

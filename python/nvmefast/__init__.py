@@ -11,10 +11,12 @@ from nvmefast._core import __version__
 from nvmefast.config import ControllerConfig, NamespaceConfig, ZoneConfig
 from nvmefast.controller import Controller, DmaRegion
 from nvmefast.errors import (
+    CapacityError,
     CommandError,
     ConfigError,
     DmaMapError,
     HostTimeoutError,
+    NamespaceError,
     NvmeFastError,
     QueueError,
     RegisterAccessError,
@@ -26,6 +28,7 @@ from nvmefast.status import Status
 from nvmefast.storage import Storage
 
 __all__ = [
+    "CapacityError",
     "CommandError",
     "ConfigError",
     "Controller",
@@ -36,6 +39,7 @@ __all__ = [
     "FaultRuleError",
     "HostTimeoutError",
     "NamespaceConfig",
+    "NamespaceError",
     "NvmeFastError",
     "QueueError",
     "RegisterAccessError",

@@ -10,10 +10,12 @@ from typing import Any, final
 __version__: str
 __all__ = [
     "__version__",
+    "CapacityError",
     "ConfigError",
     "DmaMapError",
     "Engine",
     "FaultTable",
+    "NamespaceError",
     "NvmeFastError",
     "QueueError",
     "RegisterAccessError",
@@ -50,6 +52,12 @@ class QueueError(NvmeFastError):
 
 class StateError(NvmeFastError):
     """The object is in the wrong state for the call (closed, not running, ...)."""
+
+class NamespaceError(NvmeFastError):
+    """A namespace table change that cannot be made (NSID taken or out of range, not allocated, none free)."""
+
+class CapacityError(NamespaceError):
+    """Not enough unallocated NVM capacity for the namespace (Namespace Insufficient Capacity)."""
 
 # An admin command handler receives the 64-byte SQE and returns
 # (status, dw0) to complete it now, or None to complete it later with
@@ -90,7 +98,11 @@ class Engine:
     else ConfigError). ``msix_embedder_managed``: the embedder
     owns the MSI-X capability and table (vectors start enabled and
     unmasked); otherwise the device starts in the PCI reset state (MSI-X
-    disabled, every table entry masked).
+    disabled, every table entry masked). ``nn``: NN, the highest NSID
+    (``len(namespaces)``..1024; None: ``len(namespaces)``); NSIDs past the
+    configured namespaces start unallocated (inactive). ``capacity_bytes``:
+    TNVMCAP, the NVM capacity every namespace draws on (0: exactly what
+    ``namespaces`` take); ConfigError when they take more.
     """
 
     def __new__(
@@ -113,6 +125,8 @@ class Engine:
         affinity: Sequence[int] = ...,
         doorbell_stride: int = 4,
         cpus: Sequence[int] = ...,
+        nn: int | None = None,
+        capacity_bytes: int = 0,
     ) -> Engine: ...
     # lifecycle
     def start(self) -> None:
@@ -356,6 +370,71 @@ class Engine:
     def set_io_command_sets(self, nvm: bool, zoned: bool) -> None:
         """Which I/O command sets are enabled (CC.CSS); namespaces of the others are
         inactive: I/O to them completes with Invalid Field in Command (DNR)."""
+    # the namespace table
+    def add_namespace(
+        self,
+        namespace: dict[str, Any] | tuple[int, int, str] | tuple[int, int, str, str | None, bool, str, str],
+        nsid: int | None = None,
+        attached: bool = True,
+    ) -> int:
+        """Allocate a namespace (an entry as in ``namespaces``) at ``nsid`` (None: the lowest
+        free NSID) and return its NSID; I/O may reach it at once when ``attached``.
+        CapacityError: not enough unallocated capacity; NamespaceError: ``nsid`` out of
+        1..NN or allocated, or no NSID free; ConfigError: the entry cannot serve."""
+    def remove_namespace(self, nsid: int) -> None:
+        """Deallocate ``nsid`` while I/O runs on the others: commands fetched before complete,
+        later ones get Invalid Field in Command. Returns once nothing touches its storage
+        (a file is synced and closed, never deleted). NamespaceError: not allocated."""
+    def resize_namespace(self, nsid: int, size_bytes: int) -> None:
+        """Grow or shrink ``nsid`` to ``size_bytes`` (a multiple of its LBA size) while I/O
+        runs; commands fetched after it returns see the new NSZE. CapacityError, NamespaceError;
+        ConfigError: a device, read-only file, storage object or zoned namespace."""
+    def set_namespace_attached(self, nsid: int, attached: bool) -> bool:
+        """Attach or detach ``nsid`` (detached: inactive, Invalid Field in Command); True when
+        that changed. NamespaceError: not allocated."""
+    def namespace_attached(self, nsid: int) -> bool | None:
+        """Whether ``nsid`` is attached (None: not allocated)."""
+    def allocated_nsids(self) -> list[int]:
+        """Allocated NSIDs, ascending (attached or not)."""
+    @property
+    def nn(self) -> int:
+        """NN: the highest NSID."""
+    def capacity(self) -> dict[str, int]:
+        """total_bytes (TNVMCAP), allocated_bytes, unallocated_bytes (UNVMCAP)."""
+    def namespace_capacity(self, nsid: int) -> int:
+        """NVMCAP of ``nsid``: NSZE x (LBA data size + metadata size) bytes."""
+    def self_test_start(self, nsids: list[int], extended: bool, min_seconds: float = 0.0) -> None:
+        """Start a Device Self-test reading namespaces ``nsids`` (empty: the controller alone) in
+        the background, taking at least ``min_seconds``; ``extended`` reads all of each, short up
+        to 64 MiB spread over it; both check every Write Uncorrectable mark. StateError while a
+        self-test or a sanitize runs; NamespaceError for an NSID not allocated."""
+    def self_test_status(self) -> dict[str, Any]:
+        """running, extended, percent (0..100), result ("none", "passed", "failed", "aborted"),
+        nsid, lba (the first uncorrectable LBA of a failed test, else None), segment."""
+    def self_test_abort(self) -> bool:
+        """Abort the self-test running (result "aborted"; no background handler call); False
+        when none ran. Returns once it has stopped reading."""
+    def sanitize_start(
+        self,
+        action: str,
+        pattern: int = 0,
+        passes: int = 1,
+        invert: bool = False,
+        deallocate: bool = True,
+        min_seconds: float = 0.0,
+    ) -> None:
+        """Sanitize every namespace in the background: ``action`` "block-erase" or "overwrite"
+        (32-bit ``pattern``, ``passes`` 1..16, ``invert`` between passes). Before it returns every
+        I/O command but Flush completes Sanitize In Progress, until it ends; a reset does not stop
+        it; a running self-test is aborted. StateError while one runs; ConfigError for a bad
+        argument or a read-only namespace (Namespace Is Write Protected)."""
+    def sanitize_status(self) -> dict[str, Any]:
+        """state ("idle", "running", "done", "failed"), progress (0..65535), passes_done."""
+    def set_background_handler(self, handler: Callable[[str], object] | None) -> None:
+        """Call ``handler("self-test")`` / ``handler("sanitize")`` on the operation's thread when
+        one finishes by itself (not when aborted); None: nobody."""
+    def uncorrectable_ranges(self, nsid: int) -> list[tuple[int, int]]:
+        """The blocks Write Uncorrectable marked on ``nsid``, as (SLBA, NLB) in LBA order."""
 
 @final
 class FaultTable:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from nvmefast import __version__
+from nvmefast.cli_ctl import ctl_parser, run_ctl
 from nvmefast.cli_terms import BENCH_TERMS, SERVE_TERMS, Terms, in_cli_terms, namespace_terms
 from nvmefast.config import BACKENDS, CACHE_MODES, IO_PATHS, LBA_SIZES, NamespaceConfig, ZoneConfig
 from nvmefast.errors import ConfigError, NvmeFastError
@@ -124,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--guard", choices=("crc16", "crc64"), default="crc16", help="the PI guard of --pi (default crc16)")
     _serve_parser(sub)
+    ctl_parser(sub)
     pl = sub.add_parser(
         "plot",
         help="draw an earlier `nvmefast bench --json` result",
@@ -223,6 +225,27 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "block device, of its own size unless size= says otherwise. Options, in any order: "
         f"{options_help()}. E.g. ram:64M, null:1G:4096, file:disk.img:4096:ro, file:new.img:size=1G. "
         "Repeat for more (default: one ram:1G)",
+    )
+    n = s.add_argument_group("namespaces while serving (docs/namespaces.md)")
+    n.add_argument(
+        "--capacity",
+        type=parse_size,
+        metavar="SIZE",
+        help="the NVM capacity (Identify TNVMCAP) that --namespace namespaces and those a guest creates "
+        "(nvme create-ns) or `nvmefast ctl` adds draw on, e.g. 1G; with it, no --namespace means none "
+        "(default: what the --namespace namespaces take)",
+    )
+    n.add_argument(
+        "--namespace-dir",
+        metavar="DIR",
+        help="keep namespaces a guest creates as image files in DIR, with a manifest a restarted server "
+        "reads to find them again, NSIDs and attachment included (default: in RAM, gone with the server)",
+    )
+    n.add_argument(
+        "--control",
+        metavar="PATH",
+        help="serve a control socket at PATH (JSON lines) for `nvmefast ctl PATH add-namespace ram:64M | "
+        "resize-namespace NSID SIZE | remove-namespace NSID | list`",
     )
     s.add_argument(
         "--cache",
@@ -363,9 +386,13 @@ def _serve(args: argparse.Namespace) -> int:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    specs: list[NamespaceSpec] = args.namespace or [parse_namespace("ram:1G")]
+    # With a capacity or a namespace directory there may be no namespace until one is created.
+    managed = args.capacity is not None or args.namespace_dir is not None
+    specs: list[NamespaceSpec] = args.namespace or ([] if managed else [parse_namespace("ram:1G")])
     config = ControllerConfig(
         namespaces=tuple(_namespace_config(spec, args) for spec in specs),
+        capacity_bytes=args.capacity,
+        namespace_dir=args.namespace_dir,
         serial=args.serial,
         model=args.model,
         iothreads=args.iothreads,
@@ -392,20 +419,32 @@ def _serve(args: argparse.Namespace) -> int:
         server.controller.trace.start(1 << 20)
     # Rules go in before the socket listens: the first client meets them.
     faults = [server.controller.faults.add(rule) for rule in args.fault or ()]
-    for nsid in range(1, len(specs) + 1):
+    for nsid, ns in server.controller.namespaces().items():
         fmt = NamespaceFormat.of_engine(server.controller.engine.namespace_format(nsid))
-        zones = server.controller.config.namespaces[nsid - 1].zones
-        log.info("%s", describe_namespace(nsid, server.controller.namespace_info(nsid), fmt, zones))
+        log.info("%s", describe_namespace(nsid, server.controller.namespace_info(nsid), fmt, ns.zones))
+    total, unallocated = server.controller.capacity()
+    log.info("NVM capacity %s, %s unallocated%s", _format_size(total), _format_size(unallocated),
+             f", namespaces created in {args.namespace_dir}" if args.namespace_dir else "")  # fmt: skip
     log.info("%d iothread(s), up to %d I/O queue pairs, polling %s", args.iothreads, args.queues, args.polling)
     for fault in faults:
         log.info("fault rule %d: %s", fault.id, fault.rule)
+    control = None
     try:
+        if args.control:
+            from nvmefast.control import ControlServer
+
+            control = ControlServer(args.control, server.controller)
+            control.start()
+        # Before the socket listens: a client may stop the server as soon as it
+        # sees the socket (request_stop only sets a flag wait() reads).
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
         server.start()
     except BaseException:
+        if control is not None:
+            control.stop()
         server.controller.close()
         raise
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     try:
         while not server.wait(0.5):
             if args.trace:
@@ -415,6 +454,8 @@ def _serve(args: argparse.Namespace) -> int:
             log.info("fault rule %d: %d hits of %d matches (%s)", fault.id, fault.hits, fault.matched, fault.rule)
         if args.trace and not server.controller.closed:
             server.controller.trace.write_jsonl(args.trace)
+        if control is not None:
+            control.stop()
         server.stop()
     return 0
 
@@ -593,6 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "plot":
             return _plot(args)
+        if args.command == "ctl":
+            return run_ctl(args)
     except NvmeFastError as e:
         message = str(e)
         if isinstance(e, ConfigError) and args.command in _TERMS:

@@ -103,7 +103,8 @@ ZDE_MAX = 255 * 64
 """The largest Zone Descriptor Extension (ZDES is a byte of 64-byte units)."""
 
 
-def _size_text(n: int) -> str:
+def size_text(n: int) -> str:
+    """``n`` bytes as the command line writes sizes: ``64M``, ``1G``, or plain bytes."""
     for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
         if n and n % (1 << shift) == 0:
             return f"{n >> shift}{unit}"
@@ -188,7 +189,7 @@ class ZoneConfig:
             lower = 1 << (lbas.bit_length() - 1)
             raise ConfigError(
                 f"ZoneConfig.size_bytes {self.size_bytes} is {lbas} LBAs, not a power of two (Linux needs one); "
-                f"use {_size_text(lower * lba_size)} or {_size_text(2 * lower * lba_size)}"
+                f"use {size_text(lower * lba_size)} or {size_text(2 * lower * lba_size)}"
             )
         if self.capacity % lba_size:
             raise ConfigError(
@@ -199,9 +200,9 @@ class ZoneConfig:
         if namespace_bytes % self.size_bytes:
             whole = max(namespace_bytes // self.size_bytes, 1) * self.size_bytes
             raise ConfigError(
-                f"ZoneConfig.size_bytes {_size_text(self.size_bytes)} does not divide the namespace size "
-                f"{_size_text(namespace_bytes)}; make the namespace a multiple of the zone size (e.g. "
-                f"{_size_text(whole)}) or pick a zone size that divides it"
+                f"ZoneConfig.size_bytes {size_text(self.size_bytes)} does not divide the namespace size "
+                f"{size_text(namespace_bytes)}; make the namespace a multiple of the zone size (e.g. "
+                f"{size_text(whole)}) or pick a zone size that divides it"
             )
         zones = namespace_bytes // self.size_bytes
         for name, value in (("max_open", self.max_open), ("max_active", self.max_active)):
@@ -610,6 +611,20 @@ class ControllerConfig:
       between looks instead of spinning), ``"interrupt"`` (never poll) or
       ``"poll"`` (never sleep: for benchmarks and doorbell pages written
       without an ioeventfd).
+    - ``capacity_bytes``: the NVM capacity of the subsystem (Identify
+      TNVMCAP), which the configured namespaces and those created by
+      Namespace Management or added by ``Controller.add_namespace`` draw on
+      (each its size in bytes); what is left is UNVMCAP. ``None`` (default):
+      what the configured namespaces take, so a host can create namespaces
+      only after deleting some, while the embedder's added namespaces raise
+      it. With a capacity ``namespaces`` may be empty.
+    - ``namespace_dir``: a directory (created if missing; its parent must
+      exist) where namespaces the host creates live as image files, and a
+      manifest with their NSIDs and attachment that a controller started
+      later with the same directory finds again (docs/namespaces.md).
+      ``None`` (default): created namespaces live in RAM, allocated as
+      written, and go with the controller. With a directory ``namespaces``
+      may be empty.
     - ``multi_controller``: claim, in Identify, that the NVM subsystem may
       have more controllers (CMIC bit 1) and that every namespace may be
       attached to more than one (NMIC bit 0). Off by default: Linux answers
@@ -636,6 +651,8 @@ class ControllerConfig:
     polling: str = "adaptive"
     multi_controller: bool = False
     cpus: Sequence[int] | None = None
+    capacity_bytes: int | None = None
+    namespace_dir: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
         namespaces = self.namespaces
@@ -647,10 +664,13 @@ class ControllerConfig:
         # frozen: object.__setattr__ is the documented way to normalise in
         # __post_init__; a tuple keeps the config hashable and immutable.
         object.__setattr__(self, "namespaces", tuple(namespaces))
-        if not 1 <= len(self.namespaces) <= MAX_NAMESPACES:
+        self._check_capacity()
+        fewest = 0 if self.capacity_bytes is not None or self.namespace_dir is not None else 1
+        if not fewest <= len(self.namespaces) <= MAX_NAMESPACES:
             raise ConfigError(
-                f"ControllerConfig.namespaces must hold 1..{MAX_NAMESPACES} namespaces, "
+                f"ControllerConfig.namespaces must hold {fewest}..{MAX_NAMESPACES} namespaces, "
                 f"got {len(self.namespaces)}"
+                + ("" if fewest == 0 else "; give capacity_bytes (or namespace_dir) to start with none")
             )
         for i, ns in enumerate(self.namespaces):
             if not isinstance(ns, NamespaceConfig):
@@ -698,6 +718,28 @@ class ControllerConfig:
                 "ControllerConfig.volatile_write_cache must be a bool, "
                 f"got {type(self.volatile_write_cache).__name__}"
             )
+
+    def _check_capacity(self) -> None:
+        if self.capacity_bytes is not None:
+            _check_int("ControllerConfig.capacity_bytes", self.capacity_bytes, 1, None)
+            # File namespaces of their file's size are checked once opened (the Controller does).
+            known = sum(ns.size_bytes or 0 for ns in self.namespaces if isinstance(ns, NamespaceConfig))
+            if known > self.capacity_bytes:
+                raise ConfigError(
+                    f"ControllerConfig.capacity_bytes {size_text(self.capacity_bytes)} is less than the "
+                    f"configured namespaces take ({size_text(known)}); raise it to at least that"
+                )
+        if self.namespace_dir is not None:
+            if not isinstance(self.namespace_dir, (str, os.PathLike)) or isinstance(self.namespace_dir, bytes):
+                raise ConfigError(
+                    f"ControllerConfig.namespace_dir must be a str or os.PathLike, got "
+                    f"{type(self.namespace_dir).__name__} {self.namespace_dir!r}"
+                )
+            path = os.fspath(self.namespace_dir)
+            if not path:
+                raise ConfigError("ControllerConfig.namespace_dir must name a directory, got ''")
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise ConfigError(f"ControllerConfig.namespace_dir {path!r} is not a directory; give a directory")
 
     @property
     def vectors(self) -> int:

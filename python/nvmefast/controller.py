@@ -17,18 +17,32 @@ import logging
 import os
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from nvmefast._core import Engine
 from nvmefast.admin import Admin
 from nvmefast.config import ControllerConfig, NamespaceConfig
-from nvmefast.errors import ConfigError, DmaMapError, NvmeFastError, RegisterAccessError, StateError, VectorError
+from nvmefast.errors import (
+    ConfigError,
+    DmaMapError,
+    NamespaceError,
+    NvmeFastError,
+    RegisterAccessError,
+    StateError,
+    VectorError,
+)
 from nvmefast.faults import Faults
+from nvmefast.namespaces import NN, NamespaceEntry, NamespaceTable, engine_spec
+from nvmefast.ns_manager import NamespaceManager
+from nvmefast.ns_store import NamespaceStore
 from nvmefast.msix import MsixLayout, MsixRegisters, bar_size, layout_after
 from nvmefast.registers import Registers
 from nvmefast.trace import CommandTrace
 
 __all__ = ["Controller", "DmaRegion"]
+
+ENGINE_CAPACITY = (1 << 64) - 1
+"""The NVM capacity the core is told: no limit of its own."""
 
 log = logging.getLogger(__name__)
 
@@ -47,39 +61,11 @@ class DmaRegion(NamedTuple):
     file shrank under the device, every access fails until it is unmapped."""
 
 
-NamespaceSpec = dict[str, Any]
-"""A namespace as ``_core.Engine`` takes it, by key: size_bytes, lba_size,
-backend, plus path, readonly, cache, io for a file, storage for a custom one."""
-
-
 def _check_u64(name: str, value: int) -> None:
     # Same reason as _check_vector: keep OverflowError/TypeError from the
     # binding out of the embedder's way.
     if not isinstance(value, int) or not 0 <= value < 1 << 64:
         raise DmaMapError(f"{name} must be an int in 0..2**64-1, got {value!r}")
-
-
-def _engine_namespace(ns: NamespaceConfig) -> NamespaceSpec:
-    # The core's namespace entry, by key (size 0 for a file: the file's own).
-    entry: dict[str, Any] = {"lba_size": ns.lba_size}
-    if not isinstance(ns.backend, str):
-        entry.update(backend="custom", size_bytes=ns.size, storage=ns.backend)
-    elif ns.backend == "file":
-        assert ns.path is not None  # NamespaceConfig guarantees it for "file"
-        entry.update(
-            backend="file", size_bytes=ns.size_bytes or 0, path=os.fspath(ns.path),
-            readonly=ns.readonly, cache=ns.cache, io=ns.io,
-        )
-    else:
-        entry.update(backend=ns.backend, size_bytes=ns.size)
-    if ns.metadata_size:
-        entry.update(
-            metadata_size=ns.metadata_size, extended_lba=ns.extended_lba, pi_type=ns.pi_type,
-            pi_first=ns.pi_first, guard=ns.guard,
-        )
-    if ns.zones is not None:
-        entry["zones"] = ns.zones.engine_dict()
-    return entry
 
 
 def _resolve_sizes(cfg: ControllerConfig, engine: Engine) -> ControllerConfig:
@@ -118,7 +104,7 @@ class Controller:
         self._trace: CommandTrace | None = None
         self._faults: Faults | None = None
         self._engine: Engine | None = Engine(
-            namespaces=[_engine_namespace(ns) for ns in cfg.namespaces],
+            namespaces=[engine_spec(ns) for ns in cfg.namespaces],
             msix_vectors=cfg.vectors,
             max_qid=cfg.max_io_queue_pairs,
             max_queue_entries=cfg.max_queue_entries,
@@ -130,16 +116,25 @@ class Controller:
             affinity=list(cfg.iothread_affinity),
             doorbell_stride=4 << cfg.doorbell_stride,
             cpus=list(cfg.cpus or ()),
+            nn=NN,
+            # The capacity is accounted here (nvmefast.namespaces: sizes
+            # without metadata, a total that may follow the embedder's adds),
+            # so the core's own check is given all it can count.
+            capacity_bytes=ENGINE_CAPACITY,
         )
         # A file namespace's size is the file's unless the config gave one:
         # from here on the config carries the size the core opened, so
         # Identify (NSZE/NCAP/NUSE) and every user see the real one.
+        self._store: NamespaceStore | None = None
         try:
             self._config = cfg = _resolve_sizes(cfg, self._engine)
+            self._namespaces = self._restore_namespaces(cfg, self._engine)
         except BaseException:
             self._engine.close()
+            if self._store is not None:
+                self._store.close()
             raise
-        self._admin = Admin(cfg, self._engine)
+        self._admin = Admin(cfg, self._engine, self._namespaces)
         self._registers = Registers(cfg, self._engine, self._admin)
         # The MSI-X table/PBA: in BAR0 (the register file routes it), in a
         # BAR of their own (msix_bar_read/write), or the embedder's.
@@ -162,6 +157,20 @@ class Controller:
         # Changed Zone List and the Zone Descriptor Changed notice.
         self._engine.set_zone_event_handler(self._admin.zone_descriptors_changed)
         self._engine.start()
+
+    def _restore_namespaces(self, cfg: ControllerConfig, engine: Engine) -> NamespaceManager:
+        # The namespace table starts as configured; a namespace directory adds what it kept.
+        table = NamespaceTable(cfg.namespaces, cfg.capacity_bytes, shared=cfg.multi_controller)
+        if cfg.capacity_bytes is not None and table.allocated_bytes() > cfg.capacity_bytes:
+            raise ConfigError(
+                f"ControllerConfig.capacity_bytes {cfg.capacity_bytes} is less than the configured namespaces "
+                f"take once their files are opened ({table.allocated_bytes()}); raise it"
+            )
+        if cfg.namespace_dir is not None:
+            self._store = NamespaceStore(cfg.namespace_dir)
+        manager = NamespaceManager(table, engine, self._store)
+        manager.restore()
+        return manager
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -193,8 +202,12 @@ class Controller:
         # The register file, admin layer and MSI-X registers hold the engine
         # too: drop them, so the engine (and its doorbell memfd, epoll and
         # eventfds) goes now rather than whenever this Controller does.
-        del self._registers, self._admin
+        # The admin layer and the namespace manager refer to each other (its notices): part them.
+        self._namespaces.disconnect()
+        del self._registers, self._admin, self._namespaces
         self._msix = None
+        if self._store is not None:
+            self._store.close()
 
     def __del__(self) -> None:
         # A forgotten close() must not leave the worker running: the engine is
@@ -230,12 +243,84 @@ class Controller:
         ``"memory"``), ``cache`` (``"direct"``, ``"buffered"`` or
         ``"memory"``), ``readonly``, and ``size_bytes``."""
         engine = self._live()
-        n = len(self._config.namespaces)
-        if not isinstance(nsid, int) or not 1 <= nsid <= n:
-            raise ConfigError(f"nsid must be an int in 1..{n} (this controller has {n} namespaces), got {nsid!r}")
+        entry = self._namespace(nsid)
         info: dict[str, object] = dict(engine.namespace_info(nsid))
-        info["size_bytes"] = self._config.namespaces[nsid - 1].size
+        info["size_bytes"] = entry.size
         return info
+
+    def _namespace(self, nsid: int) -> NamespaceEntry:
+        self._live()
+        entry = self._namespaces.table.get(nsid) if isinstance(nsid, int) and not isinstance(nsid, bool) else None
+        if entry is None:
+            have = ", ".join(map(str, self._namespaces.table.allocated())) or "none"
+            raise NamespaceError(
+                f"nsid must name an allocated namespace (allocated: {have}), got {nsid!r}"
+            )
+        return entry
+
+    # -- namespaces while serving ---------------------------------------------
+
+    def add_namespace(self, namespace: NamespaceConfig) -> int:
+        """Add ``namespace`` while the controller runs; returns its NSID (the
+        lowest free one). It is attached at once and the host hears of it:
+        the Changed Namespace List names it and, if the host enabled it, a
+        Namespace Attribute Changed notice is raised (Linux rescans and the
+        block device appears). I/O on the other namespaces goes on.
+
+        It draws on ``capacity_bytes`` when one was configured
+        (:class:`NamespaceError` if it does not fit), else raises the total.
+        A file namespace is listed in the namespace directory (if
+        configured), so a restarted controller finds it again; a RAM one is
+        not. Raises :class:`NamespaceError` when every NSID is in use and
+        :class:`ConfigError` when the core cannot open it."""
+        self._live()
+        return self._namespaces.add(namespace)
+
+    def resize_namespace(self, nsid: int, size_bytes: int) -> None:
+        """Grow or shrink namespace ``nsid`` to ``size_bytes`` (a multiple of
+        its LBA size; not a zoned namespace, the core cannot yet) while the controller runs.
+        The host hears of it as of :meth:`add_namespace`; commands already
+        running finish, later ones past a shrunk end get LBA Out of Range.
+        Raises :class:`NamespaceError` for an unallocated NSID or growth the
+        capacity cannot hold, :class:`ConfigError` for a size the namespace
+        cannot take."""
+        self._live()
+        self._namespace(nsid)
+        self._namespaces.resize(nsid, size_bytes)
+
+    def remove_namespace(self, nsid: int) -> None:
+        """Remove namespace ``nsid`` while the controller runs: commands
+        already running on it finish, later ones get Invalid Field (an
+        inactive NSID); its capacity returns to the unallocated pool and the
+        host hears of it as of :meth:`add_namespace`. An image the controller
+        made in its namespace directory is deleted; a file the embedder gave
+        is left alone. Raises :class:`NamespaceError` for an unallocated NSID."""
+        self._live()
+        self._namespace(nsid)
+        self._namespaces.delete([nsid], notify=True)
+
+    def namespaces(self) -> dict[int, NamespaceConfig]:
+        """The allocated namespaces by NSID, sizes resolved (configured,
+        created by the host, added), attached or not."""
+        self._live()
+        return {e.nsid: e.config for e in self._namespaces.table.entries()}
+
+    def namespace_state(self, nsid: int) -> dict[str, object]:
+        """What :meth:`namespace_info` says, plus ``nsid``, ``origin``
+        (``configured``, ``created`` or ``added``), ``attached``, ``lba_size``
+        and ``metadata_size`` (the current format)."""
+        entry = self._namespace(nsid)
+        info = self.namespace_info(nsid)
+        fmt = self._live().namespace_format(nsid)
+        info.update(nsid=nsid, origin=entry.origin, attached=entry.attached, lba_size=int(fmt["lba_size"]),
+                    metadata_size=int(fmt["metadata_size"]))  # fmt: skip
+        return info
+
+    def capacity(self) -> tuple[int, int]:
+        """(total, unallocated) NVM capacity in bytes: Identify TNVMCAP and UNVMCAP."""
+        self._live()
+        table = self._namespaces.table
+        return table.total_bytes, table.unallocated_bytes
 
     @property
     def bar0_size(self) -> int:

@@ -4,14 +4,18 @@ Every error nvmefast raises derives from :class:`NvmeFastError`. The classes
 that the Rust core can raise are defined there and re-exported here, so an
 ``except nvmefast.QueueError`` catches errors from either side of the
 boundary. The Python side adds :class:`CommandError` and
-:class:`HostTimeoutError`, which the host driver (``nvmefast.testing``) raises.
+:class:`HostTimeoutError`, which the host driver (``nvmefast.testing``) raises,
+and the core's :class:`NamespaceError` and :class:`CapacityError` are
+raised for namespace changes the controller's state refuses.
 """
 
 from __future__ import annotations
 
 from nvmefast._core import (
+    CapacityError,
     ConfigError,
     DmaMapError,
+    NamespaceError,
     NvmeFastError,
     QueueError,
     RegisterAccessError,
@@ -21,10 +25,12 @@ from nvmefast._core import (
 from nvmefast.status import describe, dnr_of, sc_of, sct_of
 
 __all__ = [
+    "CapacityError",
     "CommandError",
     "ConfigError",
     "DmaMapError",
     "HostTimeoutError",
+    "NamespaceError",
     "NvmeFastError",
     "QueueError",
     "RegisterAccessError",

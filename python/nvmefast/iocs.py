@@ -18,9 +18,12 @@ from nvmefast.structs import IDENTIFY_SIZE
 
 __all__ = [
     "CHANGED_NS_LIST_MAX",
+    "EFFECTS_CCC",
+    "EFFECTS_CSE_ANY_NAMESPACE",
     "EFFECTS_CSUPP",
     "EFFECTS_LBCC",
     "EFFECTS_NCC",
+    "EFFECTS_NIC",
     "IOCS_NVM",
     "IOCS_ZNS",
     "IO_OPCODE_EFFECTS",
@@ -47,7 +50,8 @@ VSL = 0
 WZSL = 0
 """Write Zeroes Size Limit, as VSL; 0: none."""
 WUSL = 0
-"""Write Uncorrectable Size Limit (the command is not supported)."""
+"""Write Uncorrectable Size Limit; 0: none beyond NLB (ONCS bit 1 says the
+command is supported, so a limit would only be a recommendation)."""
 DMRL = 0
 """Dataset Management Ranges Limit; 0: none beyond the 256 ranges NR allows."""
 DMRSL = 0
@@ -61,11 +65,20 @@ EFFECTS_LBCC = 1 << 1
 """Logical Block Content Change: the command may change user data."""
 EFFECTS_NCC = 1 << 2
 """Namespace Capability Change: the command may change Identify Namespace."""
+EFFECTS_NIC = 1 << 3
+"""Namespace Inventory Change: the command may add, remove or change which
+namespaces are attached (Linux rescans after it)."""
+EFFECTS_CCC = 1 << 4
+"""Controller Capability Change: the command may change Identify Controller."""
+EFFECTS_CSE_ANY_NAMESPACE = 0b010 << 16
+"""Command Submission and Execution: submit it when no other command to any
+namespace is outstanding (and no other until it completes)."""
 
 IO_OPCODE_EFFECTS: Mapping[int, int] = {
     0x00: EFFECTS_CSUPP,  # Flush
     0x01: EFFECTS_CSUPP | EFFECTS_LBCC,  # Write
     0x02: EFFECTS_CSUPP,  # Read
+    0x04: EFFECTS_CSUPP | EFFECTS_LBCC,  # Write Uncorrectable
     0x05: EFFECTS_CSUPP,  # Compare
     0x08: EFFECTS_CSUPP | EFFECTS_LBCC,  # Write Zeroes
     0x09: EFFECTS_CSUPP | EFFECTS_LBCC,  # Dataset Management

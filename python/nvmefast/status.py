@@ -69,6 +69,10 @@ class Status(enum.IntEnum):
     """Command Sequence Error."""
     INVALID_PRP_OFFSET = _code(SCT_GENERIC, 0x13)
     """PRP Offset Invalid."""
+    SANITIZE_FAILED = _code(SCT_GENERIC, 0x1C)
+    """Sanitize Failed: the last sanitize operation failed; the controller is in its failure mode."""
+    SANITIZE_IN_PROGRESS = _code(SCT_GENERIC, 0x1D)
+    """Sanitize In Progress: the command is prohibited while a sanitize operation runs."""
     NAMESPACE_WRITE_PROTECTED = _code(SCT_GENERIC, 0x20)
     """Namespace is Write Protected."""
     METADATA_SGL_LENGTH_INVALID = _code(SCT_GENERIC, 0x10)
@@ -99,6 +103,22 @@ class Status(enum.IntEnum):
     """Feature Identifier Not Saveable."""
     INVALID_FORMAT = _code(SCT_COMMAND_SPECIFIC, 0x0A)
     """Invalid Format (Format NVM: an LBA format or protection setting not supported)."""
+    NAMESPACE_INSUFFICIENT_CAPACITY = _code(SCT_COMMAND_SPECIFIC, 0x15)
+    """Namespace Insufficient Capacity (Namespace Management create: not enough unallocated NVM)."""
+    NAMESPACE_ID_UNAVAILABLE = _code(SCT_COMMAND_SPECIFIC, 0x16)
+    """Namespace Identifier Unavailable (Namespace Management create: every NSID is allocated)."""
+    NAMESPACE_ALREADY_ATTACHED = _code(SCT_COMMAND_SPECIFIC, 0x18)
+    """Namespace Already Attached (Namespace Attachment)."""
+    NAMESPACE_IS_PRIVATE = _code(SCT_COMMAND_SPECIFIC, 0x19)
+    """Namespace Is Private (Namespace Attachment: a private namespace attached elsewhere)."""
+    NAMESPACE_NOT_ATTACHED = _code(SCT_COMMAND_SPECIFIC, 0x1A)
+    """Namespace Not Attached (Namespace Attachment detach)."""
+    THIN_PROVISIONING_NOT_SUPPORTED = _code(SCT_COMMAND_SPECIFIC, 0x1B)
+    """Thin Provisioning Not Supported (Namespace Management create with NCAP below NSZE)."""
+    CONTROLLER_LIST_INVALID = _code(SCT_COMMAND_SPECIFIC, 0x1C)
+    """Controller List Invalid (Namespace Attachment)."""
+    DEVICE_SELF_TEST_IN_PROGRESS = _code(SCT_COMMAND_SPECIFIC, 0x1D)
+    """Device Self-test In Progress."""
     INVALID_PROTECTION_INFO = _code(SCT_COMMAND_SPECIFIC, 0x81)
     """Invalid Protection Information (PRINFO not valid for the format, a type 1 ILBRT that is not the SLBA)."""
     FEATURE_NOT_CHANGEABLE = _code(SCT_COMMAND_SPECIFIC, 0x0E)
@@ -156,6 +176,8 @@ _NAMES: dict[int, str] = {
     Status.INVALID_NSID: "Invalid Namespace or Format",
     Status.COMMAND_SEQUENCE_ERROR: "Command Sequence Error",
     Status.INVALID_PRP_OFFSET: "PRP Offset Invalid",
+    Status.SANITIZE_FAILED: "Sanitize Failed",
+    Status.SANITIZE_IN_PROGRESS: "Sanitize In Progress",
     Status.NAMESPACE_WRITE_PROTECTED: "Namespace is Write Protected",
     Status.METADATA_SGL_LENGTH_INVALID: "Metadata SGL Length Invalid",
     Status.LBA_RANGE: "LBA Out of Range",
@@ -170,6 +192,14 @@ _NAMES: dict[int, str] = {
     Status.INVALID_QUEUE_DELETION: "Invalid Queue Deletion",
     Status.FID_NOT_SAVEABLE: "Feature Identifier Not Saveable",
     Status.INVALID_FORMAT: "Invalid Format",
+    Status.NAMESPACE_INSUFFICIENT_CAPACITY: "Namespace Insufficient Capacity",
+    Status.NAMESPACE_ID_UNAVAILABLE: "Namespace Identifier Unavailable",
+    Status.NAMESPACE_ALREADY_ATTACHED: "Namespace Already Attached",
+    Status.NAMESPACE_IS_PRIVATE: "Namespace Is Private",
+    Status.NAMESPACE_NOT_ATTACHED: "Namespace Not Attached",
+    Status.THIN_PROVISIONING_NOT_SUPPORTED: "Thin Provisioning Not Supported",
+    Status.CONTROLLER_LIST_INVALID: "Controller List Invalid",
+    Status.DEVICE_SELF_TEST_IN_PROGRESS: "Device Self-test In Progress",
     Status.INVALID_PROTECTION_INFO: "Invalid Protection Information",
     Status.FEATURE_NOT_CHANGEABLE: "Feature Not Changeable",
     Status.FEATURE_NOT_NS_SPECIFIC: "Feature Not Namespace Specific",

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from nvmefast.config import ControllerConfig, NamespaceConfig
 from nvmefast.lba_format import CTRATT_ELBAS, DPC, MC, NamespaceFormat, lbaf, metadata_available
 from nvmefast.lba_format import LBA_FORMATS as _FORMATS
+from nvmefast.namespaces import MNAN, NN
 
 __all__ = [
     "CSI_NVM",
@@ -105,6 +106,8 @@ block is all FFh (guard FFFFh: the escape, so checks pass)."""
 
 ONCS_COMPARE = 1 << 0
 """ONCS bit 0: Compare."""
+ONCS_WRITE_UNCORRECTABLE = 1 << 1
+"""ONCS bit 1: Write Uncorrectable."""
 ONCS_DSM = 1 << 2
 """ONCS bit 2: Dataset Management."""
 ONCS_WRITE_ZEROES = 1 << 3
@@ -118,12 +121,16 @@ ONCS_VERIFY = 1 << 7
 ONCS_COPY = 1 << 8
 """ONCS bit 8: Copy."""
 ONCS = (
-    ONCS_COMPARE | ONCS_DSM | ONCS_WRITE_ZEROES | ONCS_SAVE_SELECT | ONCS_TIMESTAMP | ONCS_VERIFY | ONCS_COPY
+    ONCS_COMPARE | ONCS_WRITE_UNCORRECTABLE | ONCS_DSM | ONCS_WRITE_ZEROES | ONCS_SAVE_SELECT | ONCS_TIMESTAMP | ONCS_VERIFY | ONCS_COPY
 )
 """Optional NVM Command Support: what the core and the admin layer implement."""
 
 OACS_FORMAT_NVM = 1 << 1
 """OACS bit 1: Format NVM."""
+OACS_NS_MANAGEMENT = 1 << 3
+"""OACS bit 3: Namespace Management and Namespace Attachment."""
+OACS_SELF_TEST = 1 << 4
+"""OACS bit 4: Device Self-test."""
 OACS_DBBUF = 1 << 8
 """OACS bit 8: Doorbell Buffer Config."""
 OAES_NS_ATTRIBUTE = 1 << 8
@@ -141,6 +148,19 @@ OCFS_FORMAT_1 = 1 << 1
 """Optional Copy Formats Supported: format 1 (the 64-bit guard's 40-byte entries)."""
 KAS = 1
 """Keep Alive Support: timer granularity in 100 ms units (nonzero: Keep Alive supported)."""
+SANICAP_BES = 1 << 1
+"""SANICAP bit 1: Block Erase sanitize."""
+SANICAP_OWS = 1 << 2
+"""SANICAP bit 2: Overwrite sanitize."""
+SANICAP = SANICAP_BES | SANICAP_OWS
+"""Sanitize Capabilities: block erase and overwrite, no crypto erase (bit 0);
+No-Deallocate After Sanitize honoured (NDI, bit 29, clear); whether a
+no-deallocate sanitize modifies media not reported (NODMMAS 00b)."""
+EDSTT = 1
+"""Extended Device Self-test Time, minutes: what an extended self-test of
+this emulation takes at most (it reads every namespace once)."""
+DSTO_ONE_AT_A_TIME = 1 << 0
+"""Device Self-test Options bit 0: one device self-test at a time in the NVM subsystem."""
 LPA_CSE = 1 << 1
 """LPA bit 1: the Commands Supported and Effects log page."""
 LPA_EXTENDED = 1 << 2
@@ -165,18 +185,21 @@ class NamespaceIds:
     uuid: bytes
 
 
-def namespace_ids(serial: str, nsid: int) -> NamespaceIds:
+def namespace_ids(serial: str, nsid: int, generation: int = 0) -> NamespaceIds:
     """Stable EUI-64, NGUID and UUID for namespace ``nsid`` of controller ``serial``.
 
     Derived by hashing, so the same config always yields the same IDs (a
     host keys its device names on them) and two serials never collide.
+    ``generation`` tells apart namespaces that held the same NSID at
+    different times (0: a configured one).
     """
-    digest = hashlib.sha256(f"nvmefast/{serial}/{nsid}".encode()).digest()
+    key = f"nvmefast/{serial}/{nsid}" + (f"/{generation}" if generation else "")
+    digest = hashlib.sha256(key.encode()).digest()
     # EUI-64: the OUI in the three most significant bytes, then an
     # extension identifier; stored big-endian as the spec shows it.
     eui64 = IEEE_OUI.to_bytes(3, "big") + digest[:5]
     nguid = digest[8:24]
-    ns_uuid = uuid.uuid5(uuid.NAMESPACE_OID, f"nvmefast/{serial}/{nsid}").bytes
+    ns_uuid = uuid.uuid5(uuid.NAMESPACE_OID, key).bytes
     return NamespaceIds(eui64=eui64, nguid=nguid, uuid=ns_uuid)
 
 
@@ -192,8 +215,9 @@ def _ascii(value: str, width: int) -> bytes:
     return value.encode("ascii").ljust(width, b" ")
 
 
-def build_identify_controller(config: ControllerConfig) -> bytes:
-    """The Identify Controller data structure (CNS 01h)."""
+def build_identify_controller(config: ControllerConfig, tnvmcap: int = 0, unvmcap: int = 0) -> bytes:
+    """The Identify Controller data structure (CNS 01h) of a controller whose
+    NVM subsystem has ``tnvmcap`` bytes of NVM, ``unvmcap`` of them unallocated."""
     buf = bytearray(IDENTIFY_SIZE)
     struct.pack_into("<HH", buf, 0, PCI_VENDOR_ID, PCI_SUBSYSTEM_VENDOR_ID)
     buf[4:24] = _ascii(config.serial, 20)
@@ -209,7 +233,7 @@ def build_identify_controller(config: ControllerConfig) -> bytes:
     struct.pack_into("<I", buf, 92, OAES_NS_ATTRIBUTE | OAES_ZONE_DESCRIPTOR_CHANGED)
     struct.pack_into("<I", buf, 96, CTRATT_ELBAS)  # CTRATT: the 64-bit guard formats (lba_format.py)
     buf[111] = _CNTRLTYPE_IO
-    struct.pack_into("<H", buf, 256, OACS_FORMAT_NVM | OACS_DBBUF)
+    struct.pack_into("<H", buf, 256, OACS_FORMAT_NVM | OACS_NS_MANAGEMENT | OACS_SELF_TEST | OACS_DBBUF)
     buf[258] = ACL
     buf[259] = config.aerl
     buf[260] = _FRMW
@@ -217,10 +241,15 @@ def build_identify_controller(config: ControllerConfig) -> bytes:
     buf[262] = ELPE
     buf[263] = 0  # NPSS: one power state
     struct.pack_into("<HH", buf, 266, WCTEMP, CCTEMP)
+    buf[280:296] = tnvmcap.to_bytes(16, "little")  # TNVMCAP
+    buf[296:312] = unvmcap.to_bytes(16, "little")  # UNVMCAP
+    struct.pack_into("<HB", buf, 316, EDSTT, DSTO_ONE_AT_A_TIME)
     struct.pack_into("<H", buf, 320, KAS)
+    struct.pack_into("<I", buf, 328, SANICAP)
     buf[512] = _SQES
     buf[513] = _CQES
-    struct.pack_into("<I", buf, 516, len(config.namespaces))  # NN
+    struct.pack_into("<I", buf, 516, NN)
+    struct.pack_into("<I", buf, 540, MNAN)
     struct.pack_into("<H", buf, 520, ONCS)
     buf[524] = _FNA
     buf[525] = (_VWC_PRESENT | _VWC_NO_BROADCAST_FLUSH) if config.volatile_write_cache else 0
@@ -272,6 +301,8 @@ def build_identify_namespace(
     # read-only namespace with Namespace Is Write Protected (20h).
     buf[99] = NSATTR_WRITE_PROTECTED if ns is not None and ns.readonly else 0
     struct.pack_into("<HIB", buf, 74, MSSRL, MCL, MSRC)
+    if ns is not None:
+        buf[48:64] = ns.size.to_bytes(16, "little")  # NVMCAP: the capacity it draws on
     if ids is not None:
         buf[104:120] = ids.nguid
         buf[120:128] = ids.eui64

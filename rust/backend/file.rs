@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::BackendError;
+use super::{BackendError, Errno};
 use crate::aio::{self, IoPath};
 
 /// `_IOR(0x12, 114, size_t)`: a block device's size in bytes.
@@ -63,7 +63,10 @@ pub struct FileBackend {
     /// A buffered descriptor of the same file, for what O_DIRECT refuses.
     buffered: File,
     path: String,
-    size: u64,
+    /// Bytes; changed only by [`FileBackend::resize`].
+    size: AtomicU64,
+    /// A regular file (not a block or character device): it can be resized.
+    regular: bool,
     readonly: bool,
     direct: bool,
     io: IoPath,
@@ -304,7 +307,8 @@ impl FileBackend {
             file,
             buffered,
             path: path.to_string(),
-            size,
+            size: AtomicU64::new(size),
+            regular,
             readonly: spec.readonly,
             direct,
             io,
@@ -330,7 +334,31 @@ impl FileBackend {
 
     /// The namespace size in bytes.
     pub fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Why the file cannot be resized (a device, read-only), if it cannot.
+    pub fn fixed_size(&self) -> Option<&'static str> {
+        if !self.regular {
+            Some("a device has the size it has")
+        } else if self.readonly {
+            Some("the namespace is read-only")
+        } else {
+            None
+        }
+    }
+
+    /// Extends (sparse: the new blocks read as zero) or truncates the
+    /// image to `size` bytes. The caller holds every command to it off,
+    /// and waited for those in flight: a write in flight past the new end
+    /// would extend the file again.
+    pub fn resize(&self, size: u64) -> Result<(), Errno> {
+        if self.fixed_size().is_some() {
+            return Err(libc::EPERM);
+        }
+        self.buffered.set_len(size).map_err(|e| errno_of(&e))?;
+        self.size.store(size, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The path as configured.

@@ -249,6 +249,33 @@ impl Backend {
         }
     }
 
+    /// Why the storage cannot be resized, if it cannot: a device, a
+    /// read-only file, a storage object (its size is the embedder's).
+    pub fn fixed_size(&self) -> Option<&'static str> {
+        match self {
+            Backend::File(f) => f.fixed_size(),
+            Backend::Custom(_) => Some("a storage object's size is its own"),
+            Backend::Ram(_) | Backend::Null(_) => None,
+        }
+    }
+
+    /// Resizes the storage to `size` bytes (see [`Backend::fixed_size`]):
+    /// what stays keeps its data, what is added reads as zero.
+    ///
+    /// # Safety
+    /// No other thread touches the storage during the call, and nothing
+    /// past the new size afterwards (the engine's quiesce, with the
+    /// commands in flight to it completed).
+    pub unsafe fn resize(&self, size: u64) -> Result<(), Errno> {
+        match self {
+            // SAFETY: forwarded contract.
+            Backend::Ram(r) => unsafe { r.resize(size) },
+            Backend::File(f) => f.resize(size),
+            Backend::Null(_) => Ok(()),
+            Backend::Custom(_) => Err(libc::EPERM),
+        }
+    }
+
     /// True when reads transfer data (not the null backend).
     pub fn transfers_data(&self) -> bool {
         !matches!(self, Backend::Null(_))

@@ -1,12 +1,16 @@
 //! The RAM backend: an anonymous private mapping (huge pages where the
 //! kernel gives them), zero until written.
 
-use super::BackendError;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+use super::{BackendError, Errno};
 
 /// A namespace held in process memory.
 pub struct RamBackend {
-    base: *mut u8,
-    size: usize,
+    /// The mapping; moved only by [`RamBackend::resize`], with every
+    /// accessor held off (so Relaxed loads: a plain load on the hot path).
+    base: AtomicPtr<u8>,
+    size: AtomicUsize,
 }
 
 // SAFETY: the mapping is owned by this value and only accessed through
@@ -48,28 +52,72 @@ impl RamBackend {
         // SAFETY: advice on the mapping just made, which nothing else uses.
         unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
         Ok(RamBackend {
-            base: p as *mut u8,
-            size: len,
+            base: AtomicPtr::new(p as *mut u8),
+            size: AtomicUsize::new(len),
         })
+    }
+
+    #[inline]
+    fn base(&self) -> *mut u8 {
+        self.base.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Grows or shrinks the mapping to `size` bytes: what stays keeps its
+    /// data, what is added reads as zero, what goes is given back. The
+    /// mapping may move (mremap), so no other thread may touch it during
+    /// the call.
+    ///
+    /// # Safety
+    /// The caller holds off every accessor of this backend until it
+    /// returns (the engine's quiesce), and no pointer into the mapping
+    /// taken before it is used after it.
+    pub unsafe fn resize(&self, size: u64) -> Result<(), Errno> {
+        let len = usize::try_from(size).map_err(|_| libc::ENOMEM)?;
+        if len == 0 {
+            return Err(libc::EINVAL);
+        }
+        let (old, old_len) = (self.base(), self.len());
+        if len == old_len {
+            return Ok(());
+        }
+        // SAFETY: old/old_len are the mapping this value owns; the caller
+        // guarantees nobody uses it meanwhile. MREMAP_MAYMOVE keeps the
+        // contents (and MAP_NORESERVE); new pages read as zero.
+        let p = unsafe { libc::mremap(old.cast(), old_len, len, libc::MREMAP_MAYMOVE) };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::ENOMEM));
+        }
+        // SAFETY: advice on the mapping just made, which nothing else uses.
+        unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
+        self.base.store(p.cast(), Ordering::Relaxed);
+        self.size.store(len, Ordering::Relaxed);
+        Ok(())
     }
 
     /// # Safety
     /// `dst` valid for `len` writes; `offset + len <= size`.
     #[inline]
     pub unsafe fn read(&self, offset: u64, dst: *mut u8, len: usize) {
-        debug_assert!(offset as usize + len <= self.size);
+        debug_assert!(offset as usize + len <= self.len());
         // SAFETY: the caller guarantees both ranges; they cannot overlap
         // (guest memory is a different mapping).
-        unsafe { std::ptr::copy_nonoverlapping(self.base.add(offset as usize), dst, len) }
+        unsafe { std::ptr::copy_nonoverlapping(self.base().add(offset as usize), dst, len) }
     }
 
     /// # Safety
     /// `src` valid for `len` reads; `offset + len <= size`.
     #[inline]
     pub unsafe fn write(&self, offset: u64, src: *const u8, len: usize) {
-        debug_assert!(offset as usize + len <= self.size);
+        debug_assert!(offset as usize + len <= self.len());
         // SAFETY: as in read.
-        unsafe { std::ptr::copy_nonoverlapping(src, self.base.add(offset as usize), len) }
+        unsafe { std::ptr::copy_nonoverlapping(src, self.base().add(offset as usize), len) }
     }
 }
 
@@ -78,7 +126,8 @@ impl RamBackend {
     /// `offset + len <= size`.
     pub unsafe fn zero(&self, offset: u64, len: u64) {
         let (off, len) = (offset as usize, len as usize);
-        debug_assert!(off + len <= self.size);
+        debug_assert!(off + len <= self.len());
+        let base = self.base();
         // Whole pages go back to the kernel (they read as zero again and stop
         // costing memory); the ragged edges are cleared by hand.
         // The host's page: madvise refuses a range not aligned to it (16 or
@@ -90,18 +139,15 @@ impl RamBackend {
         // caller guarantees is inside the mapping.
         unsafe {
             if first < last {
-                std::ptr::write_bytes(self.base.add(off), 0, first - off);
-                let dropped = libc::madvise(
-                    self.base.add(first).cast(),
-                    last - first,
-                    libc::MADV_DONTNEED,
-                );
+                std::ptr::write_bytes(base.add(off), 0, first - off);
+                let dropped =
+                    libc::madvise(base.add(first).cast(), last - first, libc::MADV_DONTNEED);
                 if dropped != 0 {
-                    std::ptr::write_bytes(self.base.add(first), 0, last - first);
+                    std::ptr::write_bytes(base.add(first), 0, last - first);
                 }
-                std::ptr::write_bytes(self.base.add(last), 0, off + len - last);
+                std::ptr::write_bytes(base.add(last), 0, off + len - last);
             } else {
-                std::ptr::write_bytes(self.base.add(off), 0, len);
+                std::ptr::write_bytes(base.add(off), 0, len);
             }
         }
     }
@@ -112,7 +158,7 @@ impl RamBackend {
         // SAFETY: both ranges are valid for len bytes (caller); guest memory
         // may change under us, which only changes the answer.
         unsafe {
-            let a = std::slice::from_raw_parts(self.base.add(offset as usize), len);
+            let a = std::slice::from_raw_parts(self.base().add(offset as usize), len);
             let b = std::slice::from_raw_parts(src, len);
             a == b
         }
@@ -124,8 +170,8 @@ impl RamBackend {
         // SAFETY: the caller checked both ranges; ptr::copy handles overlap.
         unsafe {
             std::ptr::copy(
-                self.base.add(src as usize),
-                self.base.add(dst as usize),
+                self.base().add(src as usize),
+                self.base().add(dst as usize),
                 len as usize,
             )
         }
@@ -136,7 +182,7 @@ impl Drop for RamBackend {
     fn drop(&mut self) {
         // SAFETY: base/size are what mmap returned; no references remain.
         unsafe {
-            libc::munmap(self.base.cast(), self.size);
+            libc::munmap(self.base().cast(), self.len());
         }
     }
 }

@@ -116,6 +116,12 @@ impl VolatileCache {
         }
     }
 
+    /// The namespace shrank to `size` bytes: the pre-images past it go (a
+    /// power loss must not write where the namespace no longer is).
+    pub fn truncate(&self, size: u64) {
+        lock(&self.blocks).retain(|&off, pre| off + pre.len() as u64 <= size);
+    }
+
     /// The power went: writes back every pre-image (then makes a file
     /// durable). Returns the blocks rolled back.
     pub fn power_loss(&self, backend: &Backend) -> Result<usize, Errno> {

@@ -1,7 +1,7 @@
 //! NVM I/O commands (NVM Command Set 2.0): the dispatcher, the data pointer
 //! (PRP or SGL), and Read, Write, Flush. The other commands are in `nvm.rs`.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use super::prp;
 use super::segment::{self, Segment, Target};
@@ -17,7 +17,8 @@ pub struct Namespace {
     /// log2 of the LBA data size (changed only by Format NVM, with every
     /// worker stopped).
     lba_shift: AtomicU32,
-    size_bytes: u64,
+    /// Bytes (changed by a resize, with every worker held off).
+    size_bytes: AtomicU64,
     /// Number of LBAs (NSZE).
     lbas: AtomicU64,
     /// Unflushed writes, tracked for a power loss (fault injection).
@@ -26,10 +27,29 @@ pub struct Namespace {
     pub meta: crate::pi::Meta,
     /// The zones of a zoned namespace (`crate::zns`); None: conventional.
     pub zones: Option<Box<crate::zns::Zones>>,
-    /// Its I/O command set is not enabled (CC.CSS): not attached, every
-    /// command to it fails with Invalid Namespace or Format.
-    pub detached: AtomicBool,
+    /// Why the namespace is inactive on this controller (`INACTIVE_*`
+    /// bits; 0: active). Every command to an inactive namespace fails
+    /// with Invalid Field in Command.
+    inactive: AtomicU8,
+    /// Commands in flight to its file on the asynchronous path: a resize
+    /// or a removal waits for them.
+    pub inflight: AtomicU32,
+    /// Blocks Write Uncorrectable marked (`crate::nsmgmt::uncorrectable`).
+    pub uncorrectable: crate::nsmgmt::Uncorrectable,
 }
+
+/// Inactive: its I/O command set is not enabled (CC.CSS).
+pub const INACTIVE_CSS: u8 = 1;
+/// Inactive: not attached to this controller (Namespace Attachment).
+pub const INACTIVE_DETACHED: u8 = 2;
+/// Held off: a sanitize runs. Commands other than Flush fail with
+/// Sanitize In Progress (rather than Invalid Field) when this is the only
+/// reason.
+pub const INACTIVE_SANITIZE: u8 = 4;
+
+/// The namespace table as commands see it: slot `i` holds NSID `i + 1`
+/// (None: unallocated); its length is NN.
+pub type Slots = [Option<std::sync::Arc<Namespace>>];
 
 impl Namespace {
     /// A namespace of `size_bytes` formatted with `lba_size`-byte LBAs.
@@ -38,12 +58,14 @@ impl Namespace {
         Namespace {
             backend,
             lba_shift: AtomicU32::new(lba_size.trailing_zeros()),
-            size_bytes,
+            size_bytes: AtomicU64::new(size_bytes),
             lbas: AtomicU64::new(size_bytes >> lba_size.trailing_zeros()),
             cache: VolatileCache::default(),
             meta: crate::pi::Meta::default(),
             zones: None,
-            detached: AtomicBool::new(false),
+            inactive: AtomicU8::new(0),
+            inflight: AtomicU32::new(0),
+            uncorrectable: crate::nsmgmt::Uncorrectable::default(),
         }
     }
 
@@ -71,8 +93,10 @@ impl Namespace {
     /// Format NVM: new LBA size, every block zero. The caller keeps every
     /// worker out of this namespace meanwhile.
     pub fn format(&self, lba_size: u32) -> Result<(), Errno> {
+        let size = self.size_bytes();
         // SAFETY: the whole namespace, by construction in range.
-        unsafe { self.backend.zero(0, self.size_bytes)? };
+        unsafe { self.backend.zero(0, size)? };
+        self.uncorrectable.clear_all();
         // Format is durable: nothing to roll back to.
         self.cache.flushed();
         if let Backend::Custom(c) = &self.backend {
@@ -80,13 +104,43 @@ impl Namespace {
         }
         let shift = lba_size.trailing_zeros();
         self.lba_shift.store(shift, Ordering::Relaxed);
-        self.lbas.store(self.size_bytes >> shift, Ordering::Relaxed);
+        self.lbas.store(size >> shift, Ordering::Relaxed);
         Ok(())
     }
 
     /// The size in bytes.
     pub fn size_bytes(&self) -> u64 {
-        self.size_bytes
+        self.size_bytes.load(Ordering::Relaxed)
+    }
+
+    /// A new size (a multiple of the LBA size): NSZE follows. The caller
+    /// holds every worker off and has resized the storage.
+    pub fn set_size(&self, size: u64) {
+        self.size_bytes.store(size, Ordering::Relaxed);
+        self.lbas.store(size >> self.lba_shift(), Ordering::Relaxed);
+    }
+
+    /// True when commands to it fail with Invalid Field (inactive NSID).
+    #[inline]
+    pub fn inactive(&self) -> bool {
+        // Relaxed: changed by the control plane, which then waits a pass
+        // of every worker (`Engine::grace`) before it reports the change.
+        self.inactive.load(Ordering::Relaxed) != 0
+    }
+
+    /// Sets (`on`) or clears one `INACTIVE_*` reason; returns the reasons
+    /// before.
+    pub fn set_inactive(&self, reason: u8, on: bool) -> u8 {
+        if on {
+            self.inactive.fetch_or(reason, Ordering::Relaxed)
+        } else {
+            self.inactive.fetch_and(!reason, Ordering::Relaxed)
+        }
+    }
+
+    /// The `INACTIVE_*` reasons in force.
+    pub fn inactive_reasons(&self) -> u8 {
+        self.inactive.load(Ordering::Relaxed)
     }
 
     /// Before `len` bytes at byte `off` change: keeps their pre-image while
@@ -139,7 +193,7 @@ pub struct Failure {
 /// What a command needs besides the SQE.
 pub struct IoContext<'a> {
     pub mem: &'a MemoryMap,
-    pub namespaces: &'a [Namespace],
+    pub namespaces: &'a Slots,
     pub page_size: u64,
     /// Maximum data transfer in bytes; 0 for no limit.
     pub mdts_bytes: u64,
@@ -191,11 +245,13 @@ pub fn execute(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
         op::FLUSH => {
             // VWC bits 2:1 = 10b: broadcast flush (FFFFFFFFh) is not
             // supported, so it is an invalid namespace like any other.
-            let ns = namespace(ctx, nsid)?;
+            // Flush is the one I/O command a sanitize lets through.
+            let ns = namespace_held(ctx, nsid, INACTIVE_SANITIZE)?;
             ns.flush()
                 .map_err(|e| file_failure(e, true, 0, nsid, ctx.smart))?;
             Ok(0)
         }
+        op::WRITE_UNCORRECTABLE => nvm::write_uncorrectable(ctx, sqe),
         op::COMPARE => nvm::compare(ctx, sqe),
         op::WRITE_ZEROES => nvm::write_zeroes(ctx, sqe),
         op::DATASET_MANAGEMENT => nvm::dataset_management(ctx, sqe),
@@ -208,19 +264,50 @@ pub fn execute(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
     }
 }
 
+/// The namespace NSID `nsid` names, if active. Base 2.0 3.2.1.5: an
+/// invalid NSID (0, above NN, FFFFFFFFh) is Invalid Namespace or Format; a
+/// valid one that is inactive (unallocated, not attached, or of a command
+/// set CC.CSS leaves disabled) is Invalid Field in Command.
+#[inline]
 pub(crate) fn namespace<'a>(ctx: &IoContext<'a>, nsid: u32) -> Result<&'a Namespace, Failure> {
-    let ns = nsid
+    let slot = nsid
         .checked_sub(1)
         .and_then(|i| ctx.namespaces.get(i as usize))
         .ok_or(fail(Status::INVALID_NAMESPACE.dnr(), loc::NSID, 0, nsid))?;
-    // Relaxed: set by the control plane while the host has no I/O
-    // outstanding (CC.EN 0 -> 1). A valid NSID whose command set is not
-    // enabled is inactive: Invalid Field (as QEMU's nvme_io_cmd; the Base
-    // spec keeps Invalid Namespace or Format for invalid NSIDs).
-    if ns.detached.load(Ordering::Relaxed) {
-        return Err(fail(Status::INVALID_FIELD.dnr(), loc::NSID, 0, nsid));
+    match slot.as_deref() {
+        Some(ns) if !ns.inactive() => Ok(ns),
+        other => Err(inactive(other, nsid)),
     }
-    Ok(ns)
+}
+
+/// [`namespace`], letting through a namespace held off only for the
+/// `INACTIVE_*` reasons in `allowed`.
+pub(crate) fn namespace_held<'a>(
+    ctx: &IoContext<'a>,
+    nsid: u32,
+    allowed: u8,
+) -> Result<&'a Namespace, Failure> {
+    match namespace(ctx, nsid) {
+        Err(f) if f.status == Status::SANITIZE_IN_PROGRESS => {
+            let ns = ctx.namespaces[(nsid - 1) as usize].as_deref();
+            match ns {
+                Some(ns) if ns.inactive_reasons() & !allowed == 0 => Ok(ns),
+                other => Err(inactive(other, nsid)),
+            }
+        }
+        r => r,
+    }
+}
+
+/// Why a command cannot reach an inactive (or held off) NSID.
+#[cold]
+fn inactive(ns: Option<&Namespace>, nsid: u32) -> Failure {
+    match ns {
+        Some(ns) if ns.inactive_reasons() == INACTIVE_SANITIZE => {
+            fail(Status::SANITIZE_IN_PROGRESS, loc::OPCODE, 0, nsid)
+        }
+        _ => fail(Status::INVALID_FIELD.dnr(), loc::NSID, 0, nsid),
+    }
 }
 
 /// SLBA (CDW10-11) and NLB (CDW12 bits 15:0, 0's based, returned 1-based),
@@ -340,6 +427,81 @@ pub(crate) fn writable(ns: &Namespace, lba: u64, nsid: u32) -> Result<(), Failur
     Ok(())
 }
 
+/// A read of `[slba, slba + nlb)` (Read, Compare, Verify, a Copy source):
+/// Unrecovered Read Error at the first block Write Uncorrectable marked.
+/// One load when nothing is marked.
+#[inline]
+pub(crate) fn unmarked(
+    ns: &Namespace,
+    slba: u64,
+    nlb: u64,
+    nsid: u32,
+    smart: &mut Smart,
+) -> Result<(), Failure> {
+    if !ns.uncorrectable.any() {
+        return Ok(());
+    }
+    marked_read(ns, slba, nlb, nsid, smart)
+}
+
+#[cold]
+fn marked_read(
+    ns: &Namespace,
+    slba: u64,
+    nlb: u64,
+    nsid: u32,
+    smart: &mut Smart,
+) -> Result<(), Failure> {
+    match ns.uncorrectable.first_marked(slba, nlb) {
+        // A media error, counted in SMART as one; reading again cannot
+        // help: Do Not Retry.
+        Some(lba) => {
+            smart.media_errors += 1;
+            Err(fail(
+                Status::UNRECOVERED_READ_ERROR.dnr(),
+                loc::CDW10,
+                lba,
+                nsid,
+            ))
+        }
+        None => Ok(()),
+    }
+}
+
+/// `[slba, slba + nlb)` was written (Write, Write Zeroes, deallocation, a
+/// Copy destination, Zone Append): Write Uncorrectable's marks there go,
+/// durably with `fua` or the volatile write cache off. One load when
+/// nothing is marked.
+#[inline]
+pub(crate) fn rewritten(
+    ns: &Namespace,
+    slba: u64,
+    nlb: u64,
+    fua: bool,
+    nsid: u32,
+    smart: &mut Smart,
+) -> Result<(), Failure> {
+    if !ns.uncorrectable.any() {
+        return Ok(());
+    }
+    unmark(ns, slba, nlb, fua, nsid, smart)
+}
+
+#[cold]
+fn unmark(
+    ns: &Namespace,
+    slba: u64,
+    nlb: u64,
+    fua: bool,
+    nsid: u32,
+    smart: &mut Smart,
+) -> Result<(), Failure> {
+    let durable = fua || !ns.cache.write_cache();
+    ns.uncorrectable
+        .clear(slba, nlb, durable)
+        .map_err(|e| file_failure(e, true, slba, nsid, smart))
+}
+
 /// Device-to-host through a remote segment: namespace bytes bounced
 /// through `buf` into the client's memory. The null backend moves no data,
 /// as it leaves fd-backed memory untouched.
@@ -406,21 +568,30 @@ fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, read: bool) -> Result<u64, Failure> {
         writable(ns, 0, sqe.nsid())?;
     }
     let (ns, off, len) = lba_transfer(ctx, sqe, read)?;
-    if let Some(z) = &ns.zones {
-        return crate::zns::io::rw(ctx, sqe, ns, z, off, len, read);
-    }
     let fua = sqe.cdw(12) & (1 << 30) != 0;
-    if !read {
-        ns.will_write(off, len, fua);
+    if read && ns.uncorrectable.any() {
+        let shift = ns.lba_shift();
+        unmarked(ns, off >> shift, len >> shift, sqe.nsid(), ctx.smart)?;
     }
-    rw_segments(ctx, sqe, ns, off, read)?;
-    if !read && fua {
-        // FUA on the synchronous path: durable before the completion.
-        ns.backend
-            .flush()
-            .map_err(|e| file_failure(e, true, off >> ns.lba_shift(), sqe.nsid(), ctx.smart))?;
+    if let Some(z) = &ns.zones {
+        crate::zns::io::rw(ctx, sqe, ns, z, off, len, read)?;
+    } else {
+        if !read {
+            ns.will_write(off, len, fua);
+        }
+        rw_segments(ctx, sqe, ns, off, read)?;
+        if !read && fua {
+            // FUA on the synchronous path: durable before the completion.
+            ns.backend
+                .flush()
+                .map_err(|e| file_failure(e, true, off >> ns.lba_shift(), sqe.nsid(), ctx.smart))?;
+        }
+        count(ctx.smart, read, len);
     }
-    count(ctx.smart, read, len);
+    if !read && ns.uncorrectable.any() {
+        let shift = ns.lba_shift();
+        rewritten(ns, off >> shift, len >> shift, fua, sqe.nsid(), ctx.smart)?;
+    }
     Ok(0)
 }
 
@@ -619,11 +790,13 @@ pub fn start(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<Started, Failure> {
     let is_file = nsid
         .checked_sub(1)
         .and_then(|i| ctx.namespaces.get(i as usize))
+        .and_then(Option::as_deref)
         .is_some_and(|ns| {
             // Metadata moves beside the data, and a zoned namespace's write
             // reserves its blocks and releases them in one call: both
-            // synchronously.
-            !ns.meta.active()
+            // synchronously. An inactive one fails in `execute`.
+            !ns.inactive()
+                && !ns.meta.active()
                 && ns.zones.is_none()
                 && ns.backend.as_file().is_some_and(|f| {
                     ctx.offload_inline || f.io_path() != crate::aio::IoPath::Inline
@@ -648,6 +821,10 @@ pub fn start(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<Started, Failure> {
     }
     let (ns, off, len) = lba_transfer(ctx, sqe, read)?;
     let fua = sqe.cdw(12) & (1 << 30) != 0;
+    if read && ns.uncorrectable.any() {
+        let shift = ns.lba_shift();
+        unmarked(ns, off >> shift, len >> shift, nsid, ctx.smart)?;
+    }
     if !read {
         ns.will_write(off, len, fua);
     }
@@ -659,6 +836,10 @@ pub fn start(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<Started, Failure> {
         // Remote segments and bit buckets take the synchronous path.
         rw_segments(ctx, sqe, ns, off, read)?;
         count(ctx.smart, read, len);
+        if !read {
+            let shift = ns.lba_shift();
+            rewritten(ns, off >> shift, len >> shift, fua, nsid, ctx.smart)?;
+        }
         return Ok(Started::Done(0));
     }
     let kind = if read {

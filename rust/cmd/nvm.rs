@@ -1,9 +1,9 @@
-//! The rest of the NVM command set (NVM Command Set 2.0, 3.3): Compare,
-//! Write Zeroes, Dataset Management, Verify, Copy.
+//! The rest of the NVM command set (NVM Command Set 2.0, 3.3): Write
+//! Uncorrectable, Compare, Write Zeroes, Dataset Management, Verify, Copy.
 
 use super::io::{
-    fail, file_failure, lba_range, lba_transfer, loc, namespace, read_buffer, transfer_failure,
-    writable, Failure, IoContext,
+    fail, file_failure, lba_range, lba_transfer, loc, namespace, read_buffer, rewritten,
+    transfer_failure, unmarked, writable, Failure, IoContext,
 };
 use super::segment::{self, Segment, Target};
 use crate::spec::{Sqe, Status};
@@ -32,9 +32,32 @@ fn fua_flush(
         .map_err(|e| file_failure(e, true, lba, sqe.nsid(), ctx.smart))
 }
 
+/// 04h Write Uncorrectable (NVM Command Set 1.0, 3.3.7): the blocks read
+/// back as Unrecovered Read Error until written again. No data, no size
+/// limit (WUSL 0). On a zoned namespace it is a write at the write pointer
+/// (the zone rules of Write Zeroes).
+pub fn write_uncorrectable(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
+    let nsid = sqe.nsid();
+    let ns = namespace(ctx, nsid)?;
+    let (slba, nlb) = lba_range(ns, sqe)?;
+    writable(ns, slba, nsid)?;
+    // Durable as a write is: at once with the volatile write cache off,
+    // else at the next Flush (or an orderly close).
+    let durable = !ns.cache.write_cache();
+    let mark = || ns.uncorrectable.mark(slba, nlb, durable);
+    if let Some(z) = &ns.zones {
+        return crate::zns::io::write_zeroes(ctx, sqe, ns, z, slba, nlb, mark);
+    }
+    mark().map_err(|e| file_failure(e, true, slba, nsid, ctx.smart))?;
+    ctx.smart.host_write_commands += 1;
+    Ok(0)
+}
+
 /// 05h Compare: the host's data against the namespace.
 pub fn compare(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
     let ns = namespace(ctx, sqe.nsid())?;
+    let (slba, nlb) = lba_range(ns, sqe)?;
+    unmarked(ns, slba, nlb, sqe.nsid(), ctx.smart)?;
     if ns.meta.active() {
         return super::protect::compare(ctx, sqe, ns).map(u64::from);
     }
@@ -87,6 +110,18 @@ pub fn compare(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
 /// too: DLFEAT 001b). No data pointer; not limited by MDTS.
 pub fn write_zeroes(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
     let ns = namespace(ctx, sqe.nsid())?;
+    let r = zero_blocks(ctx, sqe, ns)?;
+    let (slba, nlb) = lba_range(ns, sqe)?;
+    let fua = sqe.cdw(12) & (1 << 30) != 0;
+    rewritten(ns, slba, nlb, fua, sqe.nsid(), ctx.smart)?;
+    Ok(r)
+}
+
+fn zero_blocks(
+    ctx: &mut IoContext<'_>,
+    sqe: &Sqe,
+    ns: &super::io::Namespace,
+) -> Result<u64, Failure> {
     if ns.meta.active() {
         return super::protect::write_zeroes(ctx, sqe, ns).map(u64::from);
     }
@@ -149,6 +184,7 @@ pub fn dataset_management(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Fai
             unsafe { ns.backend.deallocate(slba << shift, len << shift) }
                 .and_then(|()| super::protect::deallocated(ns, slba, len))
                 .map_err(|e| file_failure(e, true, slba, nsid, ctx.smart))?;
+            rewritten(ns, slba, len, false, nsid, ctx.smart)?;
         }
     }
     Ok(0)
@@ -157,10 +193,11 @@ pub fn dataset_management(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Fai
 /// 0Ch Verify: the range must exist; the data is always intact here.
 pub fn verify(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
     let ns = namespace(ctx, sqe.nsid())?;
+    let (slba, nlb) = lba_range(ns, sqe)?;
+    unmarked(ns, slba, nlb, sqe.nsid(), ctx.smart)?;
     if ns.meta.active() {
         return super::protect::verify(ctx, sqe, ns).map(u64::from);
     }
-    let (slba, nlb) = lba_range(ns, sqe)?;
     if let Some(z) = &ns.zones {
         crate::zns::io::check_range(z, slba, nlb, sqe.nsid(), true)?;
     }
@@ -248,17 +285,37 @@ pub fn copy(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
         }
     }
     writable(ns, sdlba, nsid)?;
+    for &(slba, nlb) in &ranges {
+        unmarked(ns, slba, nlb, nsid, ctx.smart)?;
+    }
+    let fua = sqe.cdw(12) & (1 << 30) != 0;
     if ns.meta.active() {
-        return super::protect::copy(ctx, sqe, ns, sdlba, &tagged).map(u64::from);
+        super::protect::copy(ctx, sqe, ns, sdlba, &tagged)?;
+    } else if let Some(z) = &ns.zones {
+        crate::zns::io::copy(ctx, sqe, ns, z, sdlba, total, &ranges)?;
+    } else {
+        copy_ranges(ctx, sqe, ns, sdlba, total, &ranges)?;
     }
-    if let Some(z) = &ns.zones {
-        return crate::zns::io::copy(ctx, sqe, ns, z, sdlba, total, &ranges);
-    }
+    rewritten(ns, sdlba, total, fua, nsid, ctx.smart)?;
+    Ok(0)
+}
+
+/// Copy's data on a namespace without metadata or zones.
+fn copy_ranges(
+    ctx: &mut IoContext<'_>,
+    sqe: &Sqe,
+    ns: &super::io::Namespace,
+    sdlba: u64,
+    total: u64,
+    ranges: &[(u64, u64)],
+) -> Result<u64, Failure> {
+    let nsid = sqe.nsid();
     let shift = ns.lba_shift();
     let mut dst = sdlba;
     ns.will_write(sdlba << shift, total << shift, sqe.cdw(12) & (1 << 30) != 0);
-    for (slba, nlb) in ranges {
-        // SAFETY: both ranges were checked against the namespace above.
+    for &(slba, nlb) in ranges {
+        // SAFETY: both ranges were checked against the namespace by the
+        // caller.
         unsafe { ns.backend.copy(slba << shift, dst << shift, nlb << shift) }
             .map_err(|e| file_failure(e, true, dst, nsid, ctx.smart))?;
         dst += nlb;

@@ -187,6 +187,9 @@ pub fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, ns: &Namespace, read: bool) -> Res
     }
     let fmt = ns.meta.format();
     let (slba, nlb) = lba_range(ns, sqe)?;
+    if read {
+        super::io::unmarked(ns, slba, nlb, nsid, ctx.smart)?;
+    }
     let p = prinfo(fmt, sqe.cdw(12), 26);
     let t = tags(fmt, sqe);
     check_prinfo(fmt, p, t.ilbrt, slba, nsid)?;
@@ -226,6 +229,7 @@ pub fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, ns: &Namespace, read: bool) -> Res
                     .and_then(|()| store.flush())
                     .map_err(|e| file_failure(e, true, slba, nsid, ctx.smart))?;
             }
+            super::io::rewritten(ns, slba, nlb, fua, nsid, ctx.smart)?;
         }
         super::io::count(ctx.smart, read, nlb << shift);
         Ok(0)

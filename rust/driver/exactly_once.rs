@@ -105,6 +105,12 @@ pub struct Plan {
     /// information, and every read asks for PRACT with the guard and
     /// reference tag checked (ILBRT = SLBA): the PI path under the oracle.
     pub pi: bool,
+    /// While the host runs, another thread changes the namespace table
+    /// over and over (see [`churn`]): namespaces 2 and 3 added (RAM and a
+    /// file), resized, detached, attached and removed under a device
+    /// self-test reading them, and namespace 1, the one being read, grown
+    /// and shrunk back under the reads.
+    pub churn: bool,
 }
 
 /// The status the fault rules of [`Plan::faults`] fail commands with
@@ -139,6 +145,7 @@ impl Plan {
             mute: false,
             faults: false,
             pi: false,
+            churn: false,
         }
     }
 }
@@ -185,6 +192,8 @@ pub struct Report {
     pub pauses: u64,
     /// Completions with [`INJECTED`] (with [`Plan::faults`]).
     pub injected: u64,
+    /// Namespace table changes made while the host ran ([`Plan::churn`]).
+    pub churned: u64,
     pub faults: Vec<Fault>,
 }
 
@@ -195,6 +204,7 @@ impl Report {
         self.mmio_doorbells += o.mmio_doorbells;
         self.pauses += o.pauses;
         self.injected += o.injected;
+        self.churned += o.churned;
         self.faults.extend(o.faults);
     }
 }
@@ -314,6 +324,8 @@ pub fn engine_for(plan: &Plan) -> Result<Engine, String> {
         iothreads: plan.iothreads,
         affinity: Vec::new(),
         doorbell_stride: 4,
+        nn: if plan.churn { 3 } else { 0 },
+        capacity_bytes: if plan.churn { 64 << 20 } else { 0 },
     });
     if let Some(p) = path {
         let _ = std::fs::remove_file(p);
@@ -480,7 +492,9 @@ impl Rig {
 fn run_into(plan: &Plan, report: &mut Report) -> Result<(), String> {
     let mut rig = Rig::new(plan)?;
     let e = &rig.engine;
-    let results: Vec<Report> = std::thread::scope(|s| {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (results, churned) = std::thread::scope(|s| {
+        let churner = plan.churn.then(|| s.spawn(|| churn(e, &stop, plan.seed)));
         let handles: Vec<_> = rig
             .queues
             .iter_mut()
@@ -490,16 +504,84 @@ fn run_into(plan: &Plan, report: &mut Report) -> Result<(), String> {
                 s.spawn(move || drive(e, q, irq.as_ref(), *bufs, plan, seed))
             })
             .collect();
-        handles
+        let results: Vec<Report> = handles
             .into_iter()
             .map(|h| h.join().unwrap_or_default())
-            .collect()
+            .collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let churned = churner.map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err("the churn thread panicked".into()))
+        });
+        (results, churned)
     });
     for r in results {
         report.merge(r);
     }
+    match churned {
+        Some(Ok(n)) => report.churned = n,
+        Some(Err(why)) => report.faults.push(Fault::Setup(why)),
+        None => {}
+    }
     e.stop();
     Ok(())
+}
+
+/// [`Plan::churn`]: changes the namespace table until `stop`; returns the
+/// changes made (Err: a change the engine refused).
+fn churn(e: &Engine, stop: &std::sync::atomic::AtomicBool, seed: u64) -> Result<u64, String> {
+    let path = format!(
+        "/dev/shm/nvmefast-eo-churn-{}-{seed}.img",
+        std::process::id()
+    );
+    let ram = NamespaceSpec {
+        size_bytes: 2 << 20,
+        lba_size: LBA,
+        backend: "ram".into(),
+        ..NamespaceSpec::default()
+    };
+    let file = NamespaceSpec {
+        size_bytes: 1 << 20,
+        lba_size: LBA,
+        backend: "file".into(),
+        file: Some(crate::backend::FileSpec {
+            path: path.clone(),
+            readonly: false,
+            cache: crate::backend::CacheMode::Buffered,
+            io: crate::aio::Choice::Threads,
+        }),
+        ..NamespaceSpec::default()
+    };
+    let mut n = 0u64;
+    let step = |r: Result<(), crate::engine::EngineError>, what: &str| {
+        r.map_err(|x| format!("churn: {what}: {x}"))
+    };
+    let r = (|| {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            step(e.add_namespace(&ram, Some(2), true).map(drop), "add 2")?;
+            step(e.add_namespace(&file, Some(3), false).map(drop), "add 3")?;
+            step(e.resize_namespace(1, NS_BYTES * 2), "grow 1")?;
+            step(e.resize_namespace(2, 4 << 20), "grow 2")?;
+            step(e.set_namespace_attached(3, true).map(drop), "attach 3")?;
+            // A self-test reads 2 and 3 while they change and go (one
+            // still running from the last round is busy: that is fine).
+            match e.self_test_start(&[2, 3], true, std::time::Duration::ZERO) {
+                Ok(()) | Err(crate::engine::EngineError::Busy(_)) => {}
+                Err(x) => return Err(format!("churn: self-test: {x}")),
+            }
+            step(e.resize_namespace(3, 2 << 20), "grow 3")?;
+            step(e.set_namespace_attached(2, false).map(drop), "detach 2")?;
+            step(e.resize_namespace(1, NS_BYTES), "shrink 1")?;
+            step(e.resize_namespace(3, 512 << 10), "shrink 3")?;
+            step(e.remove_namespace(2), "remove 2")?;
+            step(e.remove_namespace(3), "remove 3")?;
+            e.self_test_abort();
+            n += 12;
+        }
+        Ok(n)
+    })();
+    let _ = std::fs::remove_file(&path);
+    r
 }
 
 /// The host's record of one queue pair: what is in flight, what the device

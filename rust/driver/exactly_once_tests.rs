@@ -243,3 +243,35 @@ fn exactly_once_with_protection_information() {
     }
     eprintln!("PI: {total} commands, each completed exactly once");
 }
+
+/// The namespace table changing all along (namespaces added, resized,
+/// detached, attached, removed; the one being read grown and shrunk back
+/// under the reads): every read of namespace 1 still completes exactly
+/// once and succeeds, on RAM and on a file, in every polling mode, with one
+/// and two iothreads.
+#[test]
+fn exactly_once_while_namespaces_change() {
+    let (mut total, mut churned) = (0, 0);
+    for storage in [Storage::Ram, Storage::File(Choice::Threads)] {
+        for doorbell in [Doorbell::Mmio, Doorbell::Shadow] {
+            for polling in POLLINGS {
+                for (iothreads, qd) in [(1u16, 1u32), (2, 16), (1, 31)] {
+                    let mut p = Plan::new(doorbell, polling, iothreads, qd);
+                    p.storage = storage;
+                    p.churn = true;
+                    p.commands = 600;
+                    p.pause_per_mille = 10;
+                    p.seed = u64::from(qd) * 13 + u64::from(iothreads);
+                    p.reap = if qd % 2 == 0 { Reap::Irq } else { Reap::Poll };
+                    let r = run(&p);
+                    assert!(r.faults.is_empty(), "{p:?}: {:?}", r.faults);
+                    assert_eq!(r.completed, p.commands * u64::from(p.iothreads), "{p:?}");
+                    total += r.completed;
+                    churned += r.churned;
+                }
+            }
+        }
+    }
+    assert!(churned > 0, "the table never changed");
+    eprintln!("{total} reads, each completed exactly once, across {churned} table changes");
+}

@@ -82,6 +82,8 @@ fn engine(plan: &Plan) -> Result<Engine, String> {
         iothreads: plan.iothreads,
         affinity: Vec::new(),
         doorbell_stride: 4,
+        nn: 0,
+        capacity_bytes: 0,
     })
     .map_err(|e| e.to_string())?;
     if plan.faults {

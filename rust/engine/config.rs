@@ -36,6 +36,24 @@ pub enum EngineError {
     /// The doorbell index is not one the controller has.
     #[error("doorbell {index} is out of range (controller has {count})")]
     BadDoorbell { index: u32, count: usize },
+    /// A namespace table change that cannot be made (NSID taken, out of
+    /// range, not allocated, none free); the message says which.
+    #[error("{0}")]
+    Namespace(String),
+    /// Not enough unallocated NVM capacity (Namespace Insufficient Capacity).
+    #[error(
+        "the namespace needs {needed} bytes of NVM capacity but only {available} of {total} are \
+         unallocated; raise capacity_bytes, make it smaller, or remove another namespace"
+    )]
+    Capacity {
+        needed: u64,
+        available: u64,
+        total: u64,
+    },
+    /// A background operation (self-test, sanitize) is already running,
+    /// or the call does not fit the one running.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// One namespace as configured. Build one with `..NamespaceSpec::default()`
@@ -73,7 +91,14 @@ pub struct NamespaceInfo {
 /// What the engine is built with.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
+    /// NSIDs 1.. in order; more may be added later (up to `nn`).
     pub namespaces: Vec<NamespaceSpec>,
+    /// NN, the highest NSID (`ns_table::MAX_NN` at most); 0: as many as
+    /// `namespaces` holds.
+    pub nn: u32,
+    /// TNVMCAP in bytes, what every namespace together may take; 0:
+    /// exactly what `namespaces` take.
+    pub capacity_bytes: u64,
     pub msix_vectors: u16,
     /// Highest queue ID, admin queue 0 included.
     pub max_qid: u16,

@@ -12,7 +12,7 @@ use super::faults::{self, Action};
 use super::trace::Fetched;
 use super::{Queues, ERROR_RING};
 use crate::aio::{self, Aio, Completion, IoPath, Request};
-use crate::cmd::io::{self, Failure, FileKind, FileOp, Namespace};
+use crate::cmd::io::{self, Failure, FileKind, FileOp, Namespace, Slots};
 use crate::cmd::segment::{Segment, Target};
 use crate::mem::MemoryMap;
 use crate::spec::{Cqe, Status};
@@ -29,6 +29,9 @@ struct Slot {
     cqid: u16,
     cid: u16,
     op: FileOp,
+    /// The namespace, kept alive (and its file open) until completion
+    /// even if it is removed meanwhile.
+    ns: Option<Arc<Namespace>>,
     iov: Vec<libc::iovec>,
     /// Keeps the regions `iov` points into mapped until completion.
     mem: Option<Arc<MemoryMap>>,
@@ -60,9 +63,10 @@ unsafe impl Send for FileIo {}
 impl FileIo {
     /// The I/O for `namespaces` (None when none is a file), with each
     /// path's completion eventfd watched by `waker`.
-    pub(super) fn new(namespaces: &[Namespace], waker: &Waker) -> Option<FileIo> {
+    pub(super) fn new(namespaces: &Slots, waker: &Waker) -> Option<FileIo> {
         let paths: Vec<IoPath> = namespaces
             .iter()
+            .flatten()
             .filter_map(|ns| ns.backend.as_file().map(|f| f.io_path()))
             // An inline namespace hands the excess of a deep pass to
             // io_uring (see worker::INLINE_PASS), or to the pool without it.
@@ -111,7 +115,7 @@ impl FileIo {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn begin(
         &mut self,
-        namespaces: &[Namespace],
+        namespaces: &Slots,
         mem: &Arc<MemoryMap>,
         segs: &[Segment],
         op: FileOp,
@@ -128,10 +132,11 @@ impl FileIo {
             lba: op.slba,
             nsid: op.ns as u32 + 1,
         };
-        let file = namespaces
+        let ns = namespaces
             .get(op.ns)
-            .and_then(|ns| ns.backend.as_file())
+            .and_then(Option::as_ref)
             .ok_or_else(internal)?;
+        let file = ns.backend.as_file().ok_or_else(internal)?;
         let aio = match file.io_path() {
             IoPath::IoUring | IoPath::Inline => self.uring.as_mut().or(self.threads.as_mut()),
             IoPath::Threads => self.threads.as_mut().or(self.uring.as_mut()),
@@ -146,6 +151,7 @@ impl FileIo {
                     cqid: 0,
                     cid: 0,
                     op,
+                    ns: None,
                     iov: Vec::new(),
                     mem: None,
                     fd: -1,
@@ -193,7 +199,7 @@ impl FileIo {
         // which the slot holds until the completion is reaped; the slot's
         // iov Vec is not touched until then (its heap buffer does not move
         // when `slots` grows); the namespace's fds live as long as the
-        // engine, which drains every worker before it drops them.
+        // namespace, which the slot holds until the completion is reaped.
         let queued = unsafe {
             aio.push(Request {
                 fd,
@@ -210,6 +216,9 @@ impl FileIo {
             return Err(internal());
         }
         file.ops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ns.inflight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        slot.ns = Some(Arc::clone(ns));
         self.inflight += 1;
         Ok(())
     }
@@ -249,16 +258,11 @@ struct Finished {
 
 /// Turns a completion into a command result; short transfers are finished
 /// synchronously (rare: a file changed size under us, a signal).
-fn finish(
-    namespaces: &[Namespace],
-    slot: &mut Slot,
-    res: i32,
-    q_smart: &mut io::Smart,
-) -> Result<u64, Failure> {
+fn finish(slot: &mut Slot, res: i32, q_smart: &mut io::Smart) -> Result<u64, Failure> {
     let op = slot.op;
     let nsid = op.ns as u32 + 1;
     let write = matches!(op.kind, FileKind::Write { .. });
-    let file = namespaces.get(op.ns).and_then(|ns| ns.backend.as_file());
+    let file = slot.ns.as_deref().and_then(|ns| ns.backend.as_file());
     let fail = |errno: i32, smart: &mut io::Smart| {
         if let Some(f) = file {
             f.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -269,8 +273,12 @@ fn finish(
         return fail(-res, q_smart);
     }
     if op.kind == FileKind::Flush {
-        if let Some(ns) = namespaces.get(op.ns) {
+        if let Some(ns) = slot.ns.as_deref() {
             ns.cache.flushed();
+            // The Write Uncorrectable marks are durable with the data.
+            if let Err(e) = ns.uncorrectable.flush() {
+                return fail(e, q_smart);
+            }
         }
     } else {
         let moved = res as u64;
@@ -298,6 +306,10 @@ fn finish(
             }
         }
         io::count(q_smart, !write, op.len);
+        if let (FileKind::Write { fua }, Some(ns)) = (op.kind, slot.ns.as_deref()) {
+            // Written: Write Uncorrectable's marks there go.
+            io::rewritten(ns, op.slba, op.len >> ns.lba_shift(), fua, nsid, q_smart)?;
+        }
     }
     Ok(0)
 }
@@ -326,7 +338,7 @@ impl super::Shared {
             let Some(slot) = f.slots.get_mut(c.tag as usize) else {
                 continue;
             };
-            let mut result = finish(&self.namespaces, slot, c.res, &mut q.smart);
+            let mut result = finish(slot, c.res, &mut q.smart);
             if let (Some(m), Err(f)) = (slot.mem.as_ref(), &result) {
                 if f.status == Status::DATA_TRANSFER_ERROR.dnr() {
                     // EFAULT: the kernel could not reach a buffer. Guest
@@ -364,6 +376,12 @@ impl super::Shared {
                 fault: slot.fault.take(),
             });
             slot.mem = None;
+            if let Some(ns) = slot.ns.take() {
+                // After the last use of the file: a removal waiting for the
+                // count to drop may close it.
+                ns.inflight
+                    .fetch_sub(1, std::sync::atomic::Ordering::Release);
+            }
             f.free.push(c.tag as u32);
             f.inflight -= 1;
         }

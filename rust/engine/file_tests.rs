@@ -46,6 +46,8 @@ pub(super) fn file_engine(
         iothreads: 1,
         affinity: Vec::new(),
         doorbell_stride: 4,
+        nn: 0,
+        capacity_bytes: 0,
     })
 }
 

@@ -29,6 +29,8 @@ fn engine(managed: bool) -> Engine {
         iothreads: 1,
         affinity: Vec::new(),
         doorbell_stride: 4,
+        nn: 0,
+        capacity_bytes: 0,
     })
     .unwrap()
 }

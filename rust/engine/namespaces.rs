@@ -12,12 +12,7 @@ impl Engine {
     /// `pending` counts nothing on any worker; returns at once when the
     /// workers are stopped (they drain before they exit).
     pub(super) fn wait_files(&self, pending: impl Fn(&Queues) -> usize) {
-        if !self
-            .shared
-            .namespaces
-            .iter()
-            .any(|n| n.backend.as_file().is_some())
-        {
+        if !self.table().files {
             return;
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -58,9 +53,10 @@ impl Engine {
             )));
         }
         fmt.validate(lba_size).map_err(EngineError::Config)?;
-        let ns = nsid
-            .checked_sub(1)
-            .and_then(|i| self.shared.namespaces.get(i as usize))
+        let _changing = lock(&self.shared.ns_lock);
+        let ns = self
+            .shared
+            .namespace(nsid)
             .ok_or_else(|| EngineError::Config(format!("namespace {nsid} does not exist")))?;
         if ns.zones.is_some() {
             // As QEMU: a zoned namespace's zones are its format (ZSZE per
@@ -69,12 +65,7 @@ impl Engine {
                 "namespace {nsid} is zoned: Format NVM is not supported on it (Invalid Format)"
             )));
         }
-        let _held: Vec<_> = self
-            .shared
-            .workers
-            .iter()
-            .map(|w| lock(&w.queues))
-            .collect();
+        let _held = self.quiesce();
         ns.format(lba_size).map_err(|e| {
             EngineError::Config(format!(
                 "formatting namespace {nsid} failed: {}",
@@ -92,19 +83,19 @@ impl Engine {
 
     /// The metadata format of namespace `nsid`.
     pub fn namespace_format(&self, nsid: u32) -> Option<crate::pi::Format> {
-        let ns = self.shared.namespaces.get(nsid.checked_sub(1)? as usize)?;
+        let ns = self.shared.namespace(nsid)?;
         Some(ns.meta.format())
     }
 
     /// The size in bytes of namespace `nsid` (a file's, as opened).
     pub fn namespace_size(&self, nsid: u32) -> Option<u64> {
-        let ns = self.shared.namespaces.get(nsid.checked_sub(1)? as usize)?;
+        let ns = self.shared.namespace(nsid)?;
         Some(ns.size_bytes())
     }
 
     /// What namespace `nsid` is backed by and how.
     pub fn namespace_info(&self, nsid: u32) -> Option<NamespaceInfo> {
-        let ns = self.shared.namespaces.get(nsid.checked_sub(1)? as usize)?;
+        let ns = self.shared.namespace(nsid)?;
         Some(match &ns.backend {
             Backend::File(f) => NamespaceInfo {
                 backend: "file",
@@ -138,7 +129,7 @@ impl Engine {
     /// normal shutdown (CC.SHN) calls it. Returns the first error as errno.
     pub fn flush_all(&self) -> Result<(), i32> {
         let mut first = Ok(());
-        for ns in self.shared.namespaces.iter() {
+        for (_, ns) in self.table().iter() {
             if let Some(Err(e)) = ns.meta.store().map(|s| s.flush()) {
                 if first.is_ok() {
                     first = Err(e);
@@ -168,8 +159,9 @@ impl Engine {
     /// lock and descriptors), for an engine that will not run again; I/O to
     /// a file namespace afterwards reads zeroes and writes nothing.
     pub fn release_files(&self) {
+        self.stop_background();
         self.stop();
-        for ns in self.shared.namespaces.iter() {
+        for (_, ns) in self.table().iter() {
             if let Some(f) = ns.backend.as_file() {
                 if let (Some(z), false) = (&ns.zones, f.readonly()) {
                     // An orderly close keeps what was written: the data is
@@ -180,6 +172,8 @@ impl Engine {
                 }
                 f.release();
             }
+            // An orderly close: the Write Uncorrectable marks are kept.
+            let _ = ns.uncorrectable.flush();
             // The metadata companion goes too (its lock with it).
             if let Some(s) = ns.meta.store() {
                 let _ = s.flush();
@@ -191,7 +185,7 @@ impl Engine {
     /// Volatile Write Cache (Set Features 06h) for every file namespace:
     /// off, each write is durable (RWF_DSYNC) before its completion.
     pub fn set_write_cache(&self, on: bool) {
-        for ns in self.shared.namespaces.iter() {
+        for (_, ns) in self.table().iter() {
             ns.cache.set_enabled(on);
             if let Some(s) = ns.meta.store() {
                 s.set_write_cache(on);
@@ -208,9 +202,16 @@ impl Engine {
         self.shared.write_cache.load(Ordering::SeqCst)
     }
 
+    /// The blocks of namespace `nsid` Write Uncorrectable marked, as
+    /// (SLBA, NLB) in LBA order (None: not allocated).
+    pub fn uncorrectable_ranges(&self, nsid: u32) -> Option<Vec<(u64, u64)>> {
+        let ns = self.shared.namespace(nsid)?;
+        Some(ns.uncorrectable.ranges())
+    }
+
     /// The current LBA data size of namespace `nsid`.
     pub fn namespace_lba_size(&self, nsid: u32) -> Option<u32> {
-        let ns = self.shared.namespaces.get(nsid.checked_sub(1)? as usize)?;
+        let ns = self.shared.namespace(nsid)?;
         Some(1 << ns.lba_shift())
     }
 }

@@ -32,6 +32,8 @@ pub(super) fn engine_with(ns: NamespaceSpec) -> Engine {
         iothreads: 1,
         affinity: Vec::new(),
         doorbell_stride: 4,
+        nn: 0,
+        capacity_bytes: 0,
     })
     .unwrap()
 }

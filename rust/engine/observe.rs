@@ -44,7 +44,7 @@ impl Engine {
         let (mut storage_calls, mut storage_errors) = (0, 0);
         // Requests by the path that served them: which one is in use.
         let mut by_path = [0u64; 3];
-        for ns in self.shared.namespaces.iter() {
+        for (_, ns) in self.table().iter() {
             if let crate::backend::Backend::Custom(c) = &ns.backend {
                 storage_calls += c.calls.load(Ordering::Relaxed);
                 storage_errors += c.errors.load(Ordering::Relaxed);

@@ -35,6 +35,8 @@ pub(super) fn engine(poll_us: u64, mdts_bytes: u64) -> Engine {
         iothreads: 1,
         affinity: Vec::new(),
         doorbell_stride: 4,
+        nn: 0,
+        capacity_bytes: 0,
     })
     .unwrap()
 }

@@ -67,7 +67,7 @@ pub struct Fetched {
     pub nlb: u32,
 }
 
-/// Write Uncorrectable: an LBA range too, though the core refuses it.
+/// Write Uncorrectable: an LBA range too.
 const WRITE_UNCORRECTABLE: u8 = 0x04;
 
 /// Opcodes whose CDW10-12 are an LBA range (Flush, DSM and Copy have none).

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::faults::{self, Action, Before};
 use super::file_io::{record, FileIo};
+use super::ns_table::{NsTable, TableCache};
 use super::poll::{self, Contention, PollWindow};
 use super::trace::Trace;
 use super::{lock, memloss, AdminOutcome, Polling, Queues, Shared, NO_TAIL, SQ_BURST};
@@ -68,17 +69,17 @@ impl Signals {
     }
 }
 
-impl Shared {
-    /// True when namespace `nsid` is a file served inline (synchronous
-    /// calls on the worker).
-    #[inline]
-    fn is_inline(&self, nsid: u32) -> bool {
-        nsid.checked_sub(1)
-            .and_then(|i| self.namespaces.get(i as usize))
-            .and_then(|ns| ns.backend.as_file())
-            .is_some_and(|f| f.io_path() == crate::aio::IoPath::Inline)
-    }
+/// True when namespace `nsid` is a file served inline (synchronous calls
+/// on the worker).
+#[inline]
+fn is_inline(table: &NsTable, nsid: u32) -> bool {
+    table
+        .get(nsid)
+        .and_then(|ns| ns.backend.as_file())
+        .is_some_and(|f| f.io_path() == crate::aio::IoPath::Inline)
+}
 
+impl Shared {
     /// Wakes every worker (stop, mode changes, shadow reconfiguration).
     pub(super) fn wake_all(&self) {
         for w in self.workers.iter() {
@@ -279,9 +280,23 @@ impl Shared {
     }
 
     /// One pass over every SQ of worker `w`. Returns the number of commands fetched.
-    fn process(&self, w: usize, admin: &mut Vec<Sqe>, out: &mut Signals) -> usize {
+    fn process(
+        &self,
+        w: usize,
+        admin: &mut Vec<Sqe>,
+        out: &mut Signals,
+        tables: &mut TableCache,
+    ) -> usize {
         let mut guard = lock(&self.workers[w].queues);
         let q = &mut *guard;
+        // The namespace table for this pass, looked up under the queue lock:
+        // a change published before it is seen, and one published after it
+        // waits for this pass to end (`Engine::grace`).
+        let table = self.pass_table(tables);
+        if table.files && q.file.is_none() && w > 0 {
+            // A file namespace was added: asynchronous file I/O from now on.
+            q.file = FileIo::new(&table.slots, &self.workers[w].waker);
+        }
         // Completions of file commands first: they free CQ slots, and an SQ
         // being deleted (no longer in active_sqs) still waits for them.
         let reaped = self.reap_files(q) + self.release_due(q, out);
@@ -442,7 +457,7 @@ impl Shared {
                 }
                 let mut ctx = IoContext {
                     mem: &mem,
-                    namespaces: &self.namespaces,
+                    namespaces: &table.slots,
                     page_size,
                     mdts_bytes: self.cfg.mdts_bytes,
                     segs: &mut q.segs,
@@ -475,9 +490,9 @@ impl Shared {
                     }
                     started = Err(io::transfer_failure(0, sqe.nsid()));
                 }
-                if self.has_inline
+                if table.inline
                     && matches!(started, Ok(Started::Done(_)))
-                    && self.is_inline(sqe.nsid())
+                    && is_inline(table, sqe.nsid())
                 {
                     inline += 1;
                 }
@@ -487,7 +502,7 @@ impl Shared {
                     Ok(Started::File(op)) => {
                         let begun = match q.file.as_mut() {
                             Some(f) => f.begin(
-                                &self.namespaces,
+                                &table.slots,
                                 &mem,
                                 &q.segs,
                                 op,
@@ -739,6 +754,9 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
         poll::tight_timer_slack();
     }
     let waker = &s.workers[w].waker;
+    // The namespace table the passes use; gone with the worker, so a
+    // stopped worker holds no namespace (a removal waits for none).
+    let mut tables = TableCache::default();
     let mut admin = Vec::new();
     let mut out = Signals::default();
     // When the worker last ran out of work (None: it has work, or has not
@@ -748,12 +766,12 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
     // Scans in a row that found nothing: the scan interval doubles with each.
     let mut empty_scans = 0u32;
     if w > 0 {
-        let f = FileIo::new(&s.namespaces, waker);
+        let f = FileIo::new(&s.namespaces.load().slots, waker);
         lock(&s.workers[w].queues).file = f;
     }
     while !s.stop.load(Ordering::Relaxed) {
         let gen = s.generation.load(Ordering::SeqCst);
-        let n = s.process(w, &mut admin, &mut out);
+        let n = s.process(w, &mut admin, &mut out, &mut tables);
         s.deliver(&mut out);
         if s.faults.take_power_loss() {
             // A rule cut the power: nothing this pass fetched runs.
@@ -762,6 +780,9 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
             continue;
         }
         if !admin.is_empty() {
+            // The handler may remove a namespace (Namespace Management
+            // Delete), which waits until no worker holds it: not this one.
+            tables.release();
             s.run_admin(&mut admin, gen, &mut out);
         }
         if n > 0 {

@@ -4,7 +4,6 @@
 //! sets are enabled), and the zone a fault rule's command falls in. The
 //! command set itself is in `crate::zns`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::trace::Fetched;
@@ -69,17 +68,16 @@ pub(super) fn attach(
 }
 
 impl Shared {
-    /// The zones of namespace `nsid`, if it is zoned.
-    pub(super) fn zones(&self, nsid: u32) -> Option<&Zones> {
-        let ns = self.namespaces.get(nsid.checked_sub(1)? as usize)?;
-        ns.zones.as_deref()
+    /// Namespace `nsid`, if it is zoned: its zones are `ns.zones`.
+    pub(super) fn zoned(&self, nsid: u32) -> Option<Arc<Namespace>> {
+        self.namespace(nsid).filter(|ns| ns.zones.is_some())
     }
 
     /// The zones command `sqe` touches, first and last (a fault rule's
     /// `zone=N` matcher, and where its zone action applies).
     pub(super) fn zone_span(&self, sqe: &Sqe, cmd: &Fetched) -> Option<(u64, u64)> {
-        let z = self.zones(cmd.nsid)?;
-        let g = &z.geo;
+        let ns = self.zoned(cmd.nsid)?;
+        let g = &ns.zones.as_deref()?.geo;
         let slba = u64::from(sqe.cdw(10)) | (u64::from(sqe.cdw(11)) << 32);
         let (first, last) = match sqe.opcode() {
             // Select All: every zone.
@@ -99,7 +97,10 @@ impl Shared {
     /// A fault rule's zone action on zone `zone` of namespace `nsid`: true
     /// when the zone changed (a Zone Descriptor Changed event is due).
     pub(super) fn zone_fault(&self, nsid: u32, zone: u64, action: ZoneAction) -> bool {
-        let Some(z) = self.zones(nsid) else {
+        let Some(z) = self.zoned(nsid) else {
+            return false;
+        };
+        let Some(z) = z.zones.as_deref() else {
             return false;
         };
         u32::try_from(zone)
@@ -120,12 +121,13 @@ impl Shared {
 impl Engine {
     /// The geometry of namespace `nsid`, None when it is not zoned.
     pub fn zone_geometry(&self, nsid: u32) -> Option<Geometry> {
-        self.shared.zones(nsid).map(|z| z.geo)
+        Some(self.shared.zoned(nsid)?.zones.as_deref()?.geo)
     }
 
     /// Every zone of namespace `nsid` (None when it is not zoned).
     pub fn zone_report(&self, nsid: u32) -> Option<Vec<ZoneRow>> {
-        let z = self.shared.zones(nsid)?;
+        let ns = self.shared.zoned(nsid)?;
+        let z = ns.zones.as_deref()?;
         let g = z.geo;
         let rows = z
             .zones()
@@ -147,19 +149,26 @@ impl Engine {
     /// The data frontier of every zone of `nsid` (the write pointer, kept
     /// also where the host's is invalid): blocks at and above it read as zeroes.
     pub fn zone_frontiers(&self, nsid: u32) -> Option<Vec<(ZoneState, u64)>> {
-        let z = self.shared.zones(nsid)?;
+        let ns = self.shared.zoned(nsid)?;
+        let z = ns.zones.as_deref()?;
         Some(z.zones().iter().map(|zone| (zone.state, zone.wp)).collect())
     }
 
     /// (open, active) zones of `nsid` now.
     pub fn zone_resources(&self, nsid: u32) -> Option<(u32, u32)> {
-        self.shared.zones(nsid).map(Zones::resources)
+        Some(self.shared.zoned(nsid)?.zones.as_deref()?.resources())
     }
 
     /// The Changed Zone List of `nsid` and whether it overflowed; `clear`
     /// empties it.
     pub fn take_changed_zones(&self, nsid: u32, clear: bool) -> Option<(Vec<u64>, bool)> {
-        self.shared.zones(nsid).map(|z| z.changed_zones(clear))
+        Some(
+            self.shared
+                .zoned(nsid)?
+                .zones
+                .as_deref()?
+                .changed_zones(clear),
+        )
     }
 
     /// Receives the NSID of a namespace whose zones the controller changed
@@ -176,10 +185,15 @@ impl Engine {
         zone: u32,
         action: ZoneAction,
     ) -> Result<bool, EngineError> {
-        let z = self
+        let ns = self
             .shared
-            .zones(nsid)
+            .zoned(nsid)
             .ok_or_else(|| EngineError::Config(format!("namespace {nsid} is not zoned")))?;
+        let Some(z) = ns.zones.as_deref() else {
+            return Err(EngineError::Config(format!(
+                "namespace {nsid} is not zoned"
+            )));
+        };
         if zone >= z.geo.zones {
             return Err(EngineError::Config(format!(
                 "zone {zone} does not exist: namespace {nsid} has zones 0..{}",
@@ -199,11 +213,29 @@ impl Engine {
     }
 
     /// Which I/O command sets are enabled (CC.CSS): a namespace of another
-    /// set is not attached (Invalid Namespace or Format).
+    /// set is inactive (Invalid Field in Command). Namespaces added later
+    /// follow the setting in force.
     pub fn set_io_command_sets(&self, nvm: bool, zoned: bool) {
-        for ns in self.shared.namespaces.iter() {
-            let on = if ns.zones.is_some() { zoned } else { nvm };
-            ns.detached.store(!on, Ordering::Relaxed);
+        let _changing = super::lock(&self.shared.ns_lock);
+        self.shared.css.store(
+            u8::from(nvm) | u8::from(zoned) << 1,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        for (_, ns) in self.table().iter() {
+            self.shared.apply_css(ns);
         }
+    }
+}
+
+impl Shared {
+    /// Makes `ns` inactive when CC.CSS leaves its command set disabled.
+    pub(super) fn apply_css(&self, ns: &Namespace) {
+        let css = self.css.load(std::sync::atomic::Ordering::Relaxed);
+        let on = if ns.zones.is_some() {
+            css & 2 != 0
+        } else {
+            css & 1 != 0
+        };
+        ns.set_inactive(crate::cmd::io::INACTIVE_CSS, !on);
     }
 }

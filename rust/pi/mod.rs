@@ -271,6 +271,12 @@ impl Meta {
         }
     }
 
+    /// The namespace shrank to `lbas` blocks: the metadata pre-images past
+    /// it go.
+    pub fn truncate(&self, lbas: u64) {
+        lock(&self.unflushed).retain(|&lba, _| lba < lbas);
+    }
+
     /// A Flush completed (or tracking stopped): nothing to roll back.
     pub fn flushed(&self) {
         lock(&self.unflushed).clear();

@@ -207,6 +207,26 @@ impl Store {
         Ok(store)
     }
 
+    /// The namespace now has `lbas` blocks: the store follows (blocks added
+    /// read back deallocated).
+    ///
+    /// # Safety
+    /// As [`Backend::resize`]: nothing touches the store meanwhile, nor
+    /// past the new end afterwards.
+    pub unsafe fn resize(&self, lbas: u64, fmt: Format) -> Result<(), Errno> {
+        let len = lbas.checked_mul(u64::from(fmt.ms)).ok_or(libc::EOVERFLOW)?;
+        match self {
+            // SAFETY: forwarded contract.
+            Store::Ram(r) => unsafe { r.resize(len) },
+            Store::File(f) => f
+                .file
+                .set_len(len)
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
+            // The embedder's object keeps what it keeps; nothing kept.
+            Store::Custom(_) | Store::Nowhere => Ok(()),
+        }
+    }
+
     /// Reads the metadata of `nlb` blocks from `lba` (`fmt.ms` bytes each)
     /// into `out` (exactly `nlb * ms` bytes).
     pub fn read(&self, lba: u64, fmt: Format, out: &mut [u8]) -> Result<(), Errno> {

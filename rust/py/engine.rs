@@ -8,10 +8,9 @@ use pyo3::types::{PyBytes, PyDict};
 use super::callbacks::{loss_notifier, notifier, PyAdminHandler, PyDmaTransport};
 use super::errors::{choice, config_err, state_err, to_py, u16_arg};
 use super::lifecycle;
-use super::storage::PyStorage;
-use crate::aio::Choice;
-use crate::backend::{CacheMode, FileSpec, StorageRef};
-use crate::engine::{AdminHandler, Engine, EngineConfig, NamespaceSpec, Polling};
+use super::maintenance;
+use super::namespaces::{self, namespace_spec};
+use crate::engine::{AdminHandler, Engine, EngineConfig, Polling};
 use crate::irq::{dup_fd, IrqMode};
 use crate::mem::DmaTransport;
 use crate::spec::Status;
@@ -28,154 +27,6 @@ const IRQ_MODES: &[(&str, IrqMode)] = &[
     ("msi", IrqMode::Msi),
     ("intx", IrqMode::Intx),
 ];
-
-/// One namespace entry: a dict (see [`namespace_from_dict`]),
-/// `(size_bytes, lba_size, backend)`,
-/// `(size_bytes, lba_size, "custom", storage_object)` or
-/// `(size_bytes, lba_size, backend, path, readonly, cache, io)`.
-fn namespace_spec(py: Python<'_>, ns: &Bound<'_, PyAny>) -> PyResult<NamespaceSpec> {
-    if let Ok(d) = ns.cast::<PyDict>() {
-        return namespace_from_dict(py, d);
-    }
-    if let Ok((size_bytes, lba_size, backend, obj)) =
-        ns.extract::<(u64, u32, String, Bound<'_, PyAny>)>()
-    {
-        if backend != "custom" {
-            return Err(config_err(
-                py,
-                format!("a 4-tuple namespace is (size_bytes, lba_size, \"custom\", storage), not {backend:?}"),
-            ));
-        }
-        let storage = PyStorage::new(&obj).map_err(|m| config_err(py, m))?;
-        return Ok(NamespaceSpec {
-            size_bytes,
-            lba_size,
-            backend,
-            storage: Some(StorageRef(Arc::new(storage))),
-            ..NamespaceSpec::default()
-        });
-    }
-    if let Ok((size_bytes, lba_size, backend)) = ns.extract::<(u64, u32, String)>() {
-        return Ok(NamespaceSpec {
-            size_bytes,
-            lba_size,
-            backend,
-            ..NamespaceSpec::default()
-        });
-    }
-    let (size_bytes, lba_size, backend, path, readonly, cache, io) = ns
-        .extract::<(u64, u32, String, Option<String>, bool, String, String)>()
-        .map_err(|_| {
-            config_err(
-                py,
-                "a namespace is (size_bytes, lba_size, backend) or (size_bytes, lba_size, backend, path, readonly, cache, io)".into(),
-            )
-        })?;
-    Ok(NamespaceSpec {
-        size_bytes,
-        lba_size,
-        backend,
-        file: file_spec(py, path, readonly, &cache, &io)?,
-        ..NamespaceSpec::default()
-    })
-}
-
-fn file_spec(
-    py: Python<'_>,
-    path: Option<String>,
-    readonly: bool,
-    cache: &str,
-    io: &str,
-) -> PyResult<Option<FileSpec>> {
-    let Some(path) = path else { return Ok(None) };
-    let cache = CacheMode::parse(cache).ok_or_else(|| {
-        config_err(
-            py,
-            format!("cache {cache:?} must be \"auto\", \"direct\" or \"buffered\""),
-        )
-    })?;
-    let io = Choice::parse(io).ok_or_else(|| {
-        config_err(
-            py,
-            format!("io {io:?} must be \"auto\", \"io_uring\" or \"threads\""),
-        )
-    })?;
-    Ok(Some(FileSpec {
-        path,
-        readonly,
-        cache,
-        io,
-    }))
-}
-
-/// Keys of the dict form of a namespace entry; command sets add theirs.
-const NAMESPACE_KEYS: &[&str] = &[
-    "size_bytes",
-    "lba_size",
-    "backend",
-    "path",
-    "readonly",
-    "cache",
-    "io",
-    "storage",
-    // Metadata and protection information (py/pi.rs).
-    "metadata_size",
-    "extended_lba",
-    "pi_type",
-    "pi_first",
-    "guard",
-    "zones",
-];
-
-/// The dict form: `size_bytes`, `lba_size` and `backend` required; `path`,
-/// `readonly`, `cache`, `io` for a file; `storage` for `"custom"`; `zones`
-/// for a zoned namespace (see `zones.rs`). An unknown key is a ConfigError
-/// naming it.
-fn namespace_from_dict(py: Python<'_>, d: &Bound<'_, PyDict>) -> PyResult<NamespaceSpec> {
-    for k in d.keys() {
-        let k: String = k.extract()?;
-        if !NAMESPACE_KEYS.contains(&k.as_str()) {
-            return Err(config_err(
-                py,
-                format!("namespace key {k:?} is not one of {NAMESPACE_KEYS:?}"),
-            ));
-        }
-    }
-    fn get<'py, T: for<'a> pyo3::FromPyObject<'a, 'py>>(
-        py: Python<'py>,
-        d: &Bound<'py, PyDict>,
-        key: &str,
-    ) -> PyResult<Option<T>> {
-        match d.get_item(key)? {
-            Some(v) if !v.is_none() => v.extract().map(Some).map_err(|_| {
-                config_err(py, format!("namespace key {key:?} has the wrong type: {v}"))
-            }),
-            _ => Ok(None),
-        }
-    }
-    let required = |key: &str| config_err(py, format!("a namespace needs {key:?}"));
-    let size_bytes: u64 = get(py, d, "size_bytes")?.ok_or_else(|| required("size_bytes"))?;
-    let lba_size: u32 = get(py, d, "lba_size")?.ok_or_else(|| required("lba_size"))?;
-    let backend: String = get(py, d, "backend")?.ok_or_else(|| required("backend"))?;
-    let storage = match d.get_item("storage")? {
-        Some(obj) if !obj.is_none() => Some(StorageRef(Arc::new(
-            PyStorage::new(&obj).map_err(|m| config_err(py, m))?,
-        ))),
-        _ => None,
-    };
-    let cache: String = get(py, d, "cache")?.unwrap_or_else(|| "auto".into());
-    let io: String = get(py, d, "io")?.unwrap_or_else(|| "auto".into());
-    let readonly: bool = get(py, d, "readonly")?.unwrap_or(false);
-    Ok(NamespaceSpec {
-        size_bytes,
-        lba_size,
-        backend,
-        file: file_spec(py, get(py, d, "path")?, readonly, &cache, &io)?,
-        storage,
-        metadata: super::pi::from_dict(py, d)?,
-        zones: super::zones::zone_spec(py, d.get_item("zones")?)?,
-    })
-}
 
 /// The device's hot path (see `_core.pyi`).
 #[pyclass(frozen, module = "nvmefast._core", name = "Engine")]
@@ -195,7 +46,7 @@ impl Drop for PyEngine {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (*, namespaces, msix_vectors, max_qid, max_queue_entries, mdts_bytes, poll_us, msix_embedder_managed=true, polling="adaptive", iothreads=1, affinity=Vec::new(), doorbell_stride=4, cpus=Vec::new()))]
+    #[pyo3(signature = (*, namespaces, msix_vectors, max_qid, max_queue_entries, mdts_bytes, poll_us, msix_embedder_managed=true, polling="adaptive", iothreads=1, affinity=Vec::new(), doorbell_stride=4, cpus=Vec::new(), nn=None, capacity_bytes=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -211,6 +62,8 @@ impl PyEngine {
         affinity: Vec<u16>,
         doorbell_stride: u32,
         cpus: Vec<usize>,
+        nn: Option<u32>,
+        capacity_bytes: u64,
     ) -> PyResult<Self> {
         let polling = choice(py, "polling", polling, POLLING)?;
         let cfg = EngineConfig {
@@ -218,6 +71,8 @@ impl PyEngine {
                 .iter()
                 .map(|ns| namespace_spec(py, ns))
                 .collect::<PyResult<_>>()?,
+            nn: nn.unwrap_or(0),
+            capacity_bytes,
             msix_vectors: u16_arg(py, "msix_vectors", msix_vectors)?,
             max_qid: u16_arg(py, "max_qid", max_qid)?,
             max_queue_entries,
@@ -256,6 +111,7 @@ impl PyEngine {
                 self.inner.release_files();
             });
         }
+        self.inner.set_background_handler(None);
         self.inner.set_admin_handler(None);
         self.inner.set_event_handler(None);
         self.inner.set_memory_loss_handler(None);
@@ -818,6 +674,112 @@ impl PyEngine {
 
     fn set_io_command_sets(&self, nvm: bool, zoned: bool) {
         self.inner.set_io_command_sets(nvm, zoned);
+    }
+
+    #[pyo3(signature = (namespace, nsid=None, attached=true))]
+    fn add_namespace(
+        &self,
+        py: Python<'_>,
+        namespace: &Bound<'_, PyAny>,
+        nsid: Option<u32>,
+        attached: bool,
+    ) -> PyResult<u32> {
+        namespaces::add(py, &self.inner, namespace, nsid, attached)
+    }
+
+    fn remove_namespace(&self, py: Python<'_>, nsid: u32) -> PyResult<()> {
+        py.detach(|| self.inner.remove_namespace(nsid))
+            .map_err(|e| to_py(py, e))
+    }
+
+    fn resize_namespace(&self, py: Python<'_>, nsid: u32, size_bytes: u64) -> PyResult<()> {
+        py.detach(|| self.inner.resize_namespace(nsid, size_bytes))
+            .map_err(|e| to_py(py, e))
+    }
+
+    fn set_namespace_attached(&self, py: Python<'_>, nsid: u32, attached: bool) -> PyResult<bool> {
+        py.detach(|| self.inner.set_namespace_attached(nsid, attached))
+            .map_err(|e| to_py(py, e))
+    }
+
+    fn namespace_attached(&self, nsid: u32) -> Option<bool> {
+        self.inner.namespace_attached(nsid)
+    }
+
+    fn allocated_nsids(&self) -> Vec<u32> {
+        self.inner.allocated_nsids()
+    }
+
+    #[getter]
+    fn nn(&self) -> u32 {
+        self.inner.nn()
+    }
+
+    fn capacity<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        namespaces::capacity(py, &self.inner)
+    }
+
+    fn namespace_capacity(&self, py: Python<'_>, nsid: u32) -> PyResult<u64> {
+        self.inner
+            .namespace_capacity(nsid)
+            .ok_or_else(|| config_err(py, format!("namespace {nsid} does not exist")))
+    }
+
+    #[pyo3(signature = (nsids, extended, min_seconds = 0.0))]
+    fn self_test_start(
+        &self,
+        py: Python<'_>,
+        nsids: Vec<u32>,
+        extended: bool,
+        min_seconds: f64,
+    ) -> PyResult<()> {
+        maintenance::self_test_start(py, &self.inner, nsids, extended, min_seconds)
+    }
+
+    fn self_test_status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        maintenance::self_test_status(py, &self.inner)
+    }
+
+    fn self_test_abort(&self, py: Python<'_>) -> bool {
+        py.detach(|| self.inner.self_test_abort())
+    }
+
+    #[pyo3(signature = (action, pattern = 0, passes = 1, invert = false, deallocate = true, min_seconds = 0.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn sanitize_start(
+        &self,
+        py: Python<'_>,
+        action: &str,
+        pattern: u32,
+        passes: u32,
+        invert: bool,
+        deallocate: bool,
+        min_seconds: f64,
+    ) -> PyResult<()> {
+        maintenance::sanitize_start(
+            py,
+            &self.inner,
+            action,
+            pattern,
+            passes,
+            invert,
+            deallocate,
+            min_seconds,
+        )
+    }
+
+    fn sanitize_status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        maintenance::sanitize_status(py, &self.inner)
+    }
+
+    fn set_background_handler(&self, handler: Option<Py<PyAny>>) {
+        maintenance::set_background_handler(&self.inner, handler);
+    }
+
+    fn uncorrectable_ranges(&self, py: Python<'_>, nsid: u32) -> PyResult<Vec<(u64, u64)>> {
+        self.inner
+            .uncorrectable_ranges(nsid)
+            .ok_or_else(|| config_err(py, format!("namespace {nsid} does not exist")))
     }
 
     fn take_errors(&self, py: Python<'_>) -> Vec<(u16, u16, u16, u16, u64, u32)> {

@@ -18,6 +18,8 @@ struct Exceptions {
     vector: Py<PyType>,
     queue: Py<PyType>,
     state: Py<PyType>,
+    namespace: Py<PyType>,
+    capacity: Py<PyType>,
 }
 
 static EXC: PyOnceLock<Exceptions> = PyOnceLock::new();
@@ -47,6 +49,12 @@ fn exceptions(py: Python<'_>) -> PyResult<&Exceptions> {
             vec![py.get_type::<PyException>()],
         )?;
         let b = || base.bind(py).clone();
+        let namespace = make_type(
+            py,
+            "NamespaceError",
+            "A namespace table change that cannot be made (NSID taken or out of range, not allocated, none free).",
+            vec![b()],
+        )?;
         Ok(Exceptions {
             config: make_type(
                 py,
@@ -84,6 +92,13 @@ fn exceptions(py: Python<'_>) -> PyResult<&Exceptions> {
                 "The object is in the wrong state for the call (closed, not running, ...).",
                 vec![b()],
             )?,
+            namespace: namespace.clone_ref(py),
+            capacity: make_type(
+                py,
+                "CapacityError",
+                "Not enough unallocated NVM capacity for the namespace (Namespace Insufficient Capacity).",
+                vec![namespace.bind(py).clone()],
+            )?,
             base,
         })
     })
@@ -106,7 +121,9 @@ pub(super) fn to_py(py: Python<'_>, e: EngineError) -> PyErr {
         EngineError::Irq(_) | EngineError::Waker(_) | EngineError::BadDoorbell { .. } => {
             raise(py, |x| &x.vector, msg)
         }
-        EngineError::Spawn(_) => raise(py, |x| &x.state, msg),
+        EngineError::Spawn(_) | EngineError::Busy(_) => raise(py, |x| &x.state, msg),
+        EngineError::Namespace(_) => raise(py, |x| &x.namespace, msg),
+        EngineError::Capacity { .. } => raise(py, |x| &x.capacity, msg),
     }
 }
 
@@ -138,6 +155,8 @@ pub(super) fn add_exceptions(m: &Bound<'_, PyModule>) -> PyResult<()> {
         ("VectorError", &e.vector),
         ("QueueError", &e.queue),
         ("StateError", &e.state),
+        ("NamespaceError", &e.namespace),
+        ("CapacityError", &e.capacity),
     ] {
         m.add(name, ty.bind(py))?;
     }

@@ -9,6 +9,7 @@
 //! - `callbacks`: the Python callables workers call (admin handler, DMA
 //!   transport, notifiers);
 //! - `lifecycle`: worker thread states, and stopping at interpreter exit;
+//! - `namespaces`: namespace entries and the namespace table's calls;
 //! - `storage`: a Python object as a namespace's blocks;
 //! - `faults`: the fault rule table and power state;
 //! - `pi`: metadata settings (namespace keys, Format NVM arguments);
@@ -25,6 +26,8 @@ mod engine;
 mod errors;
 mod faults;
 mod lifecycle;
+mod maintenance;
+mod namespaces;
 mod pi;
 mod storage;
 mod trace;

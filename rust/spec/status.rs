@@ -22,6 +22,9 @@ impl Status {
     pub const INVALID_NAMESPACE: Status = Status::new(SCT_GENERIC, 0x0b);
     pub const INVALID_SGL_DESCRIPTOR: Status = Status::new(SCT_GENERIC, 0x0d);
     pub const INVALID_PRP_OFFSET: Status = Status::new(SCT_GENERIC, 0x13);
+    /// Sanitize In Progress: every I/O command but Flush while a sanitize
+    /// runs (Base 2.0, 8.1.26.4).
+    pub const SANITIZE_IN_PROGRESS: Status = Status::new(SCT_GENERIC, 0x1d);
     pub const LBA_OUT_OF_RANGE: Status = Status::new(SCT_GENERIC, 0x80);
     pub const CAPACITY_EXCEEDED: Status = Status::new(SCT_GENERIC, 0x81);
     pub const INVALID_NUM_SGL_DESCRIPTORS: Status = Status::new(SCT_GENERIC, 0x0e);

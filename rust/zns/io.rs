@@ -276,7 +276,10 @@ pub fn append(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
     }
     data_pointer(ctx, sqe, len, false, zslba)?;
     let r = reserve_in(ns, z, None, zslba, nlb, nsid, true)?;
-    write_reserved(ctx, sqe, ns, z, r, len)
+    let alba = write_reserved(ctx, sqe, ns, z, r, len)?;
+    let fua = sqe.cdw(12) & (1 << 30) != 0;
+    crate::cmd::io::rewritten(ns, alba, nlb, fua, nsid, ctx.smart)?;
+    Ok(alba)
 }
 
 /// Compare on a zoned namespace: Below its frontiers, as on any namespace

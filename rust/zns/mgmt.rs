@@ -108,6 +108,14 @@ pub fn send(ctx: &mut IoContext<'_>, sqe: &Sqe) -> Result<u64, Failure> {
             // page in (sequential zoned writes ran at a fifth of plain ones
             // that way), and reads of an Empty zone return zeroes whatever
             // the backend holds. A refusal only costs the space.
+            if let Ok(Ok(list)) = &reset {
+                // An Empty zone reads zeroes: no block of it is marked
+                // uncorrectable any more.
+                for &r in list {
+                    let zone = (z.geo.zslba(r), z.geo.zone_lbas());
+                    crate::cmd::io::rewritten(ns, zone.0, zone.1, false, nsid, ctx.smart)?;
+                }
+            }
             if let (Ok(Ok(list)), false) = (&reset, matches!(ns.backend, Backend::Ram(_))) {
                 let shift = ns.lba_shift();
                 let size = z.geo.zone_lbas() << shift;

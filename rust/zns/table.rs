@@ -373,6 +373,17 @@ impl Zones {
         Ok(Ok(value))
     }
 
+    /// Sanitize: every zone that is not Read Only or Offline is Empty, its
+    /// descriptor extension gone, durably.
+    pub fn sanitize(&self) -> Result<(), Errno> {
+        self.manage(None, |m, ext| {
+            let l = m.reset_all();
+            l.iter().for_each(|z| drop(ext.remove(z)));
+            Ok(((), l))
+        })
+        .map(drop)
+    }
+
     /// The controller's own change to zone `z`: true when the zone changed
     /// (it joins the Changed Zone List; the caller raises the event).
     pub fn controller_action(&self, z: u32, action: ZoneAction) -> Result<bool, Errno> {

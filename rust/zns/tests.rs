@@ -86,6 +86,8 @@ impl Rig {
             iothreads: 1,
             affinity: Vec::new(),
             doorbell_stride: 4,
+            nn: 0,
+            capacity_bytes: 0,
         })
         .unwrap();
         e.start().unwrap();

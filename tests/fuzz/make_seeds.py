@@ -29,6 +29,7 @@ B, C, E = 0x2_0000, 0x3_0000, 0x4_0000
 E_LEN = 0x4000
 
 READ, WRITE, FLUSH, COMPARE, WRITE_ZEROES, DSM, VERIFY, COPY = 0x02, 0x01, 0x00, 0x05, 0x08, 0x09, 0x0C, 0x19
+WRITE_UNCOR = 0x04
 
 
 def make_sqe(opcode: int, cid: int, nsid: int, *, prp1: int = 0, prp2: int = 0, cdw10: int = 0,
@@ -102,6 +103,13 @@ def loss(*sqes: bytes, cut: int, size: int, guest_bytes: bytes = b"", reinstall:
         cut = len(sqes) + 1
     flags = (len(sqes) - 1) | reinstall << 2 | decoy << 3 | readonly << 4
     return b"LOSS" + bytes([flags, cut]) + struct.pack("<H", size) + b"".join(sqes) + guest_bytes
+
+
+def sanitize(sqe: bytes, *, overwrite: bool = False, passes: int = 1, invert: bool = False,
+             deallocate: bool = True, pattern: int = 0, guest_bytes: bytes = b"") -> bytes:
+    """A sanitize input (fuzz/src/sanitize.rs): ``sqe`` submitted while a sanitize runs."""
+    flags = overwrite | invert << 1 | (not deallocate) << 2
+    return b"SANI" + bytes([flags, passes - 1]) + struct.pack("<I", pattern) + sqe + guest_bytes
 
 
 SQE_SEEDS: dict[str, bytes] = {
@@ -258,6 +266,25 @@ SQE_SEEDS: dict[str, bytes] = {
         lba(COMPARE, 1, 0, 1, prp1=E + 0x1000), lba(WRITE, 3, 0, 1, prp1=E + 0x2000), cut=1, size=0x1800,
         readonly=True, reinstall=True, decoy=True,
     ),
+    # Write Uncorrectable (04h, issue 25): the marks read back as 2/81h, then are written over.
+    "uncor-ram": lba(WRITE_UNCOR, 1, 10, 3),
+    "uncor-4k": lba(WRITE_UNCOR, 3, 15, 1),
+    "uncor-file": lba(WRITE_UNCOR, 4, 0, 128),
+    "uncor-custom": lba(WRITE_UNCOR, 5, 7, 2),
+    "uncor-null": lba(WRITE_UNCOR, 2, 2047, 1),
+    "uncor-pi": lba(WRITE_UNCOR, 6, 1, 4),
+    "uncor-out-of-range": lba(WRITE_UNCOR, 1, 127, 2),
+    "uncor-zns-at-wp": lba(WRITE_UNCOR, 7, 16, 4),
+    "uncor-zns-off-wp": lba(WRITE_UNCOR, 7, 18, 1),
+    "loss-uncor-then-read": loss(lba(WRITE_UNCOR, 1, 0, 2), lba(READ, 1, 0, 1, prp1=E), cut=NEVER, size=0),
+    # One SQE while a sanitize runs (fuzz/src/sanitize.rs): Sanitize In Progress but for Flush.
+    "sanitize-block-read": sanitize(lba(READ, 1, 0, 1, prp1=0x0)),
+    "sanitize-overwrite-write": sanitize(lba(WRITE, 4, 0, 2, prp1=0x0), overwrite=True, passes=3, invert=True,
+                                         deallocate=False, pattern=0xA5C3_0F01),
+    "sanitize-overwrite-flush": sanitize(make_sqe(FLUSH, 1, 1), overwrite=True, passes=1, pattern=0x1234_5678),
+    "sanitize-zone-append": sanitize(lba(0x7D, 7, 0, 1, prp1=0x0)),
+    "sanitize-bad-nsid": sanitize(lba(READ, 9, 0, 1, prp1=0x0)),
+    "sanitize-bad-opcode": sanitize(make_sqe(0x7F, 1, 1)),
 }
 
 

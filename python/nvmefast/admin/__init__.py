@@ -46,7 +46,20 @@ from nvmefast.admin.log_page import ChangedZones, ErrorLog, LogPageId, get_log_p
 from nvmefast.admin.queues import create_io_cq, create_io_sq, delete_io_cq, delete_io_sq
 from nvmefast.config import ControllerConfig
 from nvmefast.errors import QueueError
-from nvmefast.iocs import EFFECTS_CSUPP, EFFECTS_LBCC, EFFECTS_NCC
+from nvmefast.admin.ns_attachment import namespace_attachment
+from nvmefast.admin.ns_management import namespace_management
+from nvmefast.admin.sanitize import Sanitizer, restricted, sanitize
+from nvmefast.admin.self_test import SelfTestResult, SelfTests, device_self_test
+from nvmefast.admin.self_test import abort as abort_self_test
+from nvmefast.iocs import (
+    EFFECTS_CCC,
+    EFFECTS_CSE_ANY_NAMESPACE,
+    EFFECTS_CSUPP,
+    EFFECTS_LBCC,
+    EFFECTS_NCC,
+    EFFECTS_NIC,
+)
+from nvmefast.ns_manager import NamespaceManager
 from nvmefast.status import Status, with_dnr
 from nvmefast.structs import CSI_NVM
 from nvmefast.zns import CSI_ZNS
@@ -82,10 +95,18 @@ class Opcode:
     """Get Features."""
     ASYNC_EVENT_REQUEST = 0x0C
     """Asynchronous Event Request."""
+    NAMESPACE_MANAGEMENT = 0x0D
+    """Namespace Management."""
+    DEVICE_SELF_TEST = 0x14
+    """Device Self-test."""
+    NAMESPACE_ATTACHMENT = 0x15
+    """Namespace Attachment."""
     KEEP_ALIVE = 0x18
     """Keep Alive."""
     FORMAT_NVM = 0x80
     """Format NVM."""
+    SANITIZE = 0x84
+    """Sanitize."""
 
 
 Handler = Callable[["Admin", AdminCommand], Result]
@@ -104,11 +125,21 @@ _HANDLERS: dict[int, Handler] = {
     Opcode.DOORBELL_BUFFER_CONFIG: doorbell_buffer_config,
     Opcode.KEEP_ALIVE: keep_alive,
     Opcode.FORMAT_NVM: format_nvm,
+    Opcode.NAMESPACE_MANAGEMENT: namespace_management,
+    Opcode.NAMESPACE_ATTACHMENT: namespace_attachment,
+    Opcode.DEVICE_SELF_TEST: device_self_test,
+    Opcode.SANITIZE: sanitize,
 }
 
 _ADMIN_EFFECTS: dict[int, int] = {opcode: EFFECTS_CSUPP for opcode in _HANDLERS}
 # Format NVM rewrites every block and changes Identify Namespace (FLBAS, NSZE).
 _ADMIN_EFFECTS[Opcode.FORMAT_NVM] |= EFFECTS_LBCC | EFFECTS_NCC
+# Namespace Management and Attachment change which namespaces there are (NIC:
+# Linux rescans after them) and the capacity Identify Controller reports (CCC).
+_ADMIN_EFFECTS[Opcode.NAMESPACE_MANAGEMENT] |= EFFECTS_NIC | EFFECTS_CCC
+_ADMIN_EFFECTS[Opcode.NAMESPACE_ATTACHMENT] |= EFFECTS_NIC | EFFECTS_CCC
+# Sanitize erases every namespace, with nothing else outstanding.
+_ADMIN_EFFECTS[Opcode.SANITIZE] |= EFFECTS_LBCC | EFFECTS_CSE_ANY_NAMESPACE
 
 
 class Admin:
@@ -118,11 +149,15 @@ class Admin:
     :meth:`handle` as the engine's admin handler.
     """
 
-    def __init__(self, config: ControllerConfig, engine: Engine) -> None:
+    def __init__(self, config: ControllerConfig, engine: Engine, namespaces: NamespaceManager) -> None:
         self.config = config
         """The controller's configuration."""
         self.engine = engine
         """The core engine commands act on."""
+        self.namespaces = namespaces
+        """The namespaces and their management (:mod:`nvmefast.ns_manager`)."""
+        namespaces.notify = self.namespaces_changed
+        namespaces.removing = self._namespaces_removing
         self.lock = threading.Lock()
         """Guards the state below against the embedder's thread."""
         self.page_size = 4096
@@ -155,6 +190,10 @@ class Admin:
         """Admin commands completed with an error status."""
         self.internal_errors = 0
         """Admin commands that hit a bug in this layer (completed Internal Error)."""
+        self.self_tests = SelfTests()
+        """The running device self-test and the results log."""
+        self.sanitizer = Sanitizer()
+        """The sanitize state of the NVM subsystem."""
 
     def handle(self, sqe: bytes) -> Result:
         """Execute one admin SQE; never raises (runs on the core's worker)."""
@@ -171,6 +210,9 @@ class Admin:
             if cmd.psdt:
                 # Admin commands on PCIe use PRPs (PSDT 00b) only.
                 raise Reject(Status.INVALID_FIELD, param_location(CDW0 + 1, 6))
+            refused = restricted(self, cmd)
+            if refused is not None:
+                raise Reject(refused, param_location(CDW0))
             result = handler(self, cmd)
             if result is not None and result[0] != Status.SUCCESS:
                 self._record(cmd, result[0], 0xFFFF)
@@ -230,6 +272,16 @@ class Admin:
                 NoticeEventInfo.NAMESPACE_ATTRIBUTE_CHANGED,
                 LogPageId.CHANGED_NAMESPACE_LIST,
             )
+
+    def formatted(self, nsids: list[int]) -> None:
+        """Format NVM reformatted ``nsids``: a self-test reading them ends,
+        the namespace directory records their formats, the host hears of it."""
+        abort_self_test(self, SelfTestResult.ABORTED_BY_FORMAT, nsids)
+        self.namespaces.formatted()
+        self.namespaces_changed(nsids)
+
+    def _namespaces_removing(self, nsids: list[int]) -> None:
+        abort_self_test(self, SelfTestResult.ABORTED_BY_NAMESPACE_REMOVAL, nsids)
 
     def set_command_sets(self, css: int) -> None:
         """The host enabled the controller with CC.CSS ``css`` (one of
@@ -303,7 +355,13 @@ class Admin:
             log.exception("completing AER cid %d failed", cid)
 
     def reset(self) -> None:
-        """Controller reset (CC.EN 1 -> 0), after the engine's own reset."""
+        """Controller reset (CC.EN 1 -> 0), after the engine's own reset.
+        A short device self-test ends with it; an extended one, a sanitize,
+        and namespaces' attachment go on."""
+        with self.lock:
+            run = self.self_tests.running
+        if run is not None and run.code == 0x1:
+            abort_self_test(self, SelfTestResult.ABORTED_BY_RESET)
         with self.lock:
             self.events.reset()
             self.features.reset()

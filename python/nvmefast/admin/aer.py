@@ -100,6 +100,7 @@ LOG_PAGE_EVENT_TYPE = {
     0x03: AsyncEventType.NOTICE,
     0x04: AsyncEventType.NOTICE,
     0xBF: AsyncEventType.NOTICE,
+    0x81: AsyncEventType.IO_COMMAND_SPECIFIC,
 }
 """Which event type reading a log page (with RAE=0) clears."""
 
@@ -173,6 +174,11 @@ class AsyncEvents:
         """The host read the log page of ``event_type`` with RAE=0: unmask it."""
         self._masked.discard(event_type)
         return self._deliver()
+
+    def discard(self, event_type: int) -> None:
+        """Forget queued, unreported events of ``event_type`` (a sanitize
+        starting clears its predecessor's completion)."""
+        self._queued = [e for e in self._queued if e.type != event_type]
 
     def abort(self, cid: int) -> bool:
         """Forget outstanding AER ``cid``; False if there is none."""

@@ -1,6 +1,9 @@
 """I/O Command Set selection (NVMe Base 2.0 3.1.4.5 CC.CSS, 5.27.1.21 I/O
 Command Set Profile) and which namespaces it makes active.
 
+A namespace is active when it is allocated, attached to the controller
+(:mod:`nvmefast.namespaces`) and of a command set the host selected.
+
 CAP.CSS reports three selections: the NVM Command Set alone (CC.CSS 000b),
 every supported I/O Command Set (110b: NVM and Zoned Namespace) and the
 Admin Command Set only (111b). A namespace is attached, and so active, only
@@ -32,6 +35,7 @@ __all__ = [
     "CSS_NVM",
     "SUPPORTED_CSS",
     "active_nsids",
+    "allocated_nsids",
     "enabled_csis",
     "is_active",
     "namespace_csi",
@@ -62,17 +66,21 @@ def namespace_csi(ns: NamespaceConfig) -> int:
 
 
 def is_active(admin: Admin, nsid: int) -> bool:
-    """Whether ``nsid`` names a namespace attached under the current selection."""
-    namespaces = admin.config.namespaces
-    if not 1 <= nsid <= len(namespaces):
-        return False
-    return namespace_csi(namespaces[nsid - 1]) in enabled_csis(admin.css)
+    """Whether ``nsid`` names a namespace allocated, attached to this
+    controller, and of a command set the current selection enables."""
+    entry = admin.namespaces.table.get(nsid)
+    return entry is not None and entry.attached and namespace_csi(entry.config) in enabled_csis(admin.css)
 
 
 def active_nsids(admin: Admin, csi: int | None = None) -> list[int]:
     """Active NSIDs in order, those of command set ``csi`` only when given."""
     return [
-        nsid
-        for nsid, ns in enumerate(admin.config.namespaces, start=1)
-        if is_active(admin, nsid) and (csi is None or namespace_csi(ns) == csi)
+        e.nsid
+        for e in admin.namespaces.table.entries()
+        if is_active(admin, e.nsid) and (csi is None or namespace_csi(e.config) == csi)
     ]
+
+
+def allocated_nsids(admin: Admin, csi: int | None = None) -> list[int]:
+    """Allocated NSIDs in order (attached or not), those of command set ``csi`` only when given."""
+    return [e.nsid for e in admin.namespaces.table.entries() if csi is None or namespace_csi(e.config) == csi]

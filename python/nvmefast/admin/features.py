@@ -21,9 +21,11 @@ import enum
 from typing import TYPE_CHECKING
 
 from nvmefast.admin.command import CDW10, CDW11, NSID, AdminCommand, Reject, Result, param_location
+from nvmefast.admin.command_sets import is_active
 from nvmefast.admin.feature_data import HostBehavior, Timestamp
 from nvmefast.admin.identify import NSID_ALL, namespace_index
 from nvmefast.config import ControllerConfig
+from nvmefast.namespaces import NN
 from nvmefast.status import Status
 from nvmefast.structs import COMPOSITE_TEMPERATURE, WCTEMP
 
@@ -153,7 +155,7 @@ class Features:
         self.power_management = 0
         self.over_temperature_threshold = WCTEMP
         self.under_temperature_threshold = 0
-        self.error_recovery = [0] * len(self.config.namespaces)
+        self.error_recovery = [0] * NN
         self.write_cache_enabled = self.config.volatile_write_cache
         self.interrupt_coalescing = 0
         self.coalescing_disabled = set()
@@ -251,8 +253,12 @@ def _check_nsid(admin: Admin, fid: int, nsid: int, *, for_set: bool) -> None:
     if CAPABILITIES[fid] & CAPABILITY_NAMESPACE_SPECIFIC:
         if not (for_set and nsid == NSID_ALL):
             namespace_index(admin, nsid)
+            if not is_active(admin, nsid):
+                raise Reject(Status.INVALID_FIELD, param_location(NSID))  # QEMU: no namespace there
     elif for_set and nsid not in (0, NSID_ALL):
         namespace_index(admin, nsid)
+        if not is_active(admin, nsid):
+            raise Reject(Status.INVALID_FIELD, param_location(NSID))
         raise Reject(Status.FEATURE_NOT_NS_SPECIFIC, param_location(NSID))
 
 

@@ -12,7 +12,9 @@ bits 11:9 is the Secure Erase Setting.
 What it gets, checked in this order (QEMU ``nvme_format_check`` and the
 specs agree on each):
 
-- an NSID that is neither a namespace nor FFFFFFFFh: Invalid Namespace or Format;
+- an NSID that is neither valid (1..NN) nor FFFFFFFFh: Invalid Namespace or
+  Format; a valid one that is not active (unallocated or detached): Invalid
+  Field in Command;
 - SES other than none or User Data Erase (no Cryptographic Erase, FNA bit 2
   is 0), or PI 100b-111b (reserved): Invalid Field in Command;
 - an index past NLBAF: Invalid Format;
@@ -26,7 +28,7 @@ specs agree on each):
   Invalid Format;
 - a read-only namespace: Namespace is Write Protected.
 
-NSID FFFFFFFFh formats every namespace, after all pass the checks (FNA bit 0
+NSID FFFFFFFFh formats every active namespace, after all pass the checks (FNA bit 0
 is 0, so one namespace may also be formatted alone). The core reformats the
 namespace: user data reads back zero and every block's metadata is
 deallocated (all FFh, so PI reads as the escape). A format erases user data
@@ -40,7 +42,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nvmefast.admin.command import CDW10, NSID, AdminCommand, Reject, Result, param_location
-from nvmefast.admin.identify import NSID_ALL
+from nvmefast.admin.command_sets import active_nsids, is_active
+from nvmefast.namespaces import NN, NSID_ALL
 from nvmefast.errors import ConfigError
 from nvmefast.lba_format import LBA_FORMATS, PI_SIZE, PIF_64B, NamespaceFormat, metadata_available, pif
 from nvmefast.status import Status
@@ -77,21 +80,24 @@ def _requested(admin: Admin, dw10: int) -> tuple[int, int, int, int, int]:
 
 def format_nvm(admin: Admin, cmd: AdminCommand) -> Result:
     """80h Format NVM."""
-    nn = len(admin.config.namespaces)
+    table = admin.namespaces.table
     if cmd.nsid == NSID_ALL:
-        nsids = list(range(1, nn + 1))
-    elif 1 <= cmd.nsid <= nn:
+        nsids = active_nsids(admin)
+    elif 1 <= cmd.nsid <= NN:
+        if not is_active(admin, cmd.nsid):
+            # An unallocated or detached NSID: inactive, as for I/O (QEMU: Invalid Field).
+            raise Reject(Status.INVALID_FIELD, param_location(NSID))
         nsids = [cmd.nsid]
     else:
         raise Reject(Status.INVALID_NSID, param_location(NSID))
+    namespaces = {nsid: entry.config for nsid in nsids if (entry := table.get(nsid)) is not None}
     index, mset, pi, pil, _ = _requested(admin, cmd.cdw10)
-    if any(admin.config.namespaces[nsid - 1].zones is not None for nsid in nsids):
+    if any(ns.zones is not None for ns in namespaces.values()):
         # Its zones are fixed in bytes; QEMU refuses it likewise.
         raise Reject(Status.INVALID_FORMAT, param_location(NSID))
     chosen = LBA_FORMATS[index]
     formats: dict[int, NamespaceFormat] = {}
-    for nsid in nsids:
-        ns = admin.config.namespaces[nsid - 1]
+    for nsid, ns in namespaces.items():
         guard_format = pif(ns.guard, chosen)
         if pi and guard_format == PIF_64B and not admin.features.host_behavior.lbafee:
             raise Reject(Status.INVALID_NSID, param_location(CDW10))
@@ -107,7 +113,7 @@ def format_nvm(admin: Admin, cmd: AdminCommand) -> Result:
             pi_first=bool(pi and pil),
             guard="crc64" if pi and guard_format == PIF_64B else "crc16",
         )
-    if any(admin.config.namespaces[nsid - 1].readonly for nsid in nsids):
+    if any(ns.readonly for ns in namespaces.values()):
         # A format writes every block: not on a write-protected namespace.
         raise Reject(Status.NAMESPACE_WRITE_PROTECTED, param_location(NSID))
     for nsid, fmt in formats.items():
@@ -121,5 +127,5 @@ def format_nvm(admin: Admin, cmd: AdminCommand) -> Result:
             # The core refused a format the checks above let through (its storage cannot
             # keep metadata after all): the host asked for a format this namespace lacks.
             raise Reject(Status.INVALID_FORMAT, param_location(CDW10)) from None
-    admin.namespaces_changed(nsids)
+    admin.formatted(list(formats))
     return (Status.SUCCESS, 0)

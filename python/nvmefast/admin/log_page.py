@@ -4,7 +4,8 @@ Log pages (NVMe Base 2.0 5.16.1): 01h Error Information, 02h SMART / Health
 Information, 03h Firmware Slot Information, 04h Changed Namespace List, 05h
 Commands Supported and Effects (LPA bit 1) of the command set CSI (CDW14
 bits 31:24) names when the host selected every command set (CC.CSS 110b;
-otherwise CSI is ignored), and BFh Changed Zone List (ZNS 1.1 5.3.1, one
+otherwise CSI is ignored), 06h Device Self-test (:mod:`nvmefast.admin.self_test`),
+81h Sanitize Status (:mod:`nvmefast.admin.sanitize`), and BFh Changed Zone List (ZNS 1.1 5.3.1, one
 per zoned namespace: NSID names it). The extended form is supported
 (LPA bit 2): NUMD is NUMDU:NUMDL and the offset LPOU:LPOL, in bytes and
 dword aligned; an offset past the log's end is an Invalid Field, bytes past
@@ -21,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from nvmefast.admin.aer import LOG_PAGE_EVENT_TYPE
+from nvmefast.admin.sanitize import sanitize_log
+from nvmefast.admin.self_test import self_test_log
 from nvmefast.admin.command import CDW10, CDW12, NSID, AdminCommand, Reject, Result, param_location
 from nvmefast.admin.command_sets import CSS_ALL, CSS_NVM, is_active, namespace_csi
 from nvmefast.iocs import IO_OPCODE_EFFECTS, build_changed_ns_list, build_command_effects_log
@@ -56,6 +59,10 @@ class LogPageId:
     """Changed Namespace List."""
     COMMANDS_SUPPORTED_AND_EFFECTS = 0x05
     """Commands Supported and Effects."""
+    DEVICE_SELF_TEST = 0x06
+    """Device Self-test."""
+    SANITIZE_STATUS = 0x81
+    """Sanitize Status."""
     CHANGED_ZONE_LIST = 0xBF
     """Changed Zone List (Zoned Namespace Command Set, per namespace)."""
 
@@ -67,6 +74,8 @@ SUPPORTED = frozenset(
         LogPageId.FIRMWARE_SLOT,
         LogPageId.CHANGED_NAMESPACE_LIST,
         LogPageId.COMMANDS_SUPPORTED_AND_EFFECTS,
+        LogPageId.DEVICE_SELF_TEST,
+        LogPageId.SANITIZE_STATUS,
         LogPageId.CHANGED_ZONE_LIST,
     )
 )
@@ -158,8 +167,8 @@ def _io_effects(admin: Admin, cmd: AdminCommand) -> Mapping[int, int]:
 
 def _check_zoned_nsid(admin: Admin, nsid: int) -> None:
     # The Changed Zone List is per namespace: an active zoned one.
-    namespaces = admin.config.namespaces
-    if not (is_active(admin, nsid) and namespace_csi(namespaces[nsid - 1]) == CSI_ZNS):
+    entry = admin.namespaces.table.get(nsid)
+    if not (entry is not None and is_active(admin, nsid) and namespace_csi(entry.config) == CSI_ZNS):
         raise Reject(Status.INVALID_FIELD, param_location(NSID))
 
 
@@ -217,7 +226,7 @@ def get_log_page(admin: Admin, cmd: AdminCommand) -> Result:
         match lid:
             case LogPageId.ERROR_INFORMATION:
                 log = build_error_log(admin.errors.entries())
-            case LogPageId.SMART_HEALTH:
+            case LogPageId.SMART_HEALTH | LogPageId.DEVICE_SELF_TEST | LogPageId.SANITIZE_STATUS:
                 log = b""  # built below, outside the lock: it calls the engine
             case LogPageId.FIRMWARE_SLOT:
                 log = build_firmware_slot_log(admin.config.firmware)
@@ -231,6 +240,10 @@ def get_log_page(admin: Admin, cmd: AdminCommand) -> Result:
                 log = build_command_effects_log(admin.command_effects(), io_effects)
     if lid == LogPageId.SMART_HEALTH:
         log = _smart(admin, admin.engine.smart())
+    elif lid == LogPageId.DEVICE_SELF_TEST:
+        log = self_test_log(admin)
+    elif lid == LogPageId.SANITIZE_STATUS:
+        log = sanitize_log(admin)
     if offset & 0x3 or offset > len(log):
         raise Reject(Status.INVALID_FIELD, param_location(CDW12))
     data = log[offset : offset + length]

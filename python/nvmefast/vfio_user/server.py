@@ -45,7 +45,7 @@ from nvmefast.vfio_user.device import Device, pack_region_info
 from nvmefast.vfio_user.dma import DmaTable
 from nvmefast.vfio_user.protocol import Header, MessageError, ProtocolError
 
-__all__ = ["VfioUserServer"]
+__all__ = ["VfioUserServer", "socket_alive"]
 
 log = logging.getLogger("nvmefast.vfio_user")
 
@@ -531,7 +531,7 @@ class VfioUserServer:
         if os.path.lexists(self.path):
             if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
                 raise ConfigError(f"{self.path} exists and is not a socket; choose another --socket path")
-            if _socket_alive(self.path):
+            if socket_alive(self.path):
                 raise ConfigError(f"{self.path} is in use by a running server; choose another --socket path")
             os.unlink(self.path)  # a stale socket from a server that died
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -640,7 +640,8 @@ class VfioUserServer:
         log.info("stopped")
 
 
-def _socket_alive(path: str) -> bool:
+def socket_alive(path: str) -> bool:
+    """Whether a server accepts connections on the UNIX socket at ``path``."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.connect(path)

@@ -483,9 +483,11 @@ impl Shared {
             self.wake_all();
             std::thread::sleep(Duration::from_micros(20));
         }
+        let _storage = self.storage_gate.read().unwrap_or_else(|e| e.into_inner());
         self.namespaces
+            .load()
             .iter()
-            .map(|ns| {
+            .map(|(_, ns)| {
                 // The metadata of the blocks rolled back goes back with them.
                 ns.meta.power_loss();
                 if let Some(z) = &ns.zones {
@@ -595,10 +597,10 @@ impl Engine {
     pub fn track_unflushed(&self, on: bool) -> Vec<u32> {
         let wc = self.write_cache();
         let mut untracked = Vec::new();
-        for (i, ns) in self.shared.namespaces.iter().enumerate() {
+        for (nsid, ns) in self.table().iter() {
             ns.cache.set_enabled(wc);
             if !ns.cache.set_tracking(&ns.backend, on) {
-                untracked.push(i as u32 + 1);
+                untracked.push(nsid);
             } else if let Some(z) = &ns.zones {
                 z.track(on);
             }
@@ -609,10 +611,9 @@ impl Engine {
 
     /// Blocks holding writes no Flush has made durable (while tracked).
     pub fn unflushed_blocks(&self) -> usize {
-        self.shared
-            .namespaces
+        self.table()
             .iter()
-            .map(|ns| ns.cache.unflushed_blocks())
+            .map(|(_, ns)| ns.cache.unflushed_blocks())
             .sum()
     }
 
