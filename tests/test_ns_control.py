@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,8 @@ from vfio_user_host import NvmeHost, short_socket_path
 from nvmefast import Controller, ControllerConfig, NamespaceConfig
 from nvmefast.cli import main
 from nvmefast.control import MAX_LINE, ControlServer, control_request
+from nvmefast.testing import build_sqe
+from nvmefast.testing.namespaces import build_controller_list, build_create_structure
 
 MiB = 1 << 20
 
@@ -177,6 +180,73 @@ def test_serve_with_capacity_directory_and_control(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         assert not os.path.exists(control), "the control socket is left behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _serve(path: str, directory: Path) -> subprocess.Popen[str]:
+    """`nvmefast serve --capacity 64M --namespace-dir DIRECTORY`, listening at PATH."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nvmefast.cli", "serve", "--socket", path, "--capacity", "64M",
+         "--namespace-dir", str(directory), "--log-level", "warning"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 15
+    while not os.path.exists(path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"nvmefast serve did not listen (exit {proc.returncode}): {proc.communicate(timeout=5)[1]}")
+        time.sleep(0.05)
+    return proc
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, then the server must exit 0 (its stderr is collected, the pipe closed)."""
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+
+
+def _admin_page(host: NvmeHost, opcode: int, data: bytes, **fields: int) -> int:
+    """An admin command with ``data`` in a page at PRP1; returns DW0."""
+    buf = host.alloc(4096)
+    host.client.memory.write(buf, data)
+    return host.admin(build_sqe(opcode, prp1=buf, **fields)).dw0
+
+
+def test_serve_keeps_created_namespaces_across_a_restart(tmp_path: Path) -> None:
+    """A namespace the client creates (0Dh) and attaches (15h) on `nvmefast serve
+    --capacity 64M --namespace-dir DIR` is there again after the server restarts: the
+    same NSID, attached, its size, its data, and the capacity it draws (Issue 25's
+    "done when")."""
+    directory, path = short_socket_path("nsdir")
+    store = tmp_path / "ns"
+    pattern = bytes(range(256)) * 16  # 4 KiB
+    proc = _serve(path, store)
+    try:
+        with connect(path) as client, NvmeHost(client) as host:
+            host.enable()
+            nsid = _admin_page(host, 0x0D, build_create_structure(4096), cdw10=0)  # 2 MiB of 512 B blocks
+            assert nsid == 1
+            _admin_page(host, 0x15, build_controller_list([0]), nsid=nsid, cdw10=0)
+            host.create_io_queue_pair(1, irq=False)
+            assert host.write(1, 100, pattern, nsid=nsid).ok
+            flush = host.command(1, build_sqe(0x00, nsid=nsid), irq=False)  # I/O Flush
+            assert flush.ok
+        _stop(proc)
+        proc = _serve(path, store)
+        with connect(path) as client, NvmeHost(client) as host:
+            host.enable()
+            ident = host.identify_controller()
+            assert ident.raw[296:312] == (62 * MiB).to_bytes(16, "little")  # UNVMCAP: 64M - 2M
+            active = struct.unpack("<4I", host.identify(0x02)[:16])
+            assert active == (1, 0, 0, 0)
+            assert host.identify_namespace(1).nsze == 4096
+            host.create_io_queue_pair(1, irq=False)
+            assert host.read(1, 100, 8, nsid=1) == pattern
+        _stop(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
