@@ -16,7 +16,11 @@ pass, a sleep, and prints the I/O worker thread's instructions per command,
 counted from after a warm-up to the end of the reads (``callgrind_control
 --zero`` and ``--dump``): the difference between a long and a short run,
 divided by the difference in commands, so what is not per command cancels
-out. ``--sealed`` maps guest RAM as a memfd
+out. ``--pi TYPE`` (``--guard crc64``) does the same on a RAM namespace
+of 4096-byte LBAs whose metadata is all PI, first, as ``nvmefast bench
+--pi`` does: reads with PRACT and every check the type allows, writes with
+PRACT; ``--pi 0`` is the same namespace without metadata (the baseline).
+``--sealed`` maps guest RAM as a memfd
 sealed against shrinking (as QEMU does), which the controller trusts;
 unsealed it is guarded against truncation (docs/trust.md). The null backend
 copies no data, so the per-command overhead is all there is; ram adds one
@@ -37,13 +41,22 @@ import tempfile
 import time
 
 
-def workload(backend: str, sealed: bool, commands: int, op_name: str = "read") -> None:
+def workload(backend: str, sealed: bool, commands: int, op_name: str = "read",
+             pi: int | None = None, guard: str = "crc16") -> None:
     """Runs the reads (or writes, ``op_name="write"``) under valgrind."""
     from nvmefast import Controller, ControllerConfig, NamespaceConfig
     from nvmefast.testing import Host, build_sqe
     from nvmefast.testing import sqe as op
 
     ns = NamespaceConfig(size_bytes=64 << 20, lba_size=512, backend=backend)
+    cdw12 = 7  # 8 blocks of 512 bytes
+    if pi is not None:
+        # As `nvmefast bench --pi`: 4096-byte LBAs, metadata all PI, first.
+        ms = 16 if guard == "crc64" else 8
+        extra = dict(metadata_size=ms, pi_type=pi, pi_first=True, guard=guard) if pi else {}
+        ns = NamespaceConfig(size_bytes=64 << 20, lba_size=4096, backend=backend, **extra)  # type: ignore[arg-type]
+        pract, checks = 8, 4 | 2 | (1 if pi != 3 else 0)
+        cdw12 = 0 if not pi else ((pract | checks) if op_name == "read" else pract) << 26
     cfg = ControllerConfig(namespaces=[ns], polling="interrupt", max_io_queue_pairs=1)
     with Controller(cfg) as ctrl:
         try:
@@ -55,7 +68,9 @@ def workload(backend: str, sealed: bool, commands: int, op_name: str = "read") -
             host.create_io_queue_pair(1, entries=16)
             buf = host.alloc(4096)
             opcode = op.IO_WRITE if op_name == "write" else op.IO_READ
-            sqe = build_sqe(opcode, nsid=1, prp1=buf, cdw12=7)
+            sqe = build_sqe(opcode, nsid=1, prp1=buf, cdw12=cdw12)
+            if pi:  # real PI to check (a never-written block's escapes every check)
+                assert host.io(build_sqe(op.IO_WRITE, nsid=1, prp1=buf, cdw12=8 << 26)).ok
             for _ in range(16):  # warm-up: first-touch paths, lazy state
                 assert host.io(sqe).ok
             # Count from here: start-up and queue creation are not commands.
@@ -101,6 +116,7 @@ def one_run(args: argparse.Namespace, commands: int) -> tuple[int, str]:
         "valgrind", "--tool=callgrind", "--separate-threads=yes", "--compress-strings=no", f"--callgrind-out-file={out}/cg.%p",
         sys.executable, os.path.abspath(__file__), "--run", "--backend", args.backend,
         "--commands", str(commands), "--op", args.op, *(["--sealed"] if args.sealed else []),
+        *(["--pi", str(args.pi), "--guard", args.guard] if args.pi is not None else []),
     ]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -118,11 +134,14 @@ def main() -> None:
     p.add_argument("--sealed", action="store_true", help="guest RAM is a sealed memfd (trusted, unguarded)")
     p.add_argument("--op", choices=["read", "write"], default="read", help="4 KiB reads (default) or writes")
     p.add_argument("--commands", type=int, default=2000, help="reads in the long run (the short one does a fifth)")
+    p.add_argument("--pi", type=int, choices=[0, 1, 2, 3], default=None,
+                   help="4096-byte LBAs, metadata all PI of this type (0: no metadata), PRACT + checks")
+    p.add_argument("--guard", choices=["crc16", "crc64"], default="crc16", help="the guard with --pi")
     p.add_argument("--repeat", type=int, default=5, help="measurements (the median is printed)")
     p.add_argument("--run", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.run:
-        workload(args.backend, args.sealed, args.commands, args.op)
+        workload(args.backend, args.sealed, args.commands, args.op, args.pi, args.guard)
         return
     short, long_ = args.commands // 5, args.commands
     per: list[float] = []
@@ -134,7 +153,8 @@ def main() -> None:
               file=sys.stderr)
     # A run now and then has a pass more (a wake-up the scheduler made):
     # the median of a few runs is the steady figure.
-    print(f"{args.backend} {args.op} regions {regions}: {statistics.median(per):,.1f} instructions per command "
+    pi = "" if args.pi is None else f" pi {args.pi} {args.guard}"
+    print(f"{args.backend}{pi} {args.op} regions {regions}: {statistics.median(per):,.1f} instructions per command "
           f"(median of {len(per)}; {min(per):,.1f}..{max(per):,.1f})")
 
 if __name__ == "__main__":

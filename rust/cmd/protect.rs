@@ -187,6 +187,10 @@ pub fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, ns: &Namespace, read: bool) -> Res
     }
     let fmt = ns.meta.format();
     let (slba, nlb) = lba_range(ns, sqe)?;
+    let store = store_of(ns);
+    // The first block's metadata is a cache miss at a random LBA: start it
+    // now, so it arrives while the data pointer is walked.
+    store.prefetch(slba, fmt);
     if read {
         super::io::unmarked(ns, slba, nlb, nsid, ctx.smart)?;
     }
@@ -204,7 +208,6 @@ pub fn rw(ctx: &mut IoContext<'_>, sqe: &Sqe, ns: &Namespace, read: bool) -> Res
         return Err(fail(Status::INVALID_FIELD.dnr(), loc::CDW12, slba, nsid));
     }
     super::io::data_pointer(ctx, sqe, len, read, slba)?;
-    let store = store_of(ns);
     let fua = sqe.cdw(12) & (1 << 30) != 0;
     with_bufs(|b| {
         if !fmt.extended && moved_md != 0 {
@@ -358,7 +361,13 @@ fn write_cmd(
     if moved_md == 0 {
         b.md.resize(n * ms, 0);
     }
-    if fmt.pi != 0 && (p.pract || !p.checks.none()) {
+    let pi_work = fmt.pi != 0 && (p.pract || !p.checks.none());
+    // PRACT in place: nothing can fail on the PI, so the guards are
+    // computed after the copy, from guest memory the copy just read (hot
+    // in the cache), while the copy's stores to the namespace drain.
+    // Checks must pass before anything is written: guards first.
+    let guards_after = p.pract && in_place;
+    if pi_work && !guards_after {
         // SAFETY: as in read_cmd.
         unsafe { data_guards(ctx.segs, in_place, fmt, lbs, b) };
         if p.pract {
@@ -376,6 +385,11 @@ fn write_cmd(
     } else {
         meta::write_data(ns, off, &b.data)
             .map_err(|e| file_failure(e, true, slba, nsid, ctx.smart))?;
+    }
+    if pi_work && guards_after {
+        // SAFETY: as in read_cmd.
+        unsafe { data_guards(ctx.segs, in_place, fmt, lbs, b) };
+        check::generate(fmt, &b.guards, &mut b.md, t);
     }
     store
         .write(slba, fmt, &b.md)

@@ -35,17 +35,6 @@ pub fn ref_mask(guard: Guard) -> u64 {
     }
 }
 
-fn be(b: &[u8]) -> u64 {
-    b.iter().fold(0u64, |v, &x| v << 8 | u64::from(x))
-}
-
-fn put_be(b: &mut [u8], v: u64) {
-    let n = b.len();
-    for (i, x) in b.iter_mut().enumerate() {
-        *x = (v >> (8 * (n - 1 - i))) as u8;
-    }
-}
-
 /// Byte ranges of (guard, app, ref) in a tuple.
 fn layout(guard: Guard) -> [(usize, usize); 3] {
     match guard {
@@ -54,24 +43,57 @@ fn layout(guard: Guard) -> [(usize, usize); 3] {
     }
 }
 
+/// The first `N` bytes of `b` (panics if shorter, as indexing would).
+#[inline]
+fn head<const N: usize>(b: &[u8]) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(&b[..N]);
+    a
+}
+
 /// Reads the tuple at the start of `pi` (at least the tuple's size).
+///
+/// Fixed-width big-endian loads (one check of `pi`'s length, no byte
+/// loop): this runs once per block on every checked command.
 #[inline]
 pub fn read(guard: Guard, pi: &[u8]) -> Tuple {
-    let [g, a, r] = layout(guard);
-    Tuple {
-        guard: be(&pi[g.0..g.1]),
-        app: be(&pi[a.0..a.1]) as u16,
-        reftag: be(&pi[r.0..r.1]),
+    match guard {
+        Guard::Crc16 => {
+            let v = u64::from_be_bytes(head::<8>(pi));
+            Tuple {
+                guard: v >> 48,
+                app: (v >> 32) as u16,
+                reftag: v & 0xFFFF_FFFF,
+            }
+        }
+        Guard::Crc64 => {
+            let t: [u8; 16] = head(pi);
+            let lo = u64::from_be_bytes(head::<8>(&t[8..]));
+            Tuple {
+                guard: u64::from_be_bytes(head::<8>(&t)),
+                app: (lo >> 48) as u16,
+                reftag: lo & 0xFFFF_FFFF_FFFF,
+            }
+        }
     }
 }
 
-/// Writes `t` at the start of `pi`.
+/// Writes `t` at the start of `pi` (the reference tag's bits above the
+/// field's width are dropped; the guard's too for the 16b guard).
 #[inline]
 pub fn write(guard: Guard, pi: &mut [u8], t: Tuple) {
-    let [g, a, r] = layout(guard);
-    put_be(&mut pi[g.0..g.1], t.guard);
-    put_be(&mut pi[a.0..a.1], u64::from(t.app));
-    put_be(&mut pi[r.0..r.1], t.reftag);
+    match guard {
+        Guard::Crc16 => {
+            let v = (t.guard & 0xFFFF) << 48 | u64::from(t.app) << 32 | t.reftag & 0xFFFF_FFFF;
+            pi[..8].copy_from_slice(&v.to_be_bytes());
+        }
+        Guard::Crc64 => {
+            let lo = u64::from(t.app) << 48 | t.reftag & 0xFFFF_FFFF_FFFF;
+            let pi = &mut pi[..16];
+            pi[..8].copy_from_slice(&t.guard.to_be_bytes());
+            pi[8..].copy_from_slice(&lo.to_be_bytes());
+        }
+    }
 }
 
 /// Offset in the tuple of a field's last (least significant) byte.
