@@ -74,6 +74,26 @@ fn touch(g: &Images, sqe: &Sqe) -> Touch {
     if sqe.fuse() != 0 || !model::status_allowed(sqe, Status::SUCCESS) {
         return Touch::No;
     }
+    if sqe.nsid() == model::ZONED.0 || sqe.nsid() == model::PI_NSID {
+        // Whether the zone rules let a command's data move, and where the
+        // PI namespace's metadata pointer reads or writes, this model does
+        // not follow: any command of theirs that carries a buffer may touch E.
+        let moves = [
+            op::READ,
+            op::WRITE,
+            op::COMPARE,
+            op::COPY,
+            op::DATASET_MANAGEMENT,
+            op::ZONE_APPEND,
+            op::ZONE_MGMT_SEND,
+            op::ZONE_MGMT_RECV,
+        ];
+        return if moves.contains(&sqe.opcode()) {
+            Touch::Unknown
+        } else {
+            Touch::No
+        };
+    }
     let Some((lbs, size, backend)) = namespace(sqe.nsid()) else {
         return Touch::No;
     };

@@ -238,6 +238,13 @@ SQE_SEEDS: dict[str, bytes] = {
     "loss-file-read": loss(lba(READ, 4, 0, 16, prp1=E + 0x1000, prp2=E + 0x2000), cut=0, size=0x2000),
     "loss-file-write": loss(lba(WRITE, 4, 0, 16, prp1=E + 0x2000, prp2=E + 0x3000), cut=0, size=0x2800),
     "loss-custom-write": loss(lba(WRITE, 5, 0, 16, prp1=E + 0x2000, prp2=E + 0x3000), cut=0, size=0x3000),
+    # Found after issue 25 (the model's gap, not the device's): a Write to the
+    # zoned namespace from E's lost part loses E, as it must; the reference
+    # walk did not follow the zoned and PI namespaces and called it untouched.
+    "loss-zoned-write-into-lost": loss(
+        lba(COMPARE, 1, 0, 1, prp1=E + 0x1000), lba(WRITE, 7, 0, 1, prp1=E + 0x2000), cut=1, size=0x1800,
+        reinstall=True, decoy=True, readonly=True,
+    ),
     "loss-null-read": loss(lba(READ, 2, 0, 8, prp1=E + 0x3000), cut=0, size=0),
     "loss-readonly-after": loss(
         lba(WRITE, 3, 1, 1, prp1=E + 0x1000), lba(READ, 1, 0, 1, prp1=E), cut=2, size=0x800,
