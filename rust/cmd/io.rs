@@ -158,6 +158,8 @@ impl Namespace {
     /// zoned namespace's write pointers with it).
     pub fn flush(&self) -> Result<(), Errno> {
         self.backend.flush()?;
+        // Write Uncorrectable's marks are durable with the data.
+        self.uncorrectable.flush()?;
         if let Some(s) = self.meta.store() {
             s.flush()?;
         }

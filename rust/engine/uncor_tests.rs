@@ -248,6 +248,8 @@ fn file_marks_persist(io: Choice, write_cache: bool) {
 fn a_file_namespace_keeps_its_marks_in_a_companion() {
     file_marks_persist(Choice::Threads, true);
     file_marks_persist(Choice::Threads, false);
+    // Served on the worker: its Flush is the synchronous one.
+    file_marks_persist(Choice::Inline, true);
     if crate::aio::choose(Choice::IoUring, true).is_ok() {
         file_marks_persist(Choice::IoUring, true);
     }

@@ -23,8 +23,10 @@ use std::sync::{Mutex, MutexGuard};
 const MAGIC: &[u8; 16] = b"NVMEFAST-UNCOR\0\0";
 const VERSION: u32 = 1;
 const HEADER: usize = 32;
-/// More ranges than this in a companion is not one we wrote.
-const MAX_RANGES: u64 = 1 << 24;
+/// The most marked ranges a namespace keeps (guest memory is the guest's to
+/// spend, host memory is not): a Write Uncorrectable that would make more
+/// fails with Capacity Exceeded; a companion with more is not one we wrote.
+const MAX_RANGES: u64 = if cfg!(test) { 64 } else { 1 << 24 };
 
 /// The companion of image `image`: `image.uncor`.
 pub fn companion_path(image: &str) -> String {
@@ -108,6 +110,9 @@ impl Uncorrectable {
             .take_while(|&(_, &e)| e >= start)
             .map(|(&s, &e)| (s, e))
             .collect();
+        if inner.ranges.len() - touching.len() >= MAX_RANGES as usize {
+            return Err(libc::ENOSPC);
+        }
         for (s, e) in touching {
             inner.ranges.remove(&s);
             start = start.min(s);
@@ -150,7 +155,10 @@ impl Uncorrectable {
             if s < start {
                 inner.ranges.insert(s, start);
             }
-            if e > end {
+            // A write inside a marked range splits it; at the limit the
+            // part above the write is let go (it reads back as the backend
+            // holds it) rather than growing past what a companion keeps.
+            if e > end && (inner.ranges.len() as u64) < MAX_RANGES {
                 inner.ranges.insert(end, e);
             }
         }
@@ -298,6 +306,31 @@ fn load(path: &str, lbas: u64) -> Result<BTreeMap<u64, u64>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_marks_are_bounded_by_what_a_companion_keeps() {
+        let u = Uncorrectable::default();
+        // Every other block: MAX_RANGES ranges, then no more.
+        for i in 0..MAX_RANGES {
+            u.mark(2 * i, 1, false).unwrap();
+        }
+        assert_eq!(u.mark(2 * MAX_RANGES, 1, false), Err(libc::ENOSPC));
+        assert_eq!(
+            u.ranges().len() as u64,
+            MAX_RANGES,
+            "a refused mark changes nothing"
+        );
+        // Merging into a neighbour adds no range, so it is still taken.
+        u.mark(1, 1, false).unwrap(); // 0..3
+        assert_eq!(u.ranges()[0], (0, 3));
+        u.mark(2 * MAX_RANGES, 1, false).unwrap();
+        // A write inside a range at the limit keeps the part below it and
+        // lets the part above go, never growing past the limit.
+        u.clear(1, 1, false).unwrap();
+        assert_eq!(u.ranges()[0], (0, 1));
+        assert_eq!(u.first_marked(2, 1), None);
+        assert_eq!(u.ranges().len() as u64, MAX_RANGES);
+    }
 
     #[test]
     fn marks_merge_split_and_report_the_first_marked_block() {
