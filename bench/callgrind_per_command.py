@@ -20,6 +20,13 @@ out. ``--pi TYPE`` (``--guard crc64``) does the same on a RAM namespace
 of 4096-byte LBAs whose metadata is all PI, first, as ``nvmefast bench
 --pi`` does: reads with PRACT and every check the type allows, writes with
 PRACT; ``--pi 0`` is the same namespace without metadata (the baseline).
+``--zoned`` serves the namespace zoned (4 MiB zones; writes go sequentially,
+zone after zone) to show what the zone rules cost, and ``--op append``
+(always zoned) runs Zone Appends, each naming its zone::
+
+    python bench/callgrind_per_command.py --backend ram --op write [--zoned]
+    python bench/callgrind_per_command.py --backend ram --op append
+
 ``--sealed`` maps guest RAM as a memfd
 sealed against shrinking (as QEMU does), which the controller trusts;
 unsealed it is guarded against truncation (docs/trust.md). The null backend
@@ -41,14 +48,22 @@ import tempfile
 import time
 
 
+ZONE_BYTES = 4 << 20
+"""The zones of ``--zoned``."""
+APPEND = 0x7D
+"""Zone Append's opcode."""
+
+
 def workload(backend: str, sealed: bool, commands: int, op_name: str = "read",
-             pi: int | None = None, guard: str = "crc16") -> None:
-    """Runs the reads (or writes, ``op_name="write"``) under valgrind."""
-    from nvmefast import Controller, ControllerConfig, NamespaceConfig
+             pi: int | None = None, guard: str = "crc16", zoned: bool = False) -> None:
+    """Runs the reads (or writes, appends: ``op_name``) under valgrind."""
+    from nvmefast import Controller, ControllerConfig, NamespaceConfig, ZoneConfig
     from nvmefast.testing import Host, build_sqe
     from nvmefast.testing import sqe as op
 
-    ns = NamespaceConfig(size_bytes=64 << 20, lba_size=512, backend=backend)
+    zoned = zoned or op_name == "append"
+    zones = {"zones": ZoneConfig(size_bytes=ZONE_BYTES)} if zoned else {}
+    ns = NamespaceConfig(size_bytes=64 << 20, lba_size=512, backend=backend, **zones)  # type: ignore[arg-type]
     cdw12 = 7  # 8 blocks of 512 bytes
     if pi is not None:
         # As `nvmefast bench --pi`: 4096-byte LBAs, metadata all PI, first.
@@ -67,16 +82,26 @@ def workload(backend: str, sealed: bool, commands: int, op_name: str = "read",
             host.enable()
             host.create_io_queue_pair(1, entries=16)
             buf = host.alloc(4096)
-            opcode = op.IO_WRITE if op_name == "write" else op.IO_READ
-            sqe = build_sqe(opcode, nsid=1, prp1=buf, cdw12=cdw12)
+            opcode = {"read": op.IO_READ, "write": op.IO_WRITE, "append": APPEND}[op_name]
             if pi:  # real PI to check (a never-written block's escapes every check)
                 assert host.io(build_sqe(op.IO_WRITE, nsid=1, prp1=buf, cdw12=8 << 26)).ok
+            zone_lbas, nlb, lba = ZONE_BYTES // 512, (cdw12 & 0xFFFF) + 1, 0
+
+            def sqe() -> bytes:
+                """The next command: the same block, or on a zoned namespace
+                the next blocks (a Zone Append names their zone's start)."""
+                nonlocal lba
+                slba = lba - lba % zone_lbas if op_name == "append" else lba
+                if zoned and op_name != "read":
+                    lba = (lba + nlb) % ((64 << 20) // 512)
+                return build_sqe(opcode, nsid=1, prp1=buf, cdw10=slba, cdw12=cdw12)
+
             for _ in range(16):  # warm-up: first-touch paths, lazy state
-                assert host.io(sqe).ok
+                assert host.io(sqe()).ok
             # Count from here: start-up and queue creation are not commands.
             control("--zero")
             for _ in range(commands):
-                c = host.io(sqe)
+                c = host.io(sqe())
                 assert c.ok, c
                 # Let the worker go back to sleep before the next doorbell:
                 # every command then takes it through the same cycle.
@@ -117,6 +142,7 @@ def one_run(args: argparse.Namespace, commands: int) -> tuple[int, str]:
         sys.executable, os.path.abspath(__file__), "--run", "--backend", args.backend,
         "--commands", str(commands), "--op", args.op, *(["--sealed"] if args.sealed else []),
         *(["--pi", str(args.pi), "--guard", args.guard] if args.pi is not None else []),
+        *(["--zoned"] if args.zoned else []),
     ]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -132,7 +158,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", choices=["null", "ram"], default="null")
     p.add_argument("--sealed", action="store_true", help="guest RAM is a sealed memfd (trusted, unguarded)")
-    p.add_argument("--op", choices=["read", "write"], default="read", help="4 KiB reads (default) or writes")
+    p.add_argument("--op", choices=["read", "write", "append"], default="read",
+                   help="4 KiB reads (default), writes or Zone Appends (zoned)")
+    p.add_argument("--zoned", action="store_true", help="serve the namespace zoned (4 MiB zones)")
     p.add_argument("--commands", type=int, default=2000, help="reads in the long run (the short one does a fifth)")
     p.add_argument("--pi", type=int, choices=[0, 1, 2, 3], default=None,
                    help="4096-byte LBAs, metadata all PI of this type (0: no metadata), PRACT + checks")
@@ -141,7 +169,9 @@ def main() -> None:
     p.add_argument("--run", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.run:
-        workload(args.backend, args.sealed, args.commands, args.op, args.pi, args.guard)
+        if args.pi and (args.zoned or args.op == "append"):
+            sys.exit("--pi and zones do not go together (a zoned namespace has no metadata)")
+        workload(args.backend, args.sealed, args.commands, args.op, args.pi, args.guard, args.zoned)
         return
     short, long_ = args.commands // 5, args.commands
     per: list[float] = []
@@ -154,6 +184,7 @@ def main() -> None:
     # A run now and then has a pass more (a wake-up the scheduler made):
     # the median of a few runs is the steady figure.
     pi = "" if args.pi is None else f" pi {args.pi} {args.guard}"
+    pi += " zoned" if args.zoned or args.op == "append" else ""
     print(f"{args.backend}{pi} {args.op} regions {regions}: {statistics.median(per):,.1f} instructions per command "
           f"(median of {len(per)}; {min(per):,.1f}..{max(per):,.1f})")
 
