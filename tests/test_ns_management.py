@@ -16,7 +16,7 @@ from adminutil import (
     IDENTIFY, INVALID_FIELD, INVALID_FORMAT, INVALID_NSID, MiB, NSID_ALL, SET_FEATURES, SUCCESS, assert_status,
     cmd, get_log, identify, no_completion, read_cmd, u16, u32, u64,
 )  # fmt: skip
-from nvmefast import NamespaceConfig
+from nvmefast import Controller, NamespaceConfig
 from nvmefast.testing import Host, build_sqe
 from nvmefast.testing.namespaces import (
     attach_namespace, build_controller_list, build_create_structure, create_namespace, delete_namespace,
@@ -343,3 +343,24 @@ def test_detach_while_io_is_outstanding(host: Host) -> None:
     assert (io.sct, io.sc) == INVALID_FIELD
     assert_status(attach_namespace(host, nsid), SUCCESS)
     assert host.read(nsid, 0, 1) == bytes(range(256)) * 2  # attachment never touches the data
+
+
+@MANAGED
+def test_a_create_that_cannot_be_recorded_leaves_nothing_behind(
+    host: Host, controller: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Create whose manifest cannot be written fails, and takes neither an
+    NSID nor capacity: the next Create gets the same NSID, UNVMCAP is as before."""
+    before = capacities(host)
+    manager = controller._admin.namespaces
+
+    def full(*_a: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(manager, "_save", full)
+    c = create_namespace(host, build_create_structure(2048))
+    assert not c.ok, "the Create succeeded although it could not be recorded"
+    assert capacities(host) == before
+    assert nsid_list(identify(host, 0x10)[1]) == [1]  # allocated: the configured one only
+    monkeypatch.undo()
+    assert create(host, 2048) == 2

@@ -154,6 +154,27 @@ def test_reset_aborts_a_short_test_not_an_extended_one(bare_host: Host, monkeypa
     assert [(e.code, e.result) for e in wait_self_test(host).entries][0] == (EXTENDED, 0x0)
 
 
+def test_a_finished_test_is_logged_with_its_result_by_a_later_reset(
+    bare_host: Host, controller: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reset after the core finished a short test, before the host read the
+    log, logs the test as it ended (passed), not as aborted by the reset."""
+    monkeypatch.setattr(self_test_module, "SHORT_SECONDS", 0.0)
+    host = bare_host
+    host.enable()
+    assert_status(device_self_test(host, SHORT), SUCCESS)
+    engine = controller._engine  # the core's own view: reading the log would record the end
+    assert engine is not None
+    deadline = time.monotonic() + 30
+    while engine.self_test_status()["running"]:
+        assert time.monotonic() < deadline, "the short test never ended"
+        time.sleep(0.01)
+    host.disable()
+    host.enable()
+    (entry,) = self_test_log(host).entries
+    assert (entry.code, entry.result) == (SHORT, 0x0)
+
+
 @pytest.mark.usefixtures("quick")
 @pytest.mark.nvme_config(capacity_bytes=64 * MiB)
 def test_removing_the_tested_namespace_aborts_the_test(host: Host, controller: Controller,

@@ -173,10 +173,6 @@ class NamespaceTable:
         entries = self._entries
         return next((n for n in range(1, NN + 1) if n not in entries), None)
 
-    def next_generation(self) -> int:
-        """A generation no allocated namespace has."""
-        return max((e.generation for e in self._entries.values()), default=0) + 1
-
     # -- changing (under :attr:`lock`) -------------------------------------------------
 
     def put(self, entry: NamespaceEntry) -> None:

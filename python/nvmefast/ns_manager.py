@@ -123,9 +123,20 @@ class NamespaceManager:
                 config = dataclasses.replace(config, backend="file", path=str(self.store.image_path(image)))
             else:
                 config = dataclasses.replace(config, backend="ram")
-            self.engine.add_namespace(engine_spec(config), nsid, False)
-            self.table.put(NamespaceEntry(nsid, config, Origin.CREATED, False, shared, generation, image))
-            self._save()
+            try:
+                self.engine.add_namespace(engine_spec(config), nsid, False)
+                try:
+                    self.table.put(NamespaceEntry(nsid, config, Origin.CREATED, False, shared, generation, image))
+                    self._save()
+                except BaseException:
+                    # Not in the manifest: not created at all.
+                    self.table.drop([nsid])
+                    self.engine.remove_namespace(nsid)
+                    raise
+            except BaseException:
+                if self.store is not None and image is not None:
+                    self.store.remove_image(image)
+                raise
         log.info("namespace %d created: %s", nsid, size_text(config.size))
         return nsid
 

@@ -159,7 +159,6 @@ class Sanitizer:
         when Exit Failure Mode may too; None outside it."""
         self.writes_at_erase: int | None = None
         """SMART Host Write Commands when the last sanitize completed."""
-        self.watcher: threading.Thread | None = None
 
     @property
     def running(self) -> bool:
@@ -227,9 +226,7 @@ def sanitize(admin: Admin, cmd: AdminCommand) -> Result:
         with admin.lock:  # it never started: the log says what it said before
             s.state, s.scdw10, s.passes, s.failure_restricted = before
         raise
-    watcher = threading.Thread(target=_watch, args=(admin, ause), name="nvmefast-sanitize", daemon=True)
-    s.watcher = watcher
-    watcher.start()
+    threading.Thread(target=_watch, args=(admin, ause), name="nvmefast-sanitize", daemon=True).start()
     log.info("sanitize started: %s%s", kind, f", {passes} passes" if kind == "overwrite" else "")
     return (Status.SUCCESS, 0)
 

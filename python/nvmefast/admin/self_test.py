@@ -210,7 +210,10 @@ def abort(admin: Admin, result: int, nsids: Iterable[int] | None = None) -> None
         run = admin.self_tests.running
         if run is None or (nsids is not None and not set(nsids) & set(run.nsids)):
             return
-    admin.engine.self_test_abort()
+    if not admin.engine.self_test_abort():
+        # The core had finished it, unread: logged with its own result.
+        poll(admin)
+        return
     with admin.lock:
         admin.self_tests.record(admin, None, result)
 
