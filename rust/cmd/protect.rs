@@ -149,6 +149,17 @@ unsafe fn data_guards(segs: &[Segment], in_place: bool, fmt: Format, lbs: usize,
             let data = unsafe { std::slice::from_raw_parts(p.cast_const(), one.len) };
             check::guards(fmt, lbs, &[data], &b.md, &mut b.guards);
         }
+    } else if segs.len() <= STACK_PIECES {
+        // A few pieces (the pages of a transfer up to 64 KiB): listed on
+        // the stack, no allocation per command.
+        let mut pieces: [&[u8]; STACK_PIECES] = [&[]; STACK_PIECES];
+        for (piece, s) in pieces.iter_mut().zip(segs) {
+            if let super::segment::Target::Host(p) = s.target {
+                // SAFETY: the caller's contract.
+                *piece = unsafe { std::slice::from_raw_parts(p.cast_const(), s.len) };
+            }
+        }
+        check::guards(fmt, lbs, &pieces[..segs.len()], &b.md, &mut b.guards);
     } else {
         let mut pieces = Vec::with_capacity(segs.len());
         // SAFETY: the caller's contract.
@@ -156,6 +167,9 @@ unsafe fn data_guards(segs: &[Segment], in_place: bool, fmt: Format, lbs: usize,
         check::guards(fmt, lbs, &pieces, &b.md, &mut b.guards);
     }
 }
+
+/// The pieces of data [`data_guards`] lists on the stack.
+const STACK_PIECES: usize = 17;
 
 /// XORs the last byte of `field` in the first block's PI (corrupt-pi).
 fn corrupt(fmt: Format, md: &mut [u8], (field, xor): (Field, u8)) {
