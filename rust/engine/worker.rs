@@ -765,10 +765,8 @@ pub(super) fn worker_loop(s: &Shared, w: usize) {
     let mut idle_spins = 0u32;
     // Scans in a row that found nothing: the scan interval doubles with each.
     let mut empty_scans = 0u32;
-    if w > 0 {
-        let f = FileIo::new(&s.namespaces.load().slots, waker);
-        lock(&s.workers[w].queues).file = f;
-    }
+    // An I/O worker's asynchronous file I/O is made by its first pass that
+    // finds a file namespace (`Shared::process`).
     while !s.stop.load(Ordering::Relaxed) {
         let gen = s.generation.load(Ordering::SeqCst);
         let n = s.process(w, &mut admin, &mut out, &mut tables);

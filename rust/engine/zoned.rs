@@ -97,10 +97,10 @@ impl Shared {
     /// A fault rule's zone action on zone `zone` of namespace `nsid`: true
     /// when the zone changed (a Zone Descriptor Changed event is due).
     pub(super) fn zone_fault(&self, nsid: u32, zone: u64, action: ZoneAction) -> bool {
-        let Some(z) = self.zoned(nsid) else {
+        let Some(ns) = self.namespace(nsid) else {
             return false;
         };
-        let Some(z) = z.zones.as_deref() else {
+        let Some(z) = ns.zones.as_deref() else {
             return false;
         };
         u32::try_from(zone)
@@ -185,11 +185,8 @@ impl Engine {
         zone: u32,
         action: ZoneAction,
     ) -> Result<bool, EngineError> {
-        let ns = self
-            .shared
-            .zoned(nsid)
-            .ok_or_else(|| EngineError::Config(format!("namespace {nsid} is not zoned")))?;
-        let Some(z) = ns.zones.as_deref() else {
+        let ns = self.shared.namespace(nsid);
+        let Some(z) = ns.as_deref().and_then(|ns| ns.zones.as_deref()) else {
             return Err(EngineError::Config(format!(
                 "namespace {nsid} is not zoned"
             )));
