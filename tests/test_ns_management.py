@@ -364,3 +364,30 @@ def test_a_create_that_cannot_be_recorded_leaves_nothing_behind(
     assert nsid_list(identify(host, 0x10)[1]) == [1]  # allocated: the configured one only
     monkeypatch.undo()
     assert create(host, 2048) == 2
+
+
+@MANAGED
+def test_attach_checks_the_namespace_as_it_is_when_it_changes_it(
+    host: Host, controller: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Attach whose NSID the embedder removes and fills again (attached)
+    while the controller list is read answers for the namespace that is there
+    now: Namespace Already Attached, not a second attach of the new one."""
+    nsid = create(host, 2048)  # allocated, not attached
+    admin = controller._admin
+    engine = admin.engine
+
+    class Racing:
+        """The engine, with the embedder's change inside the list's read."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(engine, name)
+
+        def read_prp(self, *args: int) -> object:
+            monkeypatch.setattr(admin, "engine", engine)
+            controller.remove_namespace(nsid)
+            assert controller.add_namespace(NamespaceConfig(size_bytes=1 * MiB)) == nsid
+            return engine.read_prp(*args)
+
+    monkeypatch.setattr(admin, "engine", Racing())
+    assert_status(attach_namespace(host, nsid), ALREADY_ATTACHED)

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING
 from nvmefast.admin.command import CDW10, NSID, AdminCommand, Reject, Result, param_location
 from nvmefast.admin.command_sets import enabled_csis, namespace_csi
 from nvmefast.admin.identify import CONTROLLER_LIST_MAX
-from nvmefast.errors import NamespaceError
 from nvmefast.namespaces import CNTLID, NN
 from nvmefast.status import Status
 
@@ -67,8 +66,7 @@ def namespace_attachment(admin: Admin, cmd: AdminCommand) -> Result:
         raise Reject(Status.INVALID_FIELD, param_location(CDW10))
     if not 1 <= cmd.nsid <= NN and cmd.nsid != 0xFFFFFFFF:
         raise Reject(Status.INVALID_NSID, param_location(NSID))
-    entry = admin.namespaces.table.get(cmd.nsid)
-    if entry is None:
+    if admin.namespaces.table.get(cmd.nsid) is None:
         raise Reject(Status.INVALID_FIELD, param_location(NSID))
     status, data = admin.engine.read_prp(cmd.prp1, cmd.prp2, CONTROLLER_LIST_SIZE)
     if status != Status.SUCCESS:
@@ -76,14 +74,17 @@ def namespace_attachment(admin: Admin, cmd: AdminCommand) -> Result:
     if any(cntlid != CNTLID for cntlid in parse_controller_list(data)):
         raise Reject(Status.CONTROLLER_LIST_INVALID, _WHERE)
     attach = sel == SEL_ATTACH
-    if attach and entry.attached:
-        raise Reject(Status.NAMESPACE_ALREADY_ATTACHED, param_location(NSID))
-    if not attach and not entry.attached:
-        raise Reject(Status.NAMESPACE_NOT_ATTACHED, param_location(NSID))
-    if attach and namespace_csi(entry.config) not in enabled_csis(admin.css):
-        raise Reject(Status.IOCS_NOT_ENABLED, param_location(NSID))
-    try:
+    # Checked again and changed under the table's lock: the embedder or the
+    # control socket may have changed the namespace while the list was read.
+    with admin.namespaces.table.lock:
+        entry = admin.namespaces.table.get(cmd.nsid)
+        if entry is None:
+            raise Reject(Status.INVALID_FIELD, param_location(NSID))
+        if attach and entry.attached:
+            raise Reject(Status.NAMESPACE_ALREADY_ATTACHED, param_location(NSID))
+        if not attach and not entry.attached:
+            raise Reject(Status.NAMESPACE_NOT_ATTACHED, param_location(NSID))
+        if attach and namespace_csi(entry.config) not in enabled_csis(admin.css):
+            raise Reject(Status.IOCS_NOT_ENABLED, param_location(NSID))
         admin.namespaces.set_attached(cmd.nsid, attach)
-    except NamespaceError:  # the embedder removed it meanwhile
-        raise Reject(Status.INVALID_FIELD, param_location(NSID)) from None
     return (Status.SUCCESS, 0)

@@ -179,19 +179,19 @@ def _create(admin: Admin, cmd: AdminCommand) -> Result:
 
 
 def _delete(admin: Admin, cmd: AdminCommand) -> Result:
-    table = admin.namespaces.table
-    if cmd.nsid == NSID_ALL:
-        nsids = table.allocated()
-    elif 1 <= cmd.nsid <= NN:
-        if table.get(cmd.nsid) is None:
-            raise Reject(Status.INVALID_FIELD, param_location(NSID))
-        nsids = [cmd.nsid]
-    else:
+    if cmd.nsid != NSID_ALL and not 1 <= cmd.nsid <= NN:
         raise Reject(Status.INVALID_NSID, param_location(NSID))
-    try:
+    table = admin.namespaces.table
+    # Looked up and deleted under the table's lock: an embedder's or the
+    # control socket's change cannot fall between.
+    with table.lock:
+        if cmd.nsid == NSID_ALL:
+            nsids = table.allocated()
+        elif table.get(cmd.nsid) is None:
+            raise Reject(Status.INVALID_FIELD, param_location(NSID))
+        else:
+            nsids = [cmd.nsid]
         admin.namespaces.delete(nsids, notify=False)
-    except NamespaceError:  # deleted by the embedder meanwhile
-        raise Reject(Status.INVALID_FIELD, param_location(NSID)) from None
     return (Status.SUCCESS, 0)
 
 
